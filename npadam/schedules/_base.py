@@ -1,0 +1,145 @@
+"""The `Schedule` base class: step validation, vectorized evaluation, serialization.
+
+A schedule is a pure function of ``k``, the 0-based index of the optimizer update
+(``k = 0`` is the first ``step()``). Every schedule is a plain, picklable object
+that carries the parameters it was built from:
+
+- ``s(k)`` for an integer returns a Python ``float``;
+- ``s(array)`` returns a ``float64`` ndarray of the same shape, computed with array
+  operations (no Python loop over steps);
+- ``s.to_dict()`` is JSON-able and ``from_dict(s.to_dict())`` rebuilds an equal
+  schedule.
+
+Subclasses set ``kind`` (the registry name used by ``to_dict``), validate their
+arguments in ``__init__``, store them with ``_store`` and implement ``_values``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+__all__ = ["Schedule", "from_dict", "as_steps", "register"]
+
+_REGISTRY: dict[str, type["Schedule"]] = {}
+
+
+def register(cls: type["Schedule"]) -> type["Schedule"]:
+    """Class decorator: make ``cls`` reachable from ``from_dict`` under ``cls.kind``."""
+    if not getattr(cls, "kind", None):
+        raise TypeError(f"{cls.__name__} needs a non-empty 'kind' to be registered")
+    if cls.kind in _REGISTRY and _REGISTRY[cls.kind] is not cls:
+        raise TypeError(f"schedule kind {cls.kind!r} is registered twice")
+    _REGISTRY[cls.kind] = cls
+    return cls
+
+
+def as_steps(step: Any) -> tuple[np.ndarray, bool]:
+    """Validate optimizer-update indices; return ``(int64 array, is_scalar)``.
+
+    Accepts Python/NumPy integers, integral floats (``3.0``) and arrays of either.
+    Raises ``ValueError`` for negative, fractional or non-finite steps and
+    ``TypeError`` for anything that is not a number (bools included).
+    """
+    scalar = isinstance(step, (numbers.Number, np.generic)) and not isinstance(step, np.ndarray)
+    if isinstance(step, (bool, np.bool_)):
+        raise TypeError(f"step must be an integer, got the bool {step!r}")
+    arr = np.asarray(step)
+    if arr.dtype.kind in "iu":
+        k = arr.astype(np.int64, copy=False)
+    elif arr.dtype.kind == "f":
+        if arr.size and not np.all(np.isfinite(arr)):
+            raise ValueError(f"steps must be finite integers, got {_first_bad(arr, ~np.isfinite(arr))}")
+        frac = arr != np.floor(arr)
+        if arr.size and np.any(frac):
+            raise ValueError(f"steps must be integers, got {_first_bad(arr, frac)}")
+        if arr.size and np.max(np.abs(arr)) >= 2.0**62:
+            raise ValueError(f"step {np.max(np.abs(arr))!r} is too large (at most 2**62)")
+        k = arr.astype(np.int64)
+    else:
+        raise TypeError(f"steps must be integers, got {type(step).__name__} with dtype {arr.dtype}")
+    if k.size and np.min(k) < 0:
+        raise ValueError(f"steps must be >= 0, got {_first_bad(k, k < 0)}")
+    return k, scalar and k.ndim == 0
+
+
+def _first_bad(arr: np.ndarray, mask: np.ndarray) -> Any:
+    return arr[mask].flat[0].item() if arr.ndim else arr.item()
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Schedule):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _from_jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping) and "type" in value and value["type"] in _REGISTRY:
+        return from_dict(value)
+    if isinstance(value, list):
+        return [_from_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _from_jsonable(v) for k, v in value.items()}
+    return value
+
+
+class Schedule:
+    """Base class of every schedule; see the module docstring for the contract."""
+
+    kind: ClassVar[str] = ""
+
+    def _store(self, **params: Any) -> None:
+        """Record the constructor arguments (what ``to_dict`` and ``repr`` show)."""
+        self._params = params
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments, as given after validation."""
+        return dict(self._params)
+
+    def _values(self, k: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """Return float64 values for the int64 step array ``k`` (any shape)."""
+        raise NotImplementedError
+
+    def __call__(self, step: Any) -> Any:
+        k, scalar = as_steps(step)
+        out = np.asarray(self._values(k), dtype=np.float64)
+        if out.shape != k.shape:
+            out = np.broadcast_to(out, k.shape).copy()
+        return float(out) if scalar else out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description: ``{"type": kind, **params}``."""
+        return {"type": self.kind, **_to_jsonable(self._params)}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.to_dict() == self.to_dict()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+def from_dict(d: Mapping[str, Any]) -> Schedule:
+    """Rebuild a schedule from ``Schedule.to_dict()`` output."""
+    if not isinstance(d, Mapping) or "type" not in d:
+        raise ValueError(f"a schedule dict needs a 'type' key, got {d!r}")
+    kind = d["type"]
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown schedule type {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
+    params = {k: _from_jsonable(v) for k, v in d.items() if k != "type"}
+    try:
+        return _REGISTRY[kind](**params)
+    except TypeError as exc:
+        raise ValueError(f"bad parameters for schedule type {kind!r}: {exc}") from None

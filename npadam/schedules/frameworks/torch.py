@@ -1,0 +1,202 @@
+"""``torch.optim.lr_scheduler`` schedulers, in closed form.
+
+torch's constructor performs the initial step, so update ``k`` uses the scheduler
+at ``last_epoch = k``. ``step()`` of most torch schedulers uses *chained*
+(recursive) formulas that drift from the closed form by rounding (about 1e-12
+relative after 1e3 steps, 2e-8 after 1e5); npadam evaluates the closed form, which
+is what torch's own ``_get_closed_form_lr`` returns. CosineAnnealingWarmRestarts
+uses integer cycle arithmetic (torch's float-log path can misplace a restart).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ... import _validate as V
+from .._base import Schedule, register
+from .._blocks import CosineRestarts, Join, OneCycle
+from ._common import ScheduleSet, check_keys, require
+
+_KWARGS: dict[str, tuple[str, ...]] = {
+    "LinearLR": ("start_factor", "end_factor", "total_iters"),
+    "ConstantLR": ("factor", "total_iters"),
+    "CosineAnnealingLR": ("T_max", "eta_min"),
+    "PolynomialLR": ("total_iters", "power"),
+    "ExponentialLR": ("gamma",),
+    "StepLR": ("step_size", "gamma"),
+    "MultiStepLR": ("milestones", "gamma"),
+    "OneCycleLR": ("max_lr", "total_steps", "epochs", "steps_per_epoch", "pct_start", "anneal_strategy",
+                   "cycle_momentum", "base_momentum", "max_momentum", "div_factor", "final_div_factor",
+                   "three_phase"),
+    "CosineAnnealingWarmRestarts": ("T_0", "T_mult", "eta_min"),
+    "SequentialLR": ("schedulers", "milestones"),
+}
+
+
+@register
+class TorchLR(Schedule):
+    """A torch scheduler by class name, with ``lr`` the optimizer's base lr.
+
+    Closed forms at ``t = k`` (``b`` = base lr):
+
+    - LinearLR: ``b * (s + (e - s) * min(T, t) / T)``
+    - ConstantLR: ``b * factor`` for ``t < T``, then ``b``
+    - CosineAnnealingLR: ``eta + (b - eta) * (1 + cos(pi * t / T_max)) / 2`` (periodic past T_max, as torch)
+    - PolynomialLR: ``b * (1 - min(T, t) / T) ** power``
+    - ExponentialLR: ``b * gamma ** t``; StepLR: ``b * gamma ** (t // step_size)``;
+      MultiStepLR: ``b * gamma ** bisect_right(milestones, t)``
+    - OneCycleLR, CosineAnnealingWarmRestarts: see ``one_cycle`` and ``cosine_restarts``
+    - SequentialLR: sub-scheduler ``i`` sees ``t - milestones[i-1]``
+    """
+
+    kind = "torch"
+
+    def __init__(self, scheduler: str, lr: float, quantity: str = "lr", **kwargs: Any) -> None:
+        V.choice("scheduler", scheduler, tuple(_KWARGS))
+        check_keys(f"torch {scheduler}", kwargs, _KWARGS[scheduler])
+        lr = V.real("lr", lr)
+        quantity = V.choice("quantity", quantity, ("lr", "momentum"))
+        if quantity == "momentum" and scheduler != "OneCycleLR":
+            raise ValueError(f"only OneCycleLR schedules momentum, not {scheduler}")
+        self._store(scheduler=scheduler, lr=lr, **({"quantity": quantity} if quantity != "lr" else {}), **kwargs)
+        self._inner = self._build(scheduler, lr, quantity, dict(kwargs))
+
+    @staticmethod
+    def _build(name: str, lr: float, quantity: str, kw: dict[str, Any]) -> Any:
+        """Validate as torch does; return what ``_values`` needs."""
+        if name == "LinearLR":
+            s = V.real("start_factor", kw.get("start_factor", 1.0 / 3))
+            e = V.real("end_factor", kw.get("end_factor", 1.0))
+            if s > 1.0 or s <= 0:
+                raise ValueError(f"Starting multiplicative factor expected to be greater than 0 and less or "
+                                 f"equal to 1, got start_factor={s}")
+            if e > 1.0 or e < 0:
+                raise ValueError(f"Ending multiplicative factor expected to be between 0 and 1, got end_factor={e}")
+            return (s, e, V.integer("total_iters", kw.get("total_iters", 5), lo=0))
+        if name == "ConstantLR":
+            f = V.real("factor", kw.get("factor", 1.0 / 3))
+            if f > 1.0 or f < 0:
+                raise ValueError(f"Constant multiplicative factor expected to be between 0 and 1, got factor={f}")
+            return (f, V.integer("total_iters", kw.get("total_iters", 5), lo=0))
+        if name == "CosineAnnealingLR":
+            require("torch CosineAnnealingLR", kw, "T_max")
+            return (V.integer("T_max", kw["T_max"], lo=1), V.real("eta_min", kw.get("eta_min", 0.0)))
+        if name == "PolynomialLR":
+            return (V.integer("total_iters", kw.get("total_iters", 5), lo=1), V.real("power", kw.get("power", 1.0)))
+        if name == "ExponentialLR":
+            require("torch ExponentialLR", kw, "gamma")
+            return V.real("gamma", kw["gamma"])
+        if name == "StepLR":
+            require("torch StepLR", kw, "step_size")
+            return (V.integer("step_size", kw["step_size"], lo=1), V.real("gamma", kw.get("gamma", 0.1)))
+        if name == "MultiStepLR":
+            require("torch MultiStepLR", kw, "milestones")
+            ms = sorted(V.integer("milestones[]", m, lo=0) for m in kw["milestones"])
+            return (np.asarray(ms, dtype=np.int64), V.real("gamma", kw.get("gamma", 0.1)))
+        if name == "OneCycleLR":
+            return _one_cycle(lr, quantity, kw)
+        if name == "CosineAnnealingWarmRestarts":
+            require("torch CosineAnnealingWarmRestarts", kw, "T_0")
+            t0, mult = kw["T_0"], kw.get("T_mult", 1)
+            if isinstance(t0, bool) or not isinstance(t0, int) or t0 <= 0:
+                raise ValueError(f"Expected positive integer T_0, but got {t0!r}")
+            if isinstance(mult, bool) or not isinstance(mult, int) or mult < 1:
+                raise ValueError(f"Expected integer T_mult >= 1, but got {mult!r}")
+            return CosineRestarts(peak=lr, period=t0, final=V.real("eta_min", kw.get("eta_min", 0.0)),
+                                  period_mult=mult)
+        require("torch SequentialLR", kw, "schedulers", "milestones")
+        subs = kw["schedulers"]
+        if not isinstance(subs, (list, tuple)) or not subs:
+            raise ValueError("SequentialLR expects at least one scheduler, but got no scheduler.")
+        ms = [V.integer(f"milestones[{i}]", m, lo=0) for i, m in enumerate(kw["milestones"])]
+        if len(ms) != len(subs) - 1:
+            raise ValueError(f"Sequential Schedulers expects number of schedulers provided to be one more than "
+                             f"the number of milestone points, but got number of schedulers {len(subs)} and "
+                             f"the number of milestones to be equal to {len(ms)}")
+        built = [_sub_scheduler(lr, sub, i) for i, sub in enumerate(subs)]
+        if any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ValueError(f"SequentialLR milestones must be strictly increasing, got {ms}")
+        return Join(built, ms)
+
+    def _values(self, k: np.ndarray) -> np.ndarray:
+        name, b, inner = self._params["scheduler"], self._params["lr"], self._inner
+        if isinstance(inner, Schedule):
+            return inner._values(k)
+        t = k.astype(np.float64)
+        if name == "LinearLR":
+            s, e, T = inner
+            if T == 0:
+                return np.full(t.shape, b * s)
+            return b * (s + (e - s) * np.minimum(T, t) / T)
+        if name == "ConstantLR":
+            f, T = inner
+            return np.where(t < T, b * f, b)
+        if name == "CosineAnnealingLR":
+            T, eta = inner
+            return eta + (b - eta) * (1 + np.cos(np.pi * t / T)) / 2
+        if name == "PolynomialLR":
+            T, power = inner
+            return b * (1.0 - np.minimum(T, t) / T) ** power
+        if name == "ExponentialLR":
+            return b * np.power(inner, t)
+        if name == "StepLR":
+            size, gamma = inner
+            return b * np.power(gamma, (k // size).astype(np.float64))
+        ms, gamma = inner
+        return b * np.power(gamma, np.searchsorted(ms, k, side="right").astype(np.float64))
+
+
+def _one_cycle(lr: float, quantity: str, kw: dict[str, Any]) -> OneCycle:
+    require("torch OneCycleLR", kw, "max_lr")
+    total = kw.get("total_steps")
+    if total is None:
+        epochs, spe = kw.get("epochs"), kw.get("steps_per_epoch")
+        if epochs is None or spe is None:
+            raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
+        total = V.integer("epochs", epochs, lo=1) * V.integer("steps_per_epoch", spe, lo=1)
+    total = V.integer("total_steps", total)
+    if total <= 0:
+        raise ValueError(f"Expected positive integer total_steps, but got {total}")
+    pct = kw.get("pct_start", 0.3)
+    if not isinstance(pct, (int, float)) or isinstance(pct, bool) or not 0 <= pct <= 1:
+        raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct!r}")
+    strategy = kw.get("anneal_strategy", "cos")
+    if strategy not in ("cos", "linear"):
+        raise ValueError(f"anneal_strategy must be one of 'cos' or 'linear', instead got {strategy!r}")
+    return OneCycle(peak=kw["max_lr"], total_steps=total, pct_start=pct,
+                    div_factor=kw.get("div_factor", 25.0), final_div_factor=kw.get("final_div_factor", 1e4),
+                    anneal=strategy, three_phase=kw.get("three_phase", False), quantity=quantity,
+                    base_momentum=kw.get("base_momentum", 0.85), max_momentum=kw.get("max_momentum", 0.95),
+                    horizon="torch")
+
+
+def _sub_scheduler(lr: float, sub: Any, i: int) -> TorchLR:
+    if not isinstance(sub, Mapping) or "scheduler" not in sub:
+        raise ValueError(f"SequentialLR schedulers[{i}] must be a mapping with a 'scheduler' key, got {sub!r}")
+    sub = dict(sub)
+    name = sub.pop("scheduler")
+    if name == "SequentialLR":
+        raise ValueError("nested SequentialLR is not supported")
+    if sub.pop("lr", lr) != lr:
+        raise ValueError(f"SequentialLR schedulers[{i}] sets its own 'lr'; all share the optimizer's lr")
+    return TorchLR(name, lr, **sub)
+
+
+def from_torch(config: Mapping[str, Any]) -> ScheduleSet:
+    """``{"lr": base_lr, "scheduler": "<class name>", **kwargs}`` (SequentialLR nests configs).
+
+    OneCycleLR with ``cycle_momentum`` (the default) also schedules beta1 (Adam's
+    momentum), starting at ``max_momentum``.
+    """
+    cfg = dict(config)
+    require("torch", cfg, "lr", "scheduler")
+    name, lr = cfg.pop("scheduler"), cfg.pop("lr")
+    if name not in _KWARGS:
+        raise ValueError(f"unknown torch scheduler {name!r}; supported: {', '.join(_KWARGS)}")
+    sched = TorchLR(name, lr, **cfg)
+    if name == "OneCycleLR" and cfg.get("cycle_momentum", True):
+        return ScheduleSet(lr=sched, beta1=TorchLR(name, lr, quantity="momentum", **cfg))
+    return ScheduleSet(lr=sched)
+
