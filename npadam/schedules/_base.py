@@ -111,10 +111,11 @@ class Schedule:
 
     def __call__(self, step: Any) -> Any:
         k, scalar = as_steps(step)
-        out = np.asarray(self._values(k), dtype=np.float64)
-        if out.shape != k.shape:
-            out = np.broadcast_to(out, k.shape).copy()
-        return float(out) if scalar else out
+        # always evaluate on a 1-d array: NumPy's scalar and SIMD array paths of
+        # pow/log/cos can differ by an ulp, and s(k) must equal s(array)[i] bit for bit
+        flat = np.asarray(self._values(k.reshape(-1)), dtype=np.float64)
+        out = np.broadcast_to(flat, (k.size,)).reshape(k.shape)
+        return float(out) if scalar else out.copy() if not out.flags.writeable else out
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description: ``{"type": kind, **params}``."""

@@ -105,7 +105,8 @@ class Exponential(Schedule):
     def _values(self, k: np.ndarray) -> np.ndarray:
         p = self._params
         e = k // p["transition_steps"] if p["staircase"] else k / p["transition_steps"]
-        out = p["init"] * np.power(p["rate"], e.astype(np.float64))
+        with np.errstate(over="ignore", under="ignore"):  # a growing rate may pass the float range
+            out = p["init"] * np.power(p["rate"], e.astype(np.float64))
         if p["final"] is not None:
             out = np.maximum(out, p["final"]) if p["rate"] < 1 else np.minimum(out, p["final"])
         return out
@@ -404,8 +405,8 @@ class OneCycle(Schedule):
                  max_momentum=V.real("max_momentum", max_momentum),
                  horizon=V.choice("horizon", horizon, ("hold", "torch")))
         ends = self._knots(d["total_steps"], d["pct_start"], d["three_phase"])[1:]
-        if any(b <= a for a, b in zip([0.0] + ends, ends)):
-            raise ValueError(f"one_cycle phases are empty: knots {[0.0] + ends} from total_steps="
+        if any(b == a for a, b in zip([0.0] + ends, ends)):
+            raise ValueError(f"one_cycle has an empty phase: knots {[0.0] + ends} from total_steps="
                              f"{total_steps}, pct_start={pct_start} (torch divides by zero here)")
         self._store(**d)
 
@@ -435,8 +436,12 @@ class OneCycle(Schedule):
         x = k.astype(np.float64)
         if p["horizon"] == "hold":
             x = np.minimum(x, knots[-1])
-        # phase i covers knots[i] < x <= knots[i+1] (phase 0 also x = 0); the last phase runs on
-        phase = np.clip(np.searchsorted(np.asarray(knots[1:]), x, side="left"), 0, len(knots) - 2)
+        # torch's walk: the first phase whose end is >= x, else the last phase (knots may
+        # be out of order when pct_start * total_steps < 1; torch then skips phase 0)
+        last = len(knots) - 2
+        phase = np.full(x.shape, last)
+        for i in reversed(range(last)):
+            phase[x <= knots[i + 1]] = i
         a = np.asarray(knots)[phase]
         b = np.asarray(knots)[phase + 1]
         start = np.asarray(vals)[phase]

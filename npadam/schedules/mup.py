@@ -12,8 +12,9 @@ fan-in width multiplier (``fan_in / base_fan_in``):
   ``readout="lr"`` (TP5's table), or lr × 1 with ``readout="multiplier"`` (the
   ``mup`` package's MuReadout, which instead multiplies the logits by ``1/m``).
 
-Weight shapes follow torch: ``(fan_out, fan_in, *kernel)``; a 1-D tensor is
-vector-like. Weight decay is not rescaled (decoupled AdamW decay is already
+Weight shapes follow torch's Linear/Conv: ``(fan_out, fan_in, *kernel)``; a 1-D
+tensor is vector-like. A torch ``Embedding`` weight is stored ``(vocab, d)``, which
+by shape looks like a readout: name it in ``overrides={"embed.weight": "vector"}``. Weight decay is not rescaled (decoupled AdamW decay is already
 multiplied by the per-group lr, so it follows the lr scaling).
 """
 
@@ -62,11 +63,13 @@ def classify(shape: Sequence[int], base_shape: Sequence[int]) -> tuple[str, floa
 
 
 def mup_param_groups(shapes: Mapping[str, Sequence[int]], base_shapes: Mapping[str, Sequence[int]],
-                     lr: float | Schedule, readout: str = "lr", **group_options: Any) -> list[dict[str, Any]]:
+                     lr: float | Schedule, readout: str = "lr", overrides: Mapping[str, str] | None = None,
+                     **group_options: Any) -> list[dict[str, Any]]:
     """Torch-style parameter groups with μP lr multipliers, one group per distinct multiplier.
 
     ``shapes`` maps parameter names to their shapes in the target model and
-    ``base_shapes`` to those in the base (proxy) model. Each group is
+    ``base_shapes`` to those in the base (proxy) model; ``overrides`` maps names to a
+    kind where the shape alone is ambiguous (embeddings). Each group is
     ``{"params": [names], "lr": lr × multiplier, "mup": kind, **group_options}``;
     a Schedule ``lr`` becomes ``Multiply(lr, multiplier)``.
 
@@ -77,9 +80,15 @@ def mup_param_groups(shapes: Mapping[str, Sequence[int]], base_shapes: Mapping[s
     missing = sorted(set(shapes) ^ set(base_shapes))
     if missing:
         raise ValueError(f"parameters present in only one of shapes / base_shapes: {missing}")
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(shapes))
+    if unknown:
+        raise ValueError(f"overrides name parameters that are not in shapes: {unknown}")
     groups: dict[tuple[str, float], dict[str, Any]] = {}
     for name, shape in shapes.items():
         kind, m = classify(shape, base_shapes[name])
+        if name in overrides:
+            kind = V.choice(f"overrides[{name!r}]", overrides[name], KINDS)
         mult = lr_multiplier(kind, m, readout) if kind != "vector" else 1.0
         key = (kind, mult)
         if key not in groups:

@@ -1,0 +1,1 @@
+"""Reference (oracle) implementations: plain Python and NumPy, readable as the specification."""
