@@ -1,10 +1,21 @@
 """npadam: a framework-agnostic AdamW runtime on flat buffers.
 
 The public namespace only re-exports. Importing npadam is cheap: it loads NumPy
-and the schedules, never Numba kernels, CuPy, torch or matplotlib.
+and the schedules, never Numba kernels, CuPy, torch or matplotlib (kernels
+compile lazily on first use).
+
+>>> import numpy as np, npadam
+>>> w = np.zeros(3, np.float32)
+>>> opt = npadam.AdamW([w], lr=npadam.schedules.constant(1e-2))
+>>> opt.step([np.ones(3, np.float32)]).skipped
+False
 """
 
-from . import schedules
+from . import functional, schedules
+from .layout import FlatLayout, flat_parameters
+from .optimizer import Adam, AdamW, StepInfo
+from .scaler import LossScaler
 
 __version__ = "0.1.0"
-__all__ = ["schedules", "__version__"]
+__all__ = ["Adam", "AdamW", "FlatLayout", "LossScaler", "StepInfo", "flat_parameters", "functional", "schedules",
+           "__version__"]

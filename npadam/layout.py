@@ -1,0 +1,147 @@
+"""Flat buffers: where every parameter lives in the optimizer's flat state.
+
+Parameters are packed per (param group, storage dtype) into *buffers*. Inside a
+buffer each tensor starts at a multiple of ``ALIGN`` (64) elements; the gaps are
+padding that is never read as data. Offsets are Python ints / int64, so buffers
+past 2**31 elements work. Optimizer state (``exp_avg``, ``exp_avg_sq``,
+``max_exp_avg_sq`` and the fp32 master copy of low-precision params) is one flat
+float32 array per buffer, indexed by these offsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ALIGN = 64
+
+#: storage dtype name -> kernel kind (see npadam.kernels.cpu)
+KINDS = {"float32": 0, "bfloat16": 1, "float16": 2}
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """The NumPy dtype for ``"float32"``, ``"bfloat16"`` (ml_dtypes) or ``"float16"``."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    if name not in KINDS:
+        raise ValueError(f"unsupported storage dtype {name!r}; expected one of {', '.join(KINDS)}")
+    return np.dtype(name)
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """The storage name of a NumPy dtype; TypeError for anything npadam cannot update."""
+    name = np.dtype(dtype).name
+    if name not in KINDS:
+        raise TypeError(f"parameters and gradients must be float32, bfloat16 or float16, got {name}")
+    return name
+
+
+def align(n: int, to: int = ALIGN) -> int:
+    """``n`` rounded up to a multiple of ``to``."""
+    return -(-n // to) * to
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """One parameter: its name, shape, storage dtype, group, buffer and offset there."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    group: int
+    buffer: int
+    offset: int
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass
+class Buffer:
+    """A flat buffer: the tensors of one (group, dtype), in order."""
+
+    group: int
+    dtype: str
+    size: int = 0
+    tensors: list[int] = field(default_factory=list)
+
+    @property
+    def kind(self) -> int:
+        return KINDS[self.dtype]
+
+
+class FlatLayout:
+    """The index of name, shape, dtype, group, buffer and offset of every parameter.
+
+    >>> lay = FlatLayout([("w", (3, 5), "float32", 0), ("b", (5,), "float32", 0), ("e", (7,), "bfloat16", 0)])
+    >>> [(s.name, s.buffer, s.offset) for s in lay.slots], [b.size for b in lay.buffers]
+    ([('w', 0, 0), ('b', 0, 64), ('e', 1, 0)], [128, 64])
+    """
+
+    def __init__(self, specs: Iterable[tuple[str, Sequence[int], str, int]], align_to: int = ALIGN) -> None:
+        self.buffers: list[Buffer] = []
+        self.slots: list[TensorSlot] = []
+        index: dict[tuple[int, str], int] = {}
+        seen: set[str] = set()
+        for name, shape, dtype, group in specs:
+            if name in seen:
+                raise ValueError(f"duplicate parameter name {name!r}")
+            seen.add(name)
+            dtype = dtype_name(storage_dtype(dtype))
+            key = (group, dtype)
+            if key not in index:
+                index[key] = len(self.buffers)
+                self.buffers.append(Buffer(group, dtype))
+            buf = self.buffers[index[key]]
+            shape = tuple(int(s) for s in shape)
+            slot = TensorSlot(name, shape, dtype, group, index[key], buf.size)
+            buf.tensors.append(len(self.slots))
+            buf.size = align(buf.size + slot.numel, align_to)
+            self.slots.append(slot)
+        self.align = align_to
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.slots]
+
+    @property
+    def numel(self) -> int:
+        """Elements of all parameters (padding excluded)."""
+        return sum(s.numel for s in self.slots)
+
+    def offsets(self, buffer: int) -> np.ndarray:
+        """int64 offsets of the buffer's tensors, in order."""
+        return np.asarray([self.slots[t].offset for t in self.buffers[buffer].tensors], dtype=np.int64)
+
+    def sizes(self, buffer: int) -> np.ndarray:
+        """int64 element counts of the buffer's tensors, in order."""
+        return np.asarray([self.slots[t].numel for t in self.buffers[buffer].tensors], dtype=np.int64)
+
+    def allocate(self, dtype: str | None = "float32") -> list[np.ndarray]:
+        """Zeroed flat arrays, one per buffer (in ``dtype``, or each buffer's own dtype if None)."""
+        return [np.zeros(b.size, dtype=storage_dtype(dtype or b.dtype)) for b in self.buffers]
+
+    def views(self, flats: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each parameter as a view (its own shape) into ``flats`` (one array per buffer)."""
+        return [flats[s.buffer][s.offset: s.offset + s.numel].reshape(s.shape) for s in self.slots]
+
+
+def flat_parameters(arrays: Sequence[np.ndarray] | dict[str, np.ndarray],
+                    align_to: int = ALIGN) -> tuple[FlatLayout, list[np.ndarray], list[np.ndarray]]:
+    """Pack arrays into new flat buffers: ``(layout, flats, views)``.
+
+    The views replace the input arrays (same shapes and values) and live in one
+    contiguous buffer per dtype, so the optimizer reads and writes them in long runs.
+    """
+    items = list(arrays.items()) if isinstance(arrays, dict) else [(str(i), a) for i, a in enumerate(arrays)]
+    lay = FlatLayout([(n, np.shape(a), dtype_name(np.asarray(a).dtype), 0) for n, a in items], align_to)
+    flats = lay.allocate(None)
+    views = lay.views(flats)
+    for view, (_, a) in zip(views, items):
+        view[...] = a
+    return lay, flats, views
