@@ -175,6 +175,13 @@ def cast_copy(src, dst, kind):
         dst[i] = encode(src[i], kind)
 
 
+@njit(parallel=True, cache=True)
+def decode_copy(src, dst, kind):
+    """``dst[:] = src`` widened from storage ``kind`` to float32 (exact)."""
+    for i in prange(src.shape[0]):
+        dst[i] = load(src, i, kind)
+
+
 def typed_list(arrays):
     """A Numba typed list of 1-D arrays (all of one dtype)."""
     out = List()
