@@ -19,10 +19,12 @@ rounded to float32 (``host_scalars``); kernels use exactly these values. With
 ``dtype=np.float64`` the same formula runs in float64 (for accuracy tests).
 
 The global gradient norm uses a fixed blocking: each buffer is cut into blocks
-of ``NORM_BLOCK`` elements from its start, each block's sum of squares is a
-sequential float64 sum, and block sums are added sequentially, buffer after
-buffer. Squares of float32 values are exact in float64, so only the order of the
-additions matters, and it is fixed.
+of ``NORM_BLOCK`` elements from its start; inside a block element ``q`` belongs
+to lane ``q % NORM_LANES``, each lane is a sequential float64 sum of squares
+(row after row), the lanes are added in order, and the block sums are added
+sequentially, buffer after buffer. Squares of float32 values are exact in
+float64, so only the order of the additions matters, and it is fixed; the lanes
+let CPU SIMD units and GPU threads compute it at memory speed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NORM_BLOCK = 1 << 16
+NORM_LANES = 64
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,21 @@ def apply_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg
     param[...] = param - s.step_size * exp_avg / (np.sqrt(vh) / s.bc2_sqrt + s.eps)
 
 
-def block_sumsq(grad: np.ndarray, block: int = NORM_BLOCK) -> np.ndarray:
-    """float64 sums of squares of consecutive ``block``-element blocks (sequential in each)."""
+def block_sumsq(grad: np.ndarray, block: int = NORM_BLOCK, lanes: int = NORM_LANES) -> np.ndarray:
+    """float64 sums of squares of consecutive ``block``-element blocks (``block % lanes == 0``).
+
+    Per block: lane sums ``sum over rows r of x[r * lanes + l]**2`` (sequential in r),
+    then the sequential sum of the lanes. Zero padding changes no sum.
+    """
     x = grad.astype(np.float64).ravel()
     nblocks = -(-x.size // block)
+    if not nblocks:
+        return np.zeros(0)
     padded = np.zeros(nblocks * block)
     padded[: x.size] = x
-    sq = padded.reshape(nblocks, block) ** 2
-    return np.cumsum(sq, axis=1)[:, -1] if nblocks else np.zeros(0)
+    sq = padded.reshape(nblocks, block // lanes, lanes) ** 2
+    lane_sums = np.cumsum(sq, axis=1)[:, -1, :]
+    return np.cumsum(lane_sums, axis=1)[:, -1]
 
 
 def global_sumsq(buffers: list[np.ndarray], block: int = NORM_BLOCK) -> float:

@@ -102,12 +102,12 @@ class _Cpu:
             return
         e = self._empty
         params = self._params(buf)
-        self.cpu.adam_pass(params, self.cpu.typed_list([_u16(g) for g in buf.grads]),
-                           buf.offsets, *buf.cache["work"], e if buf.master is None else buf.master, buf.exp_avg,
-                           buf.exp_avg_sq, e if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq,
-                           buf.pkind, buf.gkind, flags.amsgrad, flags.decoupled, flags.maximize,
-                           s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,
-                           s.decay, s.step_size, s.bc2_sqrt, s.eps)
+        kernel = self.cpu.adam_pass(buf.pkind, buf.gkind, flags.amsgrad, flags.decoupled)
+        kernel(params, self.cpu.typed_list([_u16(g) for g in buf.grads]), buf.offsets, *buf.cache["work"],
+               e if buf.master is None else buf.master, buf.exp_avg, buf.exp_avg_sq,
+               e if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq, flags.maximize,
+               s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,
+               s.decay, s.step_size, s.bc2_sqrt, s.eps)
 
 
 class _Reference:

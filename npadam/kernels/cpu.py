@@ -19,6 +19,7 @@ from numba import njit, prange
 from numba.typed import List
 
 CHUNK = 1 << 15
+LANES = 64  # == reference.adamw.NORM_LANES; divides the layout alignment (64)
 
 F32, BF16, F16 = 0, 1, 2
 
@@ -100,71 +101,126 @@ def encode(x, kind):
     return f32_to_f16(x)
 
 
-@njit(parallel=True, cache=True)
-def adam_pass(params, grads, offsets, work_t, work_lo, work_hi, master, m, v, vmax, pkind, gkind,
-              amsgrad, decoupled, maximize, scale, b1, omb1, b2, omb2, wd, decay, step_size, bc2_sqrt, eps):
-    """One fused AdamW/Adam step over the tensors of one flat buffer (see reference.adamw)."""
-    for w in prange(work_t.shape[0]):
-        t = work_t[w]
-        P = params[t]
-        G = grads[t]
-        base = offsets[t]
-        for j in range(work_lo[w], work_hi[w]):
-            i = base + j
-            g = load(G, j, gkind) * scale
-            if maximize:
-                g = -g
-            if pkind == F32:
-                p = load(P, j, F32)
-            else:
-                p = master[i]
-            if not decoupled:
-                g = g + wd * p
-            mi = b1 * m[i] + omb1 * g
-            vi = b2 * v[i] + omb2 * (g * g)
-            m[i] = mi
-            v[i] = vi
-            vh = vi
-            if amsgrad:
-                vo = vmax[i]
-                if not (vi > vo or vi != vi):
-                    vh = vo
-                vmax[i] = vh
-            if decoupled:
-                p = p * decay
-            p = p - step_size * mi / (np.sqrt(vh) / bc2_sqrt + eps)
-            if pkind == F32:
-                P[j] = p
-            else:
-                master[i] = p
-                P[j] = encode(p, pkind)
+def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool):
+    """Build the fused pass for one (param kind, grad kind, amsgrad, decoupled) combination.
+
+    One source, compile-time options: the closure constants fold away the
+    branches, so the inner loop is straight-line code that LLVM vectorizes. Numba
+    keys its disk cache on the closure values too, so each variant caches apart.
+    """
+
+    @njit(parallel=True, cache=True)
+    def adam_pass(params, grads, offsets, work_t, work_lo, work_hi, master, m, v, vmax, maximize, scale,
+                  b1, omb1, b2, omb2, wd, decay, step_size, bc2_sqrt, eps):
+        for w in prange(work_t.shape[0]):
+            t = work_t[w]
+            lo = work_lo[w]
+            hi = work_hi[w]
+            a = offsets[t] + lo
+            b = offsets[t] + hi
+            P = params[t][lo:hi]
+            G = grads[t][lo:hi]
+            M = m[a:b]
+            Vv = v[a:b]
+            X = vmax[a:b] if AMSGRAD else vmax
+            W = master[a:b] if PK != F32 else master
+            for j in range(P.shape[0]):
+                g = load(G, j, GK) * scale
+                if maximize:
+                    g = -g
+                if PK == F32:
+                    p = load(P, j, F32)
+                else:
+                    p = W[j]
+                if not DECOUPLED:
+                    g = g + wd * p
+                mi = b1 * M[j] + omb1 * g
+                vi = b2 * Vv[j] + omb2 * (g * g)
+                M[j] = mi
+                Vv[j] = vi
+                vh = vi
+                if AMSGRAD:
+                    vo = X[j]
+                    if not (vi > vo or vi != vi):
+                        vh = vo
+                    X[j] = vh
+                if DECOUPLED:
+                    p = p * decay
+                p = p - step_size * mi / (np.sqrt(vh) / bc2_sqrt + eps)
+                if PK == F32:
+                    P[j] = p
+                else:
+                    W[j] = p
+                    P[j] = encode(p, PK)
+
+    return adam_pass
+
+
+_ADAM_PASSES: dict[tuple[int, int, bool, bool], object] = {}
+
+
+def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool):
+    """The compiled fused AdamW/Adam pass for these options (built on first use).
+
+    Call it as ``kernel(params, grads, offsets, work_t, work_lo, work_hi, master, m, v,
+    vmax, maximize, scale, b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)``
+    with float32 scalars from ``reference.adamw.host_scalars``.
+    """
+    key = (int(pkind), int(gkind), bool(amsgrad), bool(decoupled))
+    if key not in _ADAM_PASSES:
+        _ADAM_PASSES[key] = _make_adam_pass(*key)
+    return _ADAM_PASSES[key]
+
+
+@njit(inline="always", cache=True)
+def _lanes_add(acc, G, gkind):
+    """acc[l] += G[r*LANES + l]**2 for every row r, in row order (G starts at lane 0)."""
+    L = np.uint64(LANES)
+    nfull = np.uint64(G.shape[0] // LANES)
+    for r in range(nfull):
+        base = np.uint64(r) * L
+        for l in range(L):
+            x = np.float64(load(G, base + np.uint64(l), gkind))
+            acc[l] += x * x
+    rest = np.uint64(G.shape[0]) - nfull * L
+    for l in range(rest):
+        x = np.float64(load(G, nfull * L + np.uint64(l), gkind))
+        acc[l] += x * x
 
 
 @njit(parallel=True, cache=True)
 def block_sumsq(grads, offsets, nblocks, block, gkind):
-    """float64 sum of squares of each ``block`` of the buffer's index space, sequential inside a block."""
+    """float64 sum of squares of each ``block`` of the buffer's index space.
+
+    Inside a block, element ``q`` goes to lane ``q % LANES``; each lane is a
+    sequential float64 sum over its rows, and the lanes are then added in order
+    (see ``reference.adamw.block_sumsq``). Tensors start at multiples of 64 >= LANES
+    apart, so every tensor piece starts at lane 0.
+    """
     out = np.zeros(nblocks, dtype=np.float64)
     ntensors = offsets.shape[0]
     for b in prange(nblocks):
         lo = b * block
         hi = lo + block
-        acc = 0.0
+        acc = np.zeros(LANES, dtype=np.float64)
         t = np.searchsorted(offsets, lo, side="right") - 1
         if t < 0:
             t = 0
         while t < ntensors and offsets[t] < hi:
-            G = grads[t]
+            n = grads[t].shape[0]
             s = lo - offsets[t]
             if s < 0:
                 s = 0
             e = hi - offsets[t]
-            if e > G.shape[0]:
-                e = G.shape[0]
-            for j in range(s, e):
-                x = np.float64(load(G, j, gkind))
-                acc += x * x
+            if e > n:
+                e = n
+            if e > s:
+                _lanes_add(acc, grads[t][s:e], gkind)
             t += 1
-        out[b] = acc
+        total = 0.0
+        for l in range(LANES):
+            total += acc[l]
+        out[b] = total
     return out
 
 

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""CPU AdamW benchmark: npadam vs torch's fused CPU AdamW, in one run, against the bandwidth floor.
+
+    python tools/bench_cpu.py                     # 32M..256M fp32 + mixed, RSS check
+    python tools/bench_cpu.py --sizes 64 --repeats 5
+
+For each size it times (median of --repeats steps after a warm-up):
+  * fp32: ``npadam.AdamW`` (norm pass + fused update, and with ``skip_nonfinite=False``:
+    update only) vs ``torch.optim.AdamW(fused=True)``;
+  * mixed: npadam with bfloat16 params and grads and fp32 masters vs torch's best
+    equivalent pipeline (grad.float() -> fused AdamW on an fp32 master -> copy to bf16).
+The machine's streaming bandwidth is measured in the same run (a multi-threaded copy);
+the floor of one fp32 step is 28 bytes per element over that bandwidth. Peak RSS is
+measured in a child process that holds only npadam's params, grads and state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import npadam  # noqa: E402
+
+BYTES_FP32 = 28  # read p, g, m, v (16) + write p, m, v (12)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (and compile)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bandwidth(n: int, repeats: int) -> dict[str, float]:
+    """Streaming rates in GB/s (read + write): NumPy copy (one thread), a Numba parallel copy,
+    and a Numba parallel pass with AdamW's access pattern (read p, g, m, v; write p, m, v)
+    doing no arithmetic to speak of; its time per element is the floor an update can reach."""
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def pcopy(src, dst):
+        for i in prange(src.shape[0]):
+            dst[i] = src[i]
+
+    @njit(parallel=True)
+    def stream(p, g, m, v):
+        for i in prange(p.shape[0]):
+            x = g[i]
+            p[i] = p[i] + x
+            m[i] = m[i] + x
+            v[i] = v[i] + x
+
+    a = np.ones(n, np.float32)
+    b = np.empty_like(a)
+    c, d = np.ones_like(a), np.ones_like(a)
+    out = {"numpy_copy": 8 * n / median_time(lambda: np.copyto(b, a), repeats) / 1e9,
+           "numba_copy": 8 * n / median_time(lambda: pcopy(a, b), repeats) / 1e9,
+           "adam_stream": BYTES_FP32 * n / median_time(lambda: stream(a, b, c, d), repeats) / 1e9}
+    return out
+
+
+def bench_fp32(n: int, repeats: int, torch) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n, dtype=np.float32)
+    g = rng.standard_normal(n, dtype=np.float32)
+    out = {}
+    opt = npadam.AdamW([p], lr=1e-4, weight_decay=0.1)
+    out["npadam"] = median_time(lambda: opt.step([g]), repeats)
+    opt2 = npadam.AdamW([p], lr=1e-4, weight_decay=0.1, skip_nonfinite=False)
+    out["npadam_noskip"] = median_time(lambda: opt2.step([g]), repeats)
+    del opt, opt2
+    if torch is not None:
+        tp = torch.nn.Parameter(torch.from_numpy(p))
+        tp.grad = torch.from_numpy(g)
+        topt = torch.optim.AdamW([tp], lr=1e-4, weight_decay=0.1, fused=True)
+        out["torch_fused"] = median_time(topt.step, repeats)
+        del topt, tp
+    return out
+
+
+def bench_mixed(n: int, repeats: int, torch) -> dict[str, float]:
+    import ml_dtypes
+
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(n, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    g = rng.standard_normal(n, dtype=np.float32).astype(ml_dtypes.bfloat16)
+    out = {}
+    opt = npadam.AdamW([p], lr=1e-4, weight_decay=0.1)
+    out["npadam"] = median_time(lambda: opt.step([g]), repeats)
+    del opt
+    if torch is not None:
+        model = torch.from_numpy(p.view(np.int16)).view(torch.bfloat16)
+        grad = torch.from_numpy(g.view(np.int16)).view(torch.bfloat16)
+        master = torch.nn.Parameter(model.float())
+        master.grad = torch.empty(n, dtype=torch.float32)
+        topt = torch.optim.AdamW([master], lr=1e-4, weight_decay=0.1, fused=True)
+
+        def pipeline():
+            master.grad.copy_(grad)        # grad.float()
+            topt.step()                    # fused AdamW on the fp32 master
+            model.copy_(master.detach())   # copy-out to bf16
+
+        out["torch_pipeline"] = median_time(pipeline, repeats)
+        del topt, master
+    return out
+
+
+RSS_CHILD = """
+import sys, numpy as np, npadam
+def hwm():  # peak RSS of this process (VmHWM is per address space: exec resets it)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+n = int(sys.argv[1])
+p = np.ones(n, np.float32); g = np.full(n, 0.5, np.float32)
+opt0 = npadam.AdamW([np.ones(64, np.float32)]); opt0.step([np.ones(64, np.float32)])  # load + compile kernels
+base = hwm()
+opt = npadam.AdamW([p], lr=1e-4)
+for _ in range(3):
+    opt.step([g])
+print(base, hwm())
+"""
+
+
+def rss_check(n: int) -> dict[str, float]:
+    """Peak RSS of a process holding p, g (fp32) and npadam's m, v, vs those 16 bytes/element."""
+    out = subprocess.run([sys.executable, "-c", RSS_CHILD, str(n)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..")})
+    base, peak = map(int, out.stdout.split())
+    state = 16 * n
+    # the interpreter + NumPy + Numba runtime is measured before the optimizer exists (minus p and g)
+    runtime = base - 8 * n
+    return {"state_bytes": state, "peak_rss": peak, "runtime_bytes": runtime,
+            "ratio": peak / state, "ratio_excl_runtime": (peak - runtime) / state}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 128, 256], help="millions of params")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--rss-size", type=int, default=256, help="millions of params for the RSS check (0: skip)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("torch not installed: npadam only")
+    import numba
+
+    print(f"# npadam CPU benchmark, {datetime.date.today()}, {cpu_model()}, {os.cpu_count()} cores, "
+          f"numba threads {numba.get_num_threads()}, torch {getattr(torch, '__version__', '-')}, "
+          f"torch threads {torch.get_num_threads() if torch else '-'}")
+    rates = bandwidth(64 << 20, args.repeats)
+    bw = max(rates.values())
+    print("streaming bandwidth (read+write): " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in rates.items())
+          + f"; the floor uses the best, {bw:.1f} GB/s, and {BYTES_FP32} B/element")
+    results = {"date": str(datetime.date.today()), "cpu": cpu_model(), "cores": os.cpu_count(),
+               "bandwidth_gbs": bw, "rows": []}
+    hdr = f"{'case':<7}{'params':>8}{'npadam ms':>11}{'no-skip ms':>11}{'torch ms':>10}{'vs torch':>10}{'floor ms':>10}{'% floor':>9}"
+    print(hdr)
+    for m in args.sizes:
+        n = m << 20
+        floor = BYTES_FP32 * n / (bw * 1e9)
+        r = bench_fp32(n, args.repeats, torch)
+        t = r.get("torch_fused")
+        print(f"{'fp32':<7}{m:>7}M{r['npadam'] * 1e3:>11.1f}{r['npadam_noskip'] * 1e3:>11.1f}"
+              f"{t * 1e3 if t else float('nan'):>10.1f}{(t / r['npadam']) if t else float('nan'):>9.2f}x"
+              f"{floor * 1e3:>10.1f}{100 * floor / r['npadam']:>8.0f}%")
+        results["rows"].append({"case": "fp32", "mparams": m, **r, "floor": floor})
+        r = bench_mixed(n, args.repeats, torch)
+        t = r.get("torch_pipeline")
+        print(f"{'bf16mix':<7}{m:>7}M{r['npadam'] * 1e3:>11.1f}{'':>11}"
+              f"{t * 1e3 if t else float('nan'):>10.1f}{(t / r['npadam']) if t else float('nan'):>9.2f}x"
+              f"{floor * 1e3:>10.1f}{100 * floor / r['npadam']:>8.0f}%")
+        results["rows"].append({"case": "bf16mix", "mparams": m, **r, "floor": floor})
+    if args.rss_size:
+        r = rss_check(args.rss_size << 20)
+        print(f"peak RSS at {args.rss_size}M fp32 params: {r['peak_rss'] / 2**30:.2f} GiB for "
+              f"{r['state_bytes'] / 2**30:.2f} GiB of p+g+m+v = {r['ratio']:.3f}x "
+              f"({r['ratio_excl_runtime']:.3f}x without the {r['runtime_bytes'] / 2**20:.0f} MiB interpreter/"
+              f"NumPy/Numba runtime)")
+        results["rss"] = r
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
