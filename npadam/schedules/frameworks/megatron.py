@@ -54,9 +54,10 @@ class MegatronLR(Schedule):
         if d["lr_decay_style"] == "WSD":
             if d["wsd_decay_steps"] is None:
                 raise ValueError("lr_decay_style 'WSD' needs lr_wsd_decay_iters (or lr_wsd_decay_samples)")
-            if not 0 < d["wsd_decay_steps"] <= d["lr_decay_steps"]:
-                raise ValueError(f"WSD decay steps must be in (0, lr_decay_steps={lr_decay_steps}], "
-                                 f"got {wsd_decay_steps}")
+            # Megatron does not bound it: 0 holds the peak until lr_decay_steps (then min_lr);
+            # more than lr_decay_steps starts the annealing part-way (before step 0).
+            if d["wsd_decay_steps"] < 0:
+                raise ValueError(f"WSD decay steps must be >= 0, got {wsd_decay_steps}")
         self._store(**d)
 
     def _values(self, k: np.ndarray) -> np.ndarray:
@@ -103,7 +104,7 @@ def from_megatron(config: Mapping[str, Any]) -> ScheduleSet:
         decay_steps = decay_iters * gbs
         wd_steps = train_iters * gbs
         wsd = cfg.get("lr_wsd_decay_iters")
-        wsd_steps = None if wsd is None else V.integer("lr_wsd_decay_iters", wsd, lo=1) * gbs
+        wsd_steps = None if wsd is None else V.integer("lr_wsd_decay_iters", wsd, lo=0) * gbs
         warmup = frac * decay_steps if frac is not None else \
             V.integer("lr_warmup_iters", _get(cfg, "lr_warmup_iters", 0), lo=0) * gbs
     elif cfg.get("train_samples") is not None:
@@ -113,7 +114,7 @@ def from_megatron(config: Mapping[str, Any]) -> ScheduleSet:
         decay_steps = V.integer("lr_decay_samples", _get(cfg, "lr_decay_samples", train_samples), lo=1)
         wd_steps = train_samples
         wsd = cfg.get("lr_wsd_decay_samples")
-        wsd_steps = None if wsd is None else V.integer("lr_wsd_decay_samples", wsd, lo=1)
+        wsd_steps = None if wsd is None else V.integer("lr_wsd_decay_samples", wsd, lo=0)
         warmup = frac * decay_steps if frac is not None else \
             V.integer("lr_warmup_samples", _get(cfg, "lr_warmup_samples", 0), lo=0)
     else:

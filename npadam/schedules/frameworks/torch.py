@@ -42,13 +42,16 @@ class TorchLR(Schedule):
     Closed forms at ``t = k`` (``b`` = base lr):
 
     - LinearLR: ``b * (s + (e - s) * min(T, t) / T)``
-    - ConstantLR: ``b * factor`` for ``t < T``, then ``b``
+    - ConstantLR: ``b * factor`` for ``t < T``, then ``b`` (``T = 0``: ``b * factor`` throughout, as
+      torch's ``step()`` gives; factor 0 with ``T > 0`` is rejected: torch divides by zero at T)
     - CosineAnnealingLR: ``eta + (b - eta) * (1 + cos(pi * t / T_max)) / 2`` (periodic past T_max, as torch)
-    - PolynomialLR: ``b * (1 - min(T, t) / T) ** power``
+    - PolynomialLR: ``b * (1 - min(T, t) / T) ** power`` (``T = 0``: ``b``)
     - ExponentialLR: ``b * gamma ** t``; StepLR: ``b * gamma ** (t // step_size)``;
       MultiStepLR: ``b * gamma ** bisect_right(milestones, t)``
     - OneCycleLR, CosineAnnealingWarmRestarts: see ``one_cycle`` and ``cosine_restarts``
-    - SequentialLR: sub-scheduler ``i`` sees ``t - milestones[i-1]``
+    - SequentialLR: sub-scheduler ``i`` sees ``t - milestones[i-1]``; a sub-scheduler after the
+      first starts from torch's closed form at its milestone, so there ``total_iters=0`` gives
+      ``b`` for ConstantLR and is rejected for LinearLR / PolynomialLR (torch divides by zero)
     """
 
     kind = "torch"
@@ -79,12 +82,16 @@ class TorchLR(Schedule):
             f = V.real("factor", kw.get("factor", 1.0 / 3))
             if f > 1.0 or f < 0:
                 raise ValueError(f"Constant multiplicative factor expected to be between 0 and 1, got factor={f}")
-            return (f, V.integer("total_iters", kw.get("total_iters", 5), lo=0))
+            T = V.integer("total_iters", kw.get("total_iters", 5), lo=0)
+            if f == 0 and T > 0:
+                raise ValueError("ConstantLR with factor=0 divides by zero when it undoes the factor at "
+                                 f"step total_iters={T} (torch raises ZeroDivisionError there)")
+            return (f, T)
         if name == "CosineAnnealingLR":
             require("torch CosineAnnealingLR", kw, "T_max")
             return (V.integer("T_max", kw["T_max"], lo=1), V.real("eta_min", kw.get("eta_min", 0.0)))
         if name == "PolynomialLR":
-            return (V.integer("total_iters", kw.get("total_iters", 5), lo=1), V.real("power", kw.get("power", 1.0)))
+            return (V.integer("total_iters", kw.get("total_iters", 5), lo=0), V.real("power", kw.get("power", 1.0)))
         if name == "ExponentialLR":
             require("torch ExponentialLR", kw, "gamma")
             return V.real("gamma", kw["gamma"])
@@ -132,12 +139,16 @@ class TorchLR(Schedule):
             return b * (s + (e - s) * np.minimum(T, t) / T)
         if name == "ConstantLR":
             f, T = inner
+            if T == 0:  # torch applies the factor at step 0 and only undoes it *at* step T = 0
+                return np.full(t.shape, b * f)
             return np.where(t < T, b * f, b)
         if name == "CosineAnnealingLR":
             T, eta = inner
             return eta + (b - eta) * (1 + np.cos(np.pi * t / T)) / 2
         if name == "PolynomialLR":
             T, power = inner
+            if T == 0:  # torch's step() never changes the lr (its closed form would divide by 0)
+                return np.full(t.shape, b * 1.0)
             return b * (1.0 - np.minimum(T, t) / T) ** power
         if name == "ExponentialLR":
             return b * np.power(inner, t)
@@ -179,8 +190,21 @@ def _sub_scheduler(lr: float, sub: Any, i: int) -> TorchLR:
     name = sub.pop("scheduler")
     if name == "SequentialLR":
         raise ValueError("nested SequentialLR is not supported")
+    if name == "OneCycleLR":
+        raise ValueError("OneCycleLR inside SequentialLR is not supported: its constructor rewrites the "
+                         "group's initial_lr (to max_lr / div_factor), which becomes the base lr of every "
+                         "scheduler in the sequence")
     if sub.pop("lr", lr) != lr:
         raise ValueError(f"SequentialLR schedulers[{i}] sets its own 'lr'; all share the optimizer's lr")
+    if i > 0 and sub.get("total_iters", 5) == 0:
+        # From its milestone on, a later scheduler starts from its closed form at step 0
+        # (SequentialLR calls _update_lr(0)), not from its constructor's initial step.
+        if name in ("LinearLR", "PolynomialLR"):
+            raise ValueError(f"SequentialLR schedulers[{i}]: {name} with total_iters=0 divides by zero at "
+                             "its milestone (torch's closed form min(T, t) / T)")
+        if name == "ConstantLR":  # closed form: base * (factor + 1 * (1 - factor)), kept from there on
+            f = V.real("factor", sub.get("factor", 1.0 / 3))
+            sub["factor"] = f + (1 - f)
     return TorchLR(name, lr, **sub)
 
 
