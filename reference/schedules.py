@@ -35,7 +35,10 @@ def polynomial(k: int, init: float, final: float, steps: int, power: float = 1.0
 def exponential(k: int, init: float, rate: float, transition_steps: int = 1, staircase: bool = False,
                 final: float | None = None) -> float:
     exponent = k // transition_steps if staircase else k / transition_steps
-    value = init * rate ** exponent
+    try:
+        value = init * rate ** exponent
+    except OverflowError:  # IEEE: a growing exponential overflows to infinity
+        value = math.inf
     if final is not None:
         value = max(value, final) if rate < 1 else min(value, final)
     return value
