@@ -1,0 +1,86 @@
+"""The ``npadam`` command line: ``npadam schedule ...``, ``npadam demo``, ``npadam --version``.
+
+``main(argv)`` returns the exit status: 0, or 2 after printing one line
+``npadam: error: ...`` on stderr for bad input (no traceback; set ``NPADAM_DEBUG=1``
+to see one). Each command lives in its own module with ``HELP`` and
+``main(argv) -> int``; commands are imported only when run. Nothing here is
+imported by ``import npadam``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from ._errors import CLIError, Parser
+
+__all__ = ["main", "CLIError"]
+
+#: command name -> module (relative to this package) with HELP and main(argv)
+COMMANDS = {"schedule": ".schedule", "demo": ".demo"}
+_HELPS = {
+    "schedule": "dump (csv, json, npy) or plot (png, terminal) a learning-rate schedule",
+    "demo": "a short demo (for now: a warmup-cosine schedule plotted in the terminal)",
+}
+
+
+def _top_parser() -> Parser:
+    from .. import __version__
+
+    lines = [f"  {name:<10} {_HELPS[name]}" for name in COMMANDS]
+    p = Parser(prog="npadam", usage="npadam [-h] [--version] COMMAND [ARGS]",
+               description="npadam: framework-agnostic AdamW runtime and schedule tools.",
+               epilog="commands:\n" + "\n".join(lines) + "\n\nnpadam COMMAND --help for the options of a command.",
+               formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"npadam {__version__}")
+    p.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="COMMAND",
+                   help=" | ".join(COMMANDS))
+    return p
+
+
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]], __name__)
+        return module.main(argv[1:])
+    p = _top_parser()
+    p.parse_args(argv)          # --help / --version exit; an unknown command raises CLIError
+    p.print_help()
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"npadam: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; ``argv`` excludes the program name (default ``sys.argv[1:]``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("NPADAM_DEBUG", "") not in ("", "0")
+    try:
+        return _dispatch(argv)
+    except SystemExit as exc:            # argparse --help / --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except CLIError as exc:
+        if debug:
+            raise
+        return _fail(str(exc))
+    except BrokenPipeError:              # e.g. `npadam schedule ... | head`
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        if debug:
+            raise
+        return _fail(f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug, but still one line for the user
+        if debug:
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (NPADAM_DEBUG=1 shows the traceback)")
