@@ -479,13 +479,6 @@ def test_version_list_help(capsys):
     assert rc == 0 and "schedule" in out and "demo" in out
 
 
-def test_demo(capsys):
-    rc, out, err = run(capsys, "demo")
-    assert rc == 0, err
-    assert "npadam demo" in out and "warmup-cosine" in out and "*" in out
-    assert "peak 0.0003 at step 2,000" in err
-
-
 # ---------------------------------------------------------------- errors
 
 ERRORS = [

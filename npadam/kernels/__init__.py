@@ -95,14 +95,15 @@ class _Cpu:
         if not len(buf.grads) or not nblocks:
             return np.zeros(0)
         return self.cpu.block_sumsq(self.cpu.typed_list([_u16(g) for g in buf.grads]), buf.offsets,
-                                    nblocks, block, buf.gkind)
+                                    nblocks, block, buf.gkind, buf.size >= self.cpu.PARALLEL_MIN)
 
     def adam_step(self, buf: BufferView, s: ref.HostScalars, flags: Flags) -> None:
         if not len(buf.params):
             return
         e = self._empty
         params = self._params(buf)
-        kernel = self.cpu.adam_pass(buf.pkind, buf.gkind, flags.amsgrad, flags.decoupled)
+        kernel = self.cpu.adam_pass(buf.pkind, buf.gkind, flags.amsgrad, flags.decoupled,
+                                    buf.size >= self.cpu.PARALLEL_MIN)
         kernel(params, self.cpu.typed_list([_u16(g) for g in buf.grads]), buf.offsets, *buf.cache["work"],
                e if buf.master is None else buf.master, buf.exp_avg, buf.exp_avg_sq,
                e if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq, flags.maximize,

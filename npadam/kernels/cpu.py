@@ -20,6 +20,7 @@ from numba.typed import List
 
 CHUNK = 1 << 15
 LANES = 64  # == reference.adamw.NORM_LANES; divides the layout alignment (64)
+PARALLEL_MIN = 1 << 18  # buffers smaller than this run the serial build
 
 F32, BF16, F16 = 0, 1, 2
 
@@ -101,15 +102,16 @@ def encode(x, kind):
     return f32_to_f16(x)
 
 
-def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool):
+def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool, PARALLEL: bool):
     """Build the fused pass for one (param kind, grad kind, amsgrad, decoupled) combination.
 
     One source, compile-time options: the closure constants fold away the
     branches, so the inner loop is straight-line code that LLVM vectorizes. Numba
     keys its disk cache on the closure values too, so each variant caches apart.
+    ``PARALLEL=False`` compiles the same body serially (``prange`` is ``range``).
     """
 
-    @njit(parallel=True, cache=True)
+    @njit(parallel=PARALLEL, cache=True)
     def adam_pass(params, grads, offsets, work_t, work_lo, work_hi, master, m, v, vmax, maximize, scale,
                   b1, omb1, b2, omb2, wd, decay, step_size, bc2_sqrt, eps):
         for w in prange(work_t.shape[0]):
@@ -156,17 +158,20 @@ def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool):
     return adam_pass
 
 
-_ADAM_PASSES: dict[tuple[int, int, bool, bool], object] = {}
+_ADAM_PASSES: dict[tuple[int, int, bool, bool, bool], object] = {}
 
 
-def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool):
+def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, parallel: bool = True):
     """The compiled fused AdamW/Adam pass for these options (built on first use).
+
+    ``parallel=False`` gives the serial build of the same source, for small buffers
+    where starting threads costs more than the work (results are identical).
 
     Call it as ``kernel(params, grads, offsets, work_t, work_lo, work_hi, master, m, v,
     vmax, maximize, scale, b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)``
     with float32 scalars from ``reference.adamw.host_scalars``.
     """
-    key = (int(pkind), int(gkind), bool(amsgrad), bool(decoupled))
+    key = (int(pkind), int(gkind), bool(amsgrad), bool(decoupled), bool(parallel))
     if key not in _ADAM_PASSES:
         _ADAM_PASSES[key] = _make_adam_pass(*key)
     return _ADAM_PASSES[key]
@@ -188,40 +193,51 @@ def _lanes_add(acc, G, gkind):
         acc[l] += x * x
 
 
-@njit(parallel=True, cache=True)
-def block_sumsq(grads, offsets, nblocks, block, gkind):
-    """float64 sum of squares of each ``block`` of the buffer's index space.
+def _make_block_sumsq(PARALLEL: bool):
+    @njit(parallel=PARALLEL, cache=True)
+    def block_sumsq(grads, offsets, nblocks, block, gkind):
+        """float64 sum of squares of each ``block`` of the buffer's index space.
 
-    Inside a block, element ``q`` goes to lane ``q % LANES``; each lane is a
-    sequential float64 sum over its rows, and the lanes are then added in order
-    (see ``reference.adamw.block_sumsq``). Tensors start at multiples of 64 >= LANES
-    apart, so every tensor piece starts at lane 0.
-    """
-    out = np.zeros(nblocks, dtype=np.float64)
-    ntensors = offsets.shape[0]
-    for b in prange(nblocks):
-        lo = b * block
-        hi = lo + block
-        acc = np.zeros(LANES, dtype=np.float64)
-        t = np.searchsorted(offsets, lo, side="right") - 1
-        if t < 0:
-            t = 0
-        while t < ntensors and offsets[t] < hi:
-            n = grads[t].shape[0]
-            s = lo - offsets[t]
-            if s < 0:
-                s = 0
-            e = hi - offsets[t]
-            if e > n:
-                e = n
-            if e > s:
-                _lanes_add(acc, grads[t][s:e], gkind)
-            t += 1
-        total = 0.0
-        for l in range(LANES):
-            total += acc[l]
-        out[b] = total
-    return out
+        Inside a block, element ``q`` goes to lane ``q % LANES``; each lane is a
+        sequential float64 sum over its rows, and the lanes are then added in order
+        (see ``reference.adamw.block_sumsq``). Tensors start at multiples of 64 >= LANES
+        apart, so every tensor piece starts at lane 0.
+        """
+        out = np.zeros(nblocks, dtype=np.float64)
+        ntensors = offsets.shape[0]
+        for b in prange(nblocks):
+            lo = b * block
+            hi = lo + block
+            acc = np.zeros(LANES, dtype=np.float64)
+            t = np.searchsorted(offsets, lo, side="right") - 1
+            if t < 0:
+                t = 0
+            while t < ntensors and offsets[t] < hi:
+                n = grads[t].shape[0]
+                s = lo - offsets[t]
+                if s < 0:
+                    s = 0
+                e = hi - offsets[t]
+                if e > n:
+                    e = n
+                if e > s:
+                    _lanes_add(acc, grads[t][s:e], gkind)
+                t += 1
+            total = 0.0
+            for l in range(LANES):
+                total += acc[l]
+            out[b] = total
+        return out
+
+    return block_sumsq
+
+
+_BLOCK_SUMSQ = {True: _make_block_sumsq(True), False: _make_block_sumsq(False)}
+
+
+def block_sumsq(grads, offsets, nblocks, block, gkind, parallel: bool = True):
+    """float64 sum of squares of each ``block`` of the buffer's index space (see ``_make_block_sumsq``)."""
+    return _BLOCK_SUMSQ[bool(parallel)](grads, offsets, nblocks, block, gkind)
 
 
 @njit(parallel=True, cache=True)

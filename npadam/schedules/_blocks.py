@@ -352,21 +352,21 @@ def restart_position(k: np.ndarray, period: int, mult: int) -> tuple[np.ndarray,
     """Return ``(cycle, offset, cycle_length)`` int64 arrays for SGDR cycles.
 
     Cycle ``i`` starts at ``period * (mult**i - 1) / (mult - 1)`` (``period * i`` when
-    ``mult == 1``). A float log gives a first guess that integer comparisons correct.
+    ``mult == 1``). The cycle starts are tabulated with Python integers (exact, no
+    overflow) up to the int64 range and looked up with a binary search.
     """
     k = np.asarray(k, dtype=np.int64)
     if mult == 1:
         return k // period, k % period, np.full(k.shape, period, dtype=np.int64)
-    guess = np.floor(np.log(k * (mult - 1) / period + 1.0) / np.log(mult)).astype(np.int64)
-    guess = np.clip(guess, 0, 62)
-
-    def start(i: np.ndarray) -> np.ndarray:
-        return period * (mult ** i - 1) // (mult - 1)
-
-    for _ in range(3):
-        guess = np.where(start(guess) > k, guess - 1, guess)
-        guess = np.where(start(guess + 1) <= k, guess + 1, guess)
-    return guess, k - start(guess), period * mult ** guess
+    limit = np.iinfo(np.int64).max
+    starts, length = [0], period
+    while starts[-1] <= limit - length:
+        starts.append(starts[-1] + length)
+        length *= mult
+    starts.append(limit)  # the last cycle runs to the end of the int64 range
+    table = np.asarray(starts, dtype=np.int64)
+    cycle = np.searchsorted(table, k, side="right") - 1
+    return cycle, k - table[cycle], table[cycle + 1] - table[cycle]
 
 
 ANNEAL_SHAPES = ("cos", "linear")
