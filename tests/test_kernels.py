@@ -213,3 +213,15 @@ def test_layout_offsets_are_64_bit():
                              ("c", (1 << 20, 1 << 12), "bfloat16", 0)])
     assert big.slots[1].offset == 1 << 31 and big.buffers[0].size == (1 << 31) + 64
     assert big.slots[2].numel == 1 << 32 and big.offsets(1).dtype == np.int64
+
+
+def test_serial_and_parallel_builds_cache_apart():
+    """Numba keys its disk cache on closure variables: both builds must capture PARALLEL,
+    else whichever compiles first is loaded for the other (a serial pass for a huge buffer)."""
+    for parallel in (False, True):
+        for fn in (cpu.adam_pass(cpu.F32, cpu.BF16, amsgrad=True, decoupled=False, parallel=parallel),
+                   cpu._BLOCK_SUMSQ[parallel]):
+            free = fn.py_func.__code__.co_freevars
+            cells = dict(zip(free, (c.cell_contents for c in fn.py_func.__closure__)))
+            assert cells.get("PARALLEL") is parallel
+            assert fn.targetoptions.get("parallel", False) is parallel

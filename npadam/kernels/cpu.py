@@ -114,6 +114,7 @@ def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool, PARALLEL: 
     @njit(parallel=PARALLEL, cache=True)
     def adam_pass(params, grads, offsets, work_t, work_lo, work_hi, master, m, v, vmax, maximize, scale,
                   b1, omb1, b2, omb2, wd, decay, step_size, bc2_sqrt, eps):
+        _cache_key = PARALLEL  # noqa: F841 - PARALLEL must be a closure variable: Numba keys its disk cache on those
         for w in prange(work_t.shape[0]):
             t = work_t[w]
             lo = work_lo[w]
@@ -203,6 +204,7 @@ def _make_block_sumsq(PARALLEL: bool):
         (see ``reference.adamw.block_sumsq``). Tensors start at multiples of 64 >= LANES
         apart, so every tensor piece starts at lane 0.
         """
+        _cache_key = PARALLEL  # noqa: F841 - see adam_pass: serial and parallel builds must cache apart
         out = np.zeros(nblocks, dtype=np.float64)
         ntensors = offsets.shape[0]
         for b in prange(nblocks):
