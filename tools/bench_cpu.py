@@ -47,13 +47,21 @@ def cpu_model() -> str:
 
 
 def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (and compile)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    return interleaved({"x": fn}, repeats)["x"]
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, timed in turns (round after round), so that a
+    slow phase of a noisy machine hits every contender alike. One warm-up call each."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bandwidth(n: int, repeats: int) -> dict[str, float]:
@@ -67,14 +75,7 @@ def bandwidth(n: int, repeats: int) -> dict[str, float]:
         for i in prange(src.shape[0]):
             dst[i] = src[i]
 
-    @njit(parallel=True)
-    def stream(p, g, m, v):
-        for i in prange(p.shape[0]):
-            x = g[i]
-            p[i] = p[i] + x
-            m[i] = m[i] + x
-            v[i] = v[i] + x
-
+    stream = _stream()
     a = np.ones(n, np.float32)
     b = np.empty_like(a)
     c, d = np.ones_like(a), np.ones_like(a)
@@ -84,45 +85,49 @@ def bandwidth(n: int, repeats: int) -> dict[str, float]:
     return out
 
 
-def stream_floor(n: int, repeats: int) -> float:
-    """Seconds for one pass with AdamW's access pattern over ``n`` fp32 elements (no math)."""
-    from numba import njit, prange
+_STREAM = []
 
-    @njit(parallel=True)
-    def stream(p, g, m, v):
-        for i in prange(p.shape[0]):
-            x = g[i]
-            p[i] = p[i] + x
-            m[i] = m[i] + x
-            v[i] = v[i] + x
 
-    arrays = [np.ones(n, np.float32) for _ in range(4)]
-    return median_time(lambda: stream(*arrays), repeats)
+def _stream():
+    """A Numba pass with AdamW's access pattern (read p, g, m, v; write p, m, v) and no math."""
+    if not _STREAM:
+        from numba import njit, prange
+
+        @njit(parallel=True)
+        def stream(p, g, m, v):
+            for i in prange(p.shape[0]):
+                x = g[i]
+                p[i] = p[i] + x
+                m[i] = m[i] + x
+                v[i] = v[i] + x
+
+        _STREAM.append(stream)
+    return _STREAM[0]
 
 
 def bench_fp32(n: int, repeats: int, torch) -> dict[str, float]:
     rng = np.random.default_rng(0)
     p = rng.standard_normal(n, dtype=np.float32)
     g = rng.standard_normal(n, dtype=np.float32)
-    out = {}
+    fns = {}
     opt = npadam.AdamW([p], lr=1e-4, weight_decay=0.1)
-    out["npadam"] = median_time(lambda: opt.step([g]), repeats)
+    fns["npadam"] = lambda: opt.step([g])
     opt2 = npadam.AdamW([p], lr=1e-4, weight_decay=0.1, skip_nonfinite=False)
-    out["npadam_noskip"] = median_time(lambda: opt2.step([g]), repeats)
-    del opt, opt2
+    fns["npadam_noskip"] = lambda: opt2.step([g])
+    floor_arrays = (p, g, opt._bufs[0].exp_avg, opt._bufs[0].exp_avg_sq)
+    fns["floor"] = lambda: _stream()(*floor_arrays)
     if torch is not None:
         tp = torch.nn.Parameter(torch.from_numpy(p))
         tp.grad = torch.from_numpy(g)
         topt = torch.optim.AdamW([tp], lr=1e-4, weight_decay=0.1, fused=True)
-        out["torch_fused"] = median_time(topt.step, repeats)
+        fns["torch_fused"] = topt.step
 
         def clipped():  # the same work as npadam's step: global norm (clipping) + fused update
             torch.nn.utils.clip_grad_norm_([tp], 1e9)
             topt.step()
 
-        out["torch_clip_fused"] = median_time(clipped, repeats)
-        del topt, tp
-    return out
+        fns["torch_clip_fused"] = clipped
+    return interleaved(fns, repeats)
 
 
 def bench_mixed(n: int, repeats: int, torch) -> dict[str, float]:
@@ -131,10 +136,11 @@ def bench_mixed(n: int, repeats: int, torch) -> dict[str, float]:
     rng = np.random.default_rng(1)
     p = rng.standard_normal(n, dtype=np.float32).astype(ml_dtypes.bfloat16)
     g = rng.standard_normal(n, dtype=np.float32).astype(ml_dtypes.bfloat16)
-    out = {}
+    fns = {}
     opt = npadam.AdamW([p], lr=1e-4, weight_decay=0.1)
-    out["npadam"] = median_time(lambda: opt.step([g]), repeats)
-    del opt
+    fns["npadam"] = lambda: opt.step([g])
+    opt2 = npadam.AdamW([p], lr=1e-4, weight_decay=0.1, skip_nonfinite=False)
+    fns["npadam_noskip"] = lambda: opt2.step([g])
     if torch is not None:
         model = torch.from_numpy(p.view(np.int16)).view(torch.bfloat16)
         grad = torch.from_numpy(g.view(np.int16)).view(torch.bfloat16)
@@ -147,7 +153,7 @@ def bench_mixed(n: int, repeats: int, torch) -> dict[str, float]:
             topt.step()                    # fused AdamW on the fp32 master
             model.copy_(master.detach())   # copy-out to bf16
 
-        out["torch_pipeline"] = median_time(pipeline, repeats)
+        fns["torch_pipeline"] = pipeline
 
         def clipped():
             master.grad.copy_(grad)
@@ -155,9 +161,8 @@ def bench_mixed(n: int, repeats: int, torch) -> dict[str, float]:
             topt.step()
             model.copy_(master.detach())
 
-        out["torch_clip_pipeline"] = median_time(clipped, repeats)
-        del topt, master
-    return out
+        fns["torch_clip_pipeline"] = clipped
+    return interleaved(fns, repeats)
 
 
 RSS_CHILD = """
@@ -212,7 +217,8 @@ def main() -> None:
     results = {"date": str(datetime.date.today()), "cpu": cpu_model(), "cores": os.cpu_count(),
                "bandwidth_gbs": rates, "rows": []}
     print("npadam = norm/inf pass + fused update (its default); update = skip_nonfinite=False (update only);\n"
-          "torch = fused AdamW (fp32) or grad.float() + fused AdamW + copy to bf16 (mixed); +clip = with\n"
+          "torch = fused AdamW (fp32) or grad.float() + fused AdamW + copy to bf16 (bf16mix: npadam keeps bf16
+params and grads with fp32 masters, one pass); +clip = with\n"
           "clip_grad_norm_ first (the same work as npadam's default); floor = a no-math pass with AdamW's\n"
           "access pattern (28 B/element) over the same size")
     hdr = (f"{'case':<8}{'params':>7}{'npadam':>9}{'update':>9}{'torch':>9}{'+clip':>9}{'floor':>8}"
@@ -220,9 +226,10 @@ def main() -> None:
     print(hdr + "\n" + " " * 15 + "(milliseconds)")
     for m in args.sizes:
         n = m << 20
-        floor = stream_floor(n, args.repeats)
+        floor = None
         for case, fn in (("fp32", bench_fp32), ("bf16mix", bench_mixed)):
             r = fn(n, args.repeats, torch)
+            floor = r.pop("floor", floor)
             t = r.get("torch_fused", r.get("torch_pipeline", float("nan")))
             tc = r.get("torch_clip_fused", r.get("torch_clip_pipeline", float("nan")))
             upd = r.get("npadam_noskip", float("nan"))

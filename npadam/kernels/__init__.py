@@ -132,8 +132,9 @@ class _Reference:
         grad = self._gather(buf.grads, buf, buf.grads[0].dtype)
         low = buf.master is not None
         param = buf.master if low else self._gather(buf.params, buf, np.dtype(np.float32))
-        ref.apply_step(param, grad, buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq, s,
-                       decoupled=flags.decoupled, amsgrad=flags.amsgrad, maximize=flags.maximize)
+        with np.errstate(invalid="ignore", divide="ignore"):  # eps = 0 makes 0/0 in the padding
+            ref.apply_step(param, grad, buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq, s,
+                           decoupled=flags.decoupled, amsgrad=flags.amsgrad, maximize=flags.maximize)
         for a, off in zip(buf.params, buf.offsets):
             src = param[off: off + a.size]
             a[...] = ref.to_storage(src, a.dtype) if low else src

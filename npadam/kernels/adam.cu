@@ -1,0 +1,127 @@
+// npadam GPU kernels: the fused AdamW/Adam pass and the fixed-blocking gradient norm.
+//
+// One templated source; the options are template parameters:
+//   PK, GK      storage kind of params / grads (0 float32, 1 bfloat16, 2 float16)
+//   AMSGRAD, DECOUPLED, MAXIMIZE
+// Compile with -fmad=false (and NVRTC's default IEEE division and square root) so
+// that the result is bit-identical to reference/adamw.py and the Numba kernel.
+//
+// Tensors are passed as tables (device arrays): param and grad pointers, their
+// offsets in the flat float32 state buffers and their sizes. One launch covers all
+// tensors of a flat buffer: the host cuts them into chunks of CHUNK elements
+// (chunk_tensor, chunk_start) and each thread block takes chunks in a grid-stride
+// loop; indices are 64-bit throughout. Where every pointer of a chunk is 16-byte
+// aligned the float32 arrays are read and written as float4.
+#include "adam_math.cuh"
+
+using namespace npadam;
+
+#define NPADAM_LANES 64
+
+template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE>
+__device__ __forceinline__ void adam_one(typename Storage<PK>::T* P, const typename Storage<GK>::T* G,
+                                         float* W, float* M, float* V, float* X, int64_t j, int64_t i,
+                                         const Scalars& s) {
+    float p = (PK == F32) ? Storage<PK>::load(P[j]) : W[i];
+    float m = M[i], v = V[i];
+    float vmax = AMSGRAD ? X[i] : 0.0f;
+    adam_element<AMSGRAD, DECOUPLED, MAXIMIZE>(p, Storage<GK>::load(G[j]), m, v, vmax, s);
+    M[i] = m;
+    V[i] = v;
+    if (AMSGRAD) X[i] = vmax;
+    if (PK != F32) W[i] = p;
+    P[j] = Storage<PK>::store(p);
+}
+
+template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE>
+__global__ void adam_multi(const uint64_t* __restrict__ param_ptrs, const uint64_t* __restrict__ grad_ptrs,
+                           const int64_t* __restrict__ offsets, const int64_t* __restrict__ sizes,
+                           const int64_t* __restrict__ chunk_tensor, const int64_t* __restrict__ chunk_start,
+                           int64_t nchunks, int64_t chunk, float* __restrict__ master, float* __restrict__ m,
+                           float* __restrict__ v, float* __restrict__ vmax, float scale, float beta1,
+                           float one_minus_beta1, float beta2, float one_minus_beta2, float weight_decay,
+                           float decay, float step_size, float bc2_sqrt, float eps) {
+    const Scalars s = {scale, beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay, decay, step_size,
+                       bc2_sqrt, eps};
+    typedef typename Storage<PK>::T PT;
+    typedef typename Storage<GK>::T GT;
+    for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const int64_t t = chunk_tensor[c];
+        const int64_t lo = chunk_start[c];
+        int64_t hi = lo + chunk;
+        if (hi > sizes[t]) hi = sizes[t];
+        PT* P = reinterpret_cast<PT*>(param_ptrs[t]);
+        const GT* G = reinterpret_cast<const GT*>(grad_ptrs[t]);
+        const int64_t base = offsets[t];
+        bool vec = (PK == F32) && (GK == F32) && !AMSGRAD && ((lo & 3) == 0) &&
+                   ((reinterpret_cast<uint64_t>(P) | reinterpret_cast<uint64_t>(G)) & 15) == 0 &&
+                   (((base + lo) & 3) == 0) &&
+                   ((reinterpret_cast<uint64_t>(m) | reinterpret_cast<uint64_t>(v)) & 15) == 0;
+        int64_t j0 = lo;
+        if (vec) {
+            const int64_t nvec = (hi - lo) / 4;
+            for (int64_t q = threadIdx.x; q < nvec; q += blockDim.x) {
+                const int64_t j = lo + 4 * q, i = base + j;
+                float4 pp = *reinterpret_cast<float4*>(reinterpret_cast<float*>(P) + j);
+                const float4 gg = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(G) + j);
+                float4 mm = *reinterpret_cast<float4*>(m + i);
+                float4 vv = *reinterpret_cast<float4*>(v + i);
+                float unused = 0.0f;
+                adam_element<false, DECOUPLED, MAXIMIZE>(pp.x, gg.x, mm.x, vv.x, unused, s);
+                adam_element<false, DECOUPLED, MAXIMIZE>(pp.y, gg.y, mm.y, vv.y, unused, s);
+                adam_element<false, DECOUPLED, MAXIMIZE>(pp.z, gg.z, mm.z, vv.z, unused, s);
+                adam_element<false, DECOUPLED, MAXIMIZE>(pp.w, gg.w, mm.w, vv.w, unused, s);
+                *reinterpret_cast<float4*>(reinterpret_cast<float*>(P) + j) = pp;
+                *reinterpret_cast<float4*>(m + i) = mm;
+                *reinterpret_cast<float4*>(v + i) = vv;
+            }
+            j0 = lo + 4 * nvec;
+        }
+        for (int64_t j = j0 + threadIdx.x; j < hi; j += blockDim.x) {
+            adam_one<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE>(P, G, master, m, v, vmax, j, base + j, s);
+        }
+    }
+}
+
+// Sum of squares of each `block`-element block of the buffer's index space, float64.
+// Launch with NPADAM_LANES threads per block, one thread block per norm block (grid-stride).
+// Lane l adds the squares of elements l, l + 64, l + 128, ... of the block in order (each
+// tensor starts at a multiple of 64, so at lane 0); thread 0 then adds the 64 lane sums in
+// order. Same numbers, same order as reference.adamw.block_sumsq and the Numba kernel.
+template <int GK>
+__global__ void block_sumsq(const uint64_t* __restrict__ grad_ptrs, const int64_t* __restrict__ offsets,
+                            const int64_t* __restrict__ sizes, int64_t ntensors, int64_t nblocks, int64_t block,
+                            double* __restrict__ out) {
+    typedef typename Storage<GK>::T GT;
+    __shared__ double lanes[NPADAM_LANES];
+    const int lane = threadIdx.x;
+    for (int64_t b = blockIdx.x; b < nblocks; b += gridDim.x) {
+        const int64_t lo = b * block, hi = lo + block;
+        // first tensor whose range may overlap [lo, hi): the last with offset <= lo
+        int64_t a = 0, z = ntensors;
+        while (z - a > 1) {
+            const int64_t mid = (a + z) / 2;
+            if (offsets[mid] <= lo) a = mid; else z = mid;
+        }
+        double acc = 0.0;
+        for (int64_t t = a; t < ntensors && offsets[t] < hi; ++t) {
+            const GT* G = reinterpret_cast<const GT*>(grad_ptrs[t]);
+            int64_t s0 = lo - offsets[t];
+            if (s0 < 0) s0 = 0;
+            int64_t e0 = hi - offsets[t];
+            if (e0 > sizes[t]) e0 = sizes[t];
+            for (int64_t j = s0 + lane; j < e0; j += NPADAM_LANES) {
+                const double x = (double)Storage<GK>::load(G[j]);
+                acc += x * x;
+            }
+        }
+        lanes[lane] = acc;
+        __syncthreads();
+        if (lane == 0) {
+            double total = 0.0;
+            for (int l = 0; l < NPADAM_LANES; ++l) total += lanes[l];
+            out[b] = total;
+        }
+        __syncthreads();
+    }
+}

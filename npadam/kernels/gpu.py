@@ -1,0 +1,124 @@
+"""CuPy GPU kernels: ``adam.cu`` compiled lazily with NVRTC, memoized per device.
+
+Importing this module imports CuPy; nothing here compiles until a kernel is
+first used. The CUDA source (``adam.cu`` + ``adam_math.cuh``, package data) is one
+templated kernel; each (param kind, grad kind, amsgrad, decoupled, maximize)
+combination is instantiated by name on first use and cached per device. Options:
+``-fmad=false`` and NVRTC's default IEEE division and square root, so results are
+bit-identical to ``reference.adamw`` and the Numba kernel.
+
+Kernels run on CuPy's current stream; to run on a torch stream, wrap the call in
+``with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):``. The
+gradient-norm pass leaves its block sums on the device; the optimizer reads one
+float64 back per step (the total), which is its only host synchronisation.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+SOURCE_DIR = pathlib.Path(__file__).resolve().parent
+CHUNK = 1 << 16
+THREADS = 256
+LANES = 64
+NVRTC_OPTIONS = ("--std=c++17", "-fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
+
+
+def source() -> str:
+    """The kernel source with ``adam_math.cuh`` inlined (NVRTC needs no include path then)."""
+    math_h = (SOURCE_DIR / "adam_math.cuh").read_text()
+    return (SOURCE_DIR / "adam.cu").read_text().replace('#include "adam_math.cuh"', math_h)
+
+
+def adam_name(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, maximize: bool) -> str:
+    b = lambda x: "true" if x else "false"  # noqa: E731
+    return f"adam_multi<{pkind}, {gkind}, {b(amsgrad)}, {b(decoupled)}, {b(maximize)}>"
+
+
+def norm_name(gkind: int) -> str:
+    return f"block_sumsq<{gkind}>"
+
+
+def all_names() -> list[str]:
+    """Every template instantiation the runtime may ask for (for compile checks)."""
+    names = [norm_name(g) for g in range(3)]
+    for p in range(3):
+        for g in range(3):
+            for a in (False, True):
+                for d in (False, True):
+                    for m in (False, True):
+                        names.append(adam_name(p, g, a, d, m))
+    return names
+
+
+class GpuKernels:
+    """The two operations of ``npadam.kernels`` on CuPy arrays of one device."""
+
+    def __init__(self) -> None:
+        import cupy
+
+        self.cp = cupy
+        self._modules: dict[tuple[int, str], Any] = {}
+
+    def _function(self, name: str) -> Any:
+        dev = self.cp.cuda.runtime.getDevice()
+        key = (dev, name)
+        if key not in self._modules:
+            mod = self.cp.RawModule(code=source(), options=NVRTC_OPTIONS, name_expressions=[name])
+            self._modules[key] = mod.get_function(name)
+        return self._modules[key]
+
+    def _tables(self, buf: Any, arrays: Sequence[Any], key: str) -> tuple[Any, ...]:
+        """Device tables (pointers, offsets, sizes) for ``arrays``; params' are cached per buffer."""
+        cp = self.cp
+        ptrs = np.asarray([a.data.ptr for a in arrays], dtype=np.uint64)
+        cached = buf.cache.get(key)
+        if cached is not None and np.array_equal(cached[0], ptrs):
+            return cached[1]
+        tables = (cp.asarray(ptrs), cp.asarray(buf.offsets), cp.asarray(buf.sizes))
+        if key == "params":
+            buf.cache[key] = (ptrs, tables)
+        return tables
+
+    def _chunks(self, buf: Any) -> tuple[Any, Any, int]:
+        if "chunks" not in buf.cache:
+            counts = -(-np.asarray(buf.sizes, np.int64) // CHUNK)
+            t = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+            first = np.repeat(np.cumsum(counts) - counts, counts)
+            start = (np.arange(t.size, dtype=np.int64) - first) * CHUNK
+            buf.cache["chunks"] = (self.cp.asarray(t), self.cp.asarray(start), int(t.size))
+        return buf.cache["chunks"]
+
+    def block_sumsq(self, buf: Any, block: int) -> Any:
+        """float64 block sums, left on the device (a CuPy array)."""
+        cp = self.cp
+        nblocks = -(-buf.size // block)
+        if not len(buf.grads) or not nblocks:
+            return cp.zeros(0, dtype=cp.float64)
+        ptrs, offsets, sizes = self._tables(buf, buf.grads, "grads")
+        out = cp.empty(nblocks, dtype=cp.float64)
+        fn = self._function(norm_name(buf.gkind))
+        grid = min(nblocks, 65_535)
+        fn((grid,), (LANES,), (ptrs, offsets, sizes, np.int64(len(buf.grads)), np.int64(nblocks),
+                                np.int64(block), out))
+        return out
+
+    def adam_step(self, buf: Any, s: Any, flags: Any) -> None:
+        cp = self.cp
+        if not len(buf.params):
+            return
+        pptrs, offsets, sizes = self._tables(buf, buf.params, "params")
+        gptrs, _, _ = self._tables(buf, buf.grads, "grads")
+        chunk_t, chunk_s, nchunks = self._chunks(buf)
+        empty = buf.cache.setdefault("empty", cp.zeros(1, dtype=cp.float32))
+        fn = self._function(adam_name(buf.pkind, buf.gkind, flags.amsgrad, flags.decoupled, flags.maximize))
+        scalars = tuple(np.float32(x) for x in (s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2,
+                                                s.weight_decay, s.decay, s.step_size, s.bc2_sqrt, s.eps))
+        grid = min(nchunks, 4 * cp.cuda.Device().attributes["MultiProcessorCount"] * 8)
+        fn((max(grid, 1),), (THREADS,),
+           (pptrs, gptrs, offsets, sizes, chunk_t, chunk_s, np.int64(nchunks), np.int64(CHUNK),
+            empty if buf.master is None else buf.master, buf.exp_avg, buf.exp_avg_sq,
+            empty if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq, *scalars))

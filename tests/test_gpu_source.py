@@ -1,0 +1,124 @@
+"""The CUDA source without a GPU: it compiles for sm_90 with the exact flags, and its
+element math, built for the host, is bit-identical to the reference."""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import re
+import shutil
+import subprocess
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from npadam.kernels import gpu
+from reference import adamw as R
+
+NVCC = shutil.which("nvcc")
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
+KERNEL_DIR = gpu.SOURCE_DIR
+HOST_SRC = KERNEL_DIR.parents[1] / "tests" / "cuda" / "adam_host.cu"
+STORE = {0: np.dtype(np.float32), 1: np.dtype(ml_dtypes.bfloat16), 2: np.dtype(np.float16)}
+
+
+def _instantiations(names: list[str]) -> str:
+    refs = ",\n    ".join(f"(void*)&{n.replace(' ', '')}" for n in names)
+    return f'#include "adam.cu"\nvoid npadam_instantiate() {{\n  void* k[] = {{\n    {refs}}};\n  (void)k;\n}}\n'
+
+
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory) -> str:
+    d = tmp_path_factory.mktemp("ptx")
+    (d / "all.cu").write_text(_instantiations(gpu.all_names()))
+    out = subprocess.run([NVCC, "-ptx", "-arch=sm_90", "-std=c++17", "-fmad=false", "-prec-div=true",
+                          "-prec-sqrt=true", "-ftz=false", "-diag-suppress", "550", "-I", str(KERNEL_DIR),
+                          str(d / "all.cu"), "-o", str(d / "all.ptx")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return (d / "all.ptx").read_text()
+
+
+def test_every_instantiation_compiles_for_sm90(ptx):
+    entries = re.findall(r"\.entry\s+(\S+)\(", ptx)
+    assert len(entries) == len(gpu.all_names()) == 75
+
+
+def test_no_fused_multiply_add_and_ieee_div_sqrt(ptx):
+    assert "fma." not in ptx
+    assert not re.search(r"(div|sqrt|rcp)\.approx", ptx)
+    assert "div.rn.f32" in ptx and "sqrt.rn.f32" in ptx
+
+
+def test_source_inlines_header_for_nvrtc():
+    src = gpu.source()
+    assert '#include "adam_math.cuh"' not in src and "adam_element" in src
+    assert "-fmad=false" in gpu.NVRTC_OPTIONS
+
+
+@pytest.fixture(scope="module")
+def host_lib(tmp_path_factory):
+    d = tmp_path_factory.mktemp("host")
+    so = d / "libadam_host.so"
+    out = subprocess.run([NVCC, "-shared", "-O2", "-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler",
+                          "-ffp-contract=off", "-I", str(KERNEL_DIR), str(HOST_SRC), "-o", str(so)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lib = ctypes.CDLL(str(so))
+    lib.adam_host.restype = ctypes.c_int
+    lib.adam_host.argtypes = [ctypes.c_int] * 5 + [ctypes.c_int64] + [ctypes.c_void_p] * 7
+    lib.convert_host.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def _ptr(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
+@pytest.mark.parametrize("pk, gk", list(itertools.product(range(3), range(3))))
+def test_host_build_of_element_math_is_bit_identical(host_lib, pk, gk):
+    rng = np.random.default_rng(10 * pk + gk)
+    n = 5_000
+    for amsgrad, decoupled, maximize in itertools.product((False, True), repeat=3):
+        p0 = (rng.standard_normal(n) * 2).astype(np.float32)
+        p0[:4] = [0.0, -0.0, 1e-30, 6.1e-5]
+        param = p0.astype(STORE[pk])
+        master = p0.copy() if pk else None
+        ref_p = p0.copy()
+        m, v, x = (np.zeros(n, np.float32) for _ in range(3))
+        rm, rv, rx = (np.zeros(n, np.float32) for _ in range(3))
+        for step in range(1, 4):
+            g = (rng.standard_normal(n) * 10.0 ** rng.integers(-6, 3, n)).astype(np.float32).astype(STORE[gk])
+            s = R.host_scalars(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=step,
+                               decoupled=decoupled, grad_scale=0.5)
+            sc = np.array([s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,
+                           s.decay, s.step_size, s.bc2_sqrt, s.eps], np.float32)
+            rc = host_lib.adam_host(pk, gk, amsgrad, decoupled, maximize, n, _ptr(param), _ptr(g), _ptr(master),
+                                    _ptr(m), _ptr(v), _ptr(x), _ptr(sc))
+            assert rc == 0
+            R.apply_step(ref_p, g, rm, rv, rx if amsgrad else None, s, decoupled=decoupled, amsgrad=amsgrad,
+                         maximize=maximize)
+        assert m.tobytes() == rm.tobytes() and v.tobytes() == rv.tobytes()
+        if amsgrad:
+            assert x.tobytes() == rx.tobytes()
+        if pk:
+            assert master.tobytes() == ref_p.tobytes()
+            assert param.tobytes() == R.to_storage(ref_p, STORE[pk]).tobytes()
+        else:
+            assert param.tobytes() == ref_p.tobytes()
+
+
+@pytest.mark.parametrize("kind", [1, 2])
+def test_host_build_of_conversions_matches_ml_dtypes_and_numpy(host_lib, kind):
+    rng = np.random.default_rng(kind)
+    bits = rng.integers(0, 1 << 32, 400_000, dtype=np.uint64).astype(np.uint32)
+    ties = (np.arange(0x33000000, 0x47800000, 0x1000, dtype=np.uint64) | (0x8000 if kind == 1 else 0x1000))
+    x = np.concatenate([bits, ties.astype(np.uint32), np.array([0x7F800001, 0xFFC00001, 0x7F800000], np.uint32)])
+    x = x.view(np.float32)
+    out = np.empty(x.size, np.uint16)
+    back = np.empty(x.size, np.float32)
+    host_lib.convert_host(kind, x.size, _ptr(x), _ptr(out), _ptr(back))
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(STORE[kind])
+    assert out.tobytes() == want.view(np.uint16).tobytes()
+    assert back.view(np.uint32).tobytes() == want.astype(np.float32).view(np.uint32).tobytes()
