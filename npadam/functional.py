@@ -58,14 +58,18 @@ def _view(param: np.ndarray, grad: np.ndarray, state: AdamState) -> K.BufferView
     n = param.size
     return K.BufferView(params=[param], grads=[grad], offsets=np.zeros(1, np.int64),
                         sizes=np.asarray([n], np.int64), size=n, master=state.master, exp_avg=state.exp_avg,
-                        exp_avg_sq=state.exp_avg_sq, max_exp_avg_sq=state.max_exp_avg_sq)
+                        exp_avg_sq=state.exp_avg_sq, max_exp_avg_sq=state.max_exp_avg_sq,
+                        pdtype=dtype_name(param.dtype), gdtype=dtype_name(grad.dtype))
 
 
 def grad_norm(grad: np.ndarray, kernel: str | None = None) -> float:
     """The float64 L2 norm of a flat gradient with npadam's fixed blocking (inf/nan if non-finite)."""
     _flat(grad, "grad")
     buf = _view(grad, grad, AdamState(np.zeros(0, np.float32), np.zeros(0, np.float32)))
-    sums = K.get(K.check_kernel(kernel)).block_sumsq(buf, ref.NORM_BLOCK)
+    kernel = K.check_kernel(kernel)
+    if kernel == "gpu":
+        raise ValueError("npadam.functional works on host (NumPy) buffers; use npadam.AdamW for GPU arrays")
+    sums = K.get(kernel).block_sumsq(buf, ref.NORM_BLOCK)
     return math.sqrt(float(np.cumsum(sums)[-1])) if sums.size else 0.0
 
 
@@ -88,6 +92,9 @@ def update(param: np.ndarray, grad: np.ndarray, state: AdamState, *, lr: float, 
     s = ref.host_scalars(lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay,
                          step=state.step + 1, decoupled=decoupled, bias_correction=bias_correction,
                          grad_scale=grad_scale)
-    K.get(K.check_kernel(kernel)).adam_step(_view(param, grad, state), s,
+    kernel = K.check_kernel(kernel)
+    if kernel == "gpu":
+        raise ValueError("npadam.functional works on host (NumPy) buffers; use npadam.AdamW for GPU arrays")
+    K.get(kernel).adam_step(_view(param, grad, state), s,
                                             K.Flags(decoupled=decoupled, amsgrad=amsgrad, maximize=maximize))
     return replace(state, step=state.step + 1)

@@ -5,6 +5,11 @@
 int16 view (NumPy's DLPack import has no bfloat16) and comes back as an
 ``ml_dtypes.bfloat16`` view of the same memory. A producer that exports read-only
 memory (JAX) gives a read-only view: npadam never writes it.
+
+``import_array(x)`` also takes arrays on a CUDA GPU (CuPy arrays, torch CUDA
+tensors, any DLPack producer on a CUDA device) and returns a CuPy view; CuPy has
+no bfloat16, so a bfloat16 GPU array comes back as a ``uint16`` view with its
+storage dtype named separately.
 """
 
 from __future__ import annotations
@@ -30,6 +35,48 @@ def device_of(x: Any) -> str:
         kind, idx = x.__dlpack_device__()
         return "cpu" if int(kind) == _DL_CPU else f"dlpack-device-{int(kind)}:{idx}"
     return "cpu"
+
+
+_DL_CUDA = (2, 3)  # kDLCUDA, kDLCUDAHost
+
+
+def on_gpu(x: Any) -> bool:
+    """Whether ``x`` lives in CUDA device memory (CuPy, torch CUDA, DLPack CUDA producers)."""
+    if isinstance(x, np.ndarray):
+        return False
+    if type(x).__module__.startswith("cupy"):
+        return True
+    if _is_torch(x):
+        return x.device.type == "cuda"
+    if hasattr(x, "__dlpack_device__"):
+        return int(x.__dlpack_device__()[0]) == _DL_CUDA[0]
+    return False
+
+
+def import_array(x: Any, *, what: str = "array") -> tuple[Any, str]:
+    """``(array, storage dtype name)``: a NumPy view for host memory, a CuPy view for a GPU.
+
+    The dtype name is the array's own (``float32``, ``bfloat16``, ``float16``, or
+    anything else for the caller to reject), also when a GPU bfloat16 array comes
+    back as a ``uint16`` view.
+    """
+    if not on_gpu(x):
+        a = as_numpy(x, what=what)
+        return a, a.dtype.name
+    import cupy
+
+    if _is_torch(x):
+        t = x.detach()
+        if str(t.dtype) == "torch.bfloat16":
+            import torch
+
+            return cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16), "bfloat16"
+        a = cupy.from_dlpack(t)
+        return a, a.dtype.name
+    if "bfloat16" in str(getattr(x, "dtype", "")) and hasattr(x, "view"):
+        return cupy.from_dlpack(x.view("int16")).view(cupy.uint16), "bfloat16"
+    a = x if isinstance(x, cupy.ndarray) else cupy.from_dlpack(x)
+    return a, a.dtype.name
 
 
 def as_numpy(x: Any, *, what: str = "array") -> np.ndarray:

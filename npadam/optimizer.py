@@ -34,8 +34,8 @@ from reference import adamw as ref
 
 from . import _validate as V
 from . import kernels as K
-from .interop import as_numpy
-from .layout import FlatLayout, dtype_name
+from .interop import import_array
+from .layout import KINDS, FlatLayout, storage_dtype
 from .scaler import LossScaler
 from .schedules import Schedule, ScheduleSet, from_dict
 
@@ -94,9 +94,20 @@ def _split_named(items: Any) -> tuple[list[Any], list[str] | None]:
     return items, None
 
 
-def _byte_range(a: np.ndarray) -> tuple[int, int]:
-    start = a.__array_interface__["data"][0]
+def _byte_range(a: Any) -> tuple[int, int]:
+    start = a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
     return start, start + a.nbytes
+
+
+def _host(a: Any) -> np.ndarray:
+    """A host (NumPy) copy of a NumPy or CuPy array."""
+    return a.copy() if isinstance(a, np.ndarray) else a.get()
+
+
+def _check_dtype(name: str, dtype: str, what: str) -> None:
+    if dtype not in KINDS:
+        raise TypeError(f"{what} has dtype {dtype}; npadam updates float32, bfloat16 or float16 "
+                        "parameters with float32, bfloat16 or float16 gradients")
 
 
 def _check_no_overlap(arrays: Sequence[np.ndarray], names: Sequence[str], what: str) -> None:
@@ -132,6 +143,7 @@ class _AdamBase:
             raise TypeError(f"loss_scaler must be a npadam.LossScaler, got {type(loss_scaler).__name__}")
         self.loss_scaler = loss_scaler
         self.skip_nonfinite = bool(skip_nonfinite)
+        self._kernel_arg = kernel
         self.kernel = K.check_kernel(kernel)
         self.num_threads = None if num_threads is None else V.integer("num_threads", num_threads, lo=1)
         self.offload_fraction = V.real("offload_fraction", offload_fraction, lo=0.0, hi=1.0)
@@ -166,39 +178,68 @@ class _AdamBase:
             self.param_groups.append(group)
             objs += items
             names += gnames
-        arrays = [as_numpy(o, what=f"param {n!r}") for o, n in zip(objs, names)]
+        imported = [import_array(o, what=f"param {n!r}") for o, n in zip(objs, names)]
+        arrays = [a for a, _ in imported]
+        dnames = [d for _, d in imported]
+        for a, d, n in zip(arrays, dnames, names):
+            _check_dtype(n, d, f"param {n!r}")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"param {n!r} is not contiguous (strides {a.strides}); pass contiguous arrays")
+        self._place(arrays, names)
         specs = []
         for gi, g in enumerate(self.param_groups):
             for _ in g["params"]:
-                a = arrays[len(specs)]
-                name = names[len(specs)]
-                if a.dtype.kind not in "f" and a.dtype.name != "bfloat16":
-                    raise TypeError(f"param {name!r} has dtype {a.dtype}; npadam updates float32, bfloat16 "
-                                    "or float16 parameters")
-                if not a.flags.c_contiguous:
-                    raise ValueError(f"param {name!r} is not contiguous (strides {a.strides}); pass contiguous arrays")
-                specs.append((name, a.shape, dtype_name(a.dtype), gi))
+                i = len(specs)
+                specs.append((names[i], arrays[i].shape, dnames[i], gi))
         _check_no_overlap(arrays, names, "params")
         self.layout = FlatLayout(specs)
         self._objects = objs
-        self._readonly = [not a.flags.writeable for a in arrays]
+        self._readonly = [not getattr(a.flags, "writeable", True) for a in arrays]
         # read-only producers (JAX) are never written: keep an owned copy and return it
         self._arrays = [a.copy() if ro else a for a, ro in zip(arrays, self._readonly)]
+        xp = self._xp
         self._bufs: list[K.BufferView] = []
         for bi, b in enumerate(self.layout.buffers):
             views = [self._arrays[t].reshape(-1) for t in b.tensors]
             master = None
             if b.dtype != "float32":
-                master = np.zeros(b.size, dtype=np.float32)
+                master = xp.zeros(b.size, dtype=np.float32)
                 for t, view in zip(b.tensors, views):
                     off = self.layout.slots[t].offset
-                    master[off: off + view.size] = view.astype(np.float32)
+                    wide = _host(view).view(storage_dtype(b.dtype)).astype(np.float32)
+                    master[off: off + view.size] = wide if xp is np else xp.asarray(wide)
             amsgrad = self.param_groups[b.group]["amsgrad"]
             self._bufs.append(K.BufferView(
                 params=views, grads=[], offsets=self.layout.offsets(bi), sizes=self.layout.sizes(bi),
-                size=b.size, master=master, exp_avg=np.zeros(b.size, np.float32),
-                exp_avg_sq=np.zeros(b.size, np.float32),
-                max_exp_avg_sq=np.zeros(b.size, np.float32) if amsgrad else None))
+                size=b.size, master=master, exp_avg=xp.zeros(b.size, np.float32),
+                exp_avg_sq=xp.zeros(b.size, np.float32),
+                max_exp_avg_sq=xp.zeros(b.size, np.float32) if amsgrad else None, pdtype=b.dtype))
+
+    def _place(self, arrays: Sequence[Any], names: Sequence[str]) -> None:
+        """Host or GPU: pick the array module and the kernel; all params on one device."""
+        gpu = [not isinstance(a, np.ndarray) for a in arrays]
+        if any(gpu) and not all(gpu):
+            first = names[gpu.index(True)]
+            other = names[gpu.index(False)]
+            raise ValueError(f"params live in different memories: {first!r} on a GPU, {other!r} on the host")
+        self.device = "gpu" if gpu and all(gpu) else "cpu"
+        if self.device == "cpu":
+            if self._kernel_arg == "gpu":
+                raise ValueError("kernel='gpu' needs params in GPU memory (CuPy arrays, torch CUDA tensors, ...)")
+            self._xp = np
+            return
+        if self._kernel_arg not in (None, "gpu"):
+            raise ValueError(f"params are on a GPU: kernel must be 'gpu' (or None), got {self._kernel_arg!r}")
+        devices = {a.device.id for a in arrays}
+        if len(devices) > 1:
+            raise ValueError(f"params live on several GPUs {sorted(devices)}; use one optimizer per device")
+        if self.offload_fraction > 0:
+            raise ValueError("offload_fraction > 0 (optimizer state in host memory for GPU params) is not "
+                             "available in this version of npadam")
+        import cupy
+
+        self._xp = cupy
+        self.kernel = "gpu"
 
     # ------------------------------------------------------------------ step
     @property
@@ -227,24 +268,27 @@ class _AdamBase:
             grads = list(grads)
         if len(grads) != len(names):
             raise ValueError(f"expected {len(names)} gradients (one per param), got {len(grads)}")
-        out = []
+        out, dnames = [], []
         for g, slot in zip(grads, self.layout.slots):
             if g is None:
                 raise ValueError(f"param {slot.name!r} has no gradient")
-            a = as_numpy(g, what=f"grad of {slot.name!r}")
+            a, d = import_array(g, what=f"grad of {slot.name!r}")
+            if isinstance(a, np.ndarray) != (self.device == "cpu"):
+                raise ValueError(f"grad of {slot.name!r} is in {'host' if isinstance(a, np.ndarray) else 'GPU'} "
+                                 f"memory, its param in {'host' if self.device == 'cpu' else 'GPU'} memory")
             if a.shape != slot.shape:
                 raise ValueError(f"grad of {slot.name!r} has shape {a.shape}, expected {slot.shape}")
-            if a.dtype.kind != "f" and a.dtype.name != "bfloat16":
-                raise TypeError(f"grad of {slot.name!r} has dtype {a.dtype}; expected a float dtype")
-            dtype_name(a.dtype)
+            _check_dtype(slot.name, d, f"grad of {slot.name!r}")
             if not a.flags.c_contiguous:
                 raise ValueError(f"grad of {slot.name!r} is not contiguous (strides {a.strides})")
             out.append(a)
+            dnames.append(d)
         for b in self.layout.buffers:
-            kinds = {out[t].dtype.name for t in b.tensors}
+            kinds = {dnames[t] for t in b.tensors}
             if len(kinds) > 1:
                 raise TypeError(f"grads of param group {b.group} ({b.dtype} params) mix dtypes {sorted(kinds)}; "
                                 "use one gradient dtype per group and param dtype")
+        self._grad_dtypes = dnames
         spans = sorted((*_byte_range(a), n) for a, n in zip(self._arrays, names) if a.nbytes)
         starts = [s[0] for s in spans]
         for g, n in zip(out, names):
@@ -285,6 +329,7 @@ class _AdamBase:
         kern = K.get(self.kernel)
         for bi, (b, buf) in enumerate(zip(self.layout.buffers, self._bufs)):
             buf.grads = [arrays[t].reshape(-1) for t in b.tensors]
+            buf.gdtype = self._grad_dtypes[b.tensors[0]] if b.tensors else "float32"
             if hyper[b.group]["amsgrad"] and buf.max_exp_avg_sq is None:
                 buf.max_exp_avg_sq = buf.exp_avg_sq.copy()
         scaler = self.loss_scaler
@@ -293,6 +338,8 @@ class _AdamBase:
         norm = None
         if self.skip_nonfinite or self.max_grad_norm is not None or scaler is not None:
             sums = [self._run(kern.block_sumsq, buf, ref.NORM_BLOCK) for buf in self._bufs]
+            if self.device == "gpu":  # one device-to-host copy per step: the block sums
+                sums = [self._xp.concatenate(sums).get()] if sums else []
             flat = np.concatenate(sums) if sums else np.zeros(0)
             total = float(np.cumsum(flat)[-1]) if flat.size else 0.0
             norm = math.sqrt(total) * inv
@@ -338,12 +385,12 @@ class _AdamBase:
         for i, slot in enumerate(self.layout.slots):
             buf = self._bufs[slot.buffer]
             sl = slice(slot.offset, slot.offset + slot.numel)
-            st: dict[str, Any] = {"step": self._step, "exp_avg": buf.exp_avg[sl].reshape(slot.shape).copy(),
-                                  "exp_avg_sq": buf.exp_avg_sq[sl].reshape(slot.shape).copy()}
+            st: dict[str, Any] = {"step": self._step, "exp_avg": _host(buf.exp_avg[sl]).reshape(slot.shape),
+                                  "exp_avg_sq": _host(buf.exp_avg_sq[sl]).reshape(slot.shape)}
             if buf.max_exp_avg_sq is not None:
-                st["max_exp_avg_sq"] = buf.max_exp_avg_sq[sl].reshape(slot.shape).copy()
+                st["max_exp_avg_sq"] = _host(buf.max_exp_avg_sq[sl]).reshape(slot.shape)
             if buf.master is not None:
-                st["master"] = buf.master[sl].reshape(slot.shape).copy()
+                st["master"] = _host(buf.master[sl]).reshape(slot.shape)
             state[i] = st
         groups, start = [], 0
         for g in self.param_groups:
@@ -404,13 +451,14 @@ class _AdamBase:
             g.update(h)
         for buf, b in zip(self._bufs, self.layout.buffers):
             if self.param_groups[b.group]["amsgrad"] and buf.max_exp_avg_sq is None:
-                buf.max_exp_avg_sq = np.zeros(b.size, np.float32)
+                buf.max_exp_avg_sq = self._xp.zeros(b.size, np.float32)
         for slot, key, arr in updates:
             buf = self._bufs[slot.buffer]
             target = {"exp_avg": buf.exp_avg, "exp_avg_sq": buf.exp_avg_sq, "max_exp_avg_sq": buf.max_exp_avg_sq,
                       "master": buf.master}[key]
             if target is not None:
-                target[slot.offset: slot.offset + slot.numel] = arr.reshape(-1)
+                flat = arr.reshape(-1)
+                target[slot.offset: slot.offset + slot.numel] = flat if self._xp is np else self._xp.asarray(flat)
         self._step = step
         if scaler_sd is not None and self.loss_scaler is not None:
             self.loss_scaler.load_state_dict(scaler_sd)

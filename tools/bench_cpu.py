@@ -217,10 +217,10 @@ def main() -> None:
     results = {"date": str(datetime.date.today()), "cpu": cpu_model(), "cores": os.cpu_count(),
                "bandwidth_gbs": rates, "rows": []}
     print("npadam = norm/inf pass + fused update (its default); update = skip_nonfinite=False (update only);\n"
-          "torch = fused AdamW (fp32) or grad.float() + fused AdamW + copy to bf16 (bf16mix: npadam keeps bf16
-params and grads with fp32 masters, one pass); +clip = with\n"
-          "clip_grad_norm_ first (the same work as npadam's default); floor = a no-math pass with AdamW's\n"
-          "access pattern (28 B/element) over the same size")
+          "torch = fused AdamW (fp32) or grad.float() + fused AdamW + copy to bf16 (bf16mix: npadam keeps\n"
+          "bf16 params and grads with fp32 masters, one pass); +clip = clip_grad_norm_ first (the same work\n"
+          "as npadam's default); floor = a no-math pass with AdamW's access pattern (28 B/element) over the\n"
+          "same arrays; the contenders of a row are timed in turns")
     hdr = (f"{'case':<8}{'params':>7}{'npadam':>9}{'update':>9}{'torch':>9}{'+clip':>9}{'floor':>8}"
            f"{'update/torch':>14}{'npadam/+clip':>14}{'floor/npadam':>14}")
     print(hdr + "\n" + " " * 15 + "(milliseconds)")
@@ -231,6 +231,7 @@ params and grads with fp32 masters, one pass); +clip = with\n"
             r = fn(n, args.repeats, torch)
             floor = r.pop("floor", floor)
             t = r.get("torch_fused", r.get("torch_pipeline", float("nan")))
+            r.setdefault("npadam_noskip", float("nan"))
             tc = r.get("torch_clip_fused", r.get("torch_clip_pipeline", float("nan")))
             upd = r.get("npadam_noskip", float("nan"))
             ms = lambda x: f"{x * 1e3:.1f}" if x == x else "-"  # noqa: E731

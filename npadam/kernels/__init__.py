@@ -18,7 +18,7 @@ from reference import adamw as ref
 
 from ..layout import KINDS
 
-KERNELS = ("reference", "cpu")
+KERNELS = ("reference", "cpu", "gpu")
 
 
 @dataclass
@@ -34,15 +34,17 @@ class BufferView:
     exp_avg: np.ndarray
     exp_avg_sq: np.ndarray
     max_exp_avg_sq: np.ndarray | None
+    pdtype: str = "float32"
+    gdtype: str = "float32"
     cache: dict = field(default_factory=dict)
 
     @property
     def pkind(self) -> int:
-        return KINDS[self.params[0].dtype.name] if len(self.params) else 0
+        return KINDS[self.pdtype]
 
     @property
     def gkind(self) -> int:
-        return KINDS[self.grads[0].dtype.name] if len(self.grads) else 0
+        return KINDS[self.gdtype]
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class _Reference:
             return np.zeros(0)
         return ref.block_sumsq(self._gather(buf.grads, buf, buf.grads[0].dtype), block)
 
+
     def adam_step(self, buf: BufferView, s: ref.HostScalars, flags: Flags) -> None:
         if not len(buf.params):
             return
@@ -144,7 +147,12 @@ _instances: dict[str, object] = {}
 
 
 def get(kernel: str):
-    """The kernel object for ``"cpu"`` or ``"reference"`` (built once, lazily)."""
+    """The kernel object for ``"cpu"``, ``"reference"`` or ``"gpu"`` (built once, lazily)."""
     if kernel not in _instances:
-        _instances[kernel] = _Cpu() if kernel == "cpu" else _Reference()
+        if kernel == "gpu":
+            from .gpu import GpuKernels
+
+            _instances[kernel] = GpuKernels()
+        else:
+            _instances[kernel] = _Cpu() if kernel == "cpu" else _Reference()
     return _instances[kernel]
