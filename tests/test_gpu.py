@@ -1,0 +1,108 @@
+"""GPU kernels on a real device: bit-identical to the CPU kernel and the reference.
+
+Every test here skips cleanly without CuPy or without a CUDA device (CI has
+neither); ``tools/bench_gpu.py`` runs them on an H100/H200.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import npadam
+
+cupy = pytest.importorskip("cupy")
+try:
+    _NDEV = cupy.cuda.runtime.getDeviceCount()
+except Exception:  # noqa: BLE001 - no driver, no device
+    _NDEV = 0
+pytestmark = pytest.mark.skipif(_NDEV == 0, reason="no CUDA device")
+
+STORE = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
+
+
+def _to_gpu(a: np.ndarray):
+    """A CuPy array holding ``a`` (bfloat16 as a uint16 view, what npadam imports)."""
+    return cupy.asarray(a.view(np.uint16) if a.dtype == STORE["bfloat16"] else a)
+
+
+def _run(kernel_params, grads_seq, **kw):
+    opt = npadam.AdamW(kernel_params, **kw)
+    infos = [opt.step(g) for g in grads_seq]
+    return opt, infos
+
+
+@pytest.mark.parametrize("pdt, gdt", list(itertools.product(STORE, STORE)))
+def test_gpu_matches_cpu_bit_for_bit(pdt, gdt):
+    rng = np.random.default_rng(0)
+    sizes = [1, 63, 64, 65, 4099, 300_001]
+    for amsgrad, decoupled, maximize in itertools.product((False, True), repeat=3):
+        init = [rng.standard_normal(n).astype(np.float32).astype(STORE[pdt]) for n in sizes]
+        grads = [[(rng.standard_normal(n) * 3).astype(np.float32).astype(STORE[gdt]) for n in sizes]
+                 for _ in range(3)]
+        cls = npadam.AdamW if decoupled else npadam.Adam
+        kw = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, amsgrad=amsgrad, maximize=maximize,
+                  max_grad_norm=1.0)
+        cpu_params = [p.copy() for p in init]
+        copt = cls(cpu_params, kernel="cpu", **kw)
+        cinfo = [copt.step(g) for g in grads]
+        gpu_params = [_to_gpu(p) for p in init]
+        gopt = cls(gpu_params, kernel="gpu", **kw)
+        ginfo = [gopt.step([_to_gpu(g) for g in gs]) for gs in grads]
+        assert [i.grad_norm for i in cinfo] == [i.grad_norm for i in ginfo]
+        for c, g in zip(cpu_params, gpu_params):
+            assert (c.view(np.uint16) if c.dtype.itemsize == 2 else c).tobytes() == g.get().tobytes()
+        cs, gs = copt.state_dict(), gopt.state_dict()
+        for i in cs["state"]:
+            for key, val in cs["state"][i].items():
+                assert np.asarray(val).tobytes() == np.asarray(gs["state"][i][key]).tobytes(), key
+
+
+def test_skip_on_nonfinite_on_gpu():
+    p = cupy.ones(1000, cupy.float32)
+    opt = npadam.AdamW([p], lr=1e-2, loss_scaler=npadam.LossScaler(init_scale=8.0))
+    g = cupy.ones(1000, cupy.float32)
+    g[17] = cupy.inf
+    info = opt.step([g])
+    assert info.skipped and opt.step_count == 0 and bool((p == 1).all())
+
+
+def test_torch_cuda_tensors_on_the_callers_stream():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    w = torch.randn(4096, 257, device="cuda")
+    b16 = torch.randn(1000, device="cuda").to(torch.bfloat16)
+    ref = [w.cpu().numpy().copy(), b16.view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16).copy()]
+    gw, gb = torch.randn_like(w), torch.randn_like(b16)
+    grads_np = [gw.cpu().numpy(), gb.view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16)]
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        opt = npadam.AdamW([w, b16], lr=1e-3)
+        with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+            opt.step([gw, gb])
+    stream.synchronize()
+    npadam.AdamW(ref, lr=1e-3, kernel="cpu").step(grads_np)
+    assert w.cpu().numpy().tobytes() == ref[0].tobytes()
+    assert b16.view(torch.int16).cpu().numpy().tobytes() == ref[1].view(np.int16).tobytes()
+
+
+@pytest.mark.skipif(os.environ.get("NPADAM_GPU_BIG") != "1", reason="set NPADAM_GPU_BIG=1 (needs ~40 GB)")
+def test_buffer_past_2_31_elements():
+    n = (1 << 31) + 4099
+    p = cupy.zeros(n, cupy.float32)
+    g = cupy.zeros(n, cupy.float32)
+    tail = cupy.asarray(np.random.default_rng(5).standard_normal(4099).astype(np.float32))
+    g[-4099:] = tail
+    opt = npadam.AdamW([p], lr=1e-3, weight_decay=0.0)
+    info = opt.step([g])
+    host_p = np.zeros(4099, np.float32)
+    ref_norm = npadam.functional.grad_norm(tail.get())
+    npadam.AdamW([host_p], lr=1e-3, weight_decay=0.0).step([tail.get()])
+    assert p[-4099:].get().tobytes() == host_p.tobytes()
+    assert bool((p[: -4099] == 0).all())
+    assert abs(info.grad_norm - ref_norm) <= 1e-12 * ref_norm
