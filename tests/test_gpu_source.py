@@ -17,7 +17,7 @@ from npadam.kernels import gpu
 from reference import adamw as R
 
 NVCC = shutil.which("nvcc")
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
 KERNEL_DIR = gpu.SOURCE_DIR
 HOST_SRC = KERNEL_DIR.parents[1] / "tests" / "cuda" / "adam_host.cu"
 STORE = {0: np.dtype(np.float32), 1: np.dtype(ml_dtypes.bfloat16), 2: np.dtype(np.float16)}
@@ -39,11 +39,13 @@ def ptx(tmp_path_factory) -> str:
     return (d / "all.ptx").read_text()
 
 
+@needs_nvcc
 def test_every_instantiation_compiles_for_sm90(ptx):
     entries = re.findall(r"\.entry\s+(\S+)\(", ptx)
     assert len(entries) == len(gpu.all_names()) == 75
 
 
+@needs_nvcc
 def test_no_fused_multiply_add_and_ieee_div_sqrt(ptx):
     assert "fma." not in ptx
     assert not re.search(r"(div|sqrt|rcp)\.approx", ptx)
@@ -75,6 +77,7 @@ def _ptr(a: np.ndarray | None) -> int | None:
     return None if a is None else a.ctypes.data
 
 
+@needs_nvcc
 @pytest.mark.parametrize("pk, gk", list(itertools.product(range(3), range(3))))
 def test_host_build_of_element_math_is_bit_identical(host_lib, pk, gk):
     rng = np.random.default_rng(10 * pk + gk)
@@ -108,6 +111,7 @@ def test_host_build_of_element_math_is_bit_identical(host_lib, pk, gk):
             assert param.tobytes() == ref_p.tobytes()
 
 
+@needs_nvcc
 @pytest.mark.parametrize("kind", [1, 2])
 def test_host_build_of_conversions_matches_ml_dtypes_and_numpy(host_lib, kind):
     rng = np.random.default_rng(kind)
@@ -122,3 +126,25 @@ def test_host_build_of_conversions_matches_ml_dtypes_and_numpy(host_lib, kind):
         want = x.astype(STORE[kind])
     assert out.tobytes() == want.view(np.uint16).tobytes()
     assert back.view(np.uint32).tobytes() == want.astype(np.float32).view(np.uint32).tobytes()
+
+
+def test_nvrtc_compiles_the_runtime_source_for_sm90():
+    """What the runtime does on first use (NVRTC, the header inlined, every name expression),
+    minus the device: NVRTC compiles without one."""
+    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
+    try:
+        nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001 - the nvidia-cuda-nvrtc library is not installed
+        pytest.skip(f"NVRTC not loadable: {exc}")
+    names = gpu.all_names()
+    prog = nvrtc.createProgram(gpu.source(), "adam.cu", [], [])
+    for name in names:
+        nvrtc.addNameExpression(prog, name)
+    try:
+        nvrtc.compileProgram(prog, [*gpu.NVRTC_OPTIONS, "--gpu-architecture=compute_90"])
+    except Exception:  # noqa: BLE001
+        pytest.fail(nvrtc.getProgramLog(prog))
+    ptx = nvrtc.getPTX(prog).decode()
+    assert ptx.count(".entry") == len(names)
+    assert "fma." not in ptx and not re.search(r"(div|sqrt|rcp)\.approx", ptx)
+    assert all(nvrtc.getLoweredName(prog, n).startswith("_Z") for n in names)
