@@ -11,11 +11,11 @@ compile lazily on first use).
 False
 """
 
-from . import functional, schedules
+from . import functional, interop, schedules
 from .layout import FlatLayout, flat_parameters
 from .optimizer import Adam, AdamW, StepInfo
 from .scaler import LossScaler
 
 __version__ = "0.1.0"
-__all__ = ["Adam", "AdamW", "FlatLayout", "LossScaler", "StepInfo", "flat_parameters", "functional", "schedules",
+__all__ = ["Adam", "AdamW", "FlatLayout", "LossScaler", "StepInfo", "flat_parameters", "functional", "interop", "schedules",
            "__version__"]

@@ -40,6 +40,26 @@ def device_of(x: Any) -> str:
 _DL_CUDA = (2, 3)  # kDLCUDA, kDLCUDAHost
 
 
+class Bfloat16:
+    """Marks a 16-bit array (e.g. a CuPy ``uint16`` array, CuPy has no bfloat16) as bfloat16 bits.
+
+    >>> import numpy as np
+    >>> a, name = import_array(Bfloat16(np.zeros(4, np.uint16)))
+    >>> name, a.dtype.name
+    ('bfloat16', 'bfloat16')
+    """
+
+    def __init__(self, array: Any) -> None:
+        if getattr(array, "dtype", None) is None or array.dtype.itemsize != 2:
+            raise TypeError(f"Bfloat16 needs an array of 16-bit elements, got {getattr(array, 'dtype', type(array))}")
+        self.array = array
+
+
+def is_read_only_producer(x: Any) -> bool:
+    """JAX arrays are immutable: npadam must never write them, whatever DLPack reports."""
+    return type(x).__module__.startswith(("jax", "jaxlib"))
+
+
 def on_gpu(x: Any) -> bool:
     """Whether ``x`` lives in CUDA device memory (CuPy, torch CUDA, DLPack CUDA producers)."""
     if isinstance(x, np.ndarray):
@@ -60,6 +80,13 @@ def import_array(x: Any, *, what: str = "array") -> tuple[Any, str]:
     anything else for the caller to reject), also when a GPU bfloat16 array comes
     back as a ``uint16`` view.
     """
+    if isinstance(x, Bfloat16):
+        if not on_gpu(x.array):
+            import ml_dtypes
+
+            return as_numpy(x.array, what=what).view(ml_dtypes.bfloat16), "bfloat16"
+        a, _ = import_array(x.array, what=what)
+        return a, "bfloat16"
     if not on_gpu(x):
         a = as_numpy(x, what=what)
         return a, a.dtype.name

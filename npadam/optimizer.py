@@ -34,7 +34,7 @@ from reference import adamw as ref
 
 from . import _validate as V
 from . import kernels as K
-from .interop import import_array
+from .interop import import_array, is_read_only_producer
 from .layout import KINDS, FlatLayout, storage_dtype
 from .scaler import LossScaler
 from .schedules import Schedule, ScheduleSet, from_dict
@@ -194,7 +194,8 @@ class _AdamBase:
         _check_no_overlap(arrays, names, "params")
         self.layout = FlatLayout(specs)
         self._objects = objs
-        self._readonly = [not getattr(a.flags, "writeable", True) for a in arrays]
+        self._readonly = [not getattr(a.flags, "writeable", True) or is_read_only_producer(o)
+                          for a, o in zip(arrays, objs)]
         # read-only producers (JAX) are never written: keep an owned copy and return it
         self._arrays = [a.copy() if ro else a for a, ro in zip(arrays, self._readonly)]
         xp = self._xp

@@ -26,8 +26,14 @@ STORE = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat1
 
 
 def _to_gpu(a: np.ndarray):
-    """A CuPy array holding ``a`` (bfloat16 as a uint16 view, what npadam imports)."""
-    return cupy.asarray(a.view(np.uint16) if a.dtype == STORE["bfloat16"] else a)
+    """A CuPy array holding ``a``; bfloat16 bits in a uint16 array marked with ``Bfloat16``."""
+    if a.dtype == STORE["bfloat16"]:
+        return npadam.interop.Bfloat16(cupy.asarray(a.view(np.uint16)))
+    return cupy.asarray(a)
+
+
+def _bytes(x) -> bytes:
+    return (x.array if isinstance(x, npadam.interop.Bfloat16) else x).get().tobytes()
 
 
 def _run(kernel_params, grads_seq, **kw):
@@ -55,7 +61,7 @@ def test_gpu_matches_cpu_bit_for_bit(pdt, gdt):
         ginfo = [gopt.step([_to_gpu(g) for g in gs]) for gs in grads]
         assert [i.grad_norm for i in cinfo] == [i.grad_norm for i in ginfo]
         for c, g in zip(cpu_params, gpu_params):
-            assert (c.view(np.uint16) if c.dtype.itemsize == 2 else c).tobytes() == g.get().tobytes()
+            assert c.tobytes() == _bytes(g)
         cs, gs = copt.state_dict(), gopt.state_dict()
         for i in cs["state"]:
             for key, val in cs["state"][i].items():

@@ -272,3 +272,19 @@ def test_num_threads_option_restores_numba():
     opt = npadam.AdamW([np.ones(10, np.float32)], num_threads=1)
     opt.step([np.ones(10, np.float32)])
     assert numba.get_num_threads() == before
+
+
+def test_bfloat16_marker_for_uint16_bits():
+    bits = np.zeros(8, np.uint16)
+    opt = npadam.AdamW([npadam.interop.Bfloat16(bits)], lr=0.1, weight_decay=0.0)
+    opt.step([npadam.interop.Bfloat16(np.full(8, 0x3F80, np.uint16))])  # grads of 1.0
+    ref = np.zeros(8, ml_dtypes.bfloat16)
+    npadam.AdamW([ref], lr=0.1, weight_decay=0.0).step([np.ones(8, ml_dtypes.bfloat16)])
+    assert bits.tobytes() == ref.tobytes() and bits[0] != 0
+    with pytest.raises(TypeError, match="16-bit"):
+        npadam.interop.Bfloat16(np.zeros(3, np.float32))
+
+
+def test_gpu_requests_fail_clearly_on_host_arrays():
+    with pytest.raises(ValueError, match="kernel='gpu' needs params in GPU memory"):
+        npadam.AdamW([np.zeros(3, np.float32)], kernel="gpu")

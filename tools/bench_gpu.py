@@ -85,10 +85,15 @@ def bit_identity(cupy, ml_dtypes) -> list[str]:
         kw = dict(lr=1e-3, weight_decay=0.1, amsgrad=ams, maximize=mx, max_grad_norm=1.0)
         cpu = [p.copy() for p in init]
         ci = cls(cpu, kernel="cpu", **kw).step(grads)
-        u16 = lambda a: a.view(np.uint16) if a.dtype.itemsize == 2 else a  # noqa: E731
-        gpu = [cupy.asarray(u16(p)) for p in init]
-        gi = cls(gpu, kernel="gpu", **kw).step([cupy.asarray(u16(g)) for g in grads])
-        same = ci.grad_norm == gi.grad_norm and all(u16(c).tobytes() == g.get().tobytes() for c, g in zip(cpu, gpu))
+        def dev(a):  # bfloat16 bits travel in a uint16 CuPy array marked as Bfloat16
+            if a.dtype == store["bfloat16"]:
+                return npadam.interop.Bfloat16(cupy.asarray(a.view(np.uint16)))
+            return cupy.asarray(a)
+
+        gpu = [dev(p) for p in init]
+        gi = cls(gpu, kernel="gpu", **kw).step([dev(g) for g in grads])
+        host = [(x.array if isinstance(x, npadam.interop.Bfloat16) else x).get() for x in gpu]
+        same = ci.grad_norm == gi.grad_norm and all(c.tobytes() == h.tobytes() for c, h in zip(cpu, host))
         if not same:
             failures.append(f"{pdt}/{gdt} amsgrad={ams} decoupled={dec} maximize={mx}")
     return failures
