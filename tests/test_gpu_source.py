@@ -148,3 +148,14 @@ def test_nvrtc_compiles_the_runtime_source_for_sm90():
     assert ptx.count(".entry") == len(names)
     assert "fma." not in ptx and not re.search(r"(div|sqrt|rcp)\.approx", ptx)
     assert all(nvrtc.getLoweredName(prog, n).startswith("_Z") for n in names)
+
+
+def test_cuda_sources_ship_as_package_data():
+    import fnmatch
+    import tomllib
+
+    cfg = tomllib.loads((KERNEL_DIR.parents[1] / "pyproject.toml").read_text())
+    globs = cfg["tool"]["setuptools"]["package-data"]["npadam"]
+    for name in ("kernels/adam.cu", "kernels/adam_math.cuh"):
+        assert (KERNEL_DIR.parent / name).exists()
+        assert any(fnmatch.fnmatch(name, g) for g in globs), name
