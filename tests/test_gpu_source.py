@@ -152,7 +152,11 @@ def test_nvrtc_compiles_the_runtime_source_for_sm90():
 
 def test_cuda_sources_ship_as_package_data():
     import fnmatch
-    import tomllib
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
 
     cfg = tomllib.loads((KERNEL_DIR.parents[1] / "pyproject.toml").read_text())
     globs = cfg["tool"]["setuptools"]["package-data"]["npadam"]
