@@ -34,7 +34,9 @@ def test_bf16_decode_all_patterns_and_encode_random():
     x = np.concatenate([bits, specials]).view(np.float32)
     out = np.empty(x.size, np.uint16)
     cpu.cast_copy(x, out, cpu.BF16)
-    assert np.array_equal(out, x.astype(ml_dtypes.bfloat16).view(np.uint16))
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN and overflow inputs are part of the test
+        want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    assert np.array_equal(out, want)
 
 
 def test_fp16_encode_decode_match_numpy():
