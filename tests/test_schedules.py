@@ -226,3 +226,27 @@ def test_scale_steps_and_multiply():
 def test_exponential_range_test_grows_to_bound():
     s = S.exponential(init=1e-7, rate=10.0, transition_steps=100, final=1.0)
     assert s(0) == 1e-7 and s(700) == 1.0 and s(10**6) == 1.0
+
+
+def test_horizon_and_limit():
+    assert S.warmup_cosine(peak=1.0, warmup_steps=10, total_steps=100).horizon == 100
+    assert S.linear(1.0, 0.0, 50).horizon == 50 and S.linear(1.0, 0.0, 0).horizon is None
+    assert S.constant(1.0).horizon is None and S.exponential(1.0, 0.5).horizon is None
+    assert S.warmup(S.cosine(1.0, 90), steps=10).horizon == 100
+    assert S.join([S.constant(0.1), S.cosine(1.0, 40)], [60]).horizon == 100
+    assert S.scale_steps(S.cosine(1.0, 1000), 256).horizon == 4
+    torch_like = S.one_cycle(peak=1.0, total_steps=100, horizon="torch")
+    assert torch_like.horizon == 100 and torch_like.limit == 101 and S.one_cycle(1.0, 100).limit is None
+    sets = {
+        "megatron": ({"lr": 1e-3, "train_iters": 100, "lr_decay_iters": 80, "global_batch_size": 3}, 80),
+        "deepspeed": ({"type": "WarmupDecayLR", "params": {"total_num_steps": 50, "warmup_num_steps": 5}}, 51),
+        "hf": ({"lr_scheduler_type": "linear", "learning_rate": 1e-3, "num_training_steps": 70}, 70),
+        "colossalai": ({"lr": 1e-3, "total_steps": 30, "warmup_steps": 3}, 30),
+        "torch": ({"lr": 1e-3, "scheduler": "SequentialLR", "milestones": [10],
+                   "schedulers": [{"scheduler": "LinearLR", "total_iters": 10},
+                                  {"scheduler": "CosineAnnealingLR", "T_max": 90}]}, 100),
+    }
+    for fw, (cfg, h) in sets.items():
+        assert S.from_config(fw, cfg).lr.horizon == h, fw
+    assert S.from_config("torch", {"lr": 1e-3, "scheduler": "OneCycleLR", "max_lr": 1e-2,
+                                   "total_steps": 20}).lr.limit == 21

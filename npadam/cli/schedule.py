@@ -113,7 +113,7 @@ def _evaluate(src: Source, steps: int, *, strict: bool) -> None:
     """Fill ``src.values``; past a schedule's limit: an error (strict) or NaN."""
     for q, s in src.schedules.items():
         n = steps
-        lim = _horizon.limit(s)
+        lim = s.limit
         if not strict and lim is not None:
             n = min(n, lim)
         try:

@@ -105,6 +105,18 @@ class Schedule:
         """The constructor arguments, as given after validation."""
         return dict(self._params)
 
+    @property
+    def horizon(self) -> int | None:
+        """Updates after which the schedule has done what it was configured to do
+        (its total steps, decay length, ...), or None when it has no end."""
+        return None
+
+    @property
+    def limit(self) -> int | None:
+        """How many updates (0 .. limit - 1) the schedule can be evaluated on; None: all.
+        Only schedules that raise past their end have one (torch's OneCycleLR)."""
+        return None
+
     def _values(self, k: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         """Return float64 values for the int64 step array ``k`` (any shape)."""
         raise NotImplementedError

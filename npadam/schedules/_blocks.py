@@ -16,6 +16,18 @@ from ._base import Schedule, register
 from ._shapes import WSD_STYLES, anneal, cosine_coeff, warmup_decay
 
 
+def _ceil_div(n: int | None, d: int) -> int | None:
+    return None if n is None else -(-n // d)
+
+
+class _Ramp(Schedule):
+    """A schedule that reaches its end value after ``params["steps"]`` updates."""
+
+    @property
+    def horizon(self) -> int | None:
+        return self._params["steps"] or None
+
+
 def _frac(k: np.ndarray, steps: int) -> np.ndarray:
     """``min(k, steps) / steps`` (1 everywhere when ``steps == 0``)."""
     if steps == 0:
@@ -37,7 +49,7 @@ class Constant(Schedule):
 
 
 @register
-class Linear(Schedule):
+class Linear(_Ramp):
     """``init + (final - init) * min(k, T) / T``: a ramp over ``steps = T``, then ``final``."""
 
     kind = "linear"
@@ -52,7 +64,7 @@ class Linear(Schedule):
 
 
 @register
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """Half-cosine from ``init`` to the floor ``final`` over ``steps = T``, then ``final``.
 
     ``final + 0.5 * (cos(pi * min(k, T) / T) + 1) * (init - final)``
@@ -70,7 +82,7 @@ class Cosine(Schedule):
 
 
 @register
-class Polynomial(Schedule):
+class Polynomial(_Ramp):
     """``final + (init - final) * (1 - min(k, T) / T) ** power`` (power 1 is linear)."""
 
     kind = "polynomial"
@@ -128,7 +140,7 @@ class InverseSqrt(Schedule):
 
 
 @register
-class OneMinusSqrt(Schedule):
+class OneMinusSqrt(_Ramp):
     """``final + (init - final) * (1 - sqrt(min(k, T) / T))`` (the "1-sqrt" cooldown)."""
 
     kind = "one_minus_sqrt"
@@ -168,6 +180,16 @@ class Warmup(Schedule):
         steps = V.integer("steps", steps, lo=2 if shape == "log" else 0)
         self._store(after=after, steps=steps, init=V.real("init", init), shape=shape,
                     peak=None if peak is None else V.real("peak", peak))
+
+    @property
+    def horizon(self) -> int | None:
+        h = self._params["after"].horizon
+        return None if h is None else self._params["steps"] + h
+
+    @property
+    def limit(self) -> int | None:
+        lim = self._params["after"].limit
+        return None if lim is None else self._params["steps"] + lim
 
     def _values(self, k: np.ndarray) -> np.ndarray:
         p = self._params
@@ -211,6 +233,16 @@ class Join(Schedule):
             raise ValueError(f"boundaries must be strictly increasing, got {bounds}")
         self._store(schedules=schedules, boundaries=bounds)
 
+    @property
+    def horizon(self) -> int | None:
+        last, bounds = self._params["schedules"][-1], self._params["boundaries"]
+        return None if last.horizon is None else (bounds[-1] if bounds else 0) + last.horizon
+
+    @property
+    def limit(self) -> int | None:
+        last, bounds = self._params["schedules"][-1], self._params["boundaries"]
+        return None if last.limit is None else (bounds[-1] if bounds else 0) + last.limit
+
     def _values(self, k: np.ndarray) -> np.ndarray:
         scheds, bounds = self._params["schedules"], self._params["boundaries"]
         idx = np.searchsorted(np.asarray(bounds, dtype=np.int64), k, side="right")
@@ -234,6 +266,14 @@ class ScaleSteps(Schedule):
             raise TypeError(f"schedule must be a Schedule, got {schedule!r}")
         self._store(schedule=schedule, factor=V.integer("factor", factor, lo=1))
 
+    @property
+    def horizon(self) -> int | None:
+        return _ceil_div(self._params["schedule"].horizon, self._params["factor"])
+
+    @property
+    def limit(self) -> int | None:
+        return _ceil_div(self._params["schedule"].limit, self._params["factor"])
+
     def _values(self, k: np.ndarray) -> np.ndarray:
         return self._params["schedule"]._values(k * self._params["factor"])
 
@@ -249,6 +289,14 @@ class Multiply(Schedule):
             raise TypeError(f"schedule must be a Schedule, got {schedule!r}")
         self._store(schedule=schedule, factor=V.real("factor", factor))
 
+    @property
+    def horizon(self) -> int | None:
+        return self._params["schedule"].horizon
+
+    @property
+    def limit(self) -> int | None:
+        return self._params["schedule"].limit
+
     def _values(self, k: np.ndarray) -> np.ndarray:
         return self._params["factor"] * self._params["schedule"]._values(k)
 
@@ -257,6 +305,10 @@ class _WarmupDecay(Schedule):
     """Shared evaluation for the Megatron-shaped warmup + decay schedules."""
 
     _style = ""
+
+    @property
+    def horizon(self) -> int | None:
+        return self._params["total_steps"]
 
     def _shape_args(self) -> dict[str, Any]:
         p = self._params
@@ -410,6 +462,14 @@ class OneCycle(Schedule):
                              f"{total_steps}, pct_start={pct_start} (torch divides by zero here)")
         self._store(**d)
 
+    @property
+    def horizon(self) -> int | None:
+        return self._params["total_steps"]
+
+    @property
+    def limit(self) -> int | None:
+        return self._params["total_steps"] + 1 if self._params["horizon"] == "torch" else None
+
     @staticmethod
     def _knots(total: int, pct: float, three: bool) -> list[float]:
         if three:
@@ -473,7 +533,7 @@ WEIGHT_DECAY_STYLES = ("constant", "linear", "cosine")
 
 
 @register
-class WeightDecaySchedule(Schedule):
+class WeightDecaySchedule(_Ramp):
     """Weight decay from ``start`` to ``end`` over ``steps = N`` (Megatron's semantics).
 
     ``k > N``: ``end``; else with ``r = k / N``: constant ``end`` (requires ``start ==

@@ -42,6 +42,10 @@ class ColossalAICosineWarmup(Schedule):
                              "the cosine's T_max = total_steps - warmup_steps must be positive")
         self._store(**d)
 
+    @property
+    def horizon(self) -> int | None:
+        return self._params["total_steps"]
+
     def _values(self, k: np.ndarray) -> np.ndarray:
         p = self._params
         W, base, eta = p["warmup_steps"], p["lr"], p["eta_min"]

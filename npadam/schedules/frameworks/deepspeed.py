@@ -81,6 +81,11 @@ class DeepSpeedWarmupLR(_DeepSpeedSchedule):
                     total_num_steps=None if total_num_steps is None else
                     V.integer("total_num_steps", total_num_steps))
 
+    @property
+    def horizon(self) -> int | None:
+        T = self._params["total_num_steps"]
+        return None if T is None else T + 1  # DeepSpeed's k-th update uses f(k - 1)
+
     def _initial(self) -> float:
         return self._params["warmup_min_lr"]
 
@@ -114,6 +119,10 @@ class DeepSpeedWarmupCosineLR(_DeepSpeedSchedule):
                     warmup_min_ratio=V.real("warmup_min_ratio", warmup_min_ratio),
                     warmup_num_steps=_warmup_steps(warmup_num_steps),
                     cos_min_ratio=V.real("cos_min_ratio", cos_min_ratio), warmup_type=_warmup_type(warmup_type))
+
+    @property
+    def horizon(self) -> int | None:
+        return self._params["total_num_steps"] + 1
 
     def _initial(self) -> float:
         return 0.0
@@ -169,6 +178,13 @@ class DeepSpeedOneCycle(_DeepSpeedSchedule):
                     cycle_max_mom=V.real("cycle_max_mom", cycle_max_mom),
                     decay_mom_rate=V.real("decay_mom_rate", decay_mom_rate),
                     quantity=V.choice("quantity", quantity, ("lr", "momentum")))
+
+    @property
+    def horizon(self) -> int | None:
+        p = self._params
+        first = float(p["cycle_first_step_size"])
+        second = first if p["cycle_second_step_size"] is None else float(p["cycle_second_step_size"])
+        return int(np.ceil(first + second)) + 1
 
     def _initial(self) -> float:
         p = self._params

@@ -119,6 +119,15 @@ class HFSchedule(Schedule):
             r["num_cycles"] = V.real("num_cycles", kw.get("num_cycles", 0.5))
         return r
 
+    @property
+    def horizon(self) -> int | None:
+        p, r = self._params, self._resolved
+        if p["num_training_steps"] is not None:
+            return p["num_training_steps"]
+        if p["lr_scheduler_type"] == "warmup_stable_decay":
+            return p["num_warmup_steps"] + r["num_stable_steps"] + r["num_decay_steps"]
+        return None
+
     def _values(self, k: np.ndarray) -> np.ndarray:
         p, r = self._params, self._resolved
         name, lr, W, T = p["lr_scheduler_type"], p["learning_rate"], p["num_warmup_steps"], p["num_training_steps"]

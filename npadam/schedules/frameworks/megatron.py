@@ -60,6 +60,10 @@ class MegatronLR(Schedule):
                 raise ValueError(f"WSD decay steps must be >= 0, got {wsd_decay_steps}")
         self._store(**d)
 
+    @property
+    def horizon(self) -> int | None:
+        return -(-self._params["lr_decay_steps"] // self._params["global_batch_size"])
+
     def _values(self, k: np.ndarray) -> np.ndarray:
         p = self._params
         n = (k * p["global_batch_size"]).astype(np.float64)

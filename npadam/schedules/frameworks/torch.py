@@ -127,6 +127,23 @@ class TorchLR(Schedule):
             raise ValueError(f"SequentialLR milestones must be strictly increasing, got {ms}")
         return Join(built, ms)
 
+    @property
+    def horizon(self) -> int | None:
+        name, inner = self._params["scheduler"], self._inner
+        if isinstance(inner, Schedule):
+            return inner.horizon
+        if name in ("LinearLR", "ConstantLR", "PolynomialLR"):
+            return (inner[-1] if name != "PolynomialLR" else inner[0]) or None
+        if name == "CosineAnnealingLR":
+            return inner[0]
+        if name == "MultiStepLR":
+            return int(inner[0][-1]) if inner[0].size else None
+        return None
+
+    @property
+    def limit(self) -> int | None:
+        return self._inner.limit if isinstance(self._inner, Schedule) else None
+
     def _values(self, k: np.ndarray) -> np.ndarray:
         name, b, inner = self._params["scheduler"], self._params["lr"], self._inner
         if isinstance(inner, Schedule):
