@@ -24,6 +24,7 @@ int per optimizer; skipped steps do not advance it.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -102,6 +103,11 @@ def _byte_range(a: Any) -> tuple[int, int]:
 def _host(a: Any) -> np.ndarray:
     """A host (NumPy) copy of a NumPy or CuPy array."""
     return a.copy() if isinstance(a, np.ndarray) else a.get()
+
+
+def _as_host_array(x: Any) -> Any:
+    """A CuPy array (which NumPy cannot convert implicitly) as a NumPy array; anything else as is."""
+    return x.get() if type(x).__module__.startswith("cupy") and hasattr(x, "get") else x
 
 
 def _check_dtype(name: str, dtype: str, what: str) -> None:
@@ -196,8 +202,12 @@ class _AdamBase:
         self._objects = objs
         self._readonly = [not getattr(a.flags, "writeable", True) or is_read_only_producer(o)
                           for a, o in zip(arrays, objs)]
-        # read-only producers (JAX) are never written: keep an owned copy and return it
-        self._arrays = [a.copy() if ro else a for a, ro in zip(arrays, self._readonly)]
+        with self._on_device():
+            # read-only producers (JAX) are never written: keep an owned copy and return it
+            self._arrays = [a.copy() if ro else a for a, ro in zip(arrays, self._readonly)]
+            self._make_buffers()
+
+    def _make_buffers(self) -> None:
         xp = self._xp
         self._bufs: list[K.BufferView] = []
         for bi, b in enumerate(self.layout.buffers):
@@ -215,6 +225,16 @@ class _AdamBase:
                 size=b.size, master=master, exp_avg=xp.zeros(b.size, np.float32),
                 exp_avg_sq=xp.zeros(b.size, np.float32),
                 max_exp_avg_sq=xp.zeros(b.size, np.float32) if amsgrad else None, pdtype=b.dtype))
+        self._sync()  # the state was written on this stream; a step may run on another one
+
+    def _on_device(self) -> Any:
+        """Context: the params' GPU as CuPy's current device (nothing on the host)."""
+        return contextlib.nullcontext() if self.device == "cpu" else self._xp.cuda.Device(self._device_id)
+
+    def _sync(self) -> None:
+        """Wait for all work on the params' GPU (every stream); nothing on the host."""
+        if self.device == "gpu":
+            self._xp.cuda.Device(self._device_id).synchronize()
 
     def _place(self, arrays: Sequence[Any], names: Sequence[str]) -> None:
         """Host or GPU: pick the array module and the kernel; all params on one device."""
@@ -224,6 +244,7 @@ class _AdamBase:
             other = names[gpu.index(False)]
             raise ValueError(f"params live in different memories: {first!r} on a GPU, {other!r} on the host")
         self.device = "gpu" if gpu and all(gpu) else "cpu"
+        self._device_id = None
         if self.device == "cpu":
             if self._kernel_arg == "gpu":
                 raise ValueError("kernel='gpu' needs params in GPU memory (CuPy arrays, torch CUDA tensors, ...)")
@@ -240,6 +261,7 @@ class _AdamBase:
         import cupy
 
         self._xp = cupy
+        self._device_id = devices.pop()
         self.kernel = "gpu"
 
     # ------------------------------------------------------------------ step
@@ -277,6 +299,8 @@ class _AdamBase:
             if isinstance(a, np.ndarray) != (self.device == "cpu"):
                 raise ValueError(f"grad of {slot.name!r} is in {'host' if isinstance(a, np.ndarray) else 'GPU'} "
                                  f"memory, its param in {'host' if self.device == 'cpu' else 'GPU'} memory")
+            if self.device == "gpu" and a.device.id != self._device_id:
+                raise ValueError(f"grad of {slot.name!r} is on GPU {a.device.id}, the params on GPU {self._device_id}")
             if a.shape != slot.shape:
                 raise ValueError(f"grad of {slot.name!r} has shape {a.shape}, expected {slot.shape}")
             _check_dtype(slot.name, d, f"grad of {slot.name!r}")
@@ -323,7 +347,14 @@ class _AdamBase:
             numba.set_num_threads(before)
 
     def step(self, grads: Any = None) -> StepInfo:
-        """One update. ``grads``: arrays in params order (or a dict by name); None reads ``.grad``."""
+        """One update. ``grads``: arrays in params order (or a dict by name); None reads ``.grad``.
+
+        On a GPU the kernels run on CuPy's current stream (see ``npadam.kernels.gpu``):
+        run every step on the same stream."""
+        with self._on_device():
+            return self._update(grads)
+
+    def _update(self, grads: Any) -> StepInfo:
         arrays = self._collect_grads(grads)
         k = self._step
         hyper = self._hyper(k)
@@ -382,6 +413,7 @@ class _AdamBase:
         ``max_exp_avg_sq``; ``param_groups`` with ``params`` indices) plus ``names``, ``shapes``,
         ``dtypes``, the fp32 ``master`` of low-precision params and the loss scaler. Arrays are copies
         in each param's shape; Schedules are stored as their ``to_dict()``."""
+        self._sync()  # the last step may have run on another stream than the copies below
         state: dict[int, dict[str, Any]] = {}
         for i, slot in enumerate(self.layout.slots):
             buf = self._bufs[slot.buffer]
@@ -436,7 +468,7 @@ class _AdamBase:
                 raise ValueError(f"state dict has no state for param {slot.name!r}")
             for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master"):
                 if key in st:
-                    arr = np.asarray(st[key], dtype=np.float32)
+                    arr = np.asarray(_as_host_array(st[key]), dtype=np.float32)
                     if arr.shape != slot.shape:
                         raise ValueError(f"state {key!r} of {slot.name!r} has shape {arr.shape}, expected {slot.shape}")
                     updates.append((slot, key, arr))
@@ -450,16 +482,19 @@ class _AdamBase:
         # everything checked: apply
         for g, h in zip(self.param_groups, new_groups):
             g.update(h)
-        for buf, b in zip(self._bufs, self.layout.buffers):
-            if self.param_groups[b.group]["amsgrad"] and buf.max_exp_avg_sq is None:
-                buf.max_exp_avg_sq = self._xp.zeros(b.size, np.float32)
-        for slot, key, arr in updates:
-            buf = self._bufs[slot.buffer]
-            target = {"exp_avg": buf.exp_avg, "exp_avg_sq": buf.exp_avg_sq, "max_exp_avg_sq": buf.max_exp_avg_sq,
-                      "master": buf.master}[key]
-            if target is not None:
-                flat = arr.reshape(-1)
-                target[slot.offset: slot.offset + slot.numel] = flat if self._xp is np else self._xp.asarray(flat)
+        self._sync()  # a step still running on another stream must not overwrite what is loaded
+        with self._on_device():
+            for buf, b in zip(self._bufs, self.layout.buffers):
+                if self.param_groups[b.group]["amsgrad"] and buf.max_exp_avg_sq is None:
+                    buf.max_exp_avg_sq = self._xp.zeros(b.size, np.float32)
+            for slot, key, arr in updates:
+                buf = self._bufs[slot.buffer]
+                target = {"exp_avg": buf.exp_avg, "exp_avg_sq": buf.exp_avg_sq,
+                          "max_exp_avg_sq": buf.max_exp_avg_sq, "master": buf.master}[key]
+                if target is not None:
+                    flat = arr.reshape(-1)
+                    target[slot.offset: slot.offset + slot.numel] = flat if self._xp is np else self._xp.asarray(flat)
+        self._sync()
         self._step = step
         if scaler_sd is not None and self.loss_scaler is not None:
             self.loss_scaler.load_state_dict(scaler_sd)

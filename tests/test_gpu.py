@@ -36,6 +36,15 @@ def _bytes(x) -> bytes:
     return (x.array if isinstance(x, npadam.interop.Bfloat16) else x).get().tobytes()
 
 
+def _assert_same(copt, cpu_params, gopt, gpu_params):
+    for c, g in zip(cpu_params, gpu_params):
+        assert c.tobytes() == _bytes(g)
+    cs, gs = copt.state_dict(), gopt.state_dict()
+    for i in cs["state"]:
+        for key, val in cs["state"][i].items():
+            assert np.asarray(val).tobytes() == np.asarray(gs["state"][i][key]).tobytes(), key
+
+
 def _run(kernel_params, grads_seq, **kw):
     opt = npadam.AdamW(kernel_params, **kw)
     infos = [opt.step(g) for g in grads_seq]
@@ -60,12 +69,47 @@ def test_gpu_matches_cpu_bit_for_bit(pdt, gdt):
         gopt = cls(gpu_params, kernel="gpu", **kw)
         ginfo = [gopt.step([_to_gpu(g) for g in gs]) for gs in grads]
         assert [i.grad_norm for i in cinfo] == [i.grad_norm for i in ginfo]
-        for c, g in zip(cpu_params, gpu_params):
-            assert c.tobytes() == _bytes(g)
-        cs, gs = copt.state_dict(), gopt.state_dict()
-        for i in cs["state"]:
-            for key, val in cs["state"][i].items():
-                assert np.asarray(val).tobytes() == np.asarray(gs["state"][i][key]).tobytes(), key
+        _assert_same(copt, cpu_params, gopt, gpu_params)
+
+
+@pytest.mark.parametrize("pdt, gdt", [("float32", "float32"), ("float32", "bfloat16"), ("bfloat16", "float32")])
+def test_subnormals_are_not_flushed_to_zero(pdt, gdt):
+    """Subnormal params, grads and moments (g * g underflows): bit for bit the CPU's, no flush to zero
+    (cupy.RawModule would compile with -ftz=true; npadam compiles without it)."""
+    rng = np.random.default_rng(3)
+    n = 4099
+    init = (rng.standard_normal(n) * 1e-39).astype(np.float32).astype(STORE[pdt])
+    grads = [[(rng.standard_normal(n) * 10.0 ** rng.integers(-44, -15, n)).astype(np.float32).astype(STORE[gdt])]
+             for _ in range(3)]
+    # lr = 1e-38: the params stay subnormal; eps > 0: no 0/0 (NaN bits differ between x86 and CUDA)
+    kw = dict(lr=1e-38, betas=(0.9, 0.95), eps=1e-30, weight_decay=0.1, amsgrad=True)
+    cpu_params = [init.copy()]
+    copt = npadam.AdamW(cpu_params, kernel="cpu", **kw)
+    cinfo = [copt.step(g) for g in grads]
+    gpu_params = [_to_gpu(init)]
+    gopt = npadam.AdamW(gpu_params, kernel="gpu", **kw)
+    ginfo = [gopt.step([_to_gpu(x) for x in g]) for g in grads]
+    assert [i.grad_norm for i in cinfo] == [i.grad_norm for i in ginfo]
+    _assert_same(copt, cpu_params, gopt, gpu_params)
+
+
+def test_unaligned_float32_views_take_the_scalar_path():
+    """float32 params and grads at element offsets 1, 2, 3 of larger arrays (not 16-byte aligned)."""
+    rng = np.random.default_rng(4)
+    host_p = rng.standard_normal(210_100).astype(np.float32)
+    host_g = [rng.standard_normal(host_p.size).astype(np.float32) for _ in range(2)]
+    cuts = [(1, 70_002), (70_006, 140_007), (140_011, 210_012)]  # params start at 1, 2, 3 mod 4, grads at 0, 1, 2
+    dev_p = cupy.asarray(host_p)
+    cpu_params = [host_p[a:b].copy() for a, b in cuts]
+    gpu_params = [dev_p[a:b] for a, b in cuts]
+    kw = dict(lr=1e-3, weight_decay=0.1, max_grad_norm=1.0)
+    copt = npadam.AdamW(cpu_params, kernel="cpu", **kw)
+    gopt = npadam.AdamW(gpu_params, kernel="gpu", **kw)
+    for g in host_g:
+        dev_g = cupy.asarray(g)
+        assert copt.step([g[a + 3:b + 3].copy() for a, b in cuts]).grad_norm == \
+            gopt.step([dev_g[a + 3:b + 3] for a, b in cuts]).grad_norm
+    _assert_same(copt, cpu_params, gopt, gpu_params)
 
 
 def test_skip_on_nonfinite_on_gpu():

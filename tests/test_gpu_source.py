@@ -47,7 +47,7 @@ def test_every_instantiation_compiles_for_sm90(ptx):
 
 @needs_nvcc
 def test_no_fused_multiply_add_and_ieee_div_sqrt(ptx):
-    assert "fma." not in ptx
+    assert "fma." not in ptx and ".ftz" not in ptx
     assert not re.search(r"(div|sqrt|rcp)\.approx", ptx)
     assert "div.rn.f32" in ptx and "sqrt.rn.f32" in ptx
 
@@ -128,26 +128,36 @@ def test_host_build_of_conversions_matches_ml_dtypes_and_numpy(host_lib, kind):
     assert back.view(np.uint32).tobytes() == want.astype(np.float32).view(np.uint32).tobytes()
 
 
-def test_nvrtc_compiles_the_runtime_source_for_sm90():
-    """What the runtime does on first use (NVRTC, the header inlined, every name expression),
-    minus the device: NVRTC compiles without one."""
+def _nvrtc():
     nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
     try:
         nvrtc.getVersion()
     except Exception as exc:  # noqa: BLE001 - the nvidia-cuda-nvrtc library is not installed
         pytest.skip(f"NVRTC not loadable: {exc}")
+    return nvrtc
+
+
+def test_nvrtc_compiles_the_runtime_source_for_sm90():
+    """What the runtime does on first use (``gpu.compile_names``: NVRTC, the header inlined,
+    every name expression, the runtime's exact options), minus the device."""
+    _nvrtc()
     names = gpu.all_names()
-    prog = nvrtc.createProgram(gpu.source(), "adam.cu", [], [])
-    for name in names:
-        nvrtc.addNameExpression(prog, name)
-    try:
-        nvrtc.compileProgram(prog, [*gpu.NVRTC_OPTIONS, "--gpu-architecture=compute_90"])
-    except Exception:  # noqa: BLE001
-        pytest.fail(nvrtc.getProgramLog(prog))
-    ptx = nvrtc.getPTX(prog).decode()
+    ptx, lowered = gpu.compile_names(names, 90, cubin=False)
+    ptx = ptx.rstrip(b"\0").decode()
     assert ptx.count(".entry") == len(names)
     assert "fma." not in ptx and not re.search(r"(div|sqrt|rcp)\.approx", ptx)
-    assert all(nvrtc.getLoweredName(prog, n).startswith("_Z") for n in names)
+    # no flush-to-zero (cupy.RawModule appends -ftz=true to every option list: the runtime must not use it)
+    assert ".ftz" not in ptx
+    assert all(lowered[n].startswith("_Z") for n in names)
+    cubin, _ = gpu.compile_names(names[:2], 90)  # what a device of compute capability 9.0 loads
+    assert cubin[:4] == b"\x7fELF"
+
+
+def test_compile_target_falls_back_to_ptx_for_unknown_architectures():
+    nvrtc = _nvrtc()
+    archs = sorted(int(a) for a in nvrtc.getSupportedArchs())
+    assert gpu.target(archs[-1]) == (archs[-1], True)
+    assert gpu.target(archs[-1] + 1) == (archs[-1], False)
 
 
 def test_cuda_sources_ship_as_package_data():

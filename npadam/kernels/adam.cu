@@ -84,14 +84,16 @@ __global__ void adam_multi(const uint64_t* __restrict__ param_ptrs, const uint64
 }
 
 // Sum of squares of each `block`-element block of the buffer's index space, float64.
-// Launch with NPADAM_LANES threads per block, one thread block per norm block (grid-stride).
+// Launch with exactly NPADAM_LANES threads per block (enforced: __launch_bounds__ makes a larger
+// block fail to launch), one thread block per norm block (grid-stride).
 // Lane l adds the squares of elements l, l + 64, l + 128, ... of the block in order (each
 // tensor starts at a multiple of 64, so at lane 0); thread 0 then adds the 64 lane sums in
 // order. Same numbers, same order as reference.adamw.block_sumsq and the Numba kernel.
 template <int GK>
-__global__ void block_sumsq(const uint64_t* __restrict__ grad_ptrs, const int64_t* __restrict__ offsets,
-                            const int64_t* __restrict__ sizes, int64_t ntensors, int64_t nblocks, int64_t block,
-                            double* __restrict__ out) {
+__global__ void __launch_bounds__(NPADAM_LANES)
+block_sumsq(const uint64_t* __restrict__ grad_ptrs, const int64_t* __restrict__ offsets,
+            const int64_t* __restrict__ sizes, int64_t ntensors, int64_t nblocks, int64_t block,
+            double* __restrict__ out) {
     typedef typename Storage<GK>::T GT;
     __shared__ double lanes[NPADAM_LANES];
     const int lane = threadIdx.x;

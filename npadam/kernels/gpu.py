@@ -4,8 +4,13 @@ Importing this module imports CuPy; nothing here compiles until a kernel is
 first used. The CUDA source (``adam.cu`` + ``adam_math.cuh``, package data) is one
 templated kernel; each (param kind, grad kind, amsgrad, decoupled, maximize)
 combination is instantiated by name on first use and cached per device. Options:
-``-fmad=false`` and NVRTC's default IEEE division and square root, so results are
-bit-identical to ``reference.adamw`` and the Numba kernel.
+``-fmad=false``, IEEE division and square root and no flush-to-zero, so results
+are bit-identical to ``reference.adamw`` and the Numba kernel.
+
+The source is compiled here with NVRTC (``compile_names``) and loaded as a CuPy
+``Module``, not through ``cupy.RawModule``: CuPy appends ``-ftz=true`` to the
+options of every RawModule/RawKernel (after the caller's, so it wins), which
+flushes float32 subnormals and breaks bit-identity with the CPU.
 
 Kernels run on CuPy's current stream; to run on a torch stream, wrap the call in
 ``with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):``. The
@@ -42,6 +47,47 @@ def norm_name(gkind: int) -> str:
     return f"block_sumsq<{gkind}>"
 
 
+def compile_names(names: Sequence[str], arch: int, cubin: bool = True) -> tuple[bytes, dict[str, str]]:
+    """Compile ``source()`` with NVRTC for the name expressions ``names``.
+
+    Returns the cubin for ``sm_<arch>`` (or the PTX for ``compute_<arch>`` when
+    ``cubin`` is False) and each name's lowered (mangled) name. Needs no device.
+    """
+    from cupy_backends.cuda.libs import nvrtc
+
+    options = [*NVRTC_OPTIONS, f"--gpu-architecture={'sm' if cubin else 'compute'}_{int(arch)}"]
+    prog = nvrtc.createProgram(source(), "adam.cu", [], [])
+    try:
+        for name in names:
+            nvrtc.addNameExpression(prog, name)
+        try:
+            nvrtc.compileProgram(prog, options)
+        except nvrtc.NVRTCError as exc:
+            raise RuntimeError(f"NVRTC could not compile npadam's kernels ({' '.join(options)}):\n"
+                               f"{nvrtc.getProgramLog(prog)}") from exc
+        lowered = {name: nvrtc.getLoweredName(prog, name) for name in names}
+        binary = nvrtc.getCUBIN(prog) if cubin else nvrtc.getPTX(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    return binary, lowered
+
+
+def target(compute_capability: int) -> tuple[int, bool]:
+    """``(arch, cubin)`` for a device: its own SASS when NVRTC supports it, else the
+    PTX of the newest older architecture NVRTC knows (JIT-compiled by the driver)."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    cc = int(compute_capability)
+    try:
+        archs = sorted(int(a) for a in nvrtc.getSupportedArchs())
+    except Exception:  # noqa: BLE001 - very old NVRTC: no query, try the device's own
+        return cc, True
+    if cc in archs:
+        return cc, True
+    older = [a for a in archs if a <= cc]
+    return (older[-1] if older else cc), False
+
+
 def all_names() -> list[str]:
     """Every template instantiation the runtime may ask for (for compile checks)."""
     names = [norm_name(g) for g in range(3)]
@@ -59,28 +105,42 @@ class GpuKernels:
 
     def __init__(self) -> None:
         import cupy
+        from cupy.cuda import function
 
         self.cp = cupy
-        self._modules: dict[tuple[int, str], Any] = {}
+        self._module_type = function.Module
+        self._functions: dict[tuple[int, str], Any] = {}
+        self._sms: dict[int, int] = {}
 
     def _function(self, name: str) -> Any:
+        """The kernel ``name`` on the current device (compiled and loaded on first use)."""
         dev = self.cp.cuda.runtime.getDevice()
         key = (dev, name)
-        if key not in self._modules:
-            mod = self.cp.RawModule(code=source(), options=NVRTC_OPTIONS, name_expressions=[name])
-            self._modules[key] = mod.get_function(name)
-        return self._modules[key]
+        if key not in self._functions:
+            arch, cubin = target(self.cp.cuda.Device(dev).compute_capability)
+            binary, lowered = compile_names([name], arch, cubin)
+            mod = self._module_type()
+            mod.load(binary)
+            self._functions[key] = mod.get_function(lowered[name])  # the Function keeps its Module loaded
+        return self._functions[key]
+
+    def _sm_count(self) -> int:
+        dev = self.cp.cuda.runtime.getDevice()
+        if dev not in self._sms:
+            rt = self.cp.cuda.runtime
+            self._sms[dev] = int(rt.deviceGetAttribute(rt.cudaDevAttrMultiProcessorCount, dev))
+        return self._sms[dev]
 
     def _tables(self, buf: Any, arrays: Sequence[Any], key: str) -> tuple[Any, ...]:
-        """Device tables (pointers, offsets, sizes) for ``arrays``; params' are cached per buffer."""
+        """Device tables (pointers, offsets, sizes) for ``arrays``, cached per buffer while the
+        pointers stay the same (the tables are never written, so reuse is safe)."""
         cp = self.cp
         ptrs = np.asarray([a.data.ptr for a in arrays], dtype=np.uint64)
         cached = buf.cache.get(key)
         if cached is not None and np.array_equal(cached[0], ptrs):
             return cached[1]
         tables = (cp.asarray(ptrs), cp.asarray(buf.offsets), cp.asarray(buf.sizes))
-        if key == "params":
-            buf.cache[key] = (ptrs, tables)
+        buf.cache[key] = (ptrs, tables)
         return tables
 
     def _chunks(self, buf: Any) -> tuple[Any, Any, int]:
@@ -113,11 +173,13 @@ class GpuKernels:
         pptrs, offsets, sizes = self._tables(buf, buf.params, "params")
         gptrs, _, _ = self._tables(buf, buf.grads, "grads")
         chunk_t, chunk_s, nchunks = self._chunks(buf)
-        empty = buf.cache.setdefault("empty", cp.zeros(1, dtype=cp.float32))
+        if "empty" not in buf.cache:
+            buf.cache["empty"] = cp.zeros(1, dtype=cp.float32)
+        empty = buf.cache["empty"]
         fn = self._function(adam_name(buf.pkind, buf.gkind, flags.amsgrad, flags.decoupled, flags.maximize))
         scalars = tuple(np.float32(x) for x in (s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2,
                                                 s.weight_decay, s.decay, s.step_size, s.bc2_sqrt, s.eps))
-        grid = min(nchunks, 4 * cp.cuda.Device().attributes["MultiProcessorCount"] * 8)
+        grid = min(nchunks, 32 * self._sm_count())
         fn((max(grid, 1),), (THREADS,),
            (pptrs, gptrs, offsets, sizes, chunk_t, chunk_s, np.int64(nchunks), np.int64(CHUNK),
             empty if buf.master is None else buf.master, buf.exp_avg, buf.exp_avg_sq,
