@@ -254,3 +254,11 @@ def test_emulated_kernels_match_the_reference(emulator, pk, gk):
         assert m.tobytes() == rm.tobytes() and v.tobytes() == rv.tobytes()
         if amsgrad:
             assert x.tobytes() == rx.tobytes()
+
+
+def test_norm_blocking_constants_agree():
+    from npadam.kernels import cpu
+
+    src = (KERNEL_DIR / "adam.cu").read_text()
+    assert gpu.LANES == cpu.LANES == R.NORM_LANES == int(re.search(r"#define NPADAM_LANES (\d+)", src).group(1))
+    assert R.NORM_BLOCK % R.NORM_LANES == 0 and 64 % R.NORM_LANES == 0  # tensors start at lane 0

@@ -72,28 +72,36 @@ def run_tests(out_dir: str) -> tuple[int, str]:
     return proc.returncode, tail
 
 
-def bit_identity(cupy, ml_dtypes) -> list[str]:
-    """GPU vs CPU kernel over every option combination; returns failures (empty: all identical)."""
+def bit_identity(cupy, ml_dtypes, steps: int = 3) -> list[str]:
+    """GPU vs CPU kernel over every option combination, ``steps`` steps (so amsgrad's max and
+    the bias corrections move), params and every state array compared; returns the failures."""
     store = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
     rng = np.random.default_rng(1)
     failures = []
     sizes = [3, 64, 1000, 1 << 20]
+
+    def dev(a):  # bfloat16 bits travel in a uint16 CuPy array marked as Bfloat16
+        if a.dtype == store["bfloat16"]:
+            return npadam.interop.Bfloat16(cupy.asarray(a.view(np.uint16)))
+        return cupy.asarray(a)
+
     for pdt, gdt, ams, dec, mx in itertools.product(store, store, (False, True), (False, True), (False, True)):
         init = [rng.standard_normal(n).astype(np.float32).astype(store[pdt]) for n in sizes]
-        grads = [(rng.standard_normal(n) * 2).astype(np.float32).astype(store[gdt]) for n in sizes]
+        grads = [[(rng.standard_normal(n) * 2).astype(np.float32).astype(store[gdt]) for n in sizes]
+                 for _ in range(steps)]
         cls = npadam.AdamW if dec else npadam.Adam
         kw = dict(lr=1e-3, weight_decay=0.1, amsgrad=ams, maximize=mx, max_grad_norm=1.0)
         cpu = [p.copy() for p in init]
-        ci = cls(cpu, kernel="cpu", **kw).step(grads)
-        def dev(a):  # bfloat16 bits travel in a uint16 CuPy array marked as Bfloat16
-            if a.dtype == store["bfloat16"]:
-                return npadam.interop.Bfloat16(cupy.asarray(a.view(np.uint16)))
-            return cupy.asarray(a)
-
+        copt = cls(cpu, kernel="cpu", **kw)
+        cnorms = [copt.step(g).grad_norm for g in grads]
         gpu = [dev(p) for p in init]
-        gi = cls(gpu, kernel="gpu", **kw).step([dev(g) for g in grads])
+        gopt = cls(gpu, kernel="gpu", **kw)
+        gnorms = [gopt.step([dev(g) for g in gs]).grad_norm for gs in grads]
         host = [(x.array if isinstance(x, npadam.interop.Bfloat16) else x).get() for x in gpu]
-        same = ci.grad_norm == gi.grad_norm and all(c.tobytes() == h.tobytes() for c, h in zip(cpu, host))
+        same = cnorms == gnorms and all(c.tobytes() == h.tobytes() for c, h in zip(cpu, host))
+        cs, gs = copt.state_dict()["state"], gopt.state_dict()["state"]
+        same = same and all(np.asarray(cs[i][k]).tobytes() == np.asarray(gs[i][k]).tobytes()
+                            for i in cs for k in cs[i] if k != "step")
         if not same:
             failures.append(f"{pdt}/{gdt} amsgrad={ams} decoupled={dec} maximize={mx}")
     return failures
