@@ -145,3 +145,14 @@ def flat_parameters(arrays: Sequence[np.ndarray] | dict[str, np.ndarray],
     for view, (_, a) in zip(views, items):
         view[...] = a
     return lay, flats, views
+
+
+def work_items(sizes: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split tensors of ``sizes`` elements into ``(tensor, lo, hi)`` chunks of at most ``chunk``."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    counts = -(-sizes // chunk)
+    t = np.repeat(np.arange(sizes.size, dtype=np.int64), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    lo = (np.arange(t.size, dtype=np.int64) - first) * chunk
+    hi = np.minimum(lo + chunk, sizes[t])
+    return t, lo, hi

@@ -206,6 +206,8 @@ class _AdamBase:
             # read-only producers (JAX) are never written: keep an owned copy and return it
             self._arrays = [a.copy() if ro else a for a, ro in zip(arrays, self._readonly)]
             self._make_buffers()
+        # byte ranges of the arrays the kernels write, sorted: no grad may alias one (checked each step)
+        self._param_spans = sorted((*_byte_range(a), n) for a, n in zip(self._arrays, names) if a.nbytes)
 
     def _make_buffers(self) -> None:
         xp = self._xp
@@ -314,7 +316,7 @@ class _AdamBase:
                 raise TypeError(f"grads of param group {b.group} ({b.dtype} params) mix dtypes {sorted(kinds)}; "
                                 "use one gradient dtype per group and param dtype")
         self._grad_dtypes = dnames
-        spans = sorted((*_byte_range(a), n) for a, n in zip(self._arrays, names) if a.nbytes)
+        spans = self._param_spans
         starts = [s[0] for s in spans]
         for g, n in zip(out, names):
             if not g.nbytes:

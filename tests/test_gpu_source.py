@@ -197,9 +197,9 @@ def emulator(tmp_path_factory):
 
 
 def _tables(arrays, sizes, chunk):
-    counts = -(-np.asarray(sizes, np.int64) // chunk)
-    t = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
-    start = (np.arange(t.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)) * chunk
+    from npadam.layout import work_items
+
+    t, start, _ = work_items(np.asarray(sizes, np.int64), chunk)
     ptrs = np.asarray([a.ctypes.data for a in arrays], np.uint64)
     return ptrs, t, start
 

@@ -191,7 +191,7 @@ def test_indexing_past_2_31_elements(tmp_path):
     g = rng.standard_normal(1000).astype(np.float32)
     rp, rm, rv = p.copy(), np.zeros(1000, np.float32), np.zeros(1000, np.float32)
     s = R.host_scalars(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, step=1)
-    t, lo, hi = cpu.work_items(np.array([1000]))
+    t, lo, hi = npadam.layout.work_items(np.array([1000]), cpu.CHUNK)
     offsets = np.array([off], dtype=np.int64)
     kernel = cpu.adam_pass(cpu.F32, cpu.F32, amsgrad=False, decoupled=True)
     kernel(cpu.typed_list([p]), cpu.typed_list([g]), offsets, t, lo, hi, np.zeros(0, np.float32), m, v,

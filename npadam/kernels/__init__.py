@@ -16,7 +16,7 @@ import numpy as np
 
 from reference import adamw as ref
 
-from ..layout import KINDS
+from ..layout import KINDS, work_items
 
 KERNELS = ("reference", "cpu", "gpu")
 
@@ -89,14 +89,22 @@ class _Cpu:
         """The typed list of param views, built once per buffer (params never move)."""
         if "params" not in buf.cache:
             buf.cache["params"] = self.cpu.typed_list([_u16(a) for a in buf.params])
-            buf.cache["work"] = self.cpu.work_items(buf.sizes)
+            buf.cache["work"] = work_items(buf.sizes, self.cpu.CHUNK)
         return buf.cache["params"]
+
+    def _grads(self, buf: BufferView) -> object:
+        """The typed list of this step's grad views, built once for both passes."""
+        cached = buf.cache.get("grads")
+        if cached is None or cached[0] is not buf.grads:
+            cached = (buf.grads, self.cpu.typed_list([_u16(g) for g in buf.grads]))
+            buf.cache["grads"] = cached
+        return cached[1]
 
     def block_sumsq(self, buf: BufferView, block: int) -> np.ndarray:
         nblocks = -(-buf.size // block)
         if not len(buf.grads) or not nblocks:
             return np.zeros(0)
-        return self.cpu.block_sumsq(self.cpu.typed_list([_u16(g) for g in buf.grads]), buf.offsets,
+        return self.cpu.block_sumsq(self._grads(buf), buf.offsets,
                                     nblocks, block, buf.gkind, buf.size >= self.cpu.PARALLEL_MIN)
 
     def adam_step(self, buf: BufferView, s: ref.HostScalars, flags: Flags) -> None:
@@ -106,7 +114,7 @@ class _Cpu:
         params = self._params(buf)
         kernel = self.cpu.adam_pass(buf.pkind, buf.gkind, flags.amsgrad, flags.decoupled,
                                     buf.size >= self.cpu.PARALLEL_MIN)
-        kernel(params, self.cpu.typed_list([_u16(g) for g in buf.grads]), buf.offsets, *buf.cache["work"],
+        kernel(params, self._grads(buf), buf.offsets, *buf.cache["work"],
                e if buf.master is None else buf.master, buf.exp_avg, buf.exp_avg_sq,
                e if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq, flags.maximize,
                s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,

@@ -262,14 +262,3 @@ def typed_list(arrays):
     for a in arrays:
         out.append(a)
     return out
-
-
-def work_items(sizes: np.ndarray, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split tensors of ``sizes`` elements into ``(tensor, lo, hi)`` chunks of at most ``chunk``."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    counts = -(-sizes // chunk)
-    t = np.repeat(np.arange(sizes.size, dtype=np.int64), counts)
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    lo = (np.arange(t.size, dtype=np.int64) - first) * chunk
-    hi = np.minimum(lo + chunk, sizes[t])
-    return t, lo, hi

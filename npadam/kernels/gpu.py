@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..layout import work_items
+
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent
 CHUNK = 1 << 16
 THREADS = 256
@@ -145,10 +147,7 @@ class GpuKernels:
 
     def _chunks(self, buf: Any) -> tuple[Any, Any, int]:
         if "chunks" not in buf.cache:
-            counts = -(-np.asarray(buf.sizes, np.int64) // CHUNK)
-            t = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-            first = np.repeat(np.cumsum(counts) - counts, counts)
-            start = (np.arange(t.size, dtype=np.int64) - first) * CHUNK
+            t, start, _ = work_items(buf.sizes, CHUNK)
             buf.cache["chunks"] = (self.cp.asarray(t), self.cp.asarray(start), int(t.size))
         return buf.cache["chunks"]
 
