@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from reference import adamw as ref
+from .reference import adamw as ref
 
 from . import kernels as K
 from .layout import dtype_name
@@ -54,22 +54,24 @@ def init(param: np.ndarray, amsgrad: bool = False) -> AdamState:
     return AdamState(z, z.copy(), z.copy() if amsgrad else None, master, 0)
 
 
-def _view(param: np.ndarray, grad: np.ndarray, state: AdamState) -> K.BufferView:
-    n = param.size
-    return K.BufferView(params=[param], grads=[grad], offsets=np.zeros(1, np.int64),
-                        sizes=np.asarray([n], np.int64), size=n, master=state.master, exp_avg=state.exp_avg,
-                        exp_avg_sq=state.exp_avg_sq, max_exp_avg_sq=state.max_exp_avg_sq,
-                        pdtype=dtype_name(param.dtype), gdtype=dtype_name(grad.dtype))
+def _view(param: np.ndarray, grad: np.ndarray, state: AdamState) -> tuple[K.BufferState, K.Batch]:
+    buf = K.BufferState(size=param.size, master=state.master, exp_avg=state.exp_avg, exp_avg_sq=state.exp_avg_sq,
+                        max_exp_avg_sq=state.max_exp_avg_sq, pdtype=dtype_name(param.dtype))
+    return buf, K.Batch.of_arrays([_u16(param)], [_u16(grad)], np.zeros(1, np.int64), dtype_name(grad.dtype))
+
+
+def _u16(a: np.ndarray) -> np.ndarray:
+    return a if a.dtype == np.float32 else a.view(np.uint16)
 
 
 def grad_norm(grad: np.ndarray, kernel: str | None = None) -> float:
     """The float64 L2 norm of a flat gradient with npadam's fixed blocking (inf/nan if non-finite)."""
     _flat(grad, "grad")
-    buf = _view(grad, grad, AdamState(np.zeros(0, np.float32), np.zeros(0, np.float32)))
+    buf, batch = _view(grad, grad, AdamState(np.zeros(0, np.float32), np.zeros(0, np.float32)))
     kernel = K.check_kernel(kernel)
     if kernel == "gpu":
         raise ValueError("npadam.functional works on host (NumPy) buffers; use npadam.AdamW for GPU arrays")
-    sums = K.get(kernel).block_sumsq(buf, ref.NORM_BLOCK)
+    sums = K.get(kernel).block_sumsq(buf, batch, ref.NORM_BLOCK)
     return math.sqrt(float(np.cumsum(sums)[-1])) if sums.size else 0.0
 
 
@@ -95,6 +97,6 @@ def update(param: np.ndarray, grad: np.ndarray, state: AdamState, *, lr: float, 
     kernel = K.check_kernel(kernel)
     if kernel == "gpu":
         raise ValueError("npadam.functional works on host (NumPy) buffers; use npadam.AdamW for GPU arrays")
-    K.get(kernel).adam_step(_view(param, grad, state), s,
-                                            K.Flags(decoupled=decoupled, amsgrad=amsgrad, maximize=maximize))
+    K.get(kernel).adam_step(*_view(param, grad, state), s,
+                            K.Flags(decoupled=decoupled, amsgrad=amsgrad, maximize=maximize))
     return replace(state, step=state.step + 1)

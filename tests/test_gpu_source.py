@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from npadam.kernels import gpu
-from reference import adamw as R
+from npadam.reference import adamw as R
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")

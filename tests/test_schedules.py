@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from npadam import schedules as S
-from reference import schedules as R
+from npadam.reference import schedules as R
 
 lrs = st.floats(1e-6, 1.0)
 small = st.floats(0.0, 1e-3)

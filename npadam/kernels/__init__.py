@@ -1,50 +1,82 @@
-"""Kernel dispatch: the same two operations on one flat buffer, by the reference or by Numba.
+"""Kernel dispatch: the same two operations on one flat buffer, by the reference, Numba or CuPy.
 
-``block_sumsq(buf)`` returns the float64 sums of squares of the buffer's gradient
-blocks (``reference.adamw.NORM_BLOCK`` elements from the buffer start);
-``adam_step(buf, scalars, flags)`` runs one fused AdamW/Adam pass. ``BufferView``
-bundles what both need: the tensors' 1-D views (params in their storage dtype,
-grads in theirs), their offsets in the flat state, and the state arrays.
+``block_sumsq(buf, batch, block)`` returns the float64 sums of squares of the
+buffer's gradient blocks (``npadam.reference.adamw.NORM_BLOCK`` elements from the
+buffer start; tensors outside the batch count as zeros);
+``adam_step(buf, batch, scalars, flags)`` runs one fused AdamW/Adam pass over the
+batch's tensors. ``BufferState`` holds a buffer's state arrays, ``Batch`` the
+pointer tables of the tensors one call touches (params in their storage dtype,
+grads in theirs) and their offsets in the flat state.
 """
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from reference import adamw as ref
+from ..reference import adamw as ref
 
-from ..layout import KINDS, work_items
+from ..layout import KINDS, storage_dtype, work_items
 
 KERNELS = ("reference", "cpu", "gpu")
 
 
 @dataclass
-class BufferView:
-    """One flat buffer's tensors and state. Param/grad views are 1-D and contiguous."""
+class BufferState:
+    """One flat buffer's optimizer state (float32 arrays of ``size`` elements, NumPy or CuPy)."""
 
-    params: Sequence[np.ndarray]
-    grads: Sequence[np.ndarray]
-    offsets: np.ndarray
-    sizes: np.ndarray
     size: int
     master: np.ndarray | None
     exp_avg: np.ndarray
     exp_avg_sq: np.ndarray
     max_exp_avg_sq: np.ndarray | None
     pdtype: str = "float32"
-    gdtype: str = "float32"
     cache: dict = field(default_factory=dict)
 
     @property
     def pkind(self) -> int:
         return KINDS[self.pdtype]
 
+
+@dataclass
+class Batch:
+    """The tensors of one buffer that one kernel call touches.
+
+    ``params``/``grads``: int64 pointer tables (addresses of each tensor's first
+    element, in host or device memory like the state); ``offsets``/``sizes``: int64,
+    each tensor's place in the buffer (ascending). ``key`` identifies the tensor set
+    (cached work tables are keyed on it). The caller keeps the memory alive and has
+    checked shapes, dtypes and contiguity.
+    """
+
+    params: np.ndarray
+    grads: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+    gdtype: str = "float32"
+    key: bytes = b""
+
     @property
     def gkind(self) -> int:
         return KINDS[self.gdtype]
+
+    def __len__(self) -> int:
+        return int(self.offsets.size)
+
+    @classmethod
+    def of_arrays(cls, params: Sequence[np.ndarray], grads: Sequence[np.ndarray], offsets: np.ndarray,
+                  gdtype: str = "float32") -> "Batch":
+        """A batch of 1-D contiguous NumPy arrays (tests, ``npadam.functional``)."""
+        sizes = np.asarray([a.size for a in params], dtype=np.int64)
+        return cls(_pointers(params), _pointers(grads), np.asarray(offsets, np.int64), sizes, gdtype,
+                   np.asarray(offsets, np.int64).tobytes())
+
+
+def _pointers(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.asarray([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -72,12 +104,18 @@ def check_kernel(kernel: str | None) -> str:
     return kernel
 
 
-def _u16(a: np.ndarray) -> np.ndarray:
-    return a if a.dtype == np.float32 else a.view(np.uint16)
+def _work(buf: BufferState, batch: Batch, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch's ``(tensor, lo, hi)`` work items, cached per buffer and tensor set."""
+    key = ("work", chunk, batch.key)
+    if key not in buf.cache:
+        if len(buf.cache) > 64:  # tensor sets come and go (grads of unused params): keep the cache small
+            buf.cache.clear()
+        buf.cache[key] = work_items(batch.sizes, chunk)
+    return buf.cache[key]
 
 
 class _Cpu:
-    """Numba kernels; typed lists of the parameter views are cached per buffer."""
+    """Numba kernels over pointer tables (see ``npadam.kernels.cpu``)."""
 
     def __init__(self) -> None:
         from . import cpu
@@ -85,70 +123,64 @@ class _Cpu:
         self.cpu = cpu
         self._empty = np.zeros(0, dtype=np.float32)
 
-    def _params(self, buf: BufferView) -> object:
-        """The typed list of param views, built once per buffer (params never move)."""
-        if "params" not in buf.cache:
-            buf.cache["params"] = self.cpu.typed_list([_u16(a) for a in buf.params])
-            buf.cache["work"] = work_items(buf.sizes, self.cpu.CHUNK)
-        return buf.cache["params"]
-
-    def _grads(self, buf: BufferView) -> object:
-        """The typed list of this step's grad views, built once for both passes."""
-        cached = buf.cache.get("grads")
-        if cached is None or cached[0] is not buf.grads:
-            cached = (buf.grads, self.cpu.typed_list([_u16(g) for g in buf.grads]))
-            buf.cache["grads"] = cached
-        return cached[1]
-
-    def block_sumsq(self, buf: BufferView, block: int) -> np.ndarray:
+    def block_sumsq(self, buf: BufferState, batch: Batch, block: int) -> np.ndarray:
         nblocks = -(-buf.size // block)
-        if not len(buf.grads) or not nblocks:
+        if not len(batch) or not nblocks:
             return np.zeros(0)
-        return self.cpu.block_sumsq(self._grads(buf), buf.offsets,
-                                    nblocks, block, buf.gkind, buf.size >= self.cpu.PARALLEL_MIN)
+        return self.cpu.block_sumsq(batch.grads, batch.offsets, batch.sizes, nblocks, block, batch.gkind,
+                                    buf.size >= self.cpu.PARALLEL_MIN)
 
-    def adam_step(self, buf: BufferView, s: ref.HostScalars, flags: Flags) -> None:
-        if not len(buf.params):
+    def adam_step(self, buf: BufferState, batch: Batch, s: ref.HostScalars, flags: Flags) -> None:
+        if not len(batch):
             return
         e = self._empty
-        params = self._params(buf)
-        kernel = self.cpu.adam_pass(buf.pkind, buf.gkind, flags.amsgrad, flags.decoupled,
+        kernel = self.cpu.adam_pass(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled,
                                     buf.size >= self.cpu.PARALLEL_MIN)
-        kernel(params, self._grads(buf), buf.offsets, *buf.cache["work"],
+        kernel(batch.params, batch.grads, batch.offsets, *_work(buf, batch, self.cpu.CHUNK),
                e if buf.master is None else buf.master, buf.exp_avg, buf.exp_avg_sq,
                e if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq, flags.maximize,
                s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,
                s.decay, s.step_size, s.bc2_sqrt, s.eps)
 
 
+_CTYPES = {"float32": ctypes.c_float, "bfloat16": ctypes.c_uint16, "float16": ctypes.c_uint16}
+
+
+def host_view(address: int, n: int, dtype: str) -> np.ndarray:
+    """A NumPy view of ``n`` elements of storage ``dtype`` at a host ``address``."""
+    if n == 0:
+        return np.zeros(0, dtype=storage_dtype(dtype))
+    raw = np.ctypeslib.as_array((_CTYPES[dtype] * n).from_address(int(address)))
+    return raw.view(storage_dtype(dtype))
+
+
 class _Reference:
-    """The NumPy oracle on gathered flat copies (slow, for checking)."""
+    """The NumPy oracle, tensor by tensor (slow, for checking)."""
 
     @staticmethod
-    def _gather(views: Sequence[np.ndarray], buf: BufferView, dtype: np.dtype) -> np.ndarray:
-        flat = np.zeros(buf.size, dtype=dtype)
-        for a, off in zip(views, buf.offsets):
-            flat[off: off + a.size] = a
-        return flat
+    def _views(batch: Batch, ptrs: np.ndarray, dtype: str) -> list[np.ndarray]:
+        return [host_view(a, n, dtype) for a, n in zip(ptrs, batch.sizes)]
 
-    def block_sumsq(self, buf: BufferView, block: int) -> np.ndarray:
-        if not len(buf.grads):
+    def block_sumsq(self, buf: BufferState, batch: Batch, block: int) -> np.ndarray:
+        if not len(batch):
             return np.zeros(0)
-        return ref.block_sumsq(self._gather(buf.grads, buf, buf.grads[0].dtype), block)
+        flat = np.zeros(buf.size, dtype=storage_dtype(batch.gdtype))
+        for g, off in zip(self._views(batch, batch.grads, batch.gdtype), batch.offsets):
+            flat[off: off + g.size] = g
+        return ref.block_sumsq(flat, block)
 
-
-    def adam_step(self, buf: BufferView, s: ref.HostScalars, flags: Flags) -> None:
-        if not len(buf.params):
-            return
-        grad = self._gather(buf.grads, buf, buf.grads[0].dtype)
+    def adam_step(self, buf: BufferState, batch: Batch, s: ref.HostScalars, flags: Flags) -> None:
         low = buf.master is not None
-        param = buf.master if low else self._gather(buf.params, buf, np.dtype(np.float32))
-        with np.errstate(invalid="ignore", divide="ignore"):  # eps = 0 makes 0/0 in the padding
-            ref.apply_step(param, grad, buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq, s,
-                           decoupled=flags.decoupled, amsgrad=flags.amsgrad, maximize=flags.maximize)
-        for a, off in zip(buf.params, buf.offsets):
-            src = param[off: off + a.size]
-            a[...] = ref.to_storage(src, a.dtype) if low else src
+        grads = self._views(batch, batch.grads, batch.gdtype)
+        for p, g, off in zip(self._views(batch, batch.params, buf.pdtype), grads, batch.offsets):
+            sl = slice(off, off + p.size)
+            param = buf.master[sl] if low else p
+            vmax = None if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq[sl]
+            with np.errstate(invalid="ignore", divide="ignore"):  # eps = 0 with a zero grad: 0/0 like the kernels
+                ref.apply_step(param, g, buf.exp_avg[sl], buf.exp_avg_sq[sl], vmax, s,
+                               decoupled=flags.decoupled, amsgrad=flags.amsgrad, maximize=flags.maximize)
+            if low:
+                p[...] = ref.to_storage(param, p.dtype)
 
 
 _instances: dict[str, object] = {}

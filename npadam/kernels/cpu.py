@@ -5,24 +5,54 @@ cached on disk with ``cache=True``). No fastmath: every float32 operation is the
 IEEE operation the reference performs, in the same order, so results are bit for
 bit those of ``reference.adamw``, whatever ``NUMBA_NUM_THREADS`` is.
 
-Storage kinds (compile-time by array type, run-time by ``kind``): 0 = float32,
-1 = bfloat16 and 2 = float16, both passed as ``uint16`` views (no AVX-512 needed).
-Tensors are passed as typed lists of 1-D views with their offsets in the flat
-state buffers; work items ``(tensor, lo, hi)`` of at most ``CHUNK`` elements are
-distributed over threads with ``prange``.
+Storage kinds (compile-time options): 0 = float32, 1 = bfloat16 and 2 = float16,
+both read and written as ``uint16`` bits (no AVX-512 needed).
+
+Tensors are passed as a *pointer table* (an int64 array of the addresses of their
+first elements, the way multi-tensor kernels on GPUs take them) with their offsets
+in the flat state buffers; work items ``(tensor, lo, hi)`` of at most ``CHUNK``
+elements are distributed over threads with ``prange``. A table costs one integer
+per tensor to build, where a Numba typed list of array views cost ~15 us per
+tensor per step (measured on the 150-tensor GPT of tools/bench_torch.py), and it
+needs no typed-list compilation on the first step. The caller keeps the arrays
+alive and checks shapes, dtypes and contiguity (``npadam._engine``).
+
+The threading layer is chosen before the first parallel launch (``threading``):
+TBB when it is installed, else the work queue; never OpenMP, whose first launch
+changes the thread count of every other OpenMP user in the process (torch's).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-from numba.typed import List
+from numba import carray, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import threads as _threads
+
+_threads.configure()
 
 CHUNK = 1 << 15
 LANES = 64  # == reference.adamw.NORM_LANES; divides the layout alignment (64)
 PARALLEL_MIN = 1 << 18  # buffers smaller than this run the serial build
 
 F32, BF16, F16 = 0, 1, 2
+
+
+@intrinsic
+def address(typingctx, addr):
+    """An int64 address as a ``void*`` (for ``numba.carray(address(a), n, dtype)``).
+
+    A module global, not a closure variable: Numba keys its disk cache on the pickled
+    closure values, and an intrinsic pickles differently in every process."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(addr), codegen
 
 
 @njit(inline="always", cache=True)
@@ -111,6 +141,11 @@ def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool, PARALLEL: 
     ``PARALLEL=False`` compiles the same body serially (``prange`` is ``range``).
     """
 
+    PDT = np.float32 if PK == F32 else np.uint16
+    GDT = np.float32 if GK == F32 else np.uint16
+    PSIZE = 4 if PK == F32 else 2
+    GSIZE = 4 if GK == F32 else 2
+
     @njit(parallel=PARALLEL, cache=True)
     def adam_pass(params, grads, offsets, work_t, work_lo, work_hi, master, m, v, vmax, maximize, scale,
                   b1, omb1, b2, omb2, wd, decay, step_size, bc2_sqrt, eps):
@@ -121,8 +156,8 @@ def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool, PARALLEL: 
             hi = work_hi[w]
             a = offsets[t] + lo
             b = offsets[t] + hi
-            P = params[t][lo:hi]
-            G = grads[t][lo:hi]
+            P = carray(address(params[t] + lo * PSIZE), hi - lo, PDT)
+            G = carray(address(grads[t] + lo * GSIZE), hi - lo, GDT)
             M = m[a:b]
             Vv = v[a:b]
             X = vmax[a:b] if AMSGRAD else vmax
@@ -170,7 +205,8 @@ def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, parallel: 
 
     Call it as ``kernel(params, grads, offsets, work_t, work_lo, work_hi, master, m, v,
     vmax, maximize, scale, b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)``
-    with float32 scalars from ``reference.adamw.host_scalars``.
+    with ``params``/``grads`` int64 pointer tables (``pointers``) and float32 scalars
+    from ``npadam.reference.adamw.host_scalars``.
     """
     key = (int(pkind), int(gkind), bool(amsgrad), bool(decoupled), bool(parallel))
     if key not in _ADAM_PASSES:
@@ -194,9 +230,12 @@ def _lanes_add(acc, G, gkind):
         acc[l] += x * x
 
 
-def _make_block_sumsq(PARALLEL: bool):
+def _make_block_sumsq(GK: int, PARALLEL: bool):
+    GDT = np.float32 if GK == F32 else np.uint16
+    GSIZE = 4 if GK == F32 else 2
+
     @njit(parallel=PARALLEL, cache=True)
-    def block_sumsq(grads, offsets, nblocks, block, gkind):
+    def block_sumsq(grads, offsets, sizes, nblocks, block):
         """float64 sum of squares of each ``block`` of the buffer's index space.
 
         Inside a block, element ``q`` goes to lane ``q % LANES``; each lane is a
@@ -204,7 +243,7 @@ def _make_block_sumsq(PARALLEL: bool):
         (see ``reference.adamw.block_sumsq``). Tensors start at multiples of 64 >= LANES
         apart, so every tensor piece starts at lane 0.
         """
-        _cache_key = PARALLEL  # noqa: F841 - see adam_pass: serial and parallel builds must cache apart
+        _cache_key = (GK, PARALLEL)  # noqa: F841 - see adam_pass: every build must cache apart
         out = np.zeros(nblocks, dtype=np.float64)
         ntensors = offsets.shape[0]
         for b in prange(nblocks):
@@ -215,7 +254,7 @@ def _make_block_sumsq(PARALLEL: bool):
             if t < 0:
                 t = 0
             while t < ntensors and offsets[t] < hi:
-                n = grads[t].shape[0]
+                n = sizes[t]
                 s = lo - offsets[t]
                 if s < 0:
                     s = 0
@@ -223,7 +262,7 @@ def _make_block_sumsq(PARALLEL: bool):
                 if e > n:
                     e = n
                 if e > s:
-                    _lanes_add(acc, grads[t][s:e], gkind)
+                    _lanes_add(acc, carray(address(grads[t] + s * GSIZE), e - s, GDT), GK)
                 t += 1
             total = 0.0
             for l in range(LANES):
@@ -234,12 +273,17 @@ def _make_block_sumsq(PARALLEL: bool):
     return block_sumsq
 
 
-_BLOCK_SUMSQ = {True: _make_block_sumsq(True), False: _make_block_sumsq(False)}
+_BLOCK_SUMSQ: dict[tuple[int, bool], object] = {}
 
 
-def block_sumsq(grads, offsets, nblocks, block, gkind, parallel: bool = True):
-    """float64 sum of squares of each ``block`` of the buffer's index space (see ``_make_block_sumsq``)."""
-    return _BLOCK_SUMSQ[bool(parallel)](grads, offsets, nblocks, block, gkind)
+def block_sumsq(grads, offsets, sizes, nblocks, block, gkind, parallel: bool = True):
+    """float64 sum of squares of each ``block`` of the buffer's index space (see ``_make_block_sumsq``).
+
+    ``grads``: int64 pointer table; ``offsets``/``sizes``: int64, the tensors' places in the buffer."""
+    key = (int(gkind), bool(parallel))
+    if key not in _BLOCK_SUMSQ:
+        _BLOCK_SUMSQ[key] = _make_block_sumsq(*key)
+    return _BLOCK_SUMSQ[key](grads, offsets, sizes, nblocks, block)
 
 
 @njit(parallel=True, cache=True)
@@ -256,9 +300,8 @@ def decode_copy(src, dst, kind):
         dst[i] = load(src, i, kind)
 
 
-def typed_list(arrays):
-    """A Numba typed list of 1-D arrays (all of one dtype)."""
-    out = List()
-    for a in arrays:
-        out.append(a)
-    return out
+def pointers(arrays) -> np.ndarray:
+    """The int64 pointer table of NumPy arrays (for tests and callers holding NumPy views).
+
+    The caller keeps the arrays alive while a kernel uses the table."""
+    return np.asarray([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)

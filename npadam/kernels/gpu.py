@@ -133,49 +133,50 @@ class GpuKernels:
             self._sms[dev] = int(rt.deviceGetAttribute(rt.cudaDevAttrMultiProcessorCount, dev))
         return self._sms[dev]
 
-    def _tables(self, buf: Any, arrays: Sequence[Any], key: str) -> tuple[Any, ...]:
-        """Device tables (pointers, offsets, sizes) for ``arrays``, cached per buffer while the
-        pointers stay the same (the tables are never written, so reuse is safe)."""
+    def _tables(self, buf: Any, batch: Any, ptrs: np.ndarray, key: str) -> tuple[Any, ...]:
+        """Device tables (pointers, offsets, sizes) of a batch, cached per buffer while the
+        pointers and the tensor set stay the same (the tables are never written, so reuse is safe)."""
         cp = self.cp
-        ptrs = np.asarray([a.data.ptr for a in arrays], dtype=np.uint64)
+        ident = (batch.key, ptrs.tobytes())
         cached = buf.cache.get(key)
-        if cached is not None and np.array_equal(cached[0], ptrs):
+        if cached is not None and cached[0] == ident:
             return cached[1]
-        tables = (cp.asarray(ptrs), cp.asarray(buf.offsets), cp.asarray(buf.sizes))
-        buf.cache[key] = (ptrs, tables)
+        tables = (cp.asarray(ptrs.astype(np.uint64)), cp.asarray(batch.offsets), cp.asarray(batch.sizes))
+        buf.cache[key] = (ident, tables)
         return tables
 
-    def _chunks(self, buf: Any) -> tuple[Any, Any, int]:
-        if "chunks" not in buf.cache:
-            t, start, _ = work_items(buf.sizes, CHUNK)
-            buf.cache["chunks"] = (self.cp.asarray(t), self.cp.asarray(start), int(t.size))
-        return buf.cache["chunks"]
+    def _chunks(self, buf: Any, batch: Any) -> tuple[Any, Any, int]:
+        key = ("chunks", batch.key)
+        if key not in buf.cache:
+            t, start, _ = work_items(batch.sizes, CHUNK)
+            buf.cache[key] = (self.cp.asarray(t), self.cp.asarray(start), int(t.size))
+        return buf.cache[key]
 
-    def block_sumsq(self, buf: Any, block: int) -> Any:
+    def block_sumsq(self, buf: Any, batch: Any, block: int) -> Any:
         """float64 block sums, left on the device (a CuPy array)."""
         cp = self.cp
         nblocks = -(-buf.size // block)
-        if not len(buf.grads) or not nblocks:
+        if not len(batch) or not nblocks:
             return cp.zeros(0, dtype=cp.float64)
-        ptrs, offsets, sizes = self._tables(buf, buf.grads, "grads")
+        ptrs, offsets, sizes = self._tables(buf, batch, batch.grads, "grads")
         out = cp.empty(nblocks, dtype=cp.float64)
-        fn = self._function(norm_name(buf.gkind))
+        fn = self._function(norm_name(batch.gkind))
         grid = min(nblocks, 65_535)
-        fn((grid,), (LANES,), (ptrs, offsets, sizes, np.int64(len(buf.grads)), np.int64(nblocks),
+        fn((grid,), (LANES,), (ptrs, offsets, sizes, np.int64(len(batch)), np.int64(nblocks),
                                 np.int64(block), out))
         return out
 
-    def adam_step(self, buf: Any, s: Any, flags: Any) -> None:
+    def adam_step(self, buf: Any, batch: Any, s: Any, flags: Any) -> None:
         cp = self.cp
-        if not len(buf.params):
+        if not len(batch):
             return
-        pptrs, offsets, sizes = self._tables(buf, buf.params, "params")
-        gptrs, _, _ = self._tables(buf, buf.grads, "grads")
-        chunk_t, chunk_s, nchunks = self._chunks(buf)
+        pptrs, offsets, sizes = self._tables(buf, batch, batch.params, "params")
+        gptrs, _, _ = self._tables(buf, batch, batch.grads, "grads")
+        chunk_t, chunk_s, nchunks = self._chunks(buf, batch)
         if "empty" not in buf.cache:
             buf.cache["empty"] = cp.zeros(1, dtype=cp.float32)
         empty = buf.cache["empty"]
-        fn = self._function(adam_name(buf.pkind, buf.gkind, flags.amsgrad, flags.decoupled, flags.maximize))
+        fn = self._function(adam_name(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled, flags.maximize))
         scalars = tuple(np.float32(x) for x in (s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2,
                                                 s.weight_decay, s.decay, s.step_size, s.bc2_sqrt, s.eps))
         grid = min(nchunks, 32 * self._sm_count())

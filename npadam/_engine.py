@@ -1,0 +1,241 @@
+"""The core both front-ends share: flat optimizer state and one step over it.
+
+``Engine`` owns, per flat buffer of a ``FlatLayout``, the float32 state (fp32
+master of low-precision params, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``)
+in host memory (NumPy) or on the params' GPU (CuPy), the per-tensor step counts
+(torch semantics: a tensor without a gradient is not stepped, its bias correction
+uses its own count) and the optimizer's update count ``k`` (what Schedules see).
+
+A front-end (``npadam.AdamW`` on arrays, ``npadam.torch.AdamW`` on torch tensors)
+hands ``step`` the pointer tables of this step's params and grads and every
+group's hyperparameters as checked floats; the engine computes every scalar
+first, then the norm, then skips or updates. Nothing is written before all
+inputs are known to be valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import kernels as K
+from .kernels.threads import limited
+from .layout import FlatLayout
+from .reference import adamw as ref
+from .scaler import LossScaler
+
+
+@dataclass(frozen=True)
+class StepResult:
+    skipped: bool
+    grad_norm: float | None
+    loss_scale: float
+
+
+class Engine:
+    """Flat state + the fused step for one ``FlatLayout`` (see the module docstring).
+
+    ``device``: ``"cpu"`` or ``"gpu"`` (then ``device_id`` is the CUDA device);
+    ``kernel``: ``"cpu"``, ``"reference"`` or ``"gpu"``.
+    """
+
+    def __init__(self, layout: FlatLayout, *, device: str = "cpu", device_id: int | None = None,
+                 kernel: str = "cpu", decoupled: bool = True, num_threads: int | None = None) -> None:
+        self.device = device
+        self.device_id = device_id
+        self.kernel = kernel
+        self.decoupled = decoupled
+        self.num_threads = num_threads
+        if device == "gpu":
+            import cupy
+
+            self.xp: Any = cupy
+        else:
+            self.xp = np
+        self.layout = FlatLayout([])
+        self.bufs: list[K.BufferState] = []
+        self.steps = np.zeros(0, np.int64)
+        self.count = 0
+        self.extend(layout)
+
+    # ------------------------------------------------------------------ structure
+    def on_device(self) -> Any:
+        """Context: the params' GPU as CuPy's current device (nothing on the host)."""
+        return contextlib.nullcontext() if self.device == "cpu" else self.xp.cuda.Device(self.device_id)
+
+    def sync(self) -> None:
+        """Wait for all work on the params' GPU (every stream); nothing on the host."""
+        if self.device == "gpu":
+            self.xp.cuda.Device(self.device_id).synchronize()
+
+    def extend(self, layout: FlatLayout) -> None:
+        """Adopt a layout that keeps every existing buffer and slot as it is and may add buffers
+        (``add_param_group``); new buffers get zero state, existing state is kept."""
+        old = self.layout
+        if len(layout.slots) < len(old.slots) or any(
+                a != b for a, b in zip(old.slots, layout.slots[: len(old.slots)])):
+            raise ValueError("internal: a new layout must extend the old one")
+        for b_old, b_new in zip(old.buffers, layout.buffers):
+            if (b_old.group, b_old.dtype, b_old.size) != (b_new.group, b_new.dtype, b_new.size):
+                raise ValueError("internal: existing buffers must not change")
+        xp = self.xp
+        with self.on_device():
+            for b in layout.buffers[len(old.buffers):]:
+                self.bufs.append(K.BufferState(
+                    size=b.size, master=xp.zeros(b.size, np.float32) if b.dtype != "float32" else None,
+                    exp_avg=xp.zeros(b.size, np.float32), exp_avg_sq=xp.zeros(b.size, np.float32),
+                    max_exp_avg_sq=None, pdtype=b.dtype))
+        self.sync()
+        self.steps = np.concatenate([self.steps, np.zeros(len(layout.slots) - len(old.slots), np.int64)])
+        self.layout = layout
+        self.buffer_slots = [np.asarray(b.tensors, dtype=np.int64) for b in layout.buffers]
+        self.offsets = [layout.offsets(i) for i in range(len(layout.buffers))]
+        self.sizes = [layout.sizes(i) for i in range(len(layout.buffers))]
+
+    def load_master(self, slot: int, param: Any) -> None:
+        """Set a low-precision param's fp32 master from the param (widened exactly, on its device).
+
+        ``param``: a 1-D NumPy array (bfloat16/float16) or CuPy ``uint16``/``float16`` array."""
+        s = self.layout.slots[slot]
+        buf = self.bufs[s.buffer]
+        if buf.master is None:
+            return
+        dst = buf.master[s.offset: s.offset + s.numel]
+        if self.device == "cpu":
+            dst[...] = np.asarray(param).reshape(-1).astype(np.float32)
+            return
+        cp = self.xp
+        with self.on_device():
+            bits = param.reshape(-1).view(cp.uint16)
+            if s.dtype == "bfloat16":
+                dst[...] = (bits.astype(cp.uint32) << 16).view(cp.float32)
+            else:
+                dst[...] = bits.view(cp.float16).astype(cp.float32)
+
+    # ------------------------------------------------------------------ the step
+    def _batches(self, bi: int, active: np.ndarray, pptrs: np.ndarray, gptrs: np.ndarray,
+                 gdtype: str) -> tuple[K.Batch, list[tuple[int, K.Batch]]]:
+        """This step's batch for buffer ``bi`` (its active tensors, for the norm) and the same
+        split by per-tensor step count (one kernel call each; one in the usual case)."""
+        slots = self.buffer_slots[bi]
+        mask = active[slots]
+        if mask.all():
+            sel = slots
+            offsets, sizes = self.offsets[bi], self.sizes[bi]
+            key = b"all"
+        else:
+            sel = slots[mask]
+            offsets, sizes = self.offsets[bi][mask], self.sizes[bi][mask]
+            key = mask.tobytes()
+        whole = K.Batch(pptrs[sel], gptrs[sel], offsets, sizes, gdtype, key)
+        steps = self.steps[sel]
+        if not steps.size or (steps == steps[0]).all():
+            return whole, [(int(steps[0]) + 1 if steps.size else 1, whole)]
+        parts = []
+        for t in np.unique(steps):
+            m = steps == t
+            parts.append((int(t) + 1, K.Batch(whole.params[m], whole.grads[m], offsets[m], sizes[m], gdtype,
+                                              key + b"/" + m.tobytes())))
+        return whole, parts
+
+    def step(self, active: np.ndarray, pptrs: np.ndarray, gptrs: np.ndarray, gdtypes: Sequence[str],
+             hyper: Sequence[dict[str, Any]], *, max_grad_norm: float | None, skip_nonfinite: bool,
+             loss_scaler: LossScaler | None) -> StepResult:
+        """One update of the slots marked ``active`` (those with a gradient).
+
+        ``pptrs``/``gptrs``: int64 addresses of each slot's param and grad (ignored where
+        inactive); ``gdtypes``: each buffer's grad dtype; ``hyper``: per group, checked floats
+        ``lr, beta1, beta2, weight_decay, eps`` and bools ``amsgrad, maximize, bias_correction``.
+        """
+        kern = K.get(self.kernel)
+        plan = []
+        for bi, b in enumerate(self.layout.buffers):
+            whole, parts = self._batches(bi, active, pptrs, gptrs, gdtypes[bi])
+            if len(whole):
+                plan.append((bi, whole, parts))
+        scaler = loss_scaler
+        loss_scale = scaler.scale if scaler is not None else 1.0
+        inv = scaler.inv_scale if scaler is not None else 1.0
+        norm = None
+        with self.on_device(), limited(self.num_threads if self.kernel == "cpu" else None):
+            if skip_nonfinite or max_grad_norm is not None or scaler is not None:
+                sums = [kern.block_sumsq(self.bufs[bi], whole, ref.NORM_BLOCK) for bi, whole, _ in plan]
+                if self.device == "gpu":  # one device-to-host copy per step: the block sums
+                    sums = [self.xp.concatenate(sums).get()] if sums else []
+                flat = np.concatenate(sums) if sums else np.zeros(0)
+                total = float(np.cumsum(flat)[-1]) if flat.size else 0.0
+                norm = math.sqrt(total) * inv
+                if not math.isfinite(total) and (skip_nonfinite or scaler is not None):
+                    if scaler is not None:
+                        scaler.update(True)
+                    return StepResult(True, norm, loss_scale)
+            scale = inv * ref.clip_coefficient(norm, max_grad_norm) if norm is not None else inv
+            calls = []  # every scalar first: nothing is written if one cannot be computed
+            for bi, _, parts in plan:
+                h = hyper[self.layout.buffers[bi].group]
+                flags = K.Flags(decoupled=self.decoupled, amsgrad=h["amsgrad"], maximize=h["maximize"])
+                for t, batch in parts:
+                    s = ref.host_scalars(lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
+                                         weight_decay=h["weight_decay"], step=t, decoupled=self.decoupled,
+                                         bias_correction=h["bias_correction"], grad_scale=scale)
+                    calls.append((bi, batch, s, flags))
+            for bi, b in enumerate(self.layout.buffers):
+                buf = self.bufs[bi]
+                if hyper[b.group]["amsgrad"] and buf.max_exp_avg_sq is None:
+                    buf.max_exp_avg_sq = buf.exp_avg_sq.copy()
+            for bi, batch, s, flags in calls:
+                kern.adam_step(self.bufs[bi], batch, s, flags)
+        self.steps[active] += 1
+        self.count += 1
+        if scaler is not None:
+            scaler.update(False)
+        return StepResult(False, norm, loss_scale)
+
+    # ------------------------------------------------------------------ state
+    def slot_state(self, slot: int) -> dict[str, np.ndarray]:
+        """Host copies of one slot's state arrays (flat): exp_avg, exp_avg_sq[, max_exp_avg_sq][, master]."""
+        s = self.layout.slots[slot]
+        buf = self.bufs[s.buffer]
+        sl = slice(s.offset, s.offset + s.numel)
+        out = {"exp_avg": _host(buf.exp_avg[sl]), "exp_avg_sq": _host(buf.exp_avg_sq[sl])}
+        if buf.max_exp_avg_sq is not None:
+            out["max_exp_avg_sq"] = _host(buf.max_exp_avg_sq[sl])
+        if buf.master is not None:
+            out["master"] = _host(buf.master[sl])
+        return out
+
+    def slot_views(self, slot: int) -> dict[str, Any]:
+        """Views (not copies) of one slot's state arrays, flat (for ``state[p]`` in npadam.torch)."""
+        s = self.layout.slots[slot]
+        buf = self.bufs[s.buffer]
+        sl = slice(s.offset, s.offset + s.numel)
+        out = {"exp_avg": buf.exp_avg[sl], "exp_avg_sq": buf.exp_avg_sq[sl]}
+        if buf.max_exp_avg_sq is not None:
+            out["max_exp_avg_sq"] = buf.max_exp_avg_sq[sl]
+        if buf.master is not None:
+            out["master"] = buf.master[sl]
+        return out
+
+    def write_state(self, updates: Sequence[tuple[int, str, np.ndarray]], amsgrad_buffers: Sequence[int]) -> None:
+        """Write checked host arrays into the state: ``(slot, key, flat float32 array)``;
+        ``amsgrad_buffers`` get a ``max_exp_avg_sq`` array first (zeros) if they have none."""
+        self.sync()  # a step still running on another stream must not overwrite what is written
+        xp = self.xp
+        with self.on_device():
+            for bi in amsgrad_buffers:
+                if self.bufs[bi].max_exp_avg_sq is None:
+                    self.bufs[bi].max_exp_avg_sq = xp.zeros(self.bufs[bi].size, np.float32)
+            for slot, key, arr in updates:
+                s = self.layout.slots[slot]
+                target = getattr(self.bufs[s.buffer], key)
+                target[s.offset: s.offset + s.numel] = arr if xp is np else xp.asarray(arr)
+        self.sync()
+
+
+def _host(a: Any) -> np.ndarray:
+    """A host (NumPy) copy of a NumPy or CuPy array."""
+    return a.copy() if isinstance(a, np.ndarray) else a.get()

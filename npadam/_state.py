@@ -1,0 +1,213 @@
+"""State dicts shared by both front-ends: torch's layout, npadam's additions, torch's own dicts read too.
+
+Layout (``export``)::
+
+    {"state": {i: {"step", "exp_avg", "exp_avg_sq"[, "max_exp_avg_sq"][, "master"]}},
+     "param_groups": [{hyperparameters..., "params": [i, ...]}],
+     "npadam": {"format", "kind", "step", "names", "shapes", "dtypes", "loss_scaler"}}
+
+``state`` and ``param_groups`` are exactly torch's (``torch.optim.AdamW`` loads
+them; it ignores the ``npadam`` entry and the ``master`` arrays); ``step`` in
+``state`` is the param's own update count, ``npadam.step`` the optimizer's (the
+index Schedules see). ``parse`` reads these and the state dicts of
+``torch.optim.Adam``/``AdamW`` (no ``npadam`` entry: params matched by position
+and checked by shape; a param without state starts fresh; a low-precision
+param's master is re-read from the param) and checks everything before the
+caller changes anything.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import _hyper as H
+from ._engine import Engine
+from .scaler import LossScaler
+
+FORMAT = "npadam.optimizer/2"
+_OLD_FORMAT = "npadam.optimizer/1"
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master")
+
+
+def export(engine: Engine, groups: Sequence[dict[str, Any]], kind: str, loss_scaler: LossScaler | None,
+           array: Callable[[np.ndarray], Any] = lambda a: a) -> dict[str, Any]:
+    """The state dict of ``engine`` (see the module docstring). ``groups``: each group's
+    hyperparameters as plain values; ``array`` converts the host copies (e.g. to torch tensors)."""
+    engine.sync()
+    lay = engine.layout
+    state: dict[int, dict[str, Any]] = {}
+    for i, slot in enumerate(lay.slots):
+        st: dict[str, Any] = {"step": int(engine.steps[i])}
+        for key, a in engine.slot_state(i).items():
+            st[key] = array(a.reshape(slot.shape))
+        state[i] = st
+    param_groups, start = [], 0
+    for g in groups:
+        n = g["n_params"]
+        d = {k: v for k, v in g.items() if k != "n_params"}
+        d["params"] = list(range(start, start + n))
+        start += n
+        param_groups.append(d)
+    meta = {"format": FORMAT, "kind": kind, "step": engine.count, "names": lay.names,
+            "shapes": [list(s.shape) for s in lay.slots], "dtypes": [s.dtype for s in lay.slots],
+            "loss_scaler": None if loss_scaler is None else loss_scaler.state_dict()}
+    return {"state": state, "param_groups": param_groups, "npadam": meta}
+
+
+@dataclass
+class Parsed:
+    """A checked state dict, ready to apply."""
+
+    count: int
+    steps: np.ndarray
+    groups: list[dict[str, Any]]
+    updates: list[tuple[int, str, np.ndarray]] = field(default_factory=list)
+    reload_masters: list[int] = field(default_factory=list)
+    amsgrad_buffers: list[int] = field(default_factory=list)
+    loss_scaler: dict[str, Any] | None = None
+
+
+def _float32(value: Any, what: str) -> np.ndarray:
+    """A state array (NumPy, torch tensor of any float dtype, CuPy) as a float32 NumPy copy."""
+    mod = type(value).__module__
+    if mod.startswith("torch"):
+        value = value.detach().to("cpu").float().numpy()
+    elif mod.startswith("cupy") and hasattr(value, "get"):
+        value = value.get()
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{what} must be an array or tensor, got {type(value).__name__}")
+    if value.dtype.kind != "f" and value.dtype.name != "bfloat16":
+        raise TypeError(f"{what} must hold floating-point values, got dtype {value.dtype}")
+    with np.errstate(over="ignore"):
+        out = value.astype(np.float32)
+    if not np.isfinite(out).all() and np.isfinite(value).all():
+        raise ValueError(f"{what} has values that overflow float32")
+    return out
+
+
+def _int(value: Any, what: str) -> int:
+    if type(value).__module__.startswith("torch"):
+        value = value.item()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or float(value) != int(value) or value < 0 or value >= 2**63:
+        raise ValueError(f"{what} must be a non-negative integer below 2**63, got {value!r}")
+    return int(value)
+
+
+def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
+          check_group: Callable[[dict[str, Any], str], None]) -> Parsed:
+    """Check ``sd`` against the engine's layout and the current ``groups``; raise ValueError/TypeError
+    naming the problem. Nothing is changed here."""
+    if not isinstance(sd, Mapping):
+        raise TypeError(f"a state dict must be a mapping, got {type(sd).__name__}")
+    if "format" in sd:  # npadam 0.1: the npadam entries at the top level
+        meta: Mapping[str, Any] | None = sd
+    else:
+        meta = sd.get("npadam")
+    for key in ("state", "param_groups"):
+        if key not in sd:
+            raise ValueError(f"state dict has no {key!r} entry (keys: {sorted(map(str, sd))})")
+    state, saved_groups = sd["state"], sd["param_groups"]
+    if not isinstance(state, Mapping) or not isinstance(saved_groups, (list, tuple)):
+        raise TypeError("state dict 'state' must be a mapping and 'param_groups' a list")
+    lay = engine.layout
+    if meta is not None:
+        if not isinstance(meta, Mapping):
+            raise TypeError(f"state dict 'npadam' entry must be a mapping, got {type(meta).__name__}")
+        if meta.get("format") not in (FORMAT, _OLD_FORMAT):
+            raise ValueError(f"unknown npadam state dict format {meta.get('format')!r} (expected {FORMAT!r})")
+        for key in ("names", "shapes", "dtypes", "step"):
+            if key not in meta:
+                raise ValueError(f"npadam state dict lacks {key!r}")
+        if list(meta["names"]) != lay.names:
+            diff = [(a, b) for a, b in zip(meta["names"], lay.names) if a != b][:3]
+            raise ValueError(f"state dict params do not match the optimizer's: {len(meta['names'])} saved, "
+                             f"{len(lay.names)} here; first differences (saved, here): {diff}")
+        for slot, shape, dt in zip(lay.slots, meta["shapes"], meta["dtypes"]):
+            if tuple(shape) != slot.shape or dt != slot.dtype:
+                raise ValueError(f"param {slot.name!r}: state dict has shape {tuple(shape)} {dt}, "
+                                 f"optimizer has {slot.shape} {slot.dtype}")
+    if len(saved_groups) != len(groups):
+        raise ValueError(f"state dict has {len(saved_groups)} param groups, optimizer has {len(groups)}")
+    new_groups, index = [], []
+    for gi, (g, d) in enumerate(zip(groups, saved_groups)):
+        if not isinstance(d, Mapping) or "params" not in d:
+            raise TypeError(f"state dict param_groups[{gi}] must be a mapping with 'params'")
+        if len(d["params"]) != g["n_params"]:
+            raise ValueError(f"param_groups[{gi}] has {len(d['params'])} params in the state dict, "
+                             f"{g['n_params']} here")
+        h = {k: H.load(v) for k, v in d.items() if k != "params"}
+        for k in H.GROUP_KEYS:
+            h.setdefault(k, g[k])
+        if "betas" in h:
+            h["betas"] = tuple(h["betas"])
+        check_group(h, f"state dict param_groups[{gi}].")
+        new_groups.append(h)
+        index += list(d["params"])
+    steps = np.zeros(len(lay.slots), np.int64)
+    out = Parsed(count=0, steps=steps, groups=new_groups)
+    for i, (slot, key) in enumerate(zip(lay.slots, index)):
+        st = state.get(key, state.get(str(key)))
+        where = f"state of param {slot.name!r}"
+        if st is None or (isinstance(st, Mapping) and not st):
+            if meta is not None:
+                raise ValueError(f"state dict has no {where}")
+            out.reload_masters.append(i)  # torch: a param never stepped has no state yet
+            for k in ("exp_avg", "exp_avg_sq"):
+                out.updates.append((i, k, np.zeros(slot.numel, np.float32)))
+            continue
+        if not isinstance(st, Mapping):
+            raise TypeError(f"{where} must be a mapping, got {type(st).__name__}")
+        missing = [k for k in ("step", "exp_avg", "exp_avg_sq") if k not in st]
+        if missing:
+            raise ValueError(f"{where} lacks {missing}")
+        steps[i] = _int(st["step"], f"{where}: step")
+        for k in STATE_KEYS:
+            if k not in st:
+                continue
+            arr = _float32(st[k], f"{where}: {k}")
+            if arr.size != slot.numel or (arr.ndim and arr.shape != slot.shape and arr.ndim != 1):
+                raise ValueError(f"{where}: {k} has shape {arr.shape}, expected {slot.shape}")
+            if k in ("exp_avg_sq", "max_exp_avg_sq") and not (arr >= 0).all():
+                raise ValueError(f"{where}: {k} must be finite and >= 0 (it holds squares)")
+            if k == "exp_avg" and not np.isfinite(arr).all():
+                raise ValueError(f"{where}: exp_avg must be finite")
+            if k == "master" and slot.dtype == "float32":
+                continue
+            if k == "max_exp_avg_sq" and not new_groups[slot.group]["amsgrad"]:
+                continue
+            out.updates.append((i, k, arr.reshape(-1)))
+        if slot.dtype != "float32" and "master" not in st:
+            if meta is not None:
+                raise ValueError(f"{where} lacks the fp32 master of the {slot.dtype} param")
+            out.reload_masters.append(i)
+        if new_groups[slot.group]["amsgrad"] and "max_exp_avg_sq" not in st:
+            raise ValueError(f"{where} lacks max_exp_avg_sq (its group has amsgrad=True)")
+    for bi, b in enumerate(lay.buffers):
+        if new_groups[b.group]["amsgrad"]:
+            out.amsgrad_buffers.append(bi)
+    if meta is not None:
+        out.count = _int(meta["step"], "state dict step")
+        scaler = meta.get("loss_scaler")
+        if scaler is not None:
+            if not isinstance(scaler, Mapping):
+                raise TypeError(f"state dict loss_scaler must be a mapping, got {type(scaler).__name__}")
+            LossScaler().load_state_dict(dict(scaler))  # validate before changing anything
+            out.loss_scaler = dict(scaler)
+    else:
+        out.count = int(steps.max()) if steps.size else 0
+    return out
+
+
+def apply(parsed: Parsed, engine: Engine) -> None:
+    """Write a parsed state dict into the engine (state, step counts)."""
+    engine.write_state(parsed.updates, parsed.amsgrad_buffers)
+    engine.steps[...] = parsed.steps
+    engine.count = parsed.count
