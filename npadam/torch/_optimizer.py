@@ -1,0 +1,465 @@
+"""``npadam.torch.AdamW`` / ``Adam``: real ``torch.optim.Optimizer`` subclasses over npadam's engine.
+
+``param_groups`` and ``state`` are torch's own structures; ``step()`` gathers the
+pointers of this step's params and grads and calls the shared engine
+(``npadam._engine``), which runs the same kernels as ``npadam.AdamW``. What a
+step costs in Python per tensor is a handful of attribute reads (grad, pointer,
+version, dtype, shape), measured in ``tools/bench_torch.py``.
+
+Parameters are followed, not their storage: a param whose storage was replaced
+(``p.data = ...``, ``model.to(...)`` keeping dtype and shape) is re-bound, and a
+low-precision param edited in place (``load_state_dict``, re-init, EMA swap:
+torch's version counter moved) has its fp32 master re-read, so npadam never
+writes a stale master over the caller's values. After its in-place update npadam
+bumps the params' version counters, as torch's own optimizers do.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+from .. import _hyper as H
+from .. import _state
+from .. import _validate as V
+from .. import kernels as K
+from .._engine import Engine
+from ..interop import import_array
+from ..kernels.threads import max_threads
+from ..layout import FlatLayout
+from ..optimizer import StepInfo, check_no_overlap
+from ..scaler import LossScaler
+
+_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_NAMES = ("float32", "bfloat16", "float16")
+_ITEMSIZE = np.asarray([4, 2, 2], dtype=np.int64)
+
+
+def _scalar(x: Any) -> Any:
+    """A 0-d tensor hyperparameter (torch allows ``lr=torch.tensor(1e-3)``) as a float."""
+    return float(x) if isinstance(x, torch.Tensor) and x.numel() == 1 else x
+
+
+def _check(g: dict[str, Any], where: str) -> None:
+    for key in ("lr", "eps", "weight_decay"):
+        g[key] = _scalar(g[key])
+    g["betas"] = tuple(_scalar(b) for b in g["betas"])
+    H.check_group(g, where, schedules=False)
+
+
+class _Base(torch.optim.Optimizer):
+    _decoupled = True
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, bias_correction: bool = True, max_grad_norm: float | None = None,
+                 loss_scaler: LossScaler | None = None, skip_nonfinite: bool = True, kernel: str | None = None,
+                 num_threads: int | None = None, flat_storage: bool = False, offload_fraction: float = 0.0,
+                 comm: Any = None) -> None:
+        if capturable or differentiable:
+            raise ValueError("npadam.torch optimizers do not support capturable=True or differentiable=True")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, capturable=False, differentiable=False, fused=fused,
+                        bias_correction=bias_correction)
+        _check(defaults, "")
+        self.max_grad_norm = None if max_grad_norm is None else V.real("max_grad_norm", max_grad_norm,
+                                                                       lo=0.0, lo_open=True)
+        if loss_scaler is not None and not isinstance(loss_scaler, LossScaler):
+            raise TypeError(f"loss_scaler must be a npadam.LossScaler, got {type(loss_scaler).__name__}")
+        self.loss_scaler = loss_scaler
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self._kernel_arg = K.check_kernel(kernel) if kernel is not None else None
+        self.num_threads = None if num_threads is None else V.integer("num_threads", num_threads, lo=1)
+        if self.num_threads is not None and self.num_threads > max_threads():
+            raise ValueError(f"num_threads={self.num_threads} is more than Numba's {max_threads()} threads "
+                             "(NUMBA_NUM_THREADS, set before Numba is imported)")
+        if not isinstance(flat_storage, bool):
+            raise TypeError(f"flat_storage must be a bool, got {flat_storage!r}")
+        self.flat_storage = flat_storage
+        if V.real("offload_fraction", offload_fraction, lo=0.0, hi=1.0) > 0:
+            raise ValueError("offload_fraction > 0 is not available in this version of npadam")
+        if comm is not None:
+            raise ValueError("comm: sharding across ranks is not available in this version of npadam")
+        self._engine: Engine | None = None
+        self._params: list[torch.Tensor] = []
+        self.last_step: StepInfo | None = None
+        self._flat_warned = False
+        super().__init__(params, defaults)
+        self._build()
+
+    # ------------------------------------------------------------------ structure
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's ``add_param_group``; hyperparameters checked; the new params' state starts at zero."""
+        super().add_param_group(param_group)
+        g = self.param_groups[-1]
+        try:
+            _check(g, f"param_groups[{len(self.param_groups) - 1}].")
+            for p in g["params"]:
+                if p.dtype not in _DTYPES:
+                    raise TypeError(f"param of shape {tuple(p.shape)} has dtype {p.dtype}; npadam updates "
+                                    "float32, bfloat16 or float16 params")
+                if p.is_sparse or not p.is_contiguous():
+                    raise ValueError(f"param of shape {tuple(p.shape)} is not a contiguous dense tensor")
+            if self._engine is not None:
+                self._build()
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _names(self) -> list[str]:
+        names = []
+        for g in self.param_groups:
+            pn = g.get("param_names")
+            names += list(pn) if pn else [str(len(names) + i) for i in range(len(g["params"]))]
+        return names
+
+    def _build(self) -> None:
+        """Lay out every param (new groups appended to the existing layout) and adopt their storage."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        names = self._names()
+        old = self._engine.layout if self._engine is not None else FlatLayout([])
+        if len(params) < len(self._params) or any(a is not b for a, b in zip(params, self._params)):
+            raise ValueError("params were removed from or reordered in param_groups; build a new optimizer")
+        specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
+        gi_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+        new = params[len(self._params):]
+        specs += [(n, tuple(p.shape), _DTYPES[p.dtype], gi) for n, p, gi in
+                  zip(names[len(self._params):], new, gi_of[len(self._params):])]
+        layout = FlatLayout(specs)
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            raise ValueError(f"params live on several devices {sorted(map(str, devices))}; use one optimizer "
+                             "per device")
+        device = devices.pop()
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"params on {device}: npadam runs on CPU memory or CUDA GPUs")
+        if self._engine is None:
+            gpu = device.type == "cuda"
+            kernel = self._kernel_arg or ("gpu" if gpu else K.available())
+            if gpu != (kernel == "gpu"):
+                raise ValueError(f"kernel={kernel!r} cannot update params on {device}")
+            self._engine = Engine(layout, device="gpu" if gpu else "cpu", device_id=device.index if gpu else None,
+                                  kernel=kernel, decoupled=self._decoupled, num_threads=self.num_threads)
+            self._device = device
+            self._flat: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]] = []
+        else:
+            if device != self._device:
+                raise ValueError(f"new params are on {device}, the optimizer's on {self._device}")
+            self._engine.extend(layout)
+        eng = self._engine
+        first = len(self._params)
+        self._params = params
+        self._ngroups = len(self.param_groups)
+        if self.flat_storage:
+            self._make_flat(range(len(old.buffers), len(layout.buffers)))
+        for i in range(first, len(params)):
+            eng.load_master(i, import_array(params[i], what=f"param {layout.names[i]!r}")[0])
+        eng.sync()
+        self._pptrs = np.asarray([p.data_ptr() for p in params], dtype=np.int64)
+        nbytes = np.asarray([p.numel() * p.element_size() for p in params], dtype=np.int64)
+        check_no_overlap(self._pptrs, self._pptrs + nbytes, layout.names, "params")
+        self._pbytes = nbytes
+        self._numel = np.asarray([p.numel() for p in params], dtype=np.int64)
+        self._versions = [p._version for p in params]
+        self._gkinds = np.zeros(len(params), dtype=np.int64)
+        self._gptrs = np.zeros(len(params), dtype=np.int64)
+        self._last_grads: list[Any] = [None] * len(params)
+        self._alias_key: bytes | None = None
+        self._state_views()
+
+    def _make_flat(self, buffers: Iterable[int]) -> None:
+        """npadam-owned storage: each new buffer's params (``.data``) and grads (``.grad``) become
+        views into one contiguous tensor each; autograd then accumulates into the flat grads."""
+        lay = self._engine.layout
+        for bi in buffers:
+            b = lay.buffers[bi]
+            first = self._params[b.tensors[0]]
+            pflat = torch.zeros(b.size, dtype=first.dtype, device=first.device)
+            gflat = torch.zeros(b.size, dtype=first.dtype, device=first.device)
+            with torch.no_grad():
+                for t in b.tensors:
+                    s, p = lay.slots[t], self._params[t]
+                    view = pflat[s.offset: s.offset + s.numel].view(s.shape)
+                    view.copy_(p)
+                    p.data = view
+                    if p.requires_grad:
+                        gview = gflat[s.offset: s.offset + s.numel].view(s.shape)
+                        if p.grad is not None:
+                            gview.copy_(p.grad)
+                        p.grad = gview
+            self._flat.append((pflat, gflat, list(b.tensors)))
+        self._gviews = [p.grad if self.flat_storage else None for p in self._params]
+
+    def _state_views(self) -> None:
+        """``state[p]``: torch tensors that view npadam's flat state (``step`` is the param's count)."""
+        eng = self._engine
+        steps = torch.from_numpy(eng.steps)
+        lay = eng.layout
+        self._vmax_buffers = sum(b.max_exp_avg_sq is not None for b in eng.bufs)
+        for i, p in enumerate(self._params):
+            st = {"step": steps[i]}
+            for key, view in eng.slot_views(i).items():
+                t = torch.from_numpy(view) if isinstance(view, np.ndarray) else torch.from_dlpack(view)
+                st[key] = t.view(lay.slots[i].shape)
+            self.state[p] = st
+
+    # ------------------------------------------------------------------ step
+    def _collect(self) -> tuple[np.ndarray, np.ndarray, list[str], list[Any]]:
+        """This step's ``(active, grad pointers, grad dtype per buffer, grads to keep alive)``."""
+        params = self._params
+        if len(self.param_groups) != self._ngroups or \
+                sum(len(g["params"]) for g in self.param_groups) != len(params):
+            self._build()  # groups appended to param_groups directly, like add_param_group
+            params = self._params
+        eng = self._engine
+        grads = [p.grad for p in params]
+        active = np.fromiter((g is not None for g in grads), dtype=bool, count=len(grads))
+        # params: storage re-bound or edited in place?
+        ptrs = [p.data_ptr() for p in params]
+        versions = [p._version for p in params]
+        if ptrs != self._pptrs.tolist() or versions != self._versions:
+            self._follow(ptrs, versions)
+        gptrs = self._gptrs
+        gkinds = self._gkinds
+        last = self._last_grads
+        cuda = self._device.type == "cuda"
+        for i in np.flatnonzero(active):
+            g = grads[i]
+            if g is last[i] and g.data_ptr() == gptrs[i]:
+                continue
+            p = params[i]
+            if g.shape != p.shape:
+                raise ValueError(f"grad of {eng.layout.names[i]!r} has shape {tuple(g.shape)}, expected "
+                                 f"{tuple(p.shape)}")
+            kind = _KINDS.get(g.dtype)
+            if kind is None:
+                raise TypeError(f"grad of {eng.layout.names[i]!r} has dtype {g.dtype}; npadam reads float32, "
+                                "bfloat16 or float16 gradients")
+            if g.is_sparse or not g.is_contiguous() or g.is_cuda != cuda or (cuda and g.device != self._device):
+                raise ValueError(f"grad of {eng.layout.names[i]!r} must be a contiguous dense tensor on "
+                                 f"{self._device}, got {g.device} {g.layout} strides {g.stride()}")
+            gptrs[i] = g.data_ptr()
+            gkinds[i] = kind
+        gdtypes = []
+        for bi, slots in enumerate(eng.buffer_slots):
+            kinds = np.unique(gkinds[slots[active[slots]]])
+            if kinds.size > 1:
+                raise TypeError(f"grads of param group {eng.layout.buffers[bi].group} mix dtypes "
+                                f"{[_NAMES[k] for k in kinds]}; use one gradient dtype per group and param dtype")
+            gdtypes.append(_NAMES[kinds[0]] if kinds.size else "float32")
+        key = active.tobytes() + gptrs.tobytes()
+        if key != self._alias_key:
+            gbytes = self._numel * _ITEMSIZE[gkinds]
+            names = eng.layout.names
+            sel = np.flatnonzero(active)
+            check_no_overlap(np.concatenate([self._pptrs, gptrs[sel]]),
+                             np.concatenate([self._pptrs + self._pbytes, gptrs[sel] + gbytes[sel]]),
+                             [f"param {n!r}" for n in names] + [f"grad of {names[i]!r}" for i in sel], "")
+            self._alias_key = key
+        self._last_grads = grads
+        return active, gptrs, gdtypes, grads
+
+    def _follow(self, ptrs: list[int], versions: list[int]) -> None:
+        """Re-bind params whose storage changed; re-read the masters of params edited in place."""
+        eng = self._engine
+        lay = eng.layout
+        for i, p in enumerate(self._params):
+            moved = ptrs[i] != self._pptrs[i]
+            if not moved and versions[i] == self._versions[i]:
+                continue
+            s = lay.slots[i]
+            if tuple(p.shape) != s.shape or _DTYPES.get(p.dtype) != s.dtype:
+                raise ValueError(f"param {s.name!r} is now {tuple(p.shape)} {p.dtype}, was {s.shape} {s.dtype}: "
+                                 "build a new optimizer (and load the old one's state dict into it)")
+            if p.is_sparse or not p.is_contiguous() or p.device != self._device:
+                raise ValueError(f"param {s.name!r} is no longer a contiguous tensor on {self._device}")
+            if moved and self.flat_storage:
+                view = self._flat_view(i)
+                with torch.no_grad():
+                    view.copy_(p)
+                p.data = view
+                ptrs[i] = p.data_ptr()
+            eng.load_master(i, import_array(p, what=f"param {s.name!r}")[0])
+            versions[i] = p._version
+        self._pptrs = np.asarray(ptrs, dtype=np.int64)
+        self._versions = versions
+        self._alias_key = None
+        nbytes = self._pbytes
+        check_no_overlap(self._pptrs, self._pptrs + nbytes, lay.names, "params")
+
+    def _flat_view(self, i: int) -> torch.Tensor:
+        s = self._engine.layout.slots[i]
+        for pflat, _, tensors in self._flat:
+            if i in tensors:
+                return pflat[s.offset: s.offset + s.numel].view(s.shape)
+        raise AssertionError(i)
+
+    def _reattach_flat_grads(self) -> None:
+        """flat_storage: a grad that is not the flat view any more (``model.zero_grad()`` set it to
+        None and backward made a new one) is copied into the view, which becomes ``.grad`` again."""
+        for p, view in zip(self._params, self._gviews):
+            if view is None:
+                continue
+            g = p.grad
+            if g is view:
+                continue
+            if not self._flat_warned:
+                warnings.warn("flat_storage=True: a param's .grad was replaced (model.zero_grad() sets grads to "
+                              "None); npadam copies it back into its flat buffer. Call opt.zero_grad() instead "
+                              "to keep the zero-copy path", stacklevel=3)
+                self._flat_warned = True
+            with torch.no_grad():
+                if g is None:
+                    view.zero_()
+                else:
+                    view.copy_(g)
+            p.grad = view
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update (torch semantics: params whose ``.grad`` is None are skipped); returns the
+        closure's loss. What npadam did (skipped, grad norm, lr, loss scale) is in ``last_step``."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.flat_storage:
+            self._reattach_flat_grads()
+        eng = self._engine
+        hyper = [H.values(_plain(g), eng.count, f"param_groups[{gi}].") for gi, g in enumerate(self.param_groups)]
+        active, gptrs, gdtypes, keep = self._collect()
+        stream = self._stream()
+        with stream:
+            res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
+                           skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
+        del keep
+        if not res.skipped:
+            torch.autograd.graph.increment_version(self._params)
+            self._versions = [p._version for p in self._params]
+            if sum(b.max_exp_avg_sq is not None for b in eng.bufs) != self._vmax_buffers:
+                self._state_views()
+        self.last_step = StepInfo(res.skipped, res.grad_norm, hyper[0]["lr"], res.loss_scale, eng.count)
+        return loss
+
+    def _stream(self) -> Any:
+        """CUDA: run the kernels on torch's current stream (CuPy's own current stream otherwise)."""
+        if self._engine.device != "gpu":
+            import contextlib
+
+            return contextlib.nullcontext()
+        import cupy
+
+        stream = torch.cuda.current_stream(self._device)
+        return cupy.cuda.ExternalStream(stream.cuda_stream, self._device.index)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; with ``flat_storage`` the flat grad buffers are zeroed (one fill per
+        buffer) and the views stay ``.grad`` whatever ``set_to_none`` says."""
+        if not self.flat_storage:
+            return super().zero_grad(set_to_none)
+        for _, gflat, _ in self._flat:
+            gflat.zero_()
+        self._reattach_flat_grads()
+
+    # ------------------------------------------------------------------ state
+    def _plain_groups(self) -> list[dict[str, Any]]:
+        out = []
+        for g in self.param_groups:
+            d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
+            d["betas"] = tuple(g["betas"])
+            d["n_params"] = len(g["params"])
+            out.append(d)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict (loads into ``torch.optim.AdamW``/``Adam`` and with
+        ``torch.load(weights_only=True)``): tensors and plain values only, plus npadam's entry
+        (names, shapes, dtypes, update count, loss scaler) and each low-precision param's fp32
+        ``master``."""
+        for hook in self._optimizer_state_dict_pre_hooks.values():
+            hook(self)
+        sd = _state.export(self._engine, self._plain_groups(), type(self).__name__, self.loss_scaler,
+                           array=lambda a: torch.from_numpy(np.ascontiguousarray(a)))
+        for st in sd["state"].values():
+            n = st["step"]
+            st["step"] = torch.tensor(float(n), dtype=torch.float32 if n < 2**24 else torch.float64)
+        for hook in self._optimizer_state_dict_post_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict of this class or of ``torch.optim.AdamW``/``Adam`` (params by position,
+        shapes checked). Everything is checked first; nothing changes on error."""
+        sd = state_dict
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
+        parsed = _state.parse(sd, self._engine, self._plain_groups(), type(self).__name__, _check)
+        with torch.no_grad():
+            self._engine.sync()
+            _state.apply(parsed, self._engine)
+            for g, h in zip(self.param_groups, parsed.groups):
+                keep = {k: g[k] for k in ("params", "param_names") if k in g}
+                g.clear()
+                g.update({**self.defaults, **{k: v for k, v in h.items() if k not in ("param_names", "n_params")},
+                          **keep})
+            for i in parsed.reload_masters:
+                self._engine.load_master(i, import_array(self._params[i], what="param")[0])
+            if parsed.loss_scaler is not None and self.loss_scaler is not None:
+                self.loss_scaler.load_state_dict(parsed.loss_scaler)
+        self._state_views()
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    @property
+    def step_count(self) -> int:
+        """Completed (not skipped) ``step()`` calls."""
+        return self._engine.count
+
+    def __repr__(self) -> str:
+        lay = self._engine.layout
+        return (f"npadam.torch.{type(self).__name__}({len(lay.slots)} params in {len(lay.buffers)} buffers, "
+                f"{lay.numel:,} elements, kernel={self._engine.kernel!r}, flat_storage={self.flat_storage}, "
+                f"step={self._engine.count})")
+
+
+def _plain(g: dict[str, Any]) -> dict[str, Any]:
+    """A group's hyperparameters with 0-d tensors read as floats (checked by ``H.values``)."""
+    return {"lr": _scalar(g["lr"]), "betas": tuple(_scalar(b) for b in g["betas"]), "eps": _scalar(g["eps"]),
+            "weight_decay": _scalar(g["weight_decay"]), "amsgrad": g["amsgrad"], "maximize": g["maximize"],
+            "bias_correction": g.get("bias_correction", True)}
+
+
+class AdamW(_Base):
+    """``torch.optim.AdamW`` on npadam's kernels: decoupled weight decay (multiplied by the lr).
+
+    Arguments as torch's (``foreach``/``fused`` are accepted and ignored: npadam has one
+    fused path), plus ``max_grad_norm`` (clip inside the step, torch's
+    ``clip_grad_norm_`` coefficient), ``loss_scaler`` (``npadam.LossScaler``),
+    ``skip_nonfinite``, ``bias_correction``, ``kernel``, ``num_threads`` and
+    ``flat_storage`` (npadam-owned contiguous params and grads).
+    """
+
+    _decoupled = True
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, **kwargs: Any) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
+
+
+class Adam(_Base):
+    """``torch.optim.Adam`` on npadam's kernels: weight decay as L2 (added to the gradient)."""
+
+    _decoupled = False
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, **kwargs: Any) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
