@@ -12,10 +12,10 @@ False
 """
 
 from . import functional, interop, schedules
-from .layout import FlatLayout, flat_parameters
+from .layout import FlatLayout, FlatStorage, flat_parameters, flat_storage
 from .optimizer import Adam, AdamW, StepInfo
 from .scaler import LossScaler
 
 __version__ = "0.1.0"
-__all__ = ["Adam", "AdamW", "FlatLayout", "LossScaler", "StepInfo", "flat_parameters", "functional", "interop", "schedules",
-           "__version__"]
+__all__ = ["Adam", "AdamW", "FlatLayout", "FlatStorage", "LossScaler", "StepInfo", "flat_parameters", "flat_storage",
+           "functional", "interop", "schedules", "__version__"]

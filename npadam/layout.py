@@ -147,6 +147,49 @@ def flat_parameters(arrays: Sequence[np.ndarray] | dict[str, np.ndarray],
     return lay, flats, views
 
 
+@dataclass
+class FlatStorage:
+    """Params and grads that live in npadam-style flat buffers (see ``flat_storage``)."""
+
+    layout: FlatLayout
+    params: list[np.ndarray] | dict[str, np.ndarray]
+    grads: list[np.ndarray] | dict[str, np.ndarray]
+    param_buffers: list[np.ndarray]
+    grad_buffers: list[np.ndarray]
+
+    def zero_grad(self) -> None:
+        """Zero every grad (one fill per buffer)."""
+        for g in self.grad_buffers:
+            g[...] = 0
+
+
+def flat_storage(arrays: Sequence[np.ndarray] | dict[str, np.ndarray], grad_dtype: str | None = None,
+                 align_to: int = ALIGN) -> FlatStorage:
+    """Copy ``arrays`` into new flat param buffers and allocate matching flat grad buffers.
+
+    ``params`` and ``grads`` are views (same shapes, same container: list or dict)
+    into one contiguous buffer per dtype. Write gradients into ``grads`` in place and
+    pass the same ``grads`` object to every ``opt.step(grads)``: the optimizer then
+    reuses its checks and pointers and a step does no per-tensor work. Grads are in
+    each param's dtype unless ``grad_dtype`` is given.
+
+    >>> import numpy as np, npadam
+    >>> fs = npadam.flat_storage({"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)})
+    >>> opt = npadam.AdamW(fs.params, lr=0.1, weight_decay=0.0)
+    >>> fs.grads["w"][...] = 1.0; fs.grads["b"][...] = 1.0
+    >>> _ = opt.step(fs.grads); fs.param_buffers[0].size, round(float(fs.params["b"][0]), 6)
+    (128, -0.1)
+    """
+    named = isinstance(arrays, dict)
+    lay, flats, views = flat_parameters(arrays, align_to)
+    gflats = lay.allocate(grad_dtype)
+    gviews = lay.views(gflats)
+    if named:
+        keys = list(arrays)
+        return FlatStorage(lay, dict(zip(keys, views)), dict(zip(keys, gviews)), flats, gflats)
+    return FlatStorage(lay, views, gviews, flats, gflats)
+
+
 def work_items(sizes: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split tensors of ``sizes`` elements into ``(tensor, lo, hi)`` chunks of at most ``chunk``."""
     sizes = np.asarray(sizes, dtype=np.int64)

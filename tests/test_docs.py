@@ -21,3 +21,15 @@ def test_python_block_runs(path, index, code, tmp_path, monkeypatch):
 
 def test_there_are_blocks():
     assert len(BLOCKS) >= 6
+
+
+@pytest.mark.parametrize("module", ["npadam", "npadam.layout", "npadam.optimizer", "npadam.functional",
+                                    "npadam.torch", "npadam.torch._scheduler"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    if module.startswith("npadam.torch"):
+        pytest.importorskip("torch")
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and (result.attempted > 0 or module == "npadam.torch._scheduler")

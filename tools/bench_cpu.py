@@ -103,7 +103,7 @@ def bench_fp32(n: int, repeats: int, torch) -> dict[str, float]:
     fns["npadam"] = lambda: opt.step([g])
     opt2 = npadam.AdamW([p], lr=1e-4, weight_decay=0.1, skip_nonfinite=False)
     fns["npadam_noskip"] = lambda: opt2.step([g])
-    floor_arrays = (p, g, opt._bufs[0].exp_avg, opt._bufs[0].exp_avg_sq)
+    floor_arrays = (p, g, opt._engine.bufs[0].exp_avg, opt._engine.bufs[0].exp_avg_sq)
     fns["floor"] = lambda: _stream()(*floor_arrays)
     if torch is not None:
         tp = torch.nn.Parameter(torch.from_numpy(p))

@@ -325,6 +325,30 @@ def bench_cold(size: int) -> dict[str, dict]:
     return res
 
 
+# ---------------------------------------------------------------------- other load on the machine
+def cpu_clock() -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds all processes used (from /proc/stat), CPU seconds this process and its
+    finished children used)."""
+    import resource
+
+    busy = float("nan")
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(v) for v in f.readline().split()[1:9]]
+        busy = (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        pass
+    own = sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for a in ("ru_utime", "ru_stime"))
+    return time.perf_counter(), busy, own
+
+
+def other_load(start: tuple[float, float, float]) -> float:
+    """Cores' worth of CPU that other processes used since ``start`` (NaN without /proc/stat)."""
+    wall, busy, own = cpu_clock()
+    return max(0.0, (busy - start[1]) - (own - start[2])) / (wall - start[0])
+
+
 # ---------------------------------------------------------------------- main
 def ms(x: float) -> str:
     return f"{x * 1e3:.2f}" if x < 0.1 else f"{x * 1e3:.1f}"
@@ -351,7 +375,8 @@ def main() -> None:
     import numba
     import numpy as np
 
-    t_start = time.perf_counter()
+    clock = cpu_clock()
+    t_start = clock[0]
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     print(f"# npadam.torch benchmark, {datetime.date.today()}, {cpu_model()}, {os.cpu_count()} cores, "
           f"{mem:.0f} GiB, Python {platform.python_version()}, NumPy {np.__version__}, torch {torch.__version__} "
@@ -432,7 +457,11 @@ def main() -> None:
             print(f"| {label} | {d['import']:.2f} s | {ms(d['npadam']['init'])} ms | "
                   f"{d['npadam']['first']:.2f} s | {ms(d['npadam']['steady'])} ms | "
                   f"{ms(d['torch_clip']['first'])} ms | {ms(d['torch_clip']['steady'])} ms |")
-    print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
+    load = other_load(clock)
+    results["other_load_cores"] = load
+    print(f"\n(total {time.perf_counter() - t_start:.0f} s; other processes used {load:.2f} of the "
+          f"{os.cpu_count()} cores meanwhile" + ("" if load < 0.1 else ": the times are unreliable, re-run on an "
+                                                 "idle machine") + ")")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
