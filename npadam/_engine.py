@@ -30,6 +30,26 @@ from .scaler import LossScaler
 
 
 @dataclass(frozen=True)
+class StepInfo:
+    """What one ``step`` did.
+
+    ``skipped``: a non-finite gradient skipped the step. ``grad_norm``: the global
+    L2 norm of the unscaled gradients (float64; None when no norm pass ran).
+    ``lr``: the first group's learning rate for this update. ``loss_scale``: the
+    scale the gradients were divided by. ``step``: completed updates after this call.
+    ``params``: the new parameters when some producer is read-only (JAX; in the
+    caller's pytree structure when the params were given as one), else None.
+    """
+
+    skipped: bool
+    grad_norm: float | None
+    lr: float
+    loss_scale: float
+    step: int
+    params: Any = None
+
+
+@dataclass(frozen=True)
 class StepResult:
     skipped: bool
     grad_norm: float | None

@@ -28,7 +28,6 @@ assigning a float replaces the schedule, assigning a Schedule installs one.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -37,114 +36,16 @@ from . import _hyper as H
 from . import _state
 from . import _validate as V
 from . import kernels as K
-from ._engine import Engine
+from . import _params as P
+from ._engine import Engine, StepInfo
 from .interop import import_array, is_read_only_producer
 from .kernels.threads import max_threads
-from .layout import KINDS, FlatLayout
+from .layout import FlatLayout
 from .scaler import LossScaler
 from .schedules import Schedule, ScheduleSet
 
 FORMAT = _state.FORMAT
 _SCHEDULED = {"lr": ("lr", None), "beta1": ("betas", 0), "beta2": ("betas", 1), "weight_decay": ("weight_decay", None)}
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What one ``step`` did.
-
-    ``skipped``: a non-finite gradient skipped the step. ``grad_norm``: the global
-    L2 norm of the unscaled gradients (float64; None when no norm pass ran).
-    ``lr``: the first group's learning rate for this update. ``loss_scale``: the
-    scale the gradients were divided by. ``step``: completed updates after this call.
-    ``params``: the new parameters when some producer is read-only (JAX; in the
-    caller's pytree structure when the params were given as one), else None.
-    """
-
-    skipped: bool
-    grad_norm: float | None
-    lr: float
-    loss_scale: float
-    step: int
-    params: Any = None
-
-
-def _check_dtype(dtype: str, what: str) -> None:
-    if dtype not in KINDS:
-        raise TypeError(f"{what} has dtype {dtype}; npadam updates float32, bfloat16 or float16 "
-                        "parameters with float32, bfloat16 or float16 gradients")
-
-
-def _address(a: Any) -> int:
-    return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
-
-
-def check_no_overlap(starts: np.ndarray, ends: np.ndarray, names: Sequence[str], what: str) -> None:
-    """ValueError if two byte ranges ``[start, end)`` (non-empty ones) overlap."""
-    keep = ends > starts
-    idx = np.flatnonzero(keep)
-    order = idx[np.argsort(starts[idx], kind="stable")]
-    s, e = starts[order], ends[order]
-    bad = np.flatnonzero(s[1:] < e[:-1])
-    if bad.size:
-        a, b = order[bad[0]], order[bad[0] + 1]
-        raise ValueError(f"{what} {names[a]!r} and {names[b]!r} share memory (aliased buffers)")
-
-
-def _is_group_list(raw: list[Any]) -> bool:
-    return bool(raw) and all(isinstance(g, Mapping) and "params" in g for g in raw)
-
-
-class _Tree:
-    """Nested params (dicts, lists, tuples of arrays, or any JAX pytree): flattened with names."""
-
-    def __init__(self, tree: Any) -> None:
-        jax = sys.modules.get("jax")
-        self.treedef = None
-        if jax is not None:
-            leaves, self.treedef = jax.tree_util.tree_flatten_with_path(tree)
-            self.names = [jax.tree_util.keystr(path).lstrip(".") or str(i) for i, (path, _) in enumerate(leaves)]
-            self.leaves = [leaf for _, leaf in leaves]
-        else:
-            self.names, self.leaves = [], []
-            self._walk(tree, "")
-
-    def _walk(self, x: Any, prefix: str) -> None:
-        if isinstance(x, Mapping):
-            for k, v in x.items():
-                self._walk(v, f"{prefix}{k}.")
-        elif isinstance(x, (list, tuple)):
-            for i, v in enumerate(x):
-                self._walk(v, f"{prefix}{i}.")
-        else:
-            self.names.append(prefix[:-1])
-            self.leaves.append(x)
-
-    def flatten(self, tree: Any) -> list[Any]:
-        if self.treedef is not None:
-            return self.treedef.flatten_up_to(tree)
-        return _Tree(tree).leaves
-
-    def unflatten(self, leaves: list[Any]) -> Any:
-        if self.treedef is None:
-            return leaves
-        import jax.numpy as jnp
-
-        return self.treedef.unflatten([jnp.asarray(a) for a in leaves])
-
-
-def _is_nested(x: Any) -> bool:
-    return isinstance(x, Mapping) and any(isinstance(v, (Mapping, list, tuple)) for v in x.values())
-
-
-def _split_named(items: Any) -> tuple[list[Any], list[str] | None]:
-    if isinstance(items, Mapping):
-        return list(items.values()), [str(n) for n in items]
-    if isinstance(items, np.ndarray) or hasattr(items, "__dlpack__"):
-        raise TypeError("params must be a list of arrays (or of param-group dicts), not a single array")
-    items = list(items)
-    if items and all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in items):
-        return [i[1] for i in items], [i[0] for i in items]
-    return items, None
 
 
 class _AdamBase:
@@ -189,28 +90,28 @@ class _AdamBase:
         self._versions: list[int] = []
         self._written: list[dict[str, float]] = []
         self._engine: Engine | None = None
-        self._tree: _Tree | None = None
+        self._tree: P.Tree | None = None
         self._last_grads: list[Any] = []
         self._gptrs = np.zeros(0, np.int64)
         self._gdtypes: list[str] = []
         self._alias_checked: bytes | None = None
         if isinstance(params, Mapping) and "params" in params:
             raise TypeError("params: pass a list of param groups ([{'params': ...}]), not one group dict")
-        if _is_nested(params) or (isinstance(params, (list, tuple)) and any(
+        if P.is_nested(params) or (isinstance(params, (list, tuple)) and any(
                 isinstance(x, (Mapping, list, tuple)) and not (isinstance(x, Mapping) and "params" in x)
                 and not (isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str)) for x in params)):
-            self._tree = _Tree(params)
+            self._tree = P.Tree(params)
             specs = [{"params": list(zip(self._tree.names, self._tree.leaves))}]
         elif isinstance(params, Mapping) or isinstance(params, np.ndarray) or hasattr(params, "__dlpack__"):
             specs = [{"params": params}]
         else:
             if "jax" in sys.modules and not isinstance(params, (list, tuple)) and not hasattr(params, "__next__"):
-                self._tree = _Tree(params)  # a registered JAX pytree node (flax FrozenDict, ...)
+                self._tree = P.Tree(params)  # a registered JAX pytree node (flax FrozenDict, ...)
                 params = list(zip(self._tree.names, self._tree.leaves))
             raw = list(params)  # a generator is consumed once, here
             if not raw:
                 raise ValueError("optimizer got an empty parameter list")
-            specs = raw if _is_group_list(raw) else [{"params": raw}]
+            specs = raw if P.is_group_list(raw) else [{"params": raw}]
         for spec in specs:
             self.add_param_group(spec)
 
@@ -224,7 +125,7 @@ class _AdamBase:
         extra = sorted(set(group) - set(H.GROUP_KEYS) - {"params", "names", "schedules"})
         if extra:
             raise ValueError(f"param_groups[{gi}] has unknown keys {extra}; allowed: {', '.join(H.GROUP_KEYS)}")
-        items, gnames = _split_named(group["params"])
+        items, gnames = P.split_named(group["params"])
         if not items:
             raise ValueError(f"param_groups[{gi}] has no params")
         start = len(self._objects)
@@ -240,7 +141,7 @@ class _AdamBase:
             seen.add(id(o))
         imported = [import_array(o, what=f"param {n!r}") for o, n in zip(items, gnames)]
         for (a, d), n in zip(imported, gnames):
-            _check_dtype(d, f"param {n!r}")
+            P.check_dtype(d, f"param {n!r}")
             if not a.flags.c_contiguous:
                 raise ValueError(f"param {n!r} is not contiguous (strides {a.strides}); pass contiguous arrays")
         arrays = [a for a, _ in imported]
@@ -253,9 +154,9 @@ class _AdamBase:
                     for a, o in zip(arrays, items)]
         all_arrays = self._arrays + arrays
         names = layout.names
-        starts = np.asarray([_address(a) for a in all_arrays], dtype=np.int64)
+        starts = np.asarray([P.address(a) for a in all_arrays], dtype=np.int64)
         ends = starts + np.asarray([a.nbytes for a in all_arrays], dtype=np.int64)
-        check_no_overlap(starts, ends, names, "params")
+        P.check_no_overlap(starts, ends, names, "params")
         # everything checked: build
         if self._engine is None:
             self._engine = Engine(layout, device=device, device_id=device_id, kernel=self.kernel,
@@ -280,8 +181,8 @@ class _AdamBase:
         self._objects += items
         self._arrays += arrays
         self._readonly += readonly
-        self._versions += [_version(o) for o in items]
-        self._pptrs = np.asarray([_address(a) for a in self._arrays], dtype=np.int64)
+        self._versions += [P.version(o) for o in items]
+        self._pptrs = np.asarray([P.address(a) for a in self._arrays], dtype=np.int64)
         self._spans = (starts, ends)
         self._last_grads += [None] * len(items)
         self._alias_checked = None
@@ -396,7 +297,7 @@ class _AdamBase:
     def _rebind(self) -> None:
         """Follow torch tensors whose storage was replaced (``p.data = ...``) or edited in place."""
         for i, o in enumerate(self._objects):
-            v = _version(o)
+            v = P.version(o)
             if v == self._versions[i] and not (hasattr(o, "data_ptr") and o.data_ptr() != self._pptrs[i]):
                 continue
             slot = self._engine.layout.slots[i]
@@ -407,7 +308,7 @@ class _AdamBase:
             if not a.flags.c_contiguous:
                 raise ValueError(f"param {slot.name!r} is not contiguous any more (strides {a.strides})")
             self._arrays[i] = a
-            self._pptrs[i] = _address(a)
+            self._pptrs[i] = P.address(a)
             self._engine.load_master(i, a)
             self._versions[i] = v
             self._alias_checked = None
@@ -456,10 +357,10 @@ class _AdamBase:
                 raise ValueError(f"grad of {slot.name!r} is on GPU {a.device.id}, the params on GPU {eng.device_id}")
             if a.shape != slot.shape:
                 raise ValueError(f"grad of {slot.name!r} has shape {a.shape}, expected {slot.shape}")
-            _check_dtype(d, f"grad of {slot.name!r}")
+            P.check_dtype(d, f"grad of {slot.name!r}")
             if not a.flags.c_contiguous:
                 raise ValueError(f"grad of {slot.name!r} is not contiguous (strides {a.strides})")
-            gptrs[i] = _address(a)
+            gptrs[i] = P.address(a)
             gdt[i] = d
             keep.append(a)
         gdtypes = []
@@ -481,9 +382,9 @@ class _AdamBase:
         numel = np.asarray([s.numel for s in self._engine.layout.slots], dtype=np.int64)
         gs, ge = gptrs[active], gptrs[active] + (numel * itemsize)[active]
         names = self._engine.layout.names
-        gnames = [f"grad of {names[i]!r}" for i in np.flatnonzero(active)]
-        check_no_overlap(np.concatenate([self._spans[0], gs]), np.concatenate([self._spans[1], ge]),
-                         [f"param {n!r}" for n in names] + gnames, "")
+        sel = np.flatnonzero(active)
+        P.check_apart(self._spans[0], self._spans[1], gs, ge,
+                    lambda g, p: f"grad of {names[sel[g]]!r} and param {names[p]!r}")
         self._alias_checked = key
 
     def step(self, grads: Any = None) -> StepInfo:
@@ -506,7 +407,7 @@ class _AdamBase:
         if not res.skipped:
             for gi, g in enumerate(self.param_groups):
                 self._write_values(gi, g, eng.count)
-            self._versions = [_version(o, bump=True) for o in self._objects]
+            self._versions = [P.version(o, bump=True) for o in self._objects]
         new = self.params if any(self._readonly) else None
         return StepInfo(res.skipped, res.grad_norm, hyper[0]["lr"], res.loss_scale, eng.count, new)
 
@@ -571,20 +472,6 @@ class _AdamBase:
         lay = self._engine.layout
         return (f"{type(self).__name__}({len(lay.slots)} params in {len(lay.buffers)} buffers, "
                 f"{lay.numel:,} elements, kernel={self.kernel!r}, step={self._engine.count})")
-
-
-def _version(o: Any, bump: bool = False) -> int:
-    """A torch tensor's in-place version counter (-1 for other arrays); ``bump`` first records an
-    in-place change, as torch's own optimizers do with their in-place update."""
-    v = getattr(o, "_version", None)
-    if v is None:
-        return -1
-    if bump:
-        import torch
-
-        torch.autograd.graph.increment_version(o)
-        return o._version
-    return v
 
 
 class AdamW(_AdamBase):

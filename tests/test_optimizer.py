@@ -7,6 +7,8 @@ import copy
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import npadam
 from npadam import schedules as S
@@ -291,3 +293,24 @@ def test_bfloat16_marker_for_uint16_bits():
 def test_gpu_requests_fail_clearly_on_host_arrays():
     with pytest.raises(ValueError, match="kernel='gpu' needs params in GPU memory"):
         npadam.AdamW([np.zeros(3, np.float32)], kernel="gpu")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 12)), min_size=0, max_size=6),
+       st.lists(st.tuples(st.integers(0, 60), st.integers(0, 12)), min_size=0, max_size=6))
+def test_check_apart_matches_brute_force(params, grads):
+    from npadam._params import check_apart
+
+    ps = []  # disjoint param ranges
+    for s, n in params:
+        if all(s + n <= a or b <= s for a, b in ps) or n == 0:
+            ps.append((s, s + n))
+    clash = any(gs < pe and ps_ < gs + gn and gn and pe > ps_ for gs, gn in grads for ps_, pe in ps)
+    arr = lambda xs: np.asarray(xs, dtype=np.int64).reshape(-1)  # noqa: E731
+    args = (arr([a for a, _ in ps]), arr([b for _, b in ps]), arr([s for s, _ in grads]),
+            arr([s + n for s, n in grads]), lambda g, p: f"g{g} p{p}")
+    if clash:
+        with pytest.raises(ValueError, match="share memory"):
+            check_apart(*args)
+    else:
+        check_apart(*args)

@@ -486,3 +486,24 @@ def test_reference_is_not_a_top_level_package(tmp_path):
 def test_import_npadam_does_not_import_torch():
     out = _run("import sys, npadam; print('torch' in sys.modules, 'numba' in sys.modules)")
     assert out.split() == ["False", "False"]
+
+
+def test_bad_grads_are_named_and_change_nothing():
+    w = torch.nn.Parameter(torch.ones(4, 4))
+    b = torch.nn.Parameter(torch.ones(4))
+    opt = nt.AdamW([w, b], lr=0.1)
+    b.grad_dtype = None  # torch then lets any dtype through to the optimizer
+    cases = [(torch.ones(4, dtype=torch.float64), TypeError, "float64"),
+             (torch.ones(8)[::2], ValueError, "contiguous"), (torch.ones(4).to_sparse(), ValueError, "dense")]
+    w.grad = torch.ones(4, 4)
+    for g, exc, match in cases:
+        b.grad = g
+        with pytest.raises(exc, match=match) as info:
+            opt.step()
+        assert "'1'" in str(info.value)
+    b.grad = w.grad.view(-1)[:4]  # aliases another grad: fine; aliasing a param is not
+    opt.step()
+    b.grad = w.detach().view(-1)[:4]
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step()
+    assert opt.step_count == 1 and int(opt.state[b]["step"]) == 1

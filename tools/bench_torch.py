@@ -378,14 +378,21 @@ def main() -> None:
     clock = cpu_clock()
     t_start = clock[0]
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    # npadam picks Numba's threading layer before Numba's first launch (numba.get_num_threads() would
+    # launch Numba's own default): the layer measured is the one npadam users get
+    from npadam.kernels import threads
+
+    layer = threads.configure()
     print(f"# npadam.torch benchmark, {datetime.date.today()}, {cpu_model()}, {os.cpu_count()} cores, "
           f"{mem:.0f} GiB, Python {platform.python_version()}, NumPy {np.__version__}, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), Numba {numba.__version__} ({numba.get_num_threads()} threads)")
-    results: dict = {"date": str(datetime.date.today()), "cpu": cpu_model(), "cores": os.cpu_count(), "rows": []}
+          f"({torch.get_num_threads()} threads), Numba {numba.__version__} ({numba.config.NUMBA_NUM_THREADS} "
+          f"threads, {layer} layer)")
+    results: dict = {"date": str(datetime.date.today()), "cpu": cpu_model(), "cores": os.cpu_count(),
+                     "numba_layer": layer, "rows": []}
     if args.bandwidth_size:
         rates = bandwidth(args.bandwidth_size << 20, 5)
         print(f"streaming bandwidth at {args.bandwidth_size}M fp32 (read+write): "
-              + ", ".join(f"{k} {v:.1f} GB/s" for k, v in rates.items()) + f"; Numba layer {numba.threading_layer()}")
+              + ", ".join(f"{k} {v:.1f} GB/s" for k, v in rates.items()))
         results["bandwidth_gbs"] = rates
     print("times: milliseconds per step (a, b) or per iteration (c), median of the rounds; "
           "ratio = torch / npadam (>= 1.00x: npadam faster)", flush=True)

@@ -16,6 +16,7 @@ bumps the params' version counters, as torch's own optimizers do.
 
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -26,11 +27,11 @@ from .. import _hyper as H
 from .. import _state
 from .. import _validate as V
 from .. import kernels as K
-from .._engine import Engine
 from ..interop import import_array
 from ..kernels.threads import max_threads
 from ..layout import FlatLayout
-from ..optimizer import StepInfo, check_no_overlap
+from .._params import check_apart, check_no_overlap
+from .._engine import Engine, StepInfo
 from ..scaler import LossScaler
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -165,11 +166,11 @@ class _Base(torch.optim.Optimizer):
         check_no_overlap(self._pptrs, self._pptrs + nbytes, layout.names, "params")
         self._pbytes = nbytes
         self._numel = np.asarray([p.numel() for p in params], dtype=np.int64)
+        self._pptr_list = self._pptrs.tolist()
+        self._shapes = [p.shape for p in params]
         self._versions = [p._version for p in params]
-        self._gkinds = np.zeros(len(params), dtype=np.int64)
-        self._gptrs = np.zeros(len(params), dtype=np.int64)
         self._last_grads: list[Any] = [None] * len(params)
-        self._alias_key: bytes | None = None
+        self._grad_cache: tuple[list[int], np.ndarray, np.ndarray, list[str]] | None = None
         self._state_views()
 
     def _make_flat(self, buffers: Iterable[int]) -> None:
@@ -210,59 +211,77 @@ class _Base(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
     def _collect(self) -> tuple[np.ndarray, np.ndarray, list[str], list[Any]]:
-        """This step's ``(active, grad pointers, grad dtype per buffer, grads to keep alive)``."""
+        """This step's ``(active, grad pointers, grad dtype per buffer, grads to keep alive)``.
+
+        The common cases cost a few list comprehensions: the same grad tensors as last
+        step (``zero_grad(set_to_none=False)``, flat storage) are recognised by identity and
+        pointer; new grad tensors are checked one by one (shape, dtype, layout, device)."""
         params = self._params
         if len(self.param_groups) != self._ngroups or \
                 sum(len(g["params"]) for g in self.param_groups) != len(params):
             self._build()  # groups appended to param_groups directly, like add_param_group
             params = self._params
-        eng = self._engine
-        grads = [p.grad for p in params]
-        active = np.fromiter((g is not None for g in grads), dtype=bool, count=len(grads))
         # params: storage re-bound or edited in place?
         ptrs = [p.data_ptr() for p in params]
         versions = [p._version for p in params]
-        if ptrs != self._pptrs.tolist() or versions != self._versions:
+        if ptrs != self._pptr_list or versions != self._versions:
             self._follow(ptrs, versions)
-        gptrs = self._gptrs
-        gkinds = self._gkinds
-        last = self._last_grads
-        cuda = self._device.type == "cuda"
-        for i in np.flatnonzero(active):
-            g = grads[i]
-            if g is last[i] and g.data_ptr() == gptrs[i]:
-                continue
-            p = params[i]
-            if g.shape != p.shape:
-                raise ValueError(f"grad of {eng.layout.names[i]!r} has shape {tuple(g.shape)}, expected "
-                                 f"{tuple(p.shape)}")
-            kind = _KINDS.get(g.dtype)
-            if kind is None:
-                raise TypeError(f"grad of {eng.layout.names[i]!r} has dtype {g.dtype}; npadam reads float32, "
-                                "bfloat16 or float16 gradients")
-            if g.is_sparse or not g.is_contiguous() or g.is_cuda != cuda or (cuda and g.device != self._device):
-                raise ValueError(f"grad of {eng.layout.names[i]!r} must be a contiguous dense tensor on "
-                                 f"{self._device}, got {g.device} {g.layout} strides {g.stride()}")
-            gptrs[i] = g.data_ptr()
-            gkinds[i] = kind
+        grads = [p.grad for p in params]
+        try:
+            gptr_list = [0 if g is None else g.data_ptr() for g in grads]
+        except RuntimeError:  # a sparse (storage-less) grad
+            self._reject_grads(grads)
+        cached = self._grad_cache
+        if cached is not None and gptr_list == cached[0] and all(map(operator.is_, grads, self._last_grads)):
+            self._last_grads = grads
+            return cached[1], cached[2], cached[3], grads
+        eng = self._engine
+        names = eng.layout.names
+        device = self._device
+        cuda = device.type == "cuda"
+        kinds = [-1 if g is None else _KINDS.get(g.dtype, -2) for g in grads]
+        live = [g for g in grads if g is not None]
+        strided = torch.strided
+        if -2 in kinds or not (all(map(operator.eq, [g.shape for g in live], [self._shapes[i] for i, k in
+                                                                              enumerate(kinds) if k >= 0]))
+                               and all([g.layout is strided and g.is_cuda is cuda for g in live])
+                               and all([g.is_contiguous() for g in live])
+                               and (not cuda or all([g.device == device for g in live]))):
+            self._reject_grads(grads)
+        gkinds = np.asarray(kinds, dtype=np.int64)
+        active = gkinds >= 0
+        gptrs = np.asarray(gptr_list, dtype=np.int64)
         gdtypes = []
         for bi, slots in enumerate(eng.buffer_slots):
-            kinds = np.unique(gkinds[slots[active[slots]]])
-            if kinds.size > 1:
+            found = np.unique(gkinds[slots][active[slots]])
+            if found.size > 1:
                 raise TypeError(f"grads of param group {eng.layout.buffers[bi].group} mix dtypes "
-                                f"{[_NAMES[k] for k in kinds]}; use one gradient dtype per group and param dtype")
-            gdtypes.append(_NAMES[kinds[0]] if kinds.size else "float32")
-        key = active.tobytes() + gptrs.tobytes()
-        if key != self._alias_key:
-            gbytes = self._numel * _ITEMSIZE[gkinds]
-            names = eng.layout.names
-            sel = np.flatnonzero(active)
-            check_no_overlap(np.concatenate([self._pptrs, gptrs[sel]]),
-                             np.concatenate([self._pptrs + self._pbytes, gptrs[sel] + gbytes[sel]]),
-                             [f"param {n!r}" for n in names] + [f"grad of {names[i]!r}" for i in sel], "")
-            self._alias_key = key
+                                f"{[_NAMES[k] for k in found]}; use one gradient dtype per group and param dtype")
+            gdtypes.append(_NAMES[found[0]] if found.size else "float32")
+        sel = np.flatnonzero(active)
+        gbytes = self._numel[sel] * _ITEMSIZE[gkinds[sel]]
+        check_apart(self._pptrs, self._pptrs + self._pbytes, gptrs[sel], gptrs[sel] + gbytes,
+                    lambda g, p: f"grad of {names[sel[g]]!r} and param {names[p]!r}")
+        self._grad_cache = (gptr_list, active, gptrs, gdtypes)
         self._last_grads = grads
         return active, gptrs, gdtypes, grads
+
+    def _reject_grads(self, grads: list[Any]) -> None:
+        """Find the grad that failed a check in ``_collect`` and raise naming it."""
+        names = self._engine.layout.names
+        device = self._device
+        for i, (g, p) in enumerate(zip(grads, self._params)):
+            if g is None:
+                continue
+            if g.dtype not in _KINDS:
+                raise TypeError(f"grad of {names[i]!r} has dtype {g.dtype}; npadam reads float32, "
+                                "bfloat16 or float16 gradients")
+            if g.shape != p.shape:
+                raise ValueError(f"grad of {names[i]!r} has shape {tuple(g.shape)}, expected {tuple(p.shape)}")
+            if g.layout is not torch.strided or g.device != device or not g.is_contiguous():
+                raise ValueError(f"grad of {names[i]!r} must be a contiguous dense tensor on {device}, "
+                                 f"got {g.device} {g.layout} strides {g.stride()}")
+        raise AssertionError("a grad failed a check but none was found")  # pragma: no cover
 
     def _follow(self, ptrs: list[int], versions: list[int]) -> None:
         """Re-bind params whose storage changed; re-read the masters of params edited in place."""
@@ -287,8 +306,9 @@ class _Base(torch.optim.Optimizer):
             eng.load_master(i, import_array(p, what=f"param {s.name!r}")[0])
             versions[i] = p._version
         self._pptrs = np.asarray(ptrs, dtype=np.int64)
+        self._pptr_list = list(ptrs)
         self._versions = versions
-        self._alias_key = None
+        self._grad_cache = None
         nbytes = self._pbytes
         check_no_overlap(self._pptrs, self._pptrs + nbytes, lay.names, "params")
 
@@ -302,6 +322,8 @@ class _Base(torch.optim.Optimizer):
     def _reattach_flat_grads(self) -> None:
         """flat_storage: a grad that is not the flat view any more (``model.zero_grad()`` set it to
         None and backward made a new one) is copied into the view, which becomes ``.grad`` again."""
+        if all(map(operator.is_, [p.grad for p in self._params], self._gviews)):
+            return
         for p, view in zip(self._params, self._gviews):
             if view is None:
                 continue
