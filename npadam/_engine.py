@@ -171,6 +171,10 @@ class Engine:
         inactive); ``gdtypes``: each buffer's grad dtype; ``hyper``: per group, checked floats
         ``lr, beta1, beta2, weight_decay, eps`` and bools ``amsgrad, maximize, bias_correction``.
         """
+        n = len(self.layout.slots)
+        if not (len(active) == len(pptrs) == len(gptrs) == n and len(gdtypes) == len(self.layout.buffers)):
+            raise RuntimeError(f"internal: a step got tables for {len(pptrs)} params and {len(gdtypes)} buffers, "
+                               f"the layout has {n} and {len(self.layout.buffers)}")
         kern = K.get(self.kernel)
         plan = []
         for bi, b in enumerate(self.layout.buffers):

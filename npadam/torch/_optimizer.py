@@ -126,6 +126,9 @@ class _Base(torch.optim.Optimizer):
         old = self._engine.layout if self._engine is not None else FlatLayout([])
         if len(params) < len(self._params) or any(a is not b for a, b in zip(params, self._params)):
             raise ValueError("params were removed from or reordered in param_groups; build a new optimizer")
+        for n, p in zip(names[len(self._params):], params[len(self._params):]):
+            if p.dtype not in _DTYPES:
+                raise TypeError(f"param {n!r} has dtype {p.dtype}; npadam updates float32, bfloat16 or float16 params")
         specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
         gi_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
         new = params[len(self._params):]
@@ -287,14 +290,16 @@ class _Base(torch.optim.Optimizer):
         """Re-bind params whose storage changed; re-read the masters of params edited in place."""
         eng = self._engine
         lay = eng.layout
+        if any(_DTYPES.get(p.dtype) != s.dtype for p, s in zip(self._params, lay.slots)):
+            return self._relayout()
         for i, p in enumerate(self._params):
             moved = ptrs[i] != self._pptrs[i]
             if not moved and versions[i] == self._versions[i]:
                 continue
             s = lay.slots[i]
-            if tuple(p.shape) != s.shape or _DTYPES.get(p.dtype) != s.dtype:
-                raise ValueError(f"param {s.name!r} is now {tuple(p.shape)} {p.dtype}, was {s.shape} {s.dtype}: "
-                                 "build a new optimizer (and load the old one's state dict into it)")
+            if tuple(p.shape) != s.shape:
+                raise ValueError(f"param {s.name!r} is now {tuple(p.shape)}, was {s.shape}: build a new "
+                                 "optimizer (and load the old one's state dict into it)")
             if p.is_sparse or not p.is_contiguous() or p.device != self._device:
                 raise ValueError(f"param {s.name!r} is no longer a contiguous tensor on {self._device}")
             if moved and self.flat_storage:
@@ -311,6 +316,32 @@ class _Base(torch.optim.Optimizer):
         self._grad_cache = None
         nbytes = self._pbytes
         check_no_overlap(self._pptrs, self._pptrs + nbytes, lay.names, "params")
+
+    def _relayout(self) -> None:
+        """Params changed dtype (``model.to(torch.bfloat16)``, ``model.half()``, ``model.float()``): lay
+        the state out again for the new dtypes. Moments and step counts are kept; the fp32 masters
+        are read from the params as they are now (the caller's values win)."""
+        if self.flat_storage:
+            raise ValueError("params changed dtype under flat_storage=True; build a new optimizer "
+                             "(and load the old one's state dict into it)")
+        old = self._engine
+        for p, s in zip(self._params, old.layout.slots):
+            if p.dtype not in _DTYPES or tuple(p.shape) != s.shape:
+                raise ValueError(f"param {s.name!r} is now {tuple(p.shape)} {p.dtype}, was {s.shape} {s.dtype}: "
+                                 "npadam follows float32/bfloat16/float16 params of unchanged shape; build a new "
+                                 "optimizer (and load the old one's state dict into it)")
+        old.sync()
+        saved = [old.slot_state(i) for i in range(len(old.layout.slots))]
+        steps, count = old.steps.copy(), old.count
+        self._engine, self._params = None, []
+        self._build()
+        eng = self._engine
+        updates = [(i, k, a) for i, st in enumerate(saved) for k, a in st.items() if k != "master"]
+        vmax = sorted({eng.layout.slots[i].buffer for i, st in enumerate(saved) if "max_exp_avg_sq" in st})
+        eng.write_state(updates, vmax)
+        eng.steps[...] = steps
+        eng.count = count
+        self._state_views()
 
     def _flat_view(self, i: int) -> torch.Tensor:
         s = self._engine.layout.slots[i]
@@ -352,9 +383,9 @@ class _Base(torch.optim.Optimizer):
                 loss = closure()
         if self.flat_storage:
             self._reattach_flat_grads()
-        eng = self._engine
-        hyper = [H.values(_plain(g), eng.count, f"param_groups[{gi}].") for gi, g in enumerate(self.param_groups)]
         active, gptrs, gdtypes, keep = self._collect()
+        eng = self._engine  # after _collect: a dtype change builds a new engine
+        hyper = [H.values(_plain(g), eng.count, f"param_groups[{gi}].") for gi, g in enumerate(self.param_groups)]
         stream = self._stream()
         with stream:
             res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
