@@ -70,12 +70,6 @@ class Engine:
         self.kernel = kernel
         self.decoupled = decoupled
         self.num_threads = num_threads
-        if device == "gpu":
-            import cupy
-
-            self.xp: Any = cupy
-        else:
-            self.xp = np
         self.layout = FlatLayout([])
         self.bufs: list[K.BufferState] = []
         self.steps = np.zeros(0, np.int64)
@@ -83,6 +77,15 @@ class Engine:
         self.extend(layout)
 
     # ------------------------------------------------------------------ structure
+    @property
+    def xp(self) -> Any:
+        """NumPy for host state, CuPy for GPU state (a property: engines pickle and deep-copy)."""
+        if self.device == "gpu":
+            import cupy
+
+            return cupy
+        return np
+
     def on_device(self) -> Any:
         """Context: the params' GPU as CuPy's current device (nothing on the host)."""
         return contextlib.nullcontext() if self.device == "cpu" else self.xp.cuda.Device(self.device_id)

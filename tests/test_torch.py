@@ -533,3 +533,22 @@ def test_model_to_dtype_mid_run_is_followed():
     m.double()
     with pytest.raises(ValueError, match="float64"):
         _train(m, opt, 1, start=5)
+
+
+def test_deepcopy_and_pickle_keep_the_state():
+    import copy
+    import pickle
+
+    a = _gpt.make(layers=1)
+    opt = nt.AdamW(a.parameters(), lr=1e-2)
+    _train(a, opt, 2)
+    for clone in (lambda m, o: copy.deepcopy((m, o)), lambda m, o: pickle.loads(pickle.dumps((m, o)))):
+        b, ob = clone(a, opt)
+        assert ob.step_count == 2 and ob.state[b.head.weight]["exp_avg"].data_ptr() != \
+            opt.state[a.head.weight]["exp_avg"].data_ptr()
+        _train(b, ob, 2, start=2)
+    _train(a, opt, 2, start=2)
+    for x, y in zip(a.parameters(), b.parameters()):
+        assert torch.equal(x, y)
+    with pytest.raises(TypeError, match="flat_storage"):
+        copy.deepcopy(nt.AdamW(_gpt.make(layers=1).parameters(), flat_storage=True))

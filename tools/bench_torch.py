@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """npadam.torch.AdamW vs torch.optim.AdamW(fused=True) on GPT-like torch models, in one run.
 
-    python3 -m tools.bench_torch                          # 30/150/400-tensor GPTs, ~3-4 min on 2 cores
+    python3 -m tools.bench_torch                          # 30/150/400-tensor GPTs, ~1.5 min on 2 cores
     python3 -m tools.bench_torch --sizes 150 --repeats 5 --no-cold
 
 Models (``--sizes``, approximate parameter-tensor counts): a GPT stack of
@@ -171,10 +171,14 @@ def bench_step(size: int, repeats: int, min_time: float) -> dict[str, float]:
         m.load_state_dict(state)
         return m
 
-    out: dict[str, float] = {}
-    # (a) clipped: npadam default vs clip_grad_norm_ + torch fused
-    pa = with_grads(fresh(), grads)
-    npa = npadam.torch.AdamW(pa, lr=LR, weight_decay=WD, max_grad_norm=1.0)
+    r = _clipped(fresh, grads, repeats, min_time)
+    gc.collect()
+    return {**r, **_unclipped(fresh, grads, repeats, min_time)}
+
+
+def _clipped(fresh: Callable[[], GPT], grads: list[torch.Tensor], repeats: int, min_time: float) -> dict:
+    """(a) npadam default with max_grad_norm vs clip_grad_norm_ + torch fused."""
+    npa = npadam.torch.AdamW(with_grads(fresh(), grads), lr=LR, weight_decay=WD, max_grad_norm=1.0)
     pt = with_grads(fresh(), grads)
     tca = torch.optim.AdamW(pt, lr=LR, weight_decay=WD, fused=True)
 
@@ -183,21 +187,20 @@ def bench_step(size: int, repeats: int, min_time: float) -> dict[str, float]:
         tca.step()
 
     r = interleaved({"npadam": npa.step, "torch_clip": torch_clip}, repeats, min_time)
-    out.update(a_npadam=r["npadam"], a_torch=r["torch_clip"])
-    del pa, npa, pt, tca
-    gc.collect()
-    # (b) no clipping: npadam flat_storage (default skip-on-inf check; update only) vs bare torch fused
+    return {"a_npadam": r["npadam"], "a_torch": r["torch_clip"]}
+
+
+def _unclipped(fresh: Callable[[], GPT], grads: list[torch.Tensor], repeats: int, min_time: float) -> dict:
+    """(b) npadam flat_storage (its default skip-on-inf check; and update only) vs bare torch fused."""
     pf = list(fresh().parameters())
     npf = npadam.torch.AdamW(pf, lr=LR, weight_decay=WD, flat_storage=True)
     set_flat_grads(pf, grads)
     pu = list(fresh().parameters())
     npu = npadam.torch.AdamW(pu, lr=LR, weight_decay=WD, flat_storage=True, skip_nonfinite=False)
     set_flat_grads(pu, grads)
-    pt = with_grads(fresh(), grads)
-    tb = torch.optim.AdamW(pt, lr=LR, weight_decay=WD, fused=True)
+    tb = torch.optim.AdamW(with_grads(fresh(), grads), lr=LR, weight_decay=WD, fused=True)
     r = interleaved({"flat": npf.step, "flat_update": npu.step, "torch": tb.step}, repeats, min_time)
-    out.update(b_flat=r["flat"], b_flat_update=r["flat_update"], b_torch=r["torch"])
-    return out
+    return {"b_flat": r["flat"], "b_flat_update": r["flat_update"], "b_torch": r["torch"]}
 
 
 # ---------------------------------------------------------------------- (c)
@@ -359,10 +362,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=sorted(PRESETS), choices=sorted(PRESETS),
                     help="models by approximate parameter-tensor count")
-    ap.add_argument("--repeats", type=int, default=9, help="timed rounds per case (median)")
-    ap.add_argument("--min-time", type=float, default=0.02,
+    ap.add_argument("--repeats", type=int, default=15, help="timed rounds per case (median)")
+    ap.add_argument("--min-time", type=float, default=0.05,
                     help="seconds each timed sample lasts at least (steps are repeated inside it)")
-    ap.add_argument("--train-repeats", type=int, default=5, help="timed rounds of whole iterations (0: skip (c))")
+    ap.add_argument("--train-repeats", type=int, default=7, help="timed rounds of whole iterations (0: skip (c))")
     ap.add_argument("--batch", type=int, default=4, help=f"sequences of {CTX} tokens per training iteration")
     ap.add_argument("--tiny", type=int, default=1000, help="tensors of --tiny-numel elements for the "
                     "per-tensor overhead (0: skip)")

@@ -419,6 +419,24 @@ class _Base(torch.optim.Optimizer):
             gflat.zero_()
         self._reattach_flat_grads()
 
+    # ------------------------------------------------------------------ copies
+    def __getstate__(self) -> dict[str, Any]:
+        """``copy.deepcopy`` and pickling keep npadam's state (torch's own would drop it)."""
+        if self.flat_storage:
+            raise TypeError("an npadam.torch optimizer with flat_storage=True cannot be copied or pickled "
+                            "(its params are views into its buffers); save and load its state_dict() instead")
+        return {k: v for k, v in self.__dict__.items() if k not in ("_last_grads", "_grad_cache")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_engine" not in state:  # a plain torch optimizer pickle: nothing of npadam's to restore
+            return
+        self._last_grads = [None] * len(self._params)
+        self._grad_cache = None
+        self._pptr_list = [-1] * len(self._params)  # the copy's params live elsewhere: re-bound at the next step
+        self._pptrs = np.full(len(self._params), -1, dtype=np.int64)
+        self._state_views()
+
     # ------------------------------------------------------------------ state
     def _plain_groups(self) -> list[dict[str, Any]]:
         out = []
