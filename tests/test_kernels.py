@@ -228,3 +228,22 @@ def test_serial_and_parallel_builds_cache_apart():
             cells = dict(zip(free, (c.cell_contents for c in fn.py_func.__closure__)))
             assert cells.get("PARALLEL") is parallel
             assert fn.targetoptions.get("parallel", False) is parallel
+
+
+@pytest.mark.parametrize("n", [1000, 300_000])
+@pytest.mark.parametrize("kernel", ["cpu", "reference"])
+def test_eps_zero_with_zero_grads_gives_nan_like_torch_in_every_build(n, kernel):
+    """eps=0 and an exactly-zero gradient: 0/0. The serial build raised ZeroDivisionError mid-pass
+    (params half written); every build now gives NaN there, like torch and the reference."""
+    p = np.ones(n, np.float32)
+    g = np.ones(n, np.float32)
+    g[n // 2:] = 0.0
+    opt = npadam.AdamW([p], lr=1e-3, eps=0.0, weight_decay=0.0, kernel=kernel)
+    opt.step([g])
+    assert np.isnan(p[n // 2:]).all() and np.isfinite(p[: n // 2]).all() and opt.step_count == 1
+    torch = pytest.importorskip("torch")
+    want = torch.ones(n, requires_grad=True)
+    topt = torch.optim.AdamW([want], lr=1e-3, eps=0.0, weight_decay=0.0)
+    want.grad = torch.from_numpy(g)
+    topt.step()
+    assert np.array_equal(np.isnan(want.detach().numpy()), np.isnan(p))

@@ -197,8 +197,11 @@ def main() -> None:
         print("torch not installed: npadam only")
     import numba
 
+    from npadam.kernels import threads
+
+    layer = threads.configure()  # before anything launches Numba: the layer npadam runs on
     print(f"# npadam CPU benchmark, {datetime.date.today()}, {cpu_model()}, {os.cpu_count()} cores, "
-          f"numba threads {numba.get_num_threads()}, torch {getattr(torch, '__version__', '-')}, "
+          f"numba threads {numba.config.NUMBA_NUM_THREADS} ({layer} layer), torch {getattr(torch, '__version__', '-')}, "
           f"torch threads {torch.get_num_threads() if torch else '-'}")
     rates = bandwidth(64 << 20, args.repeats)
     print("streaming bandwidth at 64M fp32 (read+write): "

@@ -402,7 +402,16 @@ def main() -> None:
           "ratio = torch / npadam (>= 1.00x: npadam faster)", flush=True)
 
     rows = []
+    disturbed = []  # sections during which other processes used the CPU
+
+    def check(section: str, since: tuple[float, float, float]) -> float:
+        load = other_load(since)
+        if load >= 0.1:
+            disturbed.append(f"{section} ({load:.2f} cores)")
+        return load
+
     for size in args.sizes:
+        since = cpu_clock()
         model = make_model(size)
         ntensors = len(list(model.parameters()))
         nparams = sum(p.numel() for p in model.parameters())
@@ -411,6 +420,7 @@ def main() -> None:
         r.update(bench_step(size, args.repeats, args.min_time))
         if args.train_repeats:
             r.update(bench_train(size, args.train_repeats, args.batch, args.min_time))
+        r["other_load_cores"] = check(f"GPT-{size}", since)
         rows.append(r)
         results["rows"].append(r)
         print(f"  {ntensors} tensors, {nparams / 1e6:.2f}M params: (a) npadam {ms(r['a_npadam'])} vs torch+clip "
@@ -443,9 +453,11 @@ def main() -> None:
                   f"{max(r['c_torch_clip'] - fb, 0) / r['c_torch_clip']:.0%} |")
     if args.tiny:
         n = args.tiny
+        since = cpu_clock()
         big = bench_tiny(n, args.tiny_numel, args.repeats, args.min_time)
         small = bench_tiny(10, args.tiny_numel, args.repeats, args.min_time)
-        results["tiny"] = {"count": n, "numel": args.tiny_numel, "big": big, "small": small}
+        results["tiny"] = {"count": n, "numel": args.tiny_numel, "big": big, "small": small,
+                           "other_load_cores": check("per-tensor overhead", since)}
         print()
         print(f"| per-tensor overhead, {n} x {args.tiny_numel} elements | npadam clip | npadam flat "
               "| torch fused + clip | torch fused |")
@@ -457,7 +469,9 @@ def main() -> None:
         print(f"| per tensor, marginal: (t{n} - t10) / {n - 10} (us) | "
               + " | ".join(f"{(big[k] - small[k]) / (n - 10) * 1e6:.1f}" for k in keys) + " |")
     if not args.no_cold:
+        since = cpu_clock()
         c = bench_cold(args.cold_size)
+        c["other_load_cores"] = check("cold start", since)
         results["cold"] = c
         print()
         print(f"| (d) fresh process, GPT-{args.cold_size} | import torch, torch._dynamo, npadam.torch | "
@@ -471,8 +485,8 @@ def main() -> None:
     load = other_load(clock)
     results["other_load_cores"] = load
     print(f"\n(total {time.perf_counter() - t_start:.0f} s; other processes used {load:.2f} of the "
-          f"{os.cpu_count()} cores meanwhile" + ("" if load < 0.1 else ": the times are unreliable, re-run on an "
-                                                 "idle machine") + ")")
+          f"{os.cpu_count()} cores meanwhile" + ("" if not disturbed else "; disturbed, re-run on an idle machine: "
+                                                 + ", ".join(disturbed)) + ")")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

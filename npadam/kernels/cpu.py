@@ -146,7 +146,10 @@ def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool, PARALLEL: 
     PSIZE = 4 if PK == F32 else 2
     GSIZE = 4 if GK == F32 else 2
 
-    @njit(parallel=PARALLEL, cache=True)
+    # error_model="numpy": a division by zero gives inf/NaN like the reference, torch and the parallel
+    # build (Python's model raises ZeroDivisionError mid-pass, with the pass half written), and the
+    # division vectorizes (serial pass 4.5 -> 0.6 ns per cached element)
+    @njit(parallel=PARALLEL, cache=True, error_model="numpy")
     def adam_pass(params, grads, offsets, work_t, work_lo, work_hi, master, m, v, vmax, maximize, scale,
                   b1, omb1, b2, omb2, wd, decay, step_size, bc2_sqrt, eps):
         _cache_key = PARALLEL  # noqa: F841 - PARALLEL must be a closure variable: Numba keys its disk cache on those

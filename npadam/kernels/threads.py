@@ -27,8 +27,16 @@ _CHOICE: str | None = None
 
 
 def _tbb_available() -> bool:
+    """Whether Numba's TBB layer can start: load ``libtbb.so.12`` by name and check its version the
+    way Numba's own launch does (the pip ``tbb`` package puts it in ``sys.prefix/lib``, where the
+    extension's own loader does not look until the library is loaded), then import the pool."""
     try:
-        from numba.np.ufunc import tbbpool  # noqa: F401 - loads libtbb, fails without a usable TBB
+        from numba.np.ufunc import parallel
+
+        check = getattr(parallel, "_check_tbb_version_compatible", None)
+        if check is not None:
+            check()
+        from numba.np.ufunc import tbbpool  # noqa: F401 - fails without a usable TBB
     except Exception:  # noqa: BLE001 - ImportError or an OSError from a broken TBB install
         return False
     return True
