@@ -171,7 +171,9 @@ class _Base(torch.optim.Optimizer):
         self._numel = np.asarray([p.numel() for p in params], dtype=np.int64)
         self._pptr_list = self._pptrs.tolist()
         self._shapes = [p.shape for p in params]
-        self._versions = [p._version for p in params]
+        # only low-precision params have a master that an in-place edit can make stale
+        self._low = [i for i, sl in enumerate(layout.slots) if sl.dtype != "float32"]
+        self._versions = [params[i]._version for i in self._low]
         self._last_grads: list[Any] = [None] * len(params)
         self._grad_cache: tuple[list[int], np.ndarray, np.ndarray, list[str]] | None = None
         self._state_views()
@@ -226,7 +228,7 @@ class _Base(torch.optim.Optimizer):
             params = self._params
         # params: storage re-bound or edited in place?
         ptrs = [p.data_ptr() for p in params]
-        versions = [p._version for p in params]
+        versions = [params[i]._version for i in self._low]
         if ptrs != self._pptr_list or versions != self._versions:
             self._follow(ptrs, versions)
         grads = [p.grad for p in params]
@@ -287,14 +289,17 @@ class _Base(torch.optim.Optimizer):
         raise AssertionError("a grad failed a check but none was found")  # pragma: no cover
 
     def _follow(self, ptrs: list[int], versions: list[int]) -> None:
-        """Re-bind params whose storage changed; re-read the masters of params edited in place."""
+        """Re-bind params whose storage changed; re-read the masters of params edited in place.
+
+        ``versions``: the version counters of the low-precision params (``self._low``)."""
         eng = self._engine
         lay = eng.layout
         if any(_DTYPES.get(p.dtype) != s.dtype for p, s in zip(self._params, lay.slots)):
             return self._relayout()
+        edited = {i for i, v, w in zip(self._low, versions, self._versions) if v != w}
         for i, p in enumerate(self._params):
             moved = ptrs[i] != self._pptrs[i]
-            if not moved and versions[i] == self._versions[i]:
+            if not moved and i not in edited:
                 continue
             s = lay.slots[i]
             if tuple(p.shape) != s.shape:
@@ -309,10 +314,9 @@ class _Base(torch.optim.Optimizer):
                 p.data = view
                 ptrs[i] = p.data_ptr()
             eng.load_master(i, import_array(p, what=f"param {s.name!r}")[0])
-            versions[i] = p._version
         self._pptrs = np.asarray(ptrs, dtype=np.int64)
         self._pptr_list = list(ptrs)
-        self._versions = versions
+        self._versions = [self._params[i]._version for i in self._low]
         self._grad_cache = None
         nbytes = self._pbytes
         check_no_overlap(self._pptrs, self._pptrs + nbytes, lay.names, "params")
@@ -393,7 +397,7 @@ class _Base(torch.optim.Optimizer):
         del keep
         if not res.skipped:
             torch.autograd.graph.increment_version(self._params)
-            self._versions = [p._version for p in self._params]
+            self._versions = [self._params[i]._version for i in self._low]
             if sum(b.max_exp_avg_sq is not None for b in eng.bufs) != self._vmax_buffers:
                 self._state_views()
         self.last_step = StepInfo(res.skipped, res.grad_norm, hyper[0]["lr"], res.loss_scale, eng.count)
