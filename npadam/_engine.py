@@ -50,6 +50,41 @@ class StepInfo:
 
 
 @dataclass(frozen=True)
+class StepOptions:
+    """The step options both front-ends take, checked once (see ``step_options``)."""
+
+    max_grad_norm: float | None
+    loss_scaler: LossScaler | None
+    skip_nonfinite: bool
+    num_threads: int | None
+    offload_fraction: float
+
+
+def step_options(max_grad_norm: Any, loss_scaler: Any, skip_nonfinite: Any, num_threads: Any,
+                 offload_fraction: Any, comm: Any) -> StepOptions:
+    """Check the optimizer options that are not per-group hyperparameters; ValueError/TypeError
+    naming the bad value."""
+    from . import _validate as V
+    from .kernels.threads import max_threads
+
+    if max_grad_norm is not None:
+        max_grad_norm = V.real("max_grad_norm", max_grad_norm, lo=0.0, lo_open=True)
+    if loss_scaler is not None and not isinstance(loss_scaler, LossScaler):
+        raise TypeError(f"loss_scaler must be a npadam.LossScaler, got {type(loss_scaler).__name__}")
+    if not isinstance(skip_nonfinite, (bool, np.bool_)):
+        raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+    if num_threads is not None:
+        num_threads = V.integer("num_threads", num_threads, lo=1)
+        if num_threads > max_threads():
+            raise ValueError(f"num_threads={num_threads} is more than Numba's {max_threads()} threads "
+                             "(NUMBA_NUM_THREADS, set before Numba is imported)")
+    offload_fraction = V.real("offload_fraction", offload_fraction, lo=0.0, hi=1.0)
+    if comm is not None:
+        raise ValueError("comm: sharding across ranks is not available in this version of npadam")
+    return StepOptions(max_grad_norm, loss_scaler, bool(skip_nonfinite), num_threads, offload_fraction)
+
+
+@dataclass(frozen=True)
 class StepResult:
     skipped: bool
     grad_norm: float | None

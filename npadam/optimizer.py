@@ -34,12 +34,10 @@ import numpy as np
 
 from . import _hyper as H
 from . import _state
-from . import _validate as V
 from . import kernels as K
 from . import _params as P
-from ._engine import Engine, StepInfo
+from ._engine import Engine, StepInfo, step_options
 from .interop import import_array, is_read_only_producer
-from .kernels.threads import max_threads
 from .layout import FlatLayout
 from .scaler import LossScaler
 from .schedules import Schedule, ScheduleSet
@@ -68,21 +66,11 @@ class _AdamBase:
                         maximize=maximize, bias_correction=bias_correction)
         H.check_group(defaults, "")
         self.defaults = defaults
-        self.max_grad_norm = None if max_grad_norm is None else V.real("max_grad_norm", max_grad_norm,
-                                                                       lo=0.0, lo_open=True)
-        if loss_scaler is not None and not isinstance(loss_scaler, LossScaler):
-            raise TypeError(f"loss_scaler must be a npadam.LossScaler, got {type(loss_scaler).__name__}")
-        self.loss_scaler = loss_scaler
-        self.skip_nonfinite = bool(skip_nonfinite)
+        o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
+        self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
+        self.num_threads, self.offload_fraction = o.num_threads, o.offload_fraction
         self._kernel_arg = kernel
         self.kernel = K.check_kernel(kernel)
-        self.num_threads = None if num_threads is None else V.integer("num_threads", num_threads, lo=1)
-        if self.num_threads is not None and self.num_threads > max_threads():
-            raise ValueError(f"num_threads={self.num_threads} is more than Numba's {max_threads()} threads "
-                             "(NUMBA_NUM_THREADS, set before Numba is imported)")
-        self.offload_fraction = V.real("offload_fraction", offload_fraction, lo=0.0, hi=1.0)
-        if comm is not None:
-            raise ValueError("comm: sharding across ranks is not available in this version of npadam")
         self.param_groups: list[dict[str, Any]] = []
         self._objects: list[Any] = []
         self._arrays: list[Any] = []

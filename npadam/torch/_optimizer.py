@@ -25,13 +25,11 @@ import torch
 
 from .. import _hyper as H
 from .. import _state
-from .. import _validate as V
 from .. import kernels as K
 from ..interop import import_array
-from ..kernels.threads import max_threads
 from ..layout import FlatLayout
 from .._params import check_apart, check_no_overlap
-from .._engine import Engine, StepInfo
+from .._engine import Engine, StepInfo, step_options
 from ..scaler import LossScaler
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -68,24 +66,15 @@ class _Base(torch.optim.Optimizer):
                         maximize=maximize, foreach=foreach, capturable=False, differentiable=False, fused=fused,
                         bias_correction=bias_correction)
         _check(defaults, "")
-        self.max_grad_norm = None if max_grad_norm is None else V.real("max_grad_norm", max_grad_norm,
-                                                                       lo=0.0, lo_open=True)
-        if loss_scaler is not None and not isinstance(loss_scaler, LossScaler):
-            raise TypeError(f"loss_scaler must be a npadam.LossScaler, got {type(loss_scaler).__name__}")
-        self.loss_scaler = loss_scaler
-        self.skip_nonfinite = bool(skip_nonfinite)
+        o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
+        if o.offload_fraction > 0:
+            raise ValueError("offload_fraction > 0 is not available in this version of npadam")
+        self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
+        self.num_threads = o.num_threads
         self._kernel_arg = K.check_kernel(kernel) if kernel is not None else None
-        self.num_threads = None if num_threads is None else V.integer("num_threads", num_threads, lo=1)
-        if self.num_threads is not None and self.num_threads > max_threads():
-            raise ValueError(f"num_threads={self.num_threads} is more than Numba's {max_threads()} threads "
-                             "(NUMBA_NUM_THREADS, set before Numba is imported)")
         if not isinstance(flat_storage, bool):
             raise TypeError(f"flat_storage must be a bool, got {flat_storage!r}")
         self.flat_storage = flat_storage
-        if V.real("offload_fraction", offload_fraction, lo=0.0, hi=1.0) > 0:
-            raise ValueError("offload_fraction > 0 is not available in this version of npadam")
-        if comm is not None:
-            raise ValueError("comm: sharding across ranks is not available in this version of npadam")
         self._engine: Engine | None = None
         self._params: list[torch.Tensor] = []
         self.last_step: StepInfo | None = None
