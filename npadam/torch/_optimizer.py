@@ -16,6 +16,7 @@ bumps the params' version counters, as torch's own optimizers do.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
 from typing import Any, Callable, Iterable
@@ -393,15 +394,16 @@ class _Base(torch.optim.Optimizer):
         return loss
 
     def _stream(self) -> Any:
-        """CUDA: run the kernels on torch's current stream (CuPy's own current stream otherwise)."""
-        if self._engine.device != "gpu":
-            import contextlib
+        """CUDA: run the kernels on torch's current stream of the params' device. CuPy keeps one
+        current stream per device, so the params' device is entered first, then the stream."""
+        stack = contextlib.ExitStack()
+        if self._engine.device == "gpu":
+            import cupy
 
-            return contextlib.nullcontext()
-        import cupy
-
-        stream = torch.cuda.current_stream(self._device)
-        return cupy.cuda.ExternalStream(stream.cuda_stream, self._device.index)
+            stack.enter_context(cupy.cuda.Device(self._device.index))
+            stream = torch.cuda.current_stream(self._device)
+            stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, self._device.index))
+        return stack
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's ``zero_grad``; with ``flat_storage`` the flat grad buffers are zeroed (one fill per
