@@ -76,12 +76,14 @@ def _float32(value: Any, what: str) -> np.ndarray:
     """A state array (NumPy, torch tensor of any float dtype, CuPy) as a float32 NumPy copy."""
     mod = type(value).__module__
     if mod.startswith("torch"):
+        if value.is_complex() or not value.is_floating_point():
+            raise TypeError(f"{what} must hold real floating-point values, got {value.dtype}")
         value = value.detach().to("cpu").float().numpy()
     elif mod.startswith("cupy") and hasattr(value, "get"):
         value = value.get()
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{what} must be an array or tensor, got {type(value).__name__}")
-    if value.dtype.kind != "f" and value.dtype.name != "bfloat16":
+    if value.dtype.kind not in "f" and value.dtype.name != "bfloat16":
         raise TypeError(f"{what} must hold floating-point values, got dtype {value.dtype}")
     with np.errstate(over="ignore"):
         out = value.astype(np.float32)
@@ -92,6 +94,8 @@ def _float32(value: Any, what: str) -> np.ndarray:
 
 def _int(value: Any, what: str) -> int:
     if type(value).__module__.startswith("torch"):
+        if value.numel() != 1:
+            raise ValueError(f"{what} must be one number, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.item()
@@ -126,6 +130,10 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
         for key in ("names", "shapes", "dtypes", "step"):
             if key not in meta:
                 raise ValueError(f"npadam state dict lacks {key!r}")
+        for key in ("names", "shapes", "dtypes"):
+            if not isinstance(meta[key], (list, tuple)) or len(meta[key]) != len(lay.slots):
+                got = len(meta[key]) if isinstance(meta[key], (list, tuple)) else type(meta[key]).__name__
+                raise ValueError(f"npadam state dict {key!r} must list the {len(lay.slots)} params, got {got}")
         if list(meta["names"]) != lay.names:
             diff = [(a, b) for a, b in zip(meta["names"], lay.names) if a != b][:3]
             raise ValueError(f"state dict params do not match the optimizer's: {len(meta['names'])} saved, "
@@ -138,8 +146,8 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
         raise ValueError(f"state dict has {len(saved_groups)} param groups, optimizer has {len(groups)}")
     new_groups, index = [], []
     for gi, (g, d) in enumerate(zip(groups, saved_groups)):
-        if not isinstance(d, Mapping) or "params" not in d:
-            raise TypeError(f"state dict param_groups[{gi}] must be a mapping with 'params'")
+        if not isinstance(d, Mapping) or not isinstance(d.get("params"), (list, tuple)):
+            raise TypeError(f"state dict param_groups[{gi}] must be a mapping with a list 'params'")
         if len(d["params"]) != g["n_params"]:
             raise ValueError(f"param_groups[{gi}] has {len(d['params'])} params in the state dict, "
                              f"{g['n_params']} here")
@@ -175,7 +183,7 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
             arr = _float32(st[k], f"{where}: {k}")
             if arr.size != slot.numel or (arr.ndim and arr.shape != slot.shape and arr.ndim != 1):
                 raise ValueError(f"{where}: {k} has shape {arr.shape}, expected {slot.shape}")
-            if k in ("exp_avg_sq", "max_exp_avg_sq") and not (arr >= 0).all():
+            if k in ("exp_avg_sq", "max_exp_avg_sq") and not (np.isfinite(arr).all() and (arr >= 0).all()):
                 raise ValueError(f"{where}: {k} must be finite and >= 0 (it holds squares)")
             if k == "exp_avg" and not np.isfinite(arr).all():
                 raise ValueError(f"{where}: exp_avg must be finite")

@@ -295,8 +295,13 @@ class _AdamBase:
                                  f"{slot.dtype}: build a new optimizer (or load a state dict into one)")
             if not a.flags.c_contiguous:
                 raise ValueError(f"param {slot.name!r} is not contiguous any more (strides {a.strides})")
+            starts, ends = self._spans[0].copy(), self._spans[1].copy()
+            starts[i] = P.address(a)
+            ends[i] = starts[i] + a.nbytes
+            P.check_no_overlap(starts, ends, self._engine.layout.names, "params")
+            self._spans = (starts, ends)
             self._arrays[i] = a
-            self._pptrs[i] = P.address(a)
+            self._pptrs[i] = starts[i]
             self._engine.load_master(i, a)
             self._versions[i] = v
             self._alias_checked = None
@@ -323,9 +328,10 @@ class _AdamBase:
             raise ValueError(f"expected {len(names)} gradients (one per param), got {len(grads)}")
         eng = self._engine
         n = len(names)
-        if len(self._gptrs) != n:
-            self._gptrs = np.zeros(n, np.int64)
-            self._gdtypes = [""] * n
+        if len(self._gptrs) != n:  # params were added: pad, keeping what the reused grads need
+            k = n - len(self._gptrs)
+            self._gptrs = np.concatenate([self._gptrs, np.zeros(k, np.int64)])
+            self._gdtypes = self._gdtypes + [""] * k
         active = np.zeros(n, dtype=bool)
         gptrs = self._gptrs.copy()
         gdt = list(self._gdtypes)

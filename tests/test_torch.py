@@ -554,3 +554,158 @@ def test_deepcopy_and_pickle_keep_the_state():
         assert torch.equal(x, y)
     with pytest.raises(TypeError, match="flat_storage"):
         copy.deepcopy(nt.AdamW(_gpt.make(layers=1).parameters(), flat_storage=True))
+
+
+# ---- regressions from the adversarial review of the front-end -------------------------------
+
+
+def test_non_contiguous_params_are_refused_everywhere_before_anything_changes():
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = nt.AdamW([w], lr=1.0, weight_decay=0.0)
+    base = torch.zeros(4, 8)
+    for p in (torch.nn.Parameter(base[:, :4]), torch.nn.Parameter(torch.zeros(1).expand(16))):
+        with pytest.raises(ValueError, match="contiguous"):
+            opt.add_param_group({"params": [p]})
+        opt.param_groups.append({**opt.defaults, "params": [p]})  # appended directly: checked at the step
+        w.grad = torch.ones(4)
+        with pytest.raises(ValueError, match="contiguous"):
+            opt.step()
+        opt.param_groups.pop()
+    assert not base.any()
+    opt.step()  # a refused group left the optimizer working
+    assert opt.step_count == 1 and len(opt.param_groups) == 1
+    with pytest.raises(ValueError, match="share memory"):
+        opt.add_param_group({"params": [torch.nn.Parameter(w.data[1:3])]})
+    opt.step()
+    assert opt.step_count == 2
+
+
+def test_params_replaced_or_added_inside_a_group_are_refused():
+    old, keep, new = (torch.nn.Parameter(torch.ones(3)) for _ in range(3))
+    opt = nt.AdamW([old, keep], lr=0.1)
+    opt.param_groups[0]["params"][0] = new
+    for p in (old, keep, new):
+        p.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="replaced"):
+        opt.step()
+    opt.param_groups[0]["params"][0] = old
+    opt.param_groups[0]["params"].append(new)
+    with pytest.raises(ValueError, match="existing param group"):
+        opt.step()
+    opt.param_groups[0]["params"].pop()
+    opt.step()
+    assert torch.equal(new, torch.ones(3)) and not torch.equal(old, torch.ones(3))
+
+
+def test_load_state_dict_after_groups_were_appended_and_in_hf_order():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    t = torch.optim.AdamW([a], lr=0.1)
+    t.add_param_group({"params": [b]})
+    for _ in range(3):
+        a.grad, b.grad = torch.ones(2), torch.ones(2)
+        t.step()
+    sd = t.state_dict()
+    a2, b2 = torch.nn.Parameter(a.detach().clone()), torch.nn.Parameter(b.detach().clone())
+    o = nt.AdamW([a2], lr=0.1)
+    o.param_groups.append({**o.defaults, "params": [b2]})
+    o.load_state_dict(sd)  # the appended group is adopted first, then loaded
+    a2.grad, b2.grad = torch.ones(2), torch.ones(2)
+    o.step()
+    assert int(o.state[b2]["step"]) == 4
+    # bf16: optimizer built before the model's weights are loaded (the HF Trainer's order): the
+    # checkpoint's fp32 masters must win over the freshly loaded bf16 params
+    m = _gpt_bf16(layers=1)
+    opt = nt.AdamW(m.parameters(), lr=1e-3)
+    _train(m, opt, 3)
+    ck = {"model": {k: v.clone() for k, v in m.state_dict().items()}, "opt": opt.state_dict()}
+    _train(m, opt, 2, start=3)
+    m2 = _gpt_bf16(layers=1)
+    o2 = nt.AdamW(m2.parameters(), lr=1e-3)
+    m2.load_state_dict(ck["model"])
+    o2.load_state_dict(ck["opt"])
+    _train(m2, o2, 2, start=3)
+    for x, y in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(x, y)
+
+
+def test_flat_storage_params_frozen_mid_run_are_skipped():
+    moved = {}
+    for flat in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+        opt = nt.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, flat_storage=flat)
+        x = torch.randn(16, 8)
+        for _ in range(3):
+            model(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        model[0].requires_grad_(False)
+        before = model[0].weight.detach().clone()
+        for _ in range(3):
+            model(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        moved[flat] = float((model[0].weight - before).abs().max())
+    assert moved == {False: 0.0, True: 0.0}
+
+
+def test_state_entries_replaced_from_outside_follow_torch():
+    from collections import defaultdict
+
+    results = []
+    for cls in (torch.optim.AdamW, nt.AdamW):
+        w = torch.nn.Parameter(torch.zeros(3))
+        opt = cls([w], lr=0.1, weight_decay=0.0)
+        for _ in range(3):
+            w.grad = torch.tensor([1.0, -1.0, 1.0])
+            opt.step()
+        opt.state = defaultdict(dict)  # reset, as some training code does
+        w.grad = torch.tensor([-1.0, -1.0, -1.0])
+        before = w.detach().clone()
+        opt.step()
+        results.append(((w - before).tolist(), int(opt.state[w]["step"])))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+    assert results[0][1] == results[1][1] == 1
+
+
+def test_hostile_group_values_and_state_dicts_are_named():
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = nt.AdamW([w], lr=0.1)
+    w.grad = torch.ones(2)
+    for key, value, match in (("betas", (0.9,), "betas"), ("lr", torch.tensor([0.1, 0.2]), "lr"),
+                              ("lr", float("nan"), "lr"), ("betas", (0.9, 1.0), "beta2")):
+        good = opt.param_groups[0][key]
+        opt.param_groups[0][key] = value
+        with pytest.raises(ValueError, match=match):
+            opt.step()
+        opt.param_groups[0][key] = good
+    opt.step()
+    sd = opt.state_dict()
+    bad = [
+        ({**sd, "param_groups": [{**sd["param_groups"][0], "params": 5}]}, TypeError),
+        ({**sd, "state": {0: {**sd["state"][0], "step": torch.tensor([3.0, 4.0])}}}, ValueError),
+        ({**sd, "state": {0: {**sd["state"][0], "exp_avg": torch.ones(2, dtype=torch.complex64)}}}, TypeError),
+        ({**sd, "state": {0: {**sd["state"][0], "exp_avg_sq": torch.full((2,), float("inf"))}}}, ValueError),
+        ({**sd, "npadam": {**sd["npadam"], "names": None}}, ValueError),
+        ({**sd, "npadam": {**sd["npadam"], "shapes": []}}, ValueError),
+    ]
+    before = {k: v.clone() for k, v in opt.state[w].items()}
+    for d, exc in bad:
+        with pytest.raises(exc):
+            opt.load_state_dict(d)
+    assert all(torch.equal(before[k], opt.state[w][k]) for k in before) and opt.step_count == 1
+
+
+def test_generic_optimizer_follows_rebinding_and_padding_after_add_param_group():
+    a, b = torch.nn.Parameter(torch.ones(8)), torch.nn.Parameter(torch.ones(8))
+    opt = npadam.AdamW([a, b], lr=0.1)
+    b.data = a.data  # ties two params: refused
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step([torch.ones(8), torch.ones(8)])
+    w = np.ones(3, np.float32)
+    g = np.ones(3, np.float32)
+    o2 = npadam.AdamW([w], lr=0.1, weight_decay=0.0)
+    o2.step([g])
+    o2.add_param_group({"params": [np.ones(2, np.float32)]})
+    o2.step([g, np.ones(2, np.float32)])  # the same grad array as before the group was added
+    assert o2.step_count == 2

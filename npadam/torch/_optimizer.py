@@ -17,6 +17,7 @@ bumps the params' version counters, as torch's own optimizers do.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 import warnings
 from typing import Any, Callable, Iterable
@@ -39,15 +40,21 @@ _NAMES = ("float32", "bfloat16", "float16")
 _ITEMSIZE = np.asarray([4, 2, 2], dtype=np.int64)
 
 
-def _scalar(x: Any) -> Any:
-    """A 0-d tensor hyperparameter (torch allows ``lr=torch.tensor(1e-3)``) as a float."""
-    return float(x) if isinstance(x, torch.Tensor) and x.numel() == 1 else x
+def _scalar(x: Any, name: str = "hyperparameter") -> Any:
+    """A one-element tensor hyperparameter (torch allows ``lr=torch.tensor(1e-3)``) as a float."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise ValueError(f"{name} must be a number or a one-element tensor, got a tensor of shape "
+                             f"{tuple(x.shape)}")
+        return float(x)
+    return x
 
 
 def _check(g: dict[str, Any], where: str) -> None:
     for key in ("lr", "eps", "weight_decay"):
-        g[key] = _scalar(g[key])
-    g["betas"] = tuple(_scalar(b) for b in g["betas"])
+        g[key] = _scalar(g[key], f"{where}{key}")
+    if isinstance(g["betas"], (tuple, list)):
+        g["betas"] = tuple(_scalar(b, f"{where}betas") for b in g["betas"])
     H.check_group(g, where, schedules=False)
 
 
@@ -78,6 +85,7 @@ class _Base(torch.optim.Optimizer):
         self.flat_storage = flat_storage
         self._engine: Engine | None = None
         self._params: list[torch.Tensor] = []
+        self._ngroups = 0
         self.last_step: StepInfo | None = None
         self._flat_warned = False
         super().__init__(params, defaults)
@@ -110,20 +118,38 @@ class _Base(torch.optim.Optimizer):
         return names
 
     def _build(self) -> None:
-        """Lay out every param (new groups appended to the existing layout) and adopt their storage."""
+        """Lay out every param (new groups appended to the existing layout) and adopt their storage.
+
+        Every check runs before anything changes: a refused group leaves the optimizer as it was."""
+        first = len(self._params)
+        for gi, g in enumerate(self.param_groups[self._ngroups if self._engine is not None else 0:]):
+            for key, value in self.defaults.items():
+                g.setdefault(key, value)  # a group appended without some keys: torch's defaults rule
         params = [p for g in self.param_groups for p in g["params"]]
         names = self._names()
         old = self._engine.layout if self._engine is not None else FlatLayout([])
-        if len(params) < len(self._params) or any(a is not b for a, b in zip(params, self._params)):
-            raise ValueError("params were removed from or reordered in param_groups; build a new optimizer")
-        for n, p in zip(names[len(self._params):], params[len(self._params):]):
+        if len(params) < first or any(a is not b for a, b in zip(params, self._params)):
+            raise ValueError("params were removed from, replaced in or added to existing param groups; add "
+                             "params with add_param_group (or build a new optimizer)")
+        if len(set(map(id, params))) != len(params):
+            raise ValueError("some parameters appear more than once in param_groups")
+        new = params[first:]
+        gi_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+        if self._engine is not None and any(gi < self._ngroups for gi in gi_of[first:]):
+            raise ValueError("params were added to an existing param group; add them with add_param_group "
+                             "(a new group), or build a new optimizer")
+        for gi in range(self._ngroups if self._engine is not None else 0, len(self.param_groups)):
+            _check(self.param_groups[gi], f"param_groups[{gi}].")
+        for n, p in zip(names[first:], new):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"param {n!r} is a {type(p).__name__}, not a tensor")
             if p.dtype not in _DTYPES:
                 raise TypeError(f"param {n!r} has dtype {p.dtype}; npadam updates float32, bfloat16 or float16 params")
+            if p.layout is not torch.strided or not p.is_contiguous():
+                raise ValueError(f"param {n!r} of shape {tuple(p.shape)} is not a contiguous dense tensor "
+                                 f"(strides {p.stride() if p.layout is torch.strided else p.layout})")
         specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
-        gi_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
-        new = params[len(self._params):]
-        specs += [(n, tuple(p.shape), _DTYPES[p.dtype], gi) for n, p, gi in
-                  zip(names[len(self._params):], new, gi_of[len(self._params):])]
+        specs += [(n, tuple(p.shape), _DTYPES[p.dtype], gi) for n, p, gi in zip(names[first:], new, gi_of[first:])]
         layout = FlatLayout(specs)
         devices = {p.device for p in params}
         if len(devices) > 1:
@@ -132,21 +158,25 @@ class _Base(torch.optim.Optimizer):
         device = devices.pop()
         if device.type not in ("cpu", "cuda"):
             raise ValueError(f"params on {device}: npadam runs on CPU memory or CUDA GPUs")
+        if self._engine is not None and device != self._device:
+            raise ValueError(f"new params are on {device}, the optimizer's on {self._device}")
+        gpu = device.type == "cuda"
+        kernel = self._engine.kernel if self._engine is not None else self._kernel_arg or (
+            "gpu" if gpu else K.available())
+        if gpu != (kernel == "gpu"):
+            raise ValueError(f"kernel={kernel!r} cannot update params on {device}")
+        pptrs = np.asarray([p.data_ptr() for p in params], dtype=np.int64)
+        nbytes = np.asarray([p.numel() * p.element_size() for p in params], dtype=np.int64)
+        check_no_overlap(pptrs, pptrs + nbytes, layout.names, "params")  # before flat storage copies them
+        # everything checked: change
         if self._engine is None:
-            gpu = device.type == "cuda"
-            kernel = self._kernel_arg or ("gpu" if gpu else K.available())
-            if gpu != (kernel == "gpu"):
-                raise ValueError(f"kernel={kernel!r} cannot update params on {device}")
             self._engine = Engine(layout, device="gpu" if gpu else "cpu", device_id=device.index if gpu else None,
                                   kernel=kernel, decoupled=self._decoupled, num_threads=self.num_threads)
             self._device = device
             self._flat: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]] = []
         else:
-            if device != self._device:
-                raise ValueError(f"new params are on {device}, the optimizer's on {self._device}")
             self._engine.extend(layout)
         eng = self._engine
-        first = len(self._params)
         self._params = params
         self._ngroups = len(self.param_groups)
         if self.flat_storage:
@@ -155,8 +185,6 @@ class _Base(torch.optim.Optimizer):
             eng.load_master(i, import_array(params[i], what=f"param {layout.names[i]!r}")[0])
         eng.sync()
         self._pptrs = np.asarray([p.data_ptr() for p in params], dtype=np.int64)
-        nbytes = np.asarray([p.numel() * p.element_size() for p in params], dtype=np.int64)
-        check_no_overlap(self._pptrs, self._pptrs + nbytes, layout.names, "params")
         self._pbytes = nbytes
         self._numel = np.asarray([p.numel() for p in params], dtype=np.int64)
         self._pptr_list = self._pptrs.tolist()
@@ -203,24 +231,77 @@ class _Base(torch.optim.Optimizer):
                 t = torch.from_numpy(view) if isinstance(view, np.ndarray) else torch.from_dlpack(view)
                 st[key] = t.view(lay.slots[i].shape)
             self.state[p] = st
+        self._state_obj = self.state
+        self._state_dicts = [self.state[p] for p in self._params]
 
     # ------------------------------------------------------------------ step
+    def _sync(self) -> None:
+        """Catch up with what the caller changed since the last step: groups appended to
+        ``param_groups`` (adopted like ``add_param_group``), params replaced inside a group
+        (refused), storage re-bound or low-precision params edited in place (followed), entries
+        of ``state`` replaced or removed (taken over)."""
+        params = self._params
+        groups = self.param_groups
+        if len(groups) != self._ngroups or sum(len(g["params"]) for g in groups) != len(params) or \
+                not all(map(operator.is_, itertools.chain.from_iterable(g["params"] for g in groups), params)):
+            self._build()  # raises for params removed or replaced
+            params = self._params
+        ptrs = [p.data_ptr() for p in params]
+        versions = [params[i]._version for i in self._low]
+        if ptrs != self._pptr_list or versions != self._versions:
+            self._follow(ptrs, versions)
+        if self.state is not self._state_obj or len(self.state) != len(params) or \
+                not all(map(operator.is_, [self.state.get(p) for p in params], self._state_dicts)):
+            self._adopt_state()
+
+    def _adopt_state(self) -> None:
+        """torch semantics for ``opt.state`` edited from outside: a param whose entry was removed
+        or emptied starts afresh (zero moments, step 0); tensors put into a replaced entry are
+        copied into npadam's flat state. Checked before anything is written."""
+        from collections import defaultdict
+
+        eng = self._engine
+        if not isinstance(self.state, dict):
+            raise TypeError(f"optimizer.state must be a dict, got {type(self.state).__name__}")
+        if not isinstance(self.state, defaultdict):
+            self.state = defaultdict(dict, self.state)
+        updates, steps = [], {}
+        for i, p in enumerate(self._params):
+            st = self.state.get(p)
+            if st is self._state_dicts[i] and self.state is self._state_obj:
+                continue
+            slot = eng.layout.slots[i]
+            if not st:
+                steps[i] = 0
+                updates += [(i, k, np.zeros(slot.numel, np.float32)) for k in ("exp_avg", "exp_avg_sq")]
+                if eng.bufs[slot.buffer].max_exp_avg_sq is not None:
+                    updates.append((i, "max_exp_avg_sq", np.zeros(slot.numel, np.float32)))
+                continue
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                if key in st:
+                    arr = _state._float32(st[key], f"state of param {slot.name!r}: {key}")
+                    if arr.size != slot.numel:
+                        raise ValueError(f"state of param {slot.name!r}: {key} has {arr.size} elements, "
+                                         f"expected {slot.numel}")
+                    updates.append((i, key, arr.reshape(-1)))
+            if "step" in st:
+                steps[i] = _state._int(st["step"], f"state of param {slot.name!r}: step")
+        vmax = sorted({eng.layout.slots[i].buffer for i, k, _ in updates if k == "max_exp_avg_sq"})
+        eng.write_state(updates, vmax)
+        for i, n in steps.items():
+            eng.steps[i] = n
+        for i in {i for i, _, _ in updates}:
+            eng.load_master(i, import_array(self._params[i], what="param")[0])
+        self._state_views()
+
     def _collect(self) -> tuple[np.ndarray, np.ndarray, list[str], list[Any]]:
         """This step's ``(active, grad pointers, grad dtype per buffer, grads to keep alive)``.
 
         The common cases cost a few list comprehensions: the same grad tensors as last
         step (``zero_grad(set_to_none=False)``, flat storage) are recognised by identity and
         pointer; new grad tensors are checked one by one (shape, dtype, layout, device)."""
+        self._sync()
         params = self._params
-        if len(self.param_groups) != self._ngroups or \
-                sum(len(g["params"]) for g in self.param_groups) != len(params):
-            self._build()  # groups appended to param_groups directly, like add_param_group
-            params = self._params
-        # params: storage re-bound or edited in place?
-        ptrs = [p.data_ptr() for p in params]
-        versions = [params[i]._version for i in self._low]
-        if ptrs != self._pptr_list or versions != self._versions:
-            self._follow(ptrs, versions)
         grads = [p.grad for p in params]
         try:
             gptr_list = [0 if g is None else g.data_ptr() for g in grads]
@@ -232,6 +313,11 @@ class _Base(torch.optim.Optimizer):
             return cached[1], cached[2], cached[3], grads
         eng = self._engine
         names = eng.layout.names
+        if [p.shape for p in params] != self._shapes or not all([p.is_contiguous() for p in params]):
+            for p, s in zip(params, eng.layout.slots):  # p.data = p.data.t() keeps the pointer
+                if tuple(p.shape) != s.shape or not p.is_contiguous():
+                    raise ValueError(f"param {s.name!r} is now {tuple(p.shape)} (strides {p.stride()}), was "
+                                     f"{s.shape} contiguous: build a new optimizer (and load the old one's state)")
         device = self._device
         cuda = device.type == "cuda"
         kinds = [-1 if g is None else _KINDS.get(g.dtype, -2) for g in grads]
@@ -271,8 +357,9 @@ class _Base(torch.optim.Optimizer):
             if g.dtype not in _KINDS:
                 raise TypeError(f"grad of {names[i]!r} has dtype {g.dtype}; npadam reads float32, "
                                 "bfloat16 or float16 gradients")
-            if g.shape != p.shape:
-                raise ValueError(f"grad of {names[i]!r} has shape {tuple(g.shape)}, expected {tuple(p.shape)}")
+            if g.shape != self._shapes[i]:
+                raise ValueError(f"grad of {names[i]!r} has shape {tuple(g.shape)}, expected "
+                                 f"{tuple(self._shapes[i])}")
             if g.layout is not torch.strided or g.device != device or not g.is_contiguous():
                 raise ValueError(f"grad of {names[i]!r} must be a contiguous dense tensor on {device}, "
                                  f"got {g.device} {g.layout} strides {g.stride()}")
@@ -328,7 +415,11 @@ class _Base(torch.optim.Optimizer):
         saved = [old.slot_state(i) for i in range(len(old.layout.slots))]
         steps, count = old.steps.copy(), old.count
         self._engine, self._params = None, []
-        self._build()
+        try:
+            self._build()
+        except Exception:
+            self._engine, self._params = old, [p for g in self.param_groups for p in g["params"]]
+            raise
         eng = self._engine
         updates = [(i, k, a) for i, st in enumerate(saved) for k, a in st.items() if k != "master"]
         vmax = sorted({eng.layout.slots[i].buffer for i, st in enumerate(saved) if "max_exp_avg_sq" in st})
@@ -347,12 +438,17 @@ class _Base(torch.optim.Optimizer):
     def _reattach_flat_grads(self) -> None:
         """flat_storage: a grad that is not the flat view any more (``model.zero_grad()`` set it to
         None and backward made a new one) is copied into the view, which becomes ``.grad`` again."""
-        if all(map(operator.is_, [p.grad for p in self._params], self._gviews)):
+        params = self._params
+        if all(map(operator.is_, [p.grad for p in params], self._gviews)) and \
+                all([p.requires_grad for p in params]):
             return
-        for p, view in zip(self._params, self._gviews):
+        for p, view in zip(params, self._gviews):
             if view is None:
                 continue
             g = p.grad
+            if not p.requires_grad:  # frozen since: no grad, so the step skips it
+                p.grad = None
+                continue
             if g is view:
                 continue
             if not self._flat_warned:
@@ -379,7 +475,8 @@ class _Base(torch.optim.Optimizer):
             self._reattach_flat_grads()
         active, gptrs, gdtypes, keep = self._collect()
         eng = self._engine  # after _collect: a dtype change builds a new engine
-        hyper = [H.values(_plain(g), eng.count, f"param_groups[{gi}].") for gi, g in enumerate(self.param_groups)]
+        hyper = [H.values(_plain(g, f"param_groups[{gi}]."), eng.count, f"param_groups[{gi}].")
+                 for gi, g in enumerate(self.param_groups)]
         stream = self._stream()
         with stream:
             res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
@@ -463,6 +560,7 @@ class _Base(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict of this class or of ``torch.optim.AdamW``/``Adam`` (params by position,
         shapes checked). Everything is checked first; nothing changes on error."""
+        self._sync()  # groups appended, params re-bound or edited: absorbed first, so the dict's masters win
         sd = state_dict
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = hook(self, sd)
@@ -497,11 +595,14 @@ class _Base(torch.optim.Optimizer):
                 f"step={self._engine.count})")
 
 
-def _plain(g: dict[str, Any]) -> dict[str, Any]:
-    """A group's hyperparameters with 0-d tensors read as floats (checked by ``H.values``)."""
-    return {"lr": _scalar(g["lr"]), "betas": tuple(_scalar(b) for b in g["betas"]), "eps": _scalar(g["eps"]),
-            "weight_decay": _scalar(g["weight_decay"]), "amsgrad": g["amsgrad"], "maximize": g["maximize"],
-            "bias_correction": g.get("bias_correction", True)}
+def _plain(g: dict[str, Any], where: str) -> dict[str, Any]:
+    """A group's hyperparameters with one-element tensors read as floats (checked by ``H.values``)."""
+    betas = g["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{where}betas must be a pair (beta1, beta2), got {betas!r}")
+    return {"lr": _scalar(g["lr"], f"{where}lr"), "betas": tuple(_scalar(b, f"{where}betas") for b in betas),
+            "eps": _scalar(g["eps"], f"{where}eps"), "weight_decay": _scalar(g["weight_decay"], f"{where}weight_decay"),
+            "amsgrad": g["amsgrad"], "maximize": g["maximize"], "bias_correction": g.get("bias_correction", True)}
 
 
 class AdamW(_Base):
