@@ -10,10 +10,16 @@ import numpy as np
 from .layout import KINDS
 
 
-def check_dtype(dtype: str, what: str) -> None:
+def check_dtype(dtype: str, what: str, array: Any = None) -> None:
+    """TypeError unless ``dtype`` is one npadam updates and ``array`` (if given) is in native byte
+    order (the kernels read raw memory: a big-endian ``>f4`` array would be read as garbage)."""
     if dtype not in KINDS:
         raise TypeError(f"{what} has dtype {dtype}; npadam updates float32, bfloat16 or float16 "
                         "parameters with float32, bfloat16 or float16 gradients")
+    order = getattr(getattr(array, "dtype", None), "isnative", True)
+    if not order:
+        raise TypeError(f"{what} has non-native byte order ({array.dtype.str}); convert it first, e.g. "
+                        "a.astype(a.dtype.newbyteorder('='))")
 
 
 def address(a: Any) -> int:

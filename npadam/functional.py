@@ -43,6 +43,8 @@ def _flat(a: np.ndarray, what: str) -> np.ndarray:
     if a.ndim != 1 or not a.flags.c_contiguous:
         raise ValueError(f"{what} must be a 1-D contiguous array, got shape {a.shape} strides {a.strides}")
     dtype_name(a.dtype)
+    if not a.dtype.isnative:
+        raise TypeError(f"{what} has non-native byte order ({a.dtype.str}); convert it first")
     return a
 
 

@@ -129,7 +129,7 @@ class _AdamBase:
             seen.add(id(o))
         imported = [import_array(o, what=f"param {n!r}") for o, n in zip(items, gnames)]
         for (a, d), n in zip(imported, gnames):
-            P.check_dtype(d, f"param {n!r}")
+            P.check_dtype(d, f"param {n!r}", a)
             if not a.flags.c_contiguous:
                 raise ValueError(f"param {n!r} is not contiguous (strides {a.strides}); pass contiguous arrays")
         arrays = [a for a, _ in imported]
@@ -351,7 +351,7 @@ class _AdamBase:
                 raise ValueError(f"grad of {slot.name!r} is on GPU {a.device.id}, the params on GPU {eng.device_id}")
             if a.shape != slot.shape:
                 raise ValueError(f"grad of {slot.name!r} has shape {a.shape}, expected {slot.shape}")
-            P.check_dtype(d, f"grad of {slot.name!r}")
+            P.check_dtype(d, f"grad of {slot.name!r}", a)
             if not a.flags.c_contiguous:
                 raise ValueError(f"grad of {slot.name!r} is not contiguous (strides {a.strides})")
             gptrs[i] = P.address(a)

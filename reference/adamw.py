@@ -144,6 +144,20 @@ def clip_coefficient(grad_norm: float, max_norm: float | None) -> float:
     return min(1.0, max_norm / (grad_norm + 1e-6))
 
 
+def current_master(master: np.ndarray, param: np.ndarray) -> np.ndarray:
+    """The fp32 value a low-precision param's update starts from, in place in ``master``.
+
+    The param is the source of truth: where its stored bits are not the rounding of the
+    master (someone wrote the param since npadam's last update: a re-init, ``load_state_dict``,
+    an EMA swap, ``p.data.clamp_()``), the master is replaced by the param widened exactly.
+    Elsewhere the master keeps the precision the param cannot hold."""
+    bits = param.view(np.uint16)
+    stale = to_storage(master, param.dtype).view(np.uint16) != bits
+    if stale.any():
+        master[stale] = param[stale].astype(np.float32)
+    return master
+
+
 def to_storage(master: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Round float32 masters to a storage dtype (round to nearest even, via ml_dtypes)."""
     return master.astype(dtype)

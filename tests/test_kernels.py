@@ -85,9 +85,12 @@ def test_optimizer_cpu_kernel_is_bit_identical_to_reference(problem):
         opt = cls(params, kernel=kernel, max_grad_norm=0.5 if clip else None, **hyper)
         grng = np.random.default_rng(seed + 1)
         norms = []
-        for _ in range(3):
+        for k in range(3):
             grads = [(grng.standard_normal(n) * 3).astype(np.float32).astype(DTYPES[gdt]) for n in sizes]
             norms.append(opt.step(grads).grad_norm)
+            if k == 0:  # params written behind the optimizer's back (a re-init, an EMA swap): they win
+                for p in params:
+                    p[::5] = (grng.standard_normal(p[::5].size) * 4).astype(np.float32).astype(p.dtype)
         sd = opt.state_dict()
         runs[kernel] = (params, sd, norms)
     (p1, s1, n1), (p2, s2, n2) = runs["cpu"], runs["reference"]
@@ -228,6 +231,22 @@ def test_serial_and_parallel_builds_cache_apart():
             cells = dict(zip(free, (c.cell_contents for c in fn.py_func.__closure__)))
             assert cells.get("PARALLEL") is parallel
             assert fn.targetoptions.get("parallel", False) is parallel
+
+
+def test_params_edited_in_place_win_over_the_master_in_every_kernel():
+    """bf16/fp16 params written without the optimizer knowing (NumPy writes, torch ``p.data.clamp_()``,
+    which moves no version counter): the next update starts from the written values."""
+    for dtype in (ml_dtypes.bfloat16, np.float16):
+        for kernel in ("cpu", "reference"):
+            for n in (1000, 300_000):
+                p = np.ones(n, dtype)
+                opt = npadam.AdamW([p], lr=0.1, weight_decay=0.0, kernel=kernel)
+                opt.step([np.ones(n, np.float32).astype(dtype)])
+                p[: n // 2] = 0.5  # e.g. clamping
+                opt.param_groups[0]["lr"] = 0.0
+                opt.step([np.zeros(n, dtype)])
+                assert (p[: n // 2].astype(np.float32) == 0.5).all(), (dtype, kernel, n)
+                assert (p[n // 2:].astype(np.float32) < 1.0).all()
 
 
 @pytest.mark.parametrize("n", [1000, 300_000])

@@ -314,3 +314,15 @@ def test_check_apart_matches_brute_force(params, grads):
             check_apart(*args)
     else:
         check_apart(*args)
+
+
+def test_non_native_byte_order_is_refused():
+    """The kernels read raw memory: a big-endian array would be read as garbage (issue 8, finding 1)."""
+    big = np.ones(4, ">f4")
+    with pytest.raises(TypeError, match="byte order"):
+        npadam.AdamW([big])
+    p = np.ones(4, np.float32)
+    opt = npadam.AdamW([p])
+    with pytest.raises(TypeError, match="byte order"):
+        opt.step([np.ones(4, ">f4")])
+    assert np.all(p == 1) and opt.step_count == 0

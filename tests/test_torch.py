@@ -709,3 +709,20 @@ def test_generic_optimizer_follows_rebinding_and_padding_after_add_param_group()
     o2.add_param_group({"params": [np.ones(2, np.float32)]})
     o2.step([g, np.ones(2, np.float32)])  # the same grad array as before the group was added
     assert o2.step_count == 2
+
+
+def test_bf16_edits_through_data_are_not_reverted():
+    """p.data.clamp_() (WGAN clipping), p.data.copy_() (EMA) move no version counter; the kernel
+    itself sees that the param is not its master's rounding any more."""
+    results = []
+    for cls in (torch.optim.AdamW, nt.AdamW):
+        p = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+        o = cls([p], lr=1e-3, weight_decay=0.0)
+        p.grad = torch.ones_like(p)
+        o.step()
+        p.data.clamp_(-0.5, 0.5)
+        p.grad = torch.zeros_like(p)
+        o.param_groups[0]["lr"] = 0.0
+        o.step()
+        results.append(p.detach().float().tolist())
+    assert results[0] == results[1] == [0.5] * 4

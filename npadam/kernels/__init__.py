@@ -174,7 +174,7 @@ class _Reference:
         grads = self._views(batch, batch.grads, batch.gdtype)
         for p, g, off in zip(self._views(batch, batch.params, buf.pdtype), grads, batch.offsets):
             sl = slice(off, off + p.size)
-            param = buf.master[sl] if low else p
+            param = ref.current_master(buf.master[sl], p) if low else p
             vmax = None if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq[sl]
             with np.errstate(invalid="ignore", divide="ignore"):  # eps = 0 with a zero grad: 0/0 like the kernels
                 ref.apply_step(param, g, buf.exp_avg[sl], buf.exp_avg_sq[sl], vmax, s,

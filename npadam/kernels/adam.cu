@@ -22,7 +22,7 @@ template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE>
 __device__ __forceinline__ void adam_one(typename Storage<PK>::T* P, const typename Storage<GK>::T* G,
                                          float* W, float* M, float* V, float* X, int64_t j, int64_t i,
                                          const Scalars& s) {
-    float p = (PK == F32) ? Storage<PK>::load(P[j]) : W[i];
+    float p = (PK == F32) ? Storage<PK>::load(P[j]) : current_master<PK>(W[i], P[j]);
     float m = M[i], v = V[i];
     float vmax = AMSGRAD ? X[i] : 0.0f;
     adam_element<AMSGRAD, DECOUPLED, MAXIMIZE>(p, Storage<GK>::load(G[j]), m, v, vmax, s);

@@ -123,6 +123,13 @@ template <> struct Storage<F16> {
     static NPADAM_HD T store(float x) { return f32_to_f16(x); }
 };
 
+// The fp32 value a low-precision param's update starts from (reference.adamw.current_master):
+// the master, unless the param's stored bits are not its rounding (the param was written since).
+template <int PK>
+NPADAM_HD float current_master(float master, typename Storage<PK>::T stored) {
+    return Storage<PK>::store(master) == stored ? master : Storage<PK>::load(stored);
+}
+
 // The per-step scalars, float32, from reference.adamw.host_scalars (same order as there).
 struct Scalars {
     float scale, beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay, decay, step_size, bc2_sqrt, eps;

@@ -125,6 +125,14 @@ def load(a, j, kind):
 
 
 @njit(inline="always", cache=True)
+def decode(u, kind):
+    """uint16 storage bits of ``kind`` (BF16 or F16) as float32 (exact)."""
+    if kind == BF16:
+        return bf16_to_f32(u)
+    return f16_to_f32(u)
+
+
+@njit(inline="always", cache=True)
 def encode(x, kind):
     """float32 to the uint16 storage of ``kind`` (BF16 or F16)."""
     if kind == BF16:
@@ -172,7 +180,11 @@ def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool, PARALLEL: 
                 if PK == F32:
                     p = load(P, j, F32)
                 else:
-                    p = W[j]
+                    w = W[j]
+                    stored = P[j]
+                    # the param was written since npadam's last update: it wins (current_master);
+                    # a select, not a branch, so that the loop still vectorizes
+                    p = w if encode(w, PK) == stored else decode(stored, PK)
                 if not DECOUPLED:
                     g = g + wd * p
                 mi = b1 * M[j] + omb1 * g
