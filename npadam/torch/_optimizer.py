@@ -129,15 +129,13 @@ class _Base(torch.optim.Optimizer):
         names = self._names()
         old = self._engine.layout if self._engine is not None else FlatLayout([])
         if len(params) < first or any(a is not b for a, b in zip(params, self._params)):
-            raise ValueError("params were removed from, replaced in or added to existing param groups; add "
-                             "params with add_param_group (or build a new optimizer)")
+            return self._relayout()  # params removed from or replaced in a group
         if len(set(map(id, params))) != len(params):
             raise ValueError("some parameters appear more than once in param_groups")
         new = params[first:]
         gi_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
         if self._engine is not None and any(gi < self._ngroups for gi in gi_of[first:]):
-            raise ValueError("params were added to an existing param group; add them with add_param_group "
-                             "(a new group), or build a new optimizer")
+            return self._relayout()  # params appended inside an existing group
         for gi in range(self._ngroups if self._engine is not None else 0, len(self.param_groups)):
             _check(self.param_groups[gi], f"param_groups[{gi}].")
         for n, p in zip(names[first:], new):
@@ -231,6 +229,9 @@ class _Base(torch.optim.Optimizer):
                 t = torch.from_numpy(view) if isinstance(view, np.ndarray) else torch.from_dlpack(view)
                 st[key] = t.view(lay.slots[i].shape)
             self.state[p] = st
+        current = {id(p) for p in self._params}
+        for key in [k for k in self.state if id(k) not in current]:
+            del self.state[key]  # params no longer in any group
         self._state_obj = self.state
         self._state_dicts = [self.state[p] for p in self._params]
 
@@ -399,33 +400,48 @@ class _Base(torch.optim.Optimizer):
         check_no_overlap(self._pptrs, self._pptrs + nbytes, lay.names, "params")
 
     def _relayout(self) -> None:
-        """Params changed dtype (``model.to(torch.bfloat16)``, ``model.half()``, ``model.float()``): lay
-        the state out again for the new dtypes. Moments and step counts are kept; the fp32 masters
-        are read from the params as they are now (the caller's values win)."""
-        if self.flat_storage:
-            raise ValueError("params changed dtype under flat_storage=True; build a new optimizer "
-                             "(and load the old one's state dict into it)")
+        """Lay the state out again for what ``param_groups`` hold now, torch's way: state follows
+        each Parameter object. Used when params changed dtype (``model.to(torch.bfloat16)``) or were
+        added to, removed from or replaced in a group. Kept params keep their moments, step counts
+        and (same dtype) fp32 masters; a param whose dtype changed takes its master from its values
+        now; new params start at zero; removed params' state is dropped. Refused (nothing changes)
+        for a shape change and under ``flat_storage``."""
         old = self._engine
         for p, s in zip(self._params, old.layout.slots):
-            if p.dtype not in _DTYPES or tuple(p.shape) != s.shape:
-                raise ValueError(f"param {s.name!r} is now {tuple(p.shape)} {p.dtype}, was {s.shape} {s.dtype}: "
-                                 "npadam follows float32/bfloat16/float16 params of unchanged shape; build a new "
-                                 "optimizer (and load the old one's state dict into it)")
+            if tuple(p.shape) != s.shape:
+                raise ValueError(f"param {s.name!r} is now {tuple(p.shape)}, was {s.shape}: npadam follows "
+                                 "params of unchanged shape; build a new optimizer (and load the old one's "
+                                 "state dict into it)")
+        if self.flat_storage:
+            raise ValueError("param_groups or param dtypes changed under flat_storage=True (its params are "
+                             "views into npadam's buffers); build a new optimizer and load the old one's state")
         old.sync()
-        saved = [old.slot_state(i) for i in range(len(old.layout.slots))]
-        steps, count = old.steps.copy(), old.count
-        self._engine, self._params = None, []
+        saved = {id(p): (old.slot_state(i), int(old.steps[i]), old.layout.slots[i].dtype)
+                 for i, p in enumerate(self._params)}
+        keep = (self._params, self._ngroups, self._state_obj, self._state_dicts)
+        self._engine, self._params, self._ngroups = None, [], 0
         try:
             self._build()
         except Exception:
-            self._engine, self._params = old, [p for g in self.param_groups for p in g["params"]]
+            self._engine = old
+            self._params, self._ngroups, self._state_obj, self._state_dicts = keep
             raise
         eng = self._engine
-        updates = [(i, k, a) for i, st in enumerate(saved) for k, a in st.items() if k != "master"]
-        vmax = sorted({eng.layout.slots[i].buffer for i, st in enumerate(saved) if "max_exp_avg_sq" in st})
-        eng.write_state(updates, vmax)
-        eng.steps[...] = steps
-        eng.count = count
+        updates, vmax = [], set()
+        for i, p in enumerate(self._params):
+            if id(p) not in saved:
+                continue
+            st, n, dtype = saved[id(p)]
+            slot = eng.layout.slots[i]
+            for k, a in st.items():
+                if k == "master" and (dtype != slot.dtype or slot.dtype == "float32"):
+                    continue  # dtype changed: the master is the param's value now (load_master did it)
+                updates.append((i, k, a))
+                if k == "max_exp_avg_sq":
+                    vmax.add(slot.buffer)
+            eng.steps[i] = n
+        eng.write_state(updates, sorted(vmax))
+        eng.count = old.count
         self._state_views()
 
     def _flat_view(self, i: int) -> torch.Tensor:
