@@ -61,3 +61,19 @@ def test_schedule_set_round_trip():
     k = np.arange(51)
     assert [n for n, _ in again.items()] == ["lr", "beta1"]
     assert np.array_equal(again.lr(k), s.lr(k)) and np.array_equal(again.beta1(k), s.beta1(k))
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """setuptools lists the packages explicitly (reference/ installs as npadam.reference)."""
+    import pathlib
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "npadam").rglob("__init__.py")}
+    found.add("npadam.reference")
+    assert set(cfg["packages"]) == found
+    assert cfg["package-dir"] == {"npadam.reference": "reference"} and (root / "reference" / "__init__.py").exists()
