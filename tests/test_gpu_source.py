@@ -266,3 +266,84 @@ def test_norm_blocking_constants_agree():
     src = (KERNEL_DIR / "adam.cu").read_text()
     assert gpu.LANES == cpu.LANES == R.NORM_LANES == int(re.search(r"#define NPADAM_LANES (\d+)", src).group(1))
     assert R.NORM_BLOCK % R.NORM_LANES == 0 and 64 % R.NORM_LANES == 0  # tensors start at lane 0
+
+
+class _HostCupy:
+    """Just enough of CuPy for ``GpuKernels``' table building and launches, on host memory."""
+
+    float32, float64, uint16, uint32 = np.float32, np.float64, np.uint16, np.uint32
+
+    @staticmethod
+    def asarray(a):
+        return np.array(a, copy=True)
+
+    zeros, empty, concatenate = staticmethod(np.zeros), staticmethod(np.empty), staticmethod(np.concatenate)
+
+
+class _EmulatedLaunch:
+    """A kernel 'function' that runs the emulated adam.cu with the launch's own arguments, after
+    checking their count and types against the kernels' signatures."""
+
+    def __init__(self, lib, name):
+        self.lib, self.name = lib, name
+        self.opts = [int(x) if x.isdigit() else x == "true" for x in re.findall(r"<(.*)>", name)[0].split(", ")]
+
+    def __call__(self, grid, block, args):
+        ptr = lambda a: a.ctypes.data  # noqa: E731
+        if self.name.startswith("adam_multi"):
+            assert len(args) == 22, len(args)
+            *arrays, nchunks, chunk, w, m, v, x = args[:12]
+            assert all(isinstance(a, np.ndarray) for a in (*arrays, w, m, v, x))
+            assert [a.dtype for a in arrays] == [np.uint64, np.uint64, np.int64, np.int64, np.int64, np.int64]
+            assert isinstance(nchunks, np.int64) and isinstance(chunk, np.int64)
+            sc = np.asarray(args[12:], np.float32)
+            assert all(isinstance(s, np.float32) for s in args[12:])
+            rc = self.lib.emu_adam(*self.opts, grid[0], block[0], *map(ptr, arrays), int(nchunks), int(chunk),
+                                   ptr(w), ptr(m), ptr(v), ptr(x), ptr(sc))
+        else:
+            assert len(args) == 7, len(args)
+            gp, off, sz, n, nblocks, blk, out = args
+            rc = self.lib.emu_norm(self.opts[0], grid[0], block[0], ptr(gp), ptr(off), ptr(sz), int(n), int(nblocks),
+                                   int(blk), ptr(out))
+        assert rc == 0
+
+
+@pytest.mark.parametrize("pdt, gdt", [("float32", "float32"), ("bfloat16", "float32"), ("float16", "bfloat16")])
+def test_gpu_launch_code_runs_through_the_emulated_kernels(emulator, pdt, gdt):
+    """gpu.py's own table building, chunking, caching and launch argument packing (CI has no GPU),
+    on a batch that leaves a tensor out (its grad is None), against the reference kernel."""
+    from npadam import kernels as K
+    from npadam.layout import FlatLayout, storage_dtype
+
+    kern = object.__new__(gpu.GpuKernels)
+    kern.cp, kern._functions, kern._sms = _HostCupy, {}, {}
+    kern._function = lambda name: _EmulatedLaunch(emulator, name)
+    kern._sm_count = lambda: 2
+    rng = np.random.default_rng(7)
+    sizes = [70_001, 3, 4099, 64]
+    lay = FlatLayout([(str(i), (n,), pdt, 0) for i, n in enumerate(sizes)])
+    size = lay.buffers[0].size
+    results = []
+    for kernel in (kern, K.get("reference")):
+        r = np.random.default_rng(1)
+        params = [(r.standard_normal(n) * 2).astype(np.float32).astype(storage_dtype(pdt)) for n in sizes]
+        low = pdt != "float32"
+        master = np.zeros(size, np.float32) if low else None
+        if low:
+            for p, off in zip(params, lay.offsets(0)):
+                master[off: off + p.size] = p.astype(np.float32)
+        buf = K.BufferState(size=size, master=master, exp_avg=np.zeros(size, np.float32),
+                            exp_avg_sq=np.zeros(size, np.float32), max_exp_avg_sq=np.zeros(size, np.float32),
+                            pdtype=pdt)
+        norms = []
+        for step in (1, 2):
+            grads = [(r.standard_normal(n)).astype(np.float32).astype(storage_dtype(gdt)) for n in sizes]
+            active = [0, 2, 3] if step == 1 else [0, 1, 2, 3]
+            u16 = lambda a: a if a.dtype == np.float32 else a.view(np.uint16)  # noqa: E731
+            batch = K.Batch.of_arrays([u16(params[i]) for i in active], [u16(grads[i]) for i in active],
+                                      lay.offsets(0)[active], gdt)
+            norms.append(np.asarray(kernel.block_sumsq(buf, batch, 4096)).tobytes())
+            s = R.host_scalars(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step=step)
+            kernel.adam_step(buf, batch, s, K.Flags(decoupled=True, amsgrad=True, maximize=False))
+        results.append((norms, [p.tobytes() for p in params], buf.exp_avg.tobytes(), buf.max_exp_avg_sq.tobytes()))
+    assert results[0] == results[1]
