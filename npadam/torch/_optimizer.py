@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import operator
 import warnings
+from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -56,6 +57,37 @@ def _check(g: dict[str, Any], where: str) -> None:
     if isinstance(g["betas"], (tuple, list)):
         g["betas"] = tuple(_scalar(b, f"{where}betas") for b in g["betas"])
     H.check_group(g, where, schedules=False)
+
+
+class _State(defaultdict):
+    """``optimizer.state``: torch's ``defaultdict(dict)`` that notes when entries are set or removed,
+    so that a step can tell in O(1) whether the caller replaced or reset some (``_adopt_state``).
+    Changes inside an entry (``state[p]["exp_avg"].zero_()``) need no noting: the entries' tensors
+    are views of npadam's state; replacing a single key inside an entry is not followed."""
+
+    dirty = False
+
+    def _touch(name: str):  # noqa: N805 - a decorator factory used in the class body
+        base = getattr(defaultdict, name)
+
+        def method(self, *args, **kwargs):
+            self.dirty = True
+            return base(self, *args, **kwargs)
+
+        method.__name__ = name
+        return method
+
+    __setitem__ = _touch("__setitem__")
+    __delitem__ = _touch("__delitem__")
+    pop = _touch("pop")
+    popitem = _touch("popitem")
+    clear = _touch("clear")
+    update = _touch("update")
+    setdefault = _touch("setdefault")
+    del _touch
+
+    def __reduce__(self):
+        return (_State, (dict,), None, None, iter(self.items()))
 
 
 class _Base(torch.optim.Optimizer):
@@ -223,17 +255,16 @@ class _Base(torch.optim.Optimizer):
         steps = torch.from_numpy(eng.steps)
         lay = eng.layout
         self._vmax_buffers = sum(b.max_exp_avg_sq is not None for b in eng.bufs)
+        state = _State(dict)
         for i, p in enumerate(self._params):
             st = {"step": steps[i]}
             for key, view in eng.slot_views(i).items():
                 t = torch.from_numpy(view) if isinstance(view, np.ndarray) else torch.from_dlpack(view)
                 st[key] = t.view(lay.slots[i].shape)
-            self.state[p] = st
-        current = {id(p) for p in self._params}
-        for key in [k for k in self.state if id(k) not in current]:
-            del self.state[key]  # params no longer in any group
-        self._state_obj = self.state
-        self._state_dicts = [self.state[p] for p in self._params]
+            dict.__setitem__(state, p, st)  # params no longer in any group are left out
+        self.state = state
+        self._state_obj = state
+        self._state_dicts = [state[p] for p in self._params]
 
     # ------------------------------------------------------------------ step
     def _sync(self) -> None:
@@ -251,21 +282,16 @@ class _Base(torch.optim.Optimizer):
         versions = [params[i]._version for i in self._low]
         if ptrs != self._pptr_list or versions != self._versions:
             self._follow(ptrs, versions)
-        if self.state is not self._state_obj or len(self.state) != len(params) or \
-                not all(map(operator.is_, [self.state.get(p) for p in params], self._state_dicts)):
+        if self.state is not self._state_obj or self.state.dirty:
             self._adopt_state()
 
     def _adopt_state(self) -> None:
         """torch semantics for ``opt.state`` edited from outside: a param whose entry was removed
         or emptied starts afresh (zero moments, step 0); tensors put into a replaced entry are
         copied into npadam's flat state. Checked before anything is written."""
-        from collections import defaultdict
-
         eng = self._engine
         if not isinstance(self.state, dict):
             raise TypeError(f"optimizer.state must be a dict, got {type(self.state).__name__}")
-        if not isinstance(self.state, defaultdict):
-            self.state = defaultdict(dict, self.state)
         updates, steps = [], {}
         for i, p in enumerate(self._params):
             st = self.state.get(p)
