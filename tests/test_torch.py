@@ -737,3 +737,27 @@ def test_bf16_edits_through_data_are_not_reverted():
         o.step()
         results.append(p.detach().float().tolist())
     assert results[0] == results[1] == [0.5] * 4
+
+
+def test_lr_scheduler_follows_added_groups_and_its_state_loads_weights_only():
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = nt.AdamW([w], lr=1.0)
+    sched = nt.LRScheduler(opt, S.linear(1.0, 0.0, 4))
+    w.grad = torch.ones(2)
+    opt.step()
+    sched.step()
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))]})
+    opt.step()
+    sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.5]
+    buf = io.BytesIO()
+    torch.save(sched.state_dict(), buf)
+    buf.seek(0)
+    again = nt.LRScheduler(opt, S.linear(1.0, 0.0, 4))
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    assert again.last_epoch == 2
+    per_group = nt.LRScheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                               [S.constant(0.1)])
+    per_group.optimizer.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))]})
+    with pytest.raises(ValueError, match="one schedule per group"), pytest.warns(UserWarning, match="before"):
+        per_group.step()  # (torch also warns: no optimizer.step() yet)

@@ -45,20 +45,41 @@ class LRScheduler(torch.optim.lr_scheduler.LRScheduler):
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule | ScheduleSet | Sequence[Any],
                  last_epoch: int = -1) -> None:
         groups = optimizer.param_groups
+        self._single: ScheduleSet | None = None
         if isinstance(schedule, (list, tuple)):
             if len(schedule) != len(groups):
                 raise ValueError(f"got {len(schedule)} schedules for {len(groups)} param groups")
             self.schedules = [_as_set(s, f"schedule[{i}]") for i, s in enumerate(schedule)]
         else:
-            self.schedules = [_as_set(schedule, "schedule")] * len(groups)
+            self._single = _as_set(schedule, "schedule")
+            self.schedules = [self._single] * len(groups)
+        self._check_groups(groups)
+        super().__init__(optimizer, last_epoch)
+
+    def _check_groups(self, groups: Sequence[dict[str, Any]]) -> None:
         for i, (g, s) in enumerate(zip(groups, self.schedules)):
             if (s.beta1 is not None or s.beta2 is not None) and "betas" not in g and "momentum" not in g:
                 raise ValueError(f"param_groups[{i}] has neither betas nor momentum for the schedule's beta1/beta2")
             if s.weight_decay is not None and "weight_decay" not in g:
                 raise ValueError(f"param_groups[{i}] has no weight_decay for the schedule's weight decay")
-        super().__init__(optimizer, last_epoch)
+
+    def _follow_groups(self) -> None:
+        """Groups added to the optimizer later get the single schedule too (with a list of
+        per-group schedules, a new group is an error naming the mismatch)."""
+        groups = self.optimizer.param_groups
+        if len(groups) == len(self.schedules):
+            return
+        if self._single is None:
+            raise ValueError(f"the optimizer has {len(groups)} param groups now, this scheduler {len(self.schedules)} "
+                             "schedules; build the scheduler again with one schedule per group")
+        self.schedules = [self._single] * len(groups)
+        self._check_groups(groups)
+        for g in groups:
+            g.setdefault("initial_lr", g["lr"])
+        self.base_lrs = [g["initial_lr"] for g in groups]
 
     def get_lr(self) -> list[float]:
+        self._follow_groups()
         k = max(self.last_epoch, 0)
         return [float(s.lr(k)) for s in self.schedules]
 
@@ -76,8 +97,11 @@ class LRScheduler(torch.optim.lr_scheduler.LRScheduler):
                 elif s.beta1 is not None:
                     g["momentum"] = float(s.beta1(k))
 
+    _NOT_STATE = ("optimizer", "schedules", "_single")
+
     def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedules")}
+        """Plain values only (``torch.load(weights_only=True)`` reads it); the schedules are not in it."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_STATE}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.__dict__.update({k: v for k, v in state_dict.items() if k not in ("optimizer", "schedules")})
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in self._NOT_STATE})
