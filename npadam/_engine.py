@@ -260,15 +260,7 @@ class Engine:
     # ------------------------------------------------------------------ state
     def slot_state(self, slot: int) -> dict[str, np.ndarray]:
         """Host copies of one slot's state arrays (flat): exp_avg, exp_avg_sq[, max_exp_avg_sq][, master]."""
-        s = self.layout.slots[slot]
-        buf = self.bufs[s.buffer]
-        sl = slice(s.offset, s.offset + s.numel)
-        out = {"exp_avg": _host(buf.exp_avg[sl]), "exp_avg_sq": _host(buf.exp_avg_sq[sl])}
-        if buf.max_exp_avg_sq is not None:
-            out["max_exp_avg_sq"] = _host(buf.max_exp_avg_sq[sl])
-        if buf.master is not None:
-            out["master"] = _host(buf.master[sl])
-        return out
+        return {key: _host(view) for key, view in self.slot_views(slot).items()}
 
     def slot_views(self, slot: int) -> dict[str, Any]:
         """Views (not copies) of one slot's state arrays, flat (for ``state[p]`` in npadam.torch)."""

@@ -83,7 +83,7 @@ def _float32(value: Any, what: str) -> np.ndarray:
         value = value.get()
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{what} must be an array or tensor, got {type(value).__name__}")
-    if value.dtype.kind not in "f" and value.dtype.name != "bfloat16":
+    if value.dtype.kind != "f" and value.dtype.name != "bfloat16":
         raise TypeError(f"{what} must hold floating-point values, got dtype {value.dtype}")
     with np.errstate(over="ignore"):
         out = value.astype(np.float32)

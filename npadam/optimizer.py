@@ -171,7 +171,8 @@ class _AdamBase:
         self._readonly += readonly
         self._versions += [P.version(o) for o in items]
         self._pptrs = np.asarray([P.address(a) for a in self._arrays], dtype=np.int64)
-        self._spans = (starts, ends)
+        # the ranges the kernels write: read-only producers' owned copies, not the producers' memory
+        self._spans = (self._pptrs.copy(), self._pptrs + np.asarray([a.nbytes for a in self._arrays], np.int64))
         self._last_grads += [None] * len(items)
         self._alias_checked = None
 
@@ -306,9 +307,9 @@ class _AdamBase:
             self._versions[i] = v
             self._alias_checked = None
 
-    def _collect_grads(self, grads: Any) -> tuple[np.ndarray, np.ndarray, list[str], list[Any]]:
-        """Check this step's grads: ``(active mask, grad pointers, grad dtype per buffer, arrays to keep
-        alive)``; what is reused next step is set aside in ``self._pending``."""
+    def _collect_grads(self, grads: Any) -> tuple[np.ndarray, np.ndarray, list[str], list[Any], list[str]]:
+        """Check this step's grads: ``(active mask, grad pointers, grad dtype per buffer, grads as given
+        (kept alive, and reused by identity next step), grad dtype per param)``."""
         names = self._engine.layout.names
         if grads is None:
             if not all(hasattr(o, "grad") for o in self._objects):
@@ -335,14 +336,12 @@ class _AdamBase:
         active = np.zeros(n, dtype=bool)
         gptrs = self._gptrs.copy()
         gdt = list(self._gdtypes)
-        keep = []
         for i, (g, slot) in enumerate(zip(grads, eng.layout.slots)):
             if g is None:
                 continue
             active[i] = True
             if g is self._last_grads[i] and not hasattr(g, "data_ptr"):
-                keep.append(g)  # the same array as last step (flat storage): checked then
-                continue
+                continue  # the same array as last step (flat storage): checked then
             a, d = import_array(g, what=f"grad of {slot.name!r}")
             if isinstance(a, np.ndarray) != (eng.device == "cpu"):
                 raise ValueError(f"grad of {slot.name!r} is in {'host' if isinstance(a, np.ndarray) else 'GPU'} "
@@ -356,7 +355,6 @@ class _AdamBase:
                 raise ValueError(f"grad of {slot.name!r} is not contiguous (strides {a.strides})")
             gptrs[i] = P.address(a)
             gdt[i] = d
-            keep.append(a)
         gdtypes = []
         for b in eng.layout.buffers:
             kinds = {gdt[t] for t in b.tensors if active[t]}
@@ -365,8 +363,7 @@ class _AdamBase:
                                 "use one gradient dtype per group and param dtype")
             gdtypes.append(kinds.pop() if kinds else "float32")
         self._check_grad_aliasing(grads, active, gptrs, gdt)
-        self._pending = (grads, gptrs, gdt)
-        return active, gptrs, gdtypes, keep
+        return active, gptrs, gdtypes, grads, gdt
 
     def _check_grad_aliasing(self, grads: list[Any], active: np.ndarray, gptrs: np.ndarray, gdt: list[str]) -> None:
         key = active.tobytes() + gptrs.tobytes()
@@ -392,12 +389,10 @@ class _AdamBase:
         self._rebind()
         k = eng.count
         hyper = self._group_values(k)
-        active, gptrs, gdtypes, keep = self._collect_grads(grads)
+        active, gptrs, gdtypes, raw, gdt = self._collect_grads(grads)
         res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
                        skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
-        del keep
-        raw, self._gptrs, self._gdtypes = self._pending
-        self._last_grads = list(raw)
+        self._gptrs, self._gdtypes, self._last_grads = gptrs, gdt, list(raw)
         if not res.skipped:
             for gi, g in enumerate(self.param_groups):
                 self._write_values(gi, g, eng.count)

@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 import npadam
 from npadam import functional as F
+from npadam import kernels as K
 from npadam.kernels import cpu
 from npadam.reference import adamw as R
 
@@ -129,7 +130,7 @@ def test_block_sumsq_with_offsets_and_padding(block):
     rng = np.random.default_rng(block)
     lay, flats, views = npadam.flat_parameters([rng.standard_normal(s).astype(np.float32)
                                                 for s in (5, 1, 3000, 64, 130_001)])
-    got = cpu.block_sumsq(cpu.pointers(views), lay.offsets(0), lay.sizes(0),
+    got = cpu.block_sumsq(K.pointers(views), lay.offsets(0), lay.sizes(0),
                           -(-lay.buffers[0].size // block), block, cpu.F32)
     assert got.tobytes() == R.block_sumsq(flats[0], block).tobytes()
     assert F.grad_norm(flats[0]) == F.grad_norm(flats[0], kernel="reference")
@@ -197,7 +198,7 @@ def test_indexing_past_2_31_elements(tmp_path):
     t, lo, hi = npadam.layout.work_items(np.array([1000]), cpu.CHUNK)
     offsets = np.array([off], dtype=np.int64)
     kernel = cpu.adam_pass(cpu.F32, cpu.F32, amsgrad=False, decoupled=True)
-    kernel(cpu.pointers([p]), cpu.pointers([g]), offsets, t, lo, hi, np.zeros(0, np.float32), m, v,
+    kernel(K.pointers([p]), K.pointers([g]), offsets, t, lo, hi, np.zeros(0, np.float32), m, v,
                   np.zeros(0, np.float32), False, s.scale, s.beta1, s.one_minus_beta1, s.beta2,
                   s.one_minus_beta2, s.weight_decay, s.decay, s.step_size, s.bc2_sqrt, s.eps)
     R.apply_step(rp, g, rm, rv, None, s)
@@ -205,7 +206,7 @@ def test_indexing_past_2_31_elements(tmp_path):
     assert np.asarray(m[off: off + 1000]).tobytes() == rm.tobytes()
     assert not np.any(m[off - 64: off]) and not np.any(m[:4096])
     nblocks = -(-(off + 1000) // R.NORM_BLOCK)
-    sums = cpu.block_sumsq(cpu.pointers([g]), offsets, np.array([1000]), nblocks, R.NORM_BLOCK, 0)
+    sums = cpu.block_sumsq(K.pointers([g]), offsets, np.array([1000]), nblocks, R.NORM_BLOCK, 0)
     assert sums.shape == (nblocks,) and np.count_nonzero(sums) == 1
     bs = off // R.NORM_BLOCK * R.NORM_BLOCK
     x = np.zeros(R.NORM_BLOCK, np.float32)
@@ -225,7 +226,7 @@ def test_serial_and_parallel_builds_cache_apart():
     else whichever compiles first is loaded for the other (a serial pass for a huge buffer)."""
     for parallel in (False, True):
         for fn in (cpu.adam_pass(cpu.F32, cpu.BF16, amsgrad=True, decoupled=False, parallel=parallel),
-                   (cpu.block_sumsq(cpu.pointers([]), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 64, cpu.F32,
+                   (cpu.block_sumsq(K.pointers([]), np.zeros(0, np.int64), np.zeros(0, np.int64), 0, 64, cpu.F32,
                                     parallel), cpu._BLOCK_SUMSQ[(cpu.F32, parallel)])[1]):
             free = fn.py_func.__code__.co_freevars
             cells = dict(zip(free, (c.cell_contents for c in fn.py_func.__closure__)))

@@ -71,11 +71,12 @@ class Batch:
                   gdtype: str = "float32") -> "Batch":
         """A batch of 1-D contiguous NumPy arrays (tests, ``npadam.functional``)."""
         sizes = np.asarray([a.size for a in params], dtype=np.int64)
-        return cls(_pointers(params), _pointers(grads), np.asarray(offsets, np.int64), sizes, gdtype,
+        return cls(pointers(params), pointers(grads), np.asarray(offsets, np.int64), sizes, gdtype,
                    np.asarray(offsets, np.int64).tobytes())
 
 
-def _pointers(arrays: Sequence[np.ndarray]) -> np.ndarray:
+def pointers(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """The int64 pointer table of NumPy arrays; the caller keeps them alive while a kernel uses it."""
     return np.asarray([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)
 
 

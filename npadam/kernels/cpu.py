@@ -313,10 +313,3 @@ def decode_copy(src, dst, kind):
     """``dst[:] = src`` widened from storage ``kind`` to float32 (exact)."""
     for i in prange(src.shape[0]):
         dst[i] = load(src, i, kind)
-
-
-def pointers(arrays) -> np.ndarray:
-    """The int64 pointer table of NumPy arrays (for tests and callers holding NumPy views).
-
-    The caller keeps the arrays alive while a kernel uses the table."""
-    return np.asarray([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)

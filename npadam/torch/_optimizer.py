@@ -125,19 +125,13 @@ class _Base(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ structure
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's ``add_param_group``; hyperparameters checked; the new params' state starts at zero."""
+        """torch's ``add_param_group``; the new params' state starts at zero. ``_build`` checks the group
+        (at construction it runs once, after torch has added every group); a refused group is removed."""
         super().add_param_group(param_group)
-        g = self.param_groups[-1]
+        if self._engine is None:
+            return
         try:
-            _check(g, f"param_groups[{len(self.param_groups) - 1}].")
-            for p in g["params"]:
-                if p.dtype not in _DTYPES:
-                    raise TypeError(f"param of shape {tuple(p.shape)} has dtype {p.dtype}; npadam updates "
-                                    "float32, bfloat16 or float16 params")
-                if p.is_sparse or not p.is_contiguous():
-                    raise ValueError(f"param of shape {tuple(p.shape)} is not a contiguous dense tensor")
-            if self._engine is not None:
-                self._build()
+            self._build()
         except Exception:
             self.param_groups.pop()
             raise
@@ -154,7 +148,7 @@ class _Base(torch.optim.Optimizer):
 
         Every check runs before anything changes: a refused group leaves the optimizer as it was."""
         first = len(self._params)
-        for gi, g in enumerate(self.param_groups[self._ngroups if self._engine is not None else 0:]):
+        for g in self.param_groups[self._ngroups if self._engine is not None else 0:]:
             for key, value in self.defaults.items():
                 g.setdefault(key, value)  # a group appended without some keys: torch's defaults rule
         params = [p for g in self.param_groups for p in g["params"]]
@@ -269,14 +263,14 @@ class _Base(torch.optim.Optimizer):
     # ------------------------------------------------------------------ step
     def _sync(self) -> None:
         """Catch up with what the caller changed since the last step: groups appended to
-        ``param_groups`` (adopted like ``add_param_group``), params replaced inside a group
-        (refused), storage re-bound or low-precision params edited in place (followed), entries
-        of ``state`` replaced or removed (taken over)."""
+        ``param_groups`` (adopted like ``add_param_group``), params added, removed or replaced
+        inside a group (state laid out again), storage re-bound or low-precision params edited
+        in place (followed), entries of ``state`` replaced or removed (taken over)."""
         params = self._params
         groups = self.param_groups
         if len(groups) != self._ngroups or sum(len(g["params"]) for g in groups) != len(params) or \
                 not all(map(operator.is_, itertools.chain.from_iterable(g["params"] for g in groups), params)):
-            self._build()  # raises for params removed or replaced
+            self._build()  # new groups; a relayout for params changed inside groups
             params = self._params
         ptrs = [p.data_ptr() for p in params]
         versions = [params[i]._version for i in self._low]
