@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from npadam import schedules
-from npadam.cli import main
+from npadam.cli import EXIT_INTERNAL, EXIT_USAGE, main
 from npadam.cli._floatfmt import format_floats
 from npadam.cli._named import named_schedules
 
+ROOT = Path(__file__).resolve().parents[1]
 WC = ["warmup-cosine", "--peak", "3e-4", "--warmup-steps", "20", "--total-steps", "200", "--final", "3e-5"]
 WC_SCHED = schedules.warmup_cosine(peak=3e-4, warmup_steps=20, total_steps=200, final=3e-5)
 
@@ -515,7 +517,8 @@ ERRORS = [
     (["schedule", "constant", "--value", "1", "--steps", "5", "--format", "xml"], "xml"),
     (["schedule", "constant", "--value", "1", "--steps", "5", "-o", "@nodir/x.csv"], "cannot write"),
     (["schedule", "constant", "--value", "1", "--steps", "5", "--plot", "lr.xyz"], "lr.xyz"),
-    (["schedule", "constant", "--value", "1", "--steps", "5", "--plot", "terminal", "--width", "10"], "20x6"),
+    (["schedule", "constant", "--value", "1", "--steps", "5", "--plot", "terminal", "--width", "10"],
+     "--width: expected at least 20 columns, got '10'"),
     (["schedule", "constant", "--value", "1", "--steps", "5", "--compare", "@missing.json"], "missing.json"),
     (["schedule", "constant", "--value", "1", "--steps", "5", "--compare", "@hf.json"], "not a saved schedule"),
     (["schedule", "--schedule-json", "@bad_type.json"], "unknown schedule type"),
@@ -546,6 +549,424 @@ def test_errors_exit_2_with_one_line(capsys, cfgs, argv, needle):
     assert len(lines) == 1, err
     assert lines[0].startswith("npadam: error: ")
     assert needle in lines[0]
+
+
+# ---------------------------------------------------------------- hostile input (review issue 8, item 7)
+#
+# Every case below was a traceback, an "internal error", a hang or a silent surprise before;
+# each must now be one line naming the flag (and the value or the file), exit status 2.
+
+CONST = ["schedule", "constant", "--value", "1", "--steps", "5"]
+
+
+def user_error(rc: int, err: str) -> str:
+    """The single ``npadam: error:`` line of a bad-input failure (exit status 2, not 70)."""
+    assert rc == EXIT_USAGE, (rc, err)
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("npadam: error: ")
+    return lines[0]
+
+
+def test_exit_statuses_tell_bad_input_from_a_bug(capsys, monkeypatch):
+    import npadam.cli.schedule as cmd
+
+    def boom(_argv):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(cmd, "main", boom)
+    rc, _, err = run(capsys, "schedule")
+    assert EXIT_INTERNAL != EXIT_USAGE
+    assert rc == EXIT_INTERNAL and "internal error: RuntimeError: a bug" in err
+
+    for exc, needle in ((MemoryError(), "out of memory"), (RecursionError(), "nested too deeply")):
+        def fail(_argv, exc=exc):
+            raise exc
+        monkeypatch.setattr(cmd, "main", fail)
+        rc, _, err = run(capsys, "schedule")
+        assert needle in user_error(rc, err)
+
+
+LIMITS = [  # argv, fragments of the one error line
+    (CONST[:-1] + ["1e12"], ["--steps: 1,000,000,000,000 steps (1e12) would need 8 TB", "at most 100,000,000"]),
+    (CONST[:-1] + [str(10 ** 30)], ["--steps:", "at most 100,000,000"]),
+    (CONST + ["--plot", "terminal", "--width", str(10 ** 9)], ["--width: expected at most 1,000 columns"]),
+    (CONST + ["--plot", "terminal", "--height", "1e100"], ["--height: expected at most 1,000 lines"]),
+    (CONST + ["--plot", "terminal", "--width", "1e400"], ["--width: expected an integer, got '1e400'"]),
+    (CONST + ["--plot", "terminal", "--height", "-5"], ["--height: expected at least 6 lines"]),
+    (["schedule", "linear", "--init", "0", "--final", "1", "--total-steps", "1e12"],
+     ["linear --total-steps 1000000000000: dumping its length + 10%", "give --steps N"]),
+    (["schedule", "linear", "--init", "0", "--final", "1", "--total-steps", "1e300", "--steps", "5"],
+     ["--total-steps: expected an integer of magnitude at most 2**53"]),
+    (["schedule", "cosine", "--init", "1", "--total-steps", str(10 ** 30), "--steps", "5"], ["--total-steps:"]),
+    (["schedule", "--framework", "hf", "--config", "@long.json"],
+     ["--config", "long.json: dumping its length + 10%: 1,100,000,000,000 steps", "give --steps N"]),
+]
+
+
+@pytest.mark.parametrize("argv, fragments", LIMITS, ids=[f"{i}-{a[-2]}" for i, (a, _) in enumerate(LIMITS)])
+def test_limits_are_input_errors_checked_before_allocating(capsys, cfgs, monkeypatch, argv, fragments):
+    (cfgs / "long.json").write_text(json.dumps(dict(HF, num_training_steps=10 ** 12)))
+    monkeypatch.setattr(np, "arange", None)       # nothing may be evaluated before the check
+    rc, out, err = run(capsys, *[str(cfgs / a[1:]) if a.startswith("@") else a for a in argv])
+    line = user_error(rc, err)
+    assert out == ""
+    for fragment in fragments:
+        assert fragment in line
+
+
+def _nested(depth: int, ext: str) -> str:
+    if ext == "toml":
+        return ("extra = " + "[" * depth + "]" * depth + "\n[scheduler]\ntype = \"WarmupLR\"\n"
+                "[scheduler.params]\nwarmup_num_steps = 10\n[optimizer.params]\nlr = 1e-3\n")
+    extra = "[" * depth + "]" * depth
+    if ext == "yaml":
+        return ("scheduler: {type: WarmupLR, params: {warmup_num_steps: 10}}\n"
+                f"optimizer: {{params: {{lr: 1e-3}}}}\nextra: {extra}\n")
+    return ('{"scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}}, '
+            f'"optimizer": {{"params": {{"lr": 1e-3}}}}, "extra": {extra}}}')
+
+
+@pytest.mark.parametrize("ext", ["json", "yaml", "toml"])
+@pytest.mark.parametrize("depth", [99, 150, 5000])
+def test_deep_nesting_is_an_input_error(capsys, tmp_path, ext, depth):
+    """A config nested thousands deep was a RecursionError ("internal error"); 100 levels are allowed."""
+    path = tmp_path / f"deep.{ext}"
+    path.write_text(_nested(depth, ext))
+    t0 = time.perf_counter()
+    rc, out, err = run(capsys, "schedule", "--framework", "deepspeed", "--config", path, "--steps", 5)
+    if depth < 100:
+        assert rc == 0, err
+        return
+    line = user_error(rc, err)
+    assert f"--config {path}: nested more than 100 levels deep" in line
+    assert time.perf_counter() - t0 < 10
+
+
+def test_deeply_joined_schedule_json_is_an_input_error(capsys, tmp_path):
+    s = {"type": "constant", "value": 1.0}
+    for _ in range(300):
+        s = {"type": "join", "schedules": [s, {"type": "constant", "value": 2.0}], "boundaries": [1]}
+    path = tmp_path / "joined.json"
+    path.write_text(json.dumps(s))
+    rc, _, err = run(capsys, "schedule", "--schedule-json", path, "--steps", 5)
+    assert f"--schedule-json {path}: nested more than 100 levels deep" in user_error(rc, err)
+
+
+def _alias_bomb() -> str:
+    """~1 KB of YAML whose aliases expand to 9**9 (387 million) strings."""
+    lines = ['  a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):
+        prev, name = chr(96 + i), chr(97 + i)
+        lines.append(f"  {name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return ("optimizer: {type: AdamW, params: {lr: 1e-3}}\n"
+            "scheduler: {type: WarmupLR, params: {warmup_num_steps: 10}}\n"
+            "zero_optimization:\n" + "\n".join(lines) + "\n")
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    """Before: the dump of the config expanded the aliases without bound (minutes, gigabytes)."""
+    bomb = _alias_bomb()
+    assert len(bomb) < 1100
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb)
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "npadam", "schedule", "--framework", "deepspeed", "--config",
+                          str(path), "--steps", "5", "--format", "json", "-o", str(tmp_path / "out.json")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert time.perf_counter() - t0 < 60
+    line = user_error(res.returncode, res.stderr)
+    assert f"--config {path}: its aliases (*name) expand to" in line and "at most 100,000" in line
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_yaml_aliases_within_the_bound_work_and_recursive_ones_are_refused(capsys, tmp_path):
+    from npadam.cli._config import load_mapping
+
+    ok = tmp_path / "anchors.yaml"
+    ok.write_text("base: &base {lr: 3e-4, min-lr: 3e-5}\n<<: *base\nlr: 1e-3\ntags: [*base, *base]\n")
+    assert load_mapping(str(ok)) == {"base": {"lr": 3e-4, "min-lr": 3e-5}, "lr": 1e-3, "min-lr": 3e-5,
+                                     "tags": [{"lr": 3e-4, "min-lr": 3e-5}] * 2}   # a merge key may override
+    rec = tmp_path / "rec.yaml"
+    rec.write_text("lr: 1e-3\ntrain_iters: 10\nx: &x [1, *x]\n")
+    rc, _, err = run(capsys, "schedule", "--framework", "megatron", "--config", rec, "--steps", 5)
+    assert f"--config {rec}: an alias refers to a node that contains it" in user_error(rc, err)
+
+
+def test_unbounded_input_file_is_refused(tmp_path):
+    """``--config /dev/zero`` read forever before; now at most 256 MiB are read."""
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    res = subprocess.run([sys.executable, "-m", "npadam", "schedule", "--framework", "hf", "--config", "/dev/zero",
+                          "--steps", "5"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "--config /dev/zero: larger than 256 MiB" in user_error(res.returncode, res.stderr)
+
+
+BINARY = b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe\x00"
+HOSTILE_FILES = [  # file name, bytes (None: a directory), fragment of the error after "--config PATH"
+    ("empty.json", b"", " is empty"),
+    ("empty.yaml", b"", " is empty"),
+    ("empty.toml", b"", " is empty"),
+    ("empty.args", b"", " is empty"),
+    ("blank.json", b"  \n\t\n", " is empty"),
+    ("comment.yaml", b"# nothing\n", " is empty"),
+    ("null.json", b"null", " is empty"),
+    ("binary.json", BINARY, ": cannot read: not a UTF-8 text file"),
+    ("binary", BINARY, ": cannot read: not a UTF-8 text file"),
+    ("latin1.yaml", "lr: 1e-3\nname: \u00e9t\u00e9\n".encode("latin-1"), ": cannot read: not a UTF-8 text file"),
+    ("a_dir.json", None, ": cannot read: it is a directory"),
+    ("list.yaml", b"- 1\n- 2\n", ": expected a mapping"),
+    ("dup.json", b'{"learning_rate": 1e-3, "learning_rate": 2e-3}', ": duplicate key 'learning_rate'"),
+    ("dup.yaml", b"learning_rate: 1e-3\nlearning_rate: 2e-3\n", ": duplicate key 'learning_rate' at line 2"),
+    ("huge.json", b'{"lr_scheduler_type": "linear", "learning_rate": 1' + b"0" * 30 + b"}",
+     ": learning_rate = 1" + "0" * 30 + ": out of range"),
+    ("huger.yaml", b"lr_kwargs: {a: [1" + b"0" * 500 + b"]}\n", ": lr_kwargs.a[0] = an integer of about 501 digits"),
+    ("digits.yaml", b"learning_rate: 1" + b"0" * 5000 + b"\n", ": cannot parse as YAML: Exceeds the limit"),
+    ("digits.toml", b"learning_rate = 1" + b"0" * 5000 + b"\n", ": cannot parse as TOML:"),
+    ("deep_args.txt", b"--lr 1 'unclosed", ": cannot parse as command-line arguments"),
+]
+
+
+@pytest.mark.parametrize("name, data, fragment", HOSTILE_FILES, ids=[c[0] for c in HOSTILE_FILES])
+def test_hostile_config_files(capsys, tmp_path, name, data, fragment):
+    path = tmp_path / name
+    if data is None:
+        path.mkdir()
+    else:
+        path.write_bytes(data)
+    rc, out, err = run(capsys, "schedule", "--framework", "hf", "--config", path, "--steps", 5)
+    line = user_error(rc, err)
+    assert out == ""
+    assert f"--config {path}{fragment}" in line
+
+
+def test_config_with_a_byte_order_mark_is_read(capsys, tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(HF).encode())
+    rc, out, err = run(capsys, "schedule", "--framework", "hf", "--config", path, "--steps", 5)
+    assert rc == 0, err
+    assert same(read_csv(out)[1]["lr"], schedules.from_config("hf", HF).lr(np.arange(5)))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["schedule", "--framework", "hf", "--config", "a\0b"], "--config 'a\\x00b': not a valid file name"),
+    (["schedule", "--framework", "hf", "--config", ""], "--config '': expected a file name"),
+    (["schedule", "--schedule-json", "a\0b"], "--schedule-json 'a\\x00b': not a valid file name"),
+    (CONST + ["--compare", ""], "--compare '': expected a file name"),
+    (CONST + ["--compare", "hf:"], "--compare hf:: expected a file name"),
+    (CONST + ["--compare", "x\0y"], "--compare 'x\\x00y': not a valid file name"),
+    (CONST + ["-o", "a\0b"], "--output 'a\\x00b': not a valid file name"),
+    (CONST + ["-o", ""], "--output: expected a file name"),
+    (CONST + ["--plot", "a\0b.png"], "--plot 'a\\x00b.png': not a valid file name"),
+], ids=range(9))
+def test_bad_file_names(capsys, argv, fragment):
+    rc, _, err = run(capsys, *argv)
+    assert fragment in user_error(rc, err)
+
+
+@pytest.mark.parametrize("column, fragment", [
+    (["a"], "'lr' must be a list of numbers"), ([[1, 2]], "'lr' must be a list of numbers"),
+    ([True], "'lr' must be a list of numbers"), ({"x": 1}, "a schedule dict needs a 'type' key"),
+])
+def test_compare_with_a_bad_dump(capsys, tmp_path, column, fragment):
+    path = tmp_path / "dump.json"
+    path.write_text(json.dumps({"step": [0], "lr": column}))
+    rc, _, err = run(capsys, *CONST, "--compare", path, "--plot", "terminal")
+    assert f"--compare {path}: {fragment}" in user_error(rc, err)
+
+
+def test_compare_with_nulls_in_a_dump(capsys, tmp_path):
+    path = tmp_path / "dump.json"
+    path.write_text(json.dumps({"step": [0, 1, 2], "lr": [1.0, None, 0.5]}))
+    rc, out, err = run(capsys, *CONST, "--compare", path, "--plot", "terminal")
+    assert rc == 0, err
+    assert "* constant" in out and "+ dump.json" in out
+
+
+def test_library_overflow_names_the_file(capsys, tmp_path):
+    """A float too large for an int (1e30 samples per batch) was an OverflowError ("internal error")."""
+    path = tmp_path / "megatron.json"
+    path.write_text(json.dumps(dict(MEGATRON, global_batch_size=1e30)))
+    rc, _, err = run(capsys, "schedule", "--framework", "megatron", "--config", path, "--steps", 5)
+    assert f"--config {path}: a number is out of range" in user_error(rc, err)
+
+
+def test_named_schedule_errors_lead_with_the_flags(capsys):
+    rc, _, err = run(capsys, "schedule", "warmup-cosine", "--peak", "1", "--warmup-steps", "20", "--total-steps", "9")
+    assert user_error(rc, err).startswith("npadam: error: --warmup-steps 20 --total-steps 9: warmup-cosine: ")
+    rc, _, err = run(capsys, "schedule", "constant", "--value", "nan", "--steps", "5")
+    assert user_error(rc, err) == "npadam: error: --value nan: constant: value must be finite, got nan"
+    rc, _, err = run(capsys, "schedule", "weight-decay", "--start", "0", "--end", "1", "--total-steps", "0")
+    assert user_error(rc, err).startswith("npadam: error: --total-steps 0: weight-decay: steps must be >= 1")
+
+
+# -------- every option of every command, with hostile values
+
+HOSTILE_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e400", "1e12", "9" * 30, "abc", "", "1.5", "0x10", "\0"]
+SCHEDULE_FLAGS = {  # flag -> argv with {} where the value goes
+    "--framework": ["schedule", "--framework", "{}", "--config", "@hf.json"],
+    "--config": ["schedule", "--framework", "hf", "--config", "{}"],
+    "--schedule-json": ["schedule", "--schedule-json", "{}", "--steps", "5"],
+    "--steps": ["schedule", "constant", "--value", "1", "--steps", "{}"],
+    "--format": CONST + ["--format", "{}"],
+    "--output": CONST + ["--output", "{}"],
+    "--plot": CONST + ["--plot", "{}"],
+    "--compare": CONST + ["--compare", "{}"],
+    "--width": CONST + ["--plot", "terminal", "--width", "{}"],
+    "--height": CONST + ["--plot", "terminal", "--height", "{}"],
+}
+DEMO_BASE = ["demo", "--steps", "2", "--hidden", "4", "--batch", "8", "--no-check", "--no-plot"]
+DEMO_FLAGS = ["--steps", "--hidden", "--batch", "--dtype", "--kernel", "--lr", "--weight-decay", "--seed"]
+
+
+def _with(argv: list[str], flag: str, value: str) -> list[str]:
+    argv = list(argv)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+    return argv
+
+
+def _flag_cases() -> list[tuple[str, list[str]]]:
+    cases = [(flag, [v if a == "{}" else a for a in argv]) for flag, argv in SCHEDULE_FLAGS.items()
+             for v in HOSTILE_VALUES]
+    for name, named in named_schedules().items():
+        base = ["schedule", name, *NAMED_ARGS[name]]
+        for p in named.params:
+            if p.type != "bool":
+                cases += [(f"--{p.flag}", _with(base, f"--{p.flag}", v)) for v in HOSTILE_VALUES]
+    cases += [(flag, _with(DEMO_BASE, flag, v)) for flag in DEMO_FLAGS for v in HOSTILE_VALUES]
+    return cases
+
+
+FLAG_CASES = _flag_cases()
+
+
+def test_hostile_flag_cases_cover_every_valued_option():
+    from npadam.cli import demo
+    from npadam.cli._args import build_parser
+
+    def valued(parser) -> set[str]:
+        return {a.option_strings[-1] for a in parser._actions if a.option_strings and a.nargs is None}
+    flags = {flag for flag, _ in FLAG_CASES}
+    assert valued(build_parser(None)) == set(SCHEDULE_FLAGS)
+    assert valued(demo.build_parser()) == set(DEMO_FLAGS)
+    for named in named_schedules().values():
+        assert valued(build_parser(named)) - valued(build_parser(None)) <= flags
+
+
+FLAG_IDS = [f"{i}:{' '.join(a[:2])} {f} {a[a.index(f) + 1]!r}" for i, (f, a) in enumerate(FLAG_CASES)]
+
+
+@pytest.mark.parametrize("flag, argv", FLAG_CASES, ids=FLAG_IDS)
+def test_every_bad_value_of_every_flag_names_the_flag(capsys, cfgs, monkeypatch, flag, argv):
+    monkeypatch.chdir(cfgs)                   # --output VALUE may write a file: here
+    rc, _, err = run(capsys, *[str(cfgs / a[1:]) if a.startswith("@") else a for a in argv])
+    if rc == 0:                               # a value that happens to be valid for this flag
+        return
+    line = user_error(rc, err)
+    assert flag in line, line
+
+
+# -------- output files
+
+def test_output_is_not_replaced_without_force(capsys, tmp_path):
+    path = tmp_path / "lr.csv"
+    path.write_text("precious\n")
+    rc, out, err = run(capsys, *CONST, "-o", path)
+    assert user_error(rc, err) == (f"npadam: error: --output {path}: the file exists; "
+                                   f"give --force (-f) to replace it")
+    assert path.read_text() == "precious\n"
+    for force in ("--force", "-f"):
+        path.write_text("precious\n")
+        rc, _, err = run(capsys, *CONST, "-o", path, force)
+        assert rc == 0, err
+        assert read_csv(path.read_text())[0] == ["step", "lr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.csv"]     # no temporary file left
+
+
+def test_plot_file_is_not_replaced_without_force(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "lr.png"
+    png.write_bytes(b"precious")
+    rc, _, err = run(capsys, *CONST, "--plot", png)
+    assert f"--plot {png}: the file exists; give --force" in user_error(rc, err)
+    assert png.read_bytes() == b"precious"
+    rc, _, err = run(capsys, *CONST, "--plot", png, "--force")
+    assert rc == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.png"]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["-o", "@sub"], "--output @sub: cannot write: it is a directory"),
+    (["-o", "@nodir/x.csv"], "--output @nodir/x.csv: cannot write: the directory"),
+    (["--plot", "@nodir/x.png"], "--plot @nodir/x.png: cannot write: the directory"),
+    (["-o", "@same.png", "--format", "csv", "--plot", "@same.png"], "--output and --plot name the same file"),
+], ids=["dir", "no-dir", "plot-no-dir", "same"])
+def test_bad_output_paths(capsys, tmp_path, argv, fragment):
+    (tmp_path / "sub").mkdir()
+    argv = [str(tmp_path / a[1:]) if a.startswith("@") else a for a in argv]
+    rc, _, err = run(capsys, *CONST, *argv)
+    assert fragment.replace("@", str(tmp_path) + "/") in user_error(rc, err)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_interrupted_write_leaves_no_half_file(capsys, tmp_path, monkeypatch, existing):
+    from npadam.cli import _writers
+
+    path = tmp_path / "lr.csv"
+    if existing:
+        path.write_text("old\n")
+
+    def interrupted(steps, columns, chunk=_writers.CHUNK):
+        yield b"step,lr\n0,1.0\n"
+        raise KeyboardInterrupt
+    monkeypatch.setattr(_writers, "csv_chunks", interrupted)
+    rc, _, _ = run(capsys, *CONST, "-o", path, "--force")
+    assert rc == 130
+    assert (path.read_text() == "old\n") if existing else not path.exists()
+    assert [p.name for p in tmp_path.iterdir()] == (["lr.csv"] if existing else [])
+
+
+def test_output_file_modes(capsys, tmp_path):
+    if os.name != "posix":
+        pytest.skip("POSIX permissions")
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "new.csv"
+        assert run(capsys, *CONST, "-o", path)[0] == 0
+        assert path.stat().st_mode & 0o777 == 0o644              # not mkstemp's 0o600
+        path.chmod(0o640)
+        assert run(capsys, *CONST, "-o", path, "--force")[0] == 0
+        assert path.stat().st_mode & 0o777 == 0o640              # a replaced file keeps its mode
+    finally:
+        os.umask(umask)
+
+
+def test_output_to_dev_stdout_redirected_to_a_file_writes_through(tmp_path):
+    """``-o /dev/stdout > file`` must write into the caller's file, not replace what the link
+    resolves to (the file the shell opened) with a new one."""
+    if not os.path.exists("/dev/stdout") or not sys.platform.startswith("linux"):
+        pytest.skip("Linux /dev/stdout")
+    path = tmp_path / "redirected.csv"
+    with open(path, "wb") as f:
+        inode = os.fstat(f.fileno()).st_ino
+        res = subprocess.run([sys.executable, "-m", "npadam", *CONST, "-o", "/dev/stdout"], stdout=f,
+                             stderr=subprocess.PIPE, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert path.stat().st_ino == inode
+    assert path.read_text().startswith("step,lr\n0,1.0\n")
+
+
+def test_output_through_a_symlink_replaces_the_target(capsys, tmp_path):
+    target = tmp_path / "real.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    assert run(capsys, *CONST, "-o", link, "--force")[0] == 0
+    assert link.is_symlink() and target.read_text().startswith("step,lr\n")
 
 
 # ---------------------------------------------------------------- the installed script
@@ -579,3 +1000,58 @@ def test_imports_stay_light():
             "assert 'torch' not in sys.modules")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
+
+
+# ------------------------------------------------------------------ npadam config (issue 8: the CLI reads npadam.config files)
+_RUN_YAML = """optimizer:
+  lr: 3.0e-4
+  min_lr: 3.0e-5
+  bf16: true
+scheduler:
+  lr_decay_style: WSD
+  lr_wsd_decay_iters: 200
+  lr_warmup_fraction: 0.01
+train:
+  train_iters: 1000
+"""
+
+
+def test_config_command_describes_and_checks(capsys, tmp_path):
+    (tmp_path / "m.yaml").write_text(_RUN_YAML)
+    rc, out, err = run(capsys, "config", tmp_path / "m.yaml")
+    assert rc == 0, err
+    assert "valid" in out and "warmup 10 / decay 1000 / wd increment 1000 / WSD decay 200 steps" in out
+    (tmp_path / "m.args").write_text("--lr 3e-4 --fp16 --hysteresis 3\n--train-iters 100 --lr-warmup-iters 10\n")
+    rc, out, err = run(capsys, "config", tmp_path / "m.args", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["optimizer"] == {"lr": 3e-4, "fp16": True, "hysteresis": 3}
+    assert doc["derived"]["lr_warmup_steps"] == 10
+
+
+@pytest.mark.parametrize("text, match", [
+    ("lr: 1\nadam_beta: 0.9\n", "unknown field 'adam_beta' \\(did you mean"),
+    ("lr: 1\nuse_distributed_optimizer: true\n", "use_distributed_optimizer=True needs sharding"),
+    ("lr: 1\ntrain_iters: 100\nlr_warmup_iters: 100\n", "warmup \\(100 steps\\) must be shorter"),
+    ("lr: 1\nfp16: true\nbf16: true\n", "fp16 and bf16 are both set"),
+])
+def test_config_command_rejects(capsys, tmp_path, text, match):
+    (tmp_path / "bad.yaml").write_text(text)
+    rc, out, err = run(capsys, "config", tmp_path / "bad.yaml")
+    assert rc == EXIT_USAGE and out == ""
+    assert err.startswith(f"npadam: error: {tmp_path / 'bad.yaml'}") and len(err.splitlines()) == 1
+    import re
+    assert re.search(match, err), err
+
+
+def test_schedule_reads_megatron_run_configs(capsys, tmp_path):
+    (tmp_path / "m.yaml").write_text(_RUN_YAML)
+    rc, out, err = run(capsys, "schedule", "--framework", "megatron", "--config", tmp_path / "m.yaml",
+                       "--format", "json", "--steps", "1000")
+    assert rc == 0, err
+    want = schedules.from_config("megatron", {"lr": 3e-4, "min_lr": 3e-5, "lr_decay_style": "WSD",
+                                              "lr_wsd_decay_iters": 200, "lr_warmup_fraction": 0.01,
+                                              "train_iters": 1000})
+    got = json.loads(out)
+    lr = np.asarray(got["lr"] if "lr" in got else got["columns"]["lr"], dtype=np.float64)
+    assert (bits(lr) == bits(want.lr(np.arange(1000)))).all()

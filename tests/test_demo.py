@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from npadam import schedules
-from npadam.cli import _mlp, main
+from npadam.cli import _mlp, demo, main
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -51,13 +51,79 @@ def test_demo_gradients_are_right():
             assert abs((up - down) / 2e-6 - g[name].reshape(-1)[i]) < 1e-4, (name, i)
 
 
-@pytest.mark.parametrize("args, match", [(["--steps", "0"], "--steps must be >= 1"),
-                                         (["--lr", "-1"], "--lr must be > 0"),
-                                         (["--dtype", "fp8"], "invalid choice")])
+@pytest.mark.parametrize("args, match", [
+    (["--steps", "0"], "--steps: expected an integer >= 1, got '0'"),
+    (["--steps", "1e12"], "--steps: expected at most 1,000,000, got '1e12'"),
+    (["--hidden", "1000000000"], "--hidden: expected at most 4,096, got '1000000000'"),
+    (["--batch", "1e12"], "--batch: expected at most 20,000, got '1e12'"),
+    (["--seed", "-1"], "--seed: expected a non-negative integer, got '-1'"),
+    (["--seed", "1e30"], "--seed: expected at most 18,446,744,073,709,551,615"),
+    (["--lr", "-1"], "--lr: expected a number > 0, got '-1'"),
+    (["--lr", "nan"], "--lr: expected a finite number, got 'nan'"),
+    (["--lr", "inf"], "--lr: expected a finite number, got 'inf'"),
+    (["--lr=-inf"], "--lr: expected a finite number, got '-inf'"),
+    (["--lr", "-inf"], "--lr: expected one argument (a value that starts with '-' is written --lr=VALUE)"),
+    (["--weight-decay", "nan"], "--weight-decay: expected a finite number, got 'nan'"),
+    (["--weight-decay=-0.1"], "--weight-decay: expected a number >= 0, got '-0.1'"),
+    (["--dtype", "fp8"], "--dtype: invalid choice: 'fp8'"),
+    (["--kernel", "gpu"], "--kernel: invalid choice: 'gpu'"),
+])
 def test_demo_bad_input(capsys, args, match):
+    """Every bad value is one line naming the flag (``--seed -1`` used to say only "expected
+    non-negative integer"; ``--lr inf`` named the schedule's ``peak``; ``--hidden 1e9`` was a
+    MemoryError reported as an internal error)."""
     assert main(["demo", *args]) == 2
-    err = capsys.readouterr().err
-    assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_demo_accepts_integer_spellings(capsys):
+    rc = main(["demo", "--steps", "2e0", "--hidden", "8", "--batch", "1_6", "--no-check", "--no-plot"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "step 2/2" in out
+
+
+def test_demo_diverged_run_is_still_bit_identical(capsys):
+    """``--lr 1e30`` drives the loss to NaN; both kernels give the same bits, NaN included. The
+    check compared losses with ``==`` (NaN != NaN) and printed a false MISMATCH."""
+    rc = main(["demo", "--steps", "8", "--hidden", "8", "--batch", "16", "--lr", "1e30", "--no-plot"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "MISMATCH" not in err
+    assert "check: bit-identical" in out
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1
+    assert "training diverged: the loss is not finite from step" in warning[0]
+    assert "--lr 1e+30 is too large" in warning[0] and "e.g. --lr 0.003" in warning[0]
+
+
+def test_demo_healthy_run_has_no_warning(capsys):
+    assert main(["demo", "--steps", "5", "--hidden", "8", "--batch", "16", "--no-check", "--no-plot"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def _run(flat, losses, skipped=0):
+    return _mlp.Run(losses=list(losses), flat=[np.asarray(f, dtype=np.float32) for f in flat], skipped=skipped)
+
+
+def test_compare_runs_bitwise_with_nan():
+    nan = np.float32("nan")
+    other_nan = np.array([0x7FC00001], dtype=np.uint32).view(np.float32)[0]     # another NaN payload
+    a = _run([[1.0, nan], [np.inf]], [2.0, float("nan")])
+    assert demo.compare_runs(a, _run([[1.0, nan], [np.inf]], [2.0, float("nan")])) == ("bits", "")
+    assert demo.compare_runs(a, _run([[1.0, other_nan], [np.inf]], [2.0, float("nan")])) == ("values", "")
+    verdict, detail = demo.compare_runs(a, _run([[1.5, nan], [np.inf]], [2.0, float("nan")]))
+    assert verdict == "differ" and detail.startswith("1 of 3 parameters and 0 of 2 losses differ, max |diff| 0.5")
+    assert demo.compare_runs(a, _run([[1.0, nan], [np.inf]], [2.0, 3.0]))[1].startswith(
+        "0 of 3 parameters and 1 of 2 losses differ")
+
+
+def test_divergence_warning_only_for_non_finite_losses():
+    assert demo._diverged(_run([[1.0]], [2.0, 1.0]), 1e-3) is None
+    text = demo._diverged(_run([[1.0]], [2.0, float("inf"), float("nan")], skipped=1), 10.0)
+    assert "from step 2 on" in text and "skipped 1 of 3 steps" in text and "--lr 0.003" in text
 
 
 def test_python_m_npadam_demo_runs():

@@ -1,10 +1,13 @@
-"""The ``npadam`` command line: ``npadam schedule ...``, ``npadam demo``, ``npadam --version``.
+"""The ``npadam`` command line: ``npadam schedule ...``, ``npadam demo``, ``npadam config FILE``,
+``npadam --version``.
 
-``main(argv)`` returns the exit status: 0, or 2 after printing one line
-``npadam: error: ...`` on stderr for bad input (no traceback; set ``NPADAM_DEBUG=1``
-to see one). Each command lives in its own module with ``HELP`` and
-``main(argv) -> int``; commands are imported only when run. Nothing here is
-imported by ``import npadam``.
+``main(argv)`` returns the exit status: 0; 2 (``EXIT_USAGE``) after printing one
+line ``npadam: error: ...`` on stderr for bad input, which includes a request over a
+documented limit and running out of memory; 70 (``EXIT_INTERNAL``) with the same
+one line, marked ``internal error``, for a bug; 130 on Ctrl-C. No traceback is
+printed (set ``NPADAM_DEBUG=1`` to see one). Each command lives in its own module
+with ``HELP`` and ``main(argv) -> int``; commands are imported only when run.
+Nothing here is imported by ``import npadam``.
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ import os
 import sys
 from typing import Sequence
 
-from ._errors import CLIError, Parser
+from ._errors import EXIT_INTERNAL, EXIT_USAGE, CLIError, Parser
 
-__all__ = ["main", "CLIError"]
+__all__ = ["main", "CLIError", "EXIT_USAGE", "EXIT_INTERNAL"]
 
 #: command name -> module (relative to this package) with HELP and main(argv)
-COMMANDS = {"schedule": ".schedule", "demo": ".demo"}
+COMMANDS = {"schedule": ".schedule", "demo": ".demo", "config": ".config"}
 _HELPS = {
     "schedule": "dump (csv, json, npy) or plot (png, terminal) a learning-rate schedule",
     "demo": "train a small NumPy MLP with npadam end to end (loss, lr, throughput, check vs the reference)",
+    "config": "check a Megatron-style optimizer/scheduler config and describe it",
 }
 
 
@@ -50,9 +54,9 @@ def _dispatch(argv: list[str]) -> int:
     return 0
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = EXIT_USAGE) -> int:
     print(f"npadam: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
-    return 2
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +80,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+    except MemoryError as exc:           # the limits are checked up front; this is the machine's
+        if debug:
+            raise
+        return _fail(f"out of memory{f' ({exc})' if str(exc) else ''}: ask for less (a smaller --steps, "
+                     f"--hidden or --batch), or free some memory")
+    except RecursionError:
+        if debug:
+            raise
+        return _fail("the input is nested too deeply (RecursionError)")
     except (ValueError, TypeError, KeyError, OSError) as exc:
         if debug:
             raise
@@ -83,4 +96,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug, but still one line for the user
         if debug:
             raise
-        return _fail(f"internal error: {type(exc).__name__}: {exc} (NPADAM_DEBUG=1 shows the traceback)")
+        return _fail(f"internal error: {type(exc).__name__}: {exc} (NPADAM_DEBUG=1 shows the traceback)",
+                     EXIT_INTERNAL)

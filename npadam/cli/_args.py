@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import textwrap
 from typing import Sequence
 
 from ..schedules import FRAMEWORKS
+from ._argtypes import float_arg, integer, magnitude, steps_arg
 from ._errors import Parser
+from ._limits import MAX_FLAG_INT, MAX_HEIGHT, MAX_STEPS, MAX_WIDTH, MIN_HEIGHT, MIN_WIDTH
 from ._named import Named, named_schedules, usage_line
 
 FORMATS = ("csv", "json", "npy")
@@ -21,47 +22,19 @@ FORMATS = ("csv", "json", "npy")
 #: Options of ``npadam schedule`` that take a value (to find the schedule name in argv).
 _VALUED = ("--framework", "--config", "--schedule-json", "--steps", "--format", "-o", "--output",
            "--plot", "--compare", "--width", "--height")
+_WIDTH = integer(MIN_WIDTH, MAX_WIDTH, "columns")
+_HEIGHT = integer(MIN_HEIGHT, MAX_HEIGHT, "lines")
+_FLAG_INT = magnitude(MAX_FLAG_INT)
 
 EXAMPLES = """\
 examples:
   npadam schedule warmup-cosine --peak 3e-4 --warmup-steps 2000 --total-steps 100000 --final 3e-5 > lr.csv
-  npadam schedule --framework hf --config hf.json --format json -o lr.json
+  npadam schedule --framework hf --config hf.json --format json -o lr.json --force
   npadam schedule --framework megatron --config megatron.yaml --steps 5000 --plot terminal
   npadam schedule --framework deepspeed --config ds_config.json --plot lr.png --compare hf:hf.json
   npadam schedule NAME --help      (the flags of one named schedule)
   npadam schedule --list           (named schedules and frameworks)
 """
-
-
-def int_arg(text: str) -> int:
-    """An integer, also written ``100_000`` or ``1e5``."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not math.isfinite(v) or not v.is_integer():
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    return int(v)
-
-
-def float_arg(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _positive(kind: str):
-    def check(text: str) -> int:
-        v = int_arg(text)
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
-        return v
-    return check
 
 
 def schedule_name(argv: Sequence[str]) -> str | None:
@@ -103,12 +76,16 @@ def build_parser(named: Named | None, prog: str = "npadam schedule") -> argparse
     src.add_argument("--schedule-json", metavar="FILE",
                      help="a schedule saved with Schedule.to_dict() (or ScheduleSet.to_dict())")
     out = p.add_argument_group("output")
-    out.add_argument("--steps", type=_positive("--steps"), metavar="N",
-                     help="number of steps to dump, 0 .. N-1 (default: the schedule's length + 10%%)")
+    out.add_argument("--steps", type=steps_arg, metavar="N",
+                     help=f"number of steps to dump, 0 .. N-1, at most {MAX_STEPS:,} "
+                          f"(default: the schedule's length + 10%%)")
     out.add_argument("--format", choices=FORMATS,
                      help="csv (default), json or npy (default from the --output extension)")
     out.add_argument("-o", "--output", metavar="FILE",
-                     help="write the data to FILE (default: stdout for csv and json)")
+                     help="write the data to FILE (default: stdout for csv and json); an existing "
+                          "file is kept unless --force is given")
+    out.add_argument("-f", "--force", action="store_true",
+                     help="replace existing --output and --plot files")
     plot = p.add_argument_group("plot and summary")
     plot.add_argument("--plot", metavar="FILE|terminal",
                       help="draw the schedule: an image file (.png, .svg, .pdf; needs matplotlib) or "
@@ -116,8 +93,10 @@ def build_parser(named: Named | None, prog: str = "npadam schedule") -> argparse
     plot.add_argument("--compare", action="append", default=[], metavar="SPEC",
                       help="overlay another schedule (repeatable): FRAMEWORK:FILE for a framework config, "
                            "or FILE for a to_dict() JSON or a JSON dump of this command")
-    plot.add_argument("--width", type=_positive("--width"), default=None, help="terminal plot width (80)")
-    plot.add_argument("--height", type=_positive("--height"), default=None, help="terminal plot height (24)")
+    plot.add_argument("--width", type=_WIDTH, default=None, metavar="N",
+                      help=f"terminal plot width, {MIN_WIDTH} .. {MAX_WIDTH:,} (default 80)")
+    plot.add_argument("--height", type=_HEIGHT, default=None, metavar="N",
+                      help=f"terminal plot height, {MIN_HEIGHT} .. {MAX_HEIGHT:,} (default 24)")
     plot.add_argument("--log-y", action="store_true", help="logarithmic y axis")
     plot.add_argument("--summary", action=argparse.BooleanOptionalAction, default=None,
                       help="print the summary (peak, warmup end, final value, lr budget) on stderr "
@@ -135,7 +114,7 @@ def build_parser(named: Named | None, prog: str = "npadam schedule") -> argparse
                                default=argparse.SUPPRESS,
                                help=f"(default: {prm.default})")
                 continue
-            conv = {"int": int_arg, "float": float_arg, "str": str}[prm.type]
+            conv = {"int": _FLAG_INT, "float": float_arg, "str": str}[prm.type]
             meta = prm.type.upper()
             note = f" ({prm.name!r} of the class)" if prm.flag != prm.name.replace("_", "-") else ""
             if prm.required:

@@ -15,13 +15,21 @@ from typing import Iterable
 from ..schedules import Schedule
 
 
+def _whole(n: int | float) -> int:
+    """``n`` rounded up to an integer (a float horizon is rounded up; infinity raises OverflowError)."""
+    return n if isinstance(n, int) else math.ceil(n)
+
+
 def default_steps(schedules: Iterable[Schedule]) -> int | None:
-    """Horizon + 10% (at least one more step) of the longest schedule, within every limit."""
+    """Horizon + 10% (at least one more step) of the longest schedule, within every limit.
+
+    Integer arithmetic throughout, so a horizon of 10**30 gives 1.1 * 10**30 (for the caller
+    to refuse) rather than an OverflowError."""
     scheds = list(schedules)
-    hs = [s.horizon for s in scheds if s.horizon is not None]
+    hs = [_whole(s.horizon) for s in scheds if s.horizon is not None]
     if not hs:
         return None
     h = max(hs)
-    steps = h + max(1, math.ceil(h / 10))
-    return min([steps] + [s.limit for s in scheds if s.limit is not None])
+    steps = h + max(1, -(-h // 10))
+    return min([steps] + [_whole(s.limit) for s in scheds if s.limit is not None])
 

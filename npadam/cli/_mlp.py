@@ -55,7 +55,13 @@ def init_params(d_in: int, hidden: int, classes: int, seed: int) -> dict[str, np
 
 
 def loss_and_grads(p: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
-    """Mean softmax cross-entropy and its gradients (float32), by hand."""
+    """Mean softmax cross-entropy and its gradients (float32), by hand. A diverged model gives a
+    NaN or inf loss quietly (no floating-point warnings): the caller reports it."""
+    with np.errstate(all="ignore"):
+        return _loss_and_grads(p, x, y)
+
+
+def _loss_and_grads(p: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
     h1 = np.maximum(x @ p["w1"] + p["b1"], 0)
     h2 = np.maximum(h1 @ p["w2"] + p["b2"], 0)
     z = h2 @ p["w3"] + p["b3"]
@@ -76,9 +82,11 @@ def loss_and_grads(p: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> tu
 
 
 def accuracy(p: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
-    h1 = np.maximum(x @ p["w1"] + p["b1"], 0)
-    h2 = np.maximum(h1 @ p["w2"] + p["b2"], 0)
-    return float(np.mean(np.argmax(h2 @ p["w3"] + p["b3"], axis=1) == y))
+    """Share of ``x`` classified as ``y`` (quietly, like ``loss_and_grads``)."""
+    with np.errstate(all="ignore"):
+        h1 = np.maximum(x @ p["w1"] + p["b1"], 0)
+        h2 = np.maximum(h1 @ p["w2"] + p["b2"], 0)
+        return float(np.mean(np.argmax(h2 @ p["w3"] + p["b3"], axis=1) == y))
 
 
 @dataclass
@@ -92,6 +100,7 @@ class Run:
     optimizer_seconds: float = 0.0
     total_seconds: float = 0.0
     numel: int = 0
+    skipped: int = 0          # steps the optimizer skipped (non-finite gradients)
 
 
 def train(task: Task, *, hidden: int, classes: int, steps: int, batch: int, lr: Schedule, weight_decay: float,
@@ -126,6 +135,7 @@ def train(task: Task, *, hidden: int, classes: int, steps: int, batch: int, lr: 
         run.optimizer_seconds += time.perf_counter() - t0
         run.losses.append(loss)
         run.lrs.append(info.lr)
+        run.skipped += bool(info.skipped)
         if on_step is not None:
             on_step(k, loss, info.lr)
     run.total_seconds = time.perf_counter() - t_start

@@ -21,7 +21,7 @@ from .. import schedules
 from ..schedules import Schedule
 
 #: Flags of ``npadam schedule`` itself; a parameter with one of these names is renamed.
-RESERVED = ("steps", "framework", "config", "schedule-json", "format", "output", "plot", "compare",
+RESERVED = ("steps", "framework", "config", "schedule-json", "format", "output", "force", "plot", "compare",
             "summary", "width", "height", "log-y", "list", "help")
 _RENAME = {"steps": "total-steps"}
 _SCALARS = {"int", "float", "bool", "str"}

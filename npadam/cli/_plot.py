@@ -8,8 +8,11 @@ The figure is rendered with the Agg canvas directly (no pyplot, no global state)
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
+from . import _outfile
 from ._errors import CLIError
 
 _POINTS = 4000
@@ -35,8 +38,9 @@ def envelope(values: np.ndarray, points: int = _POINTS) -> tuple[np.ndarray, np.
 
 
 def save(path: str, panels: dict[str, list[tuple[str, np.ndarray]]], *, log_y: bool = False,
-         title: str | None = None) -> None:
-    """Write ``panels`` (quantity -> [(label, values at steps 0, 1, ...)]) to ``path``."""
+         title: str | None = None, force: bool = False) -> None:
+    """Write ``panels`` (quantity -> [(label, values at steps 0, 1, ...)]) to ``path``, atomically
+    (``_outfile.atomic``; the format comes from the extension)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -60,7 +64,9 @@ def save(path: str, panels: dict[str, list[tuple[str, np.ndarray]]], *, log_y: b
     axes[-1].set_xlabel("step (optimizer update, 0-based)")
     if title:
         axes[0].set_title(title)
+    fmt = os.path.splitext(path)[1].lower().lstrip(".")
     try:
-        fig.savefig(path, dpi=110)
-    except ValueError as exc:   # unknown extension
-        raise CLIError(f"cannot write plot {path}: {' '.join(str(exc).split())}") from None
+        with _outfile.atomic(path, "--plot", force=force) as f:
+            fig.savefig(f, dpi=110, format=fmt)
+    except (ValueError, ImportError) as exc:   # a format this matplotlib cannot write (jpg without Pillow)
+        raise CLIError(f"--plot {path}: cannot write: {' '.join(str(exc).split())}") from None

@@ -5,7 +5,9 @@ A NumPy MLP (hand-written backward, see ``npadam.cli._mlp``) learns a generated
 on the biases, gradient clipping at 1.0) and a warmup-cosine learning rate. It
 prints a progress bar with the loss and the lr, the held-out accuracy, the loss
 curve, the optimizer's throughput, and finally re-runs the same training with the
-NumPy reference kernel to show that both give bit-identical parameters.
+NumPy reference kernel to show that both give bit-identical parameters (and losses:
+a run that diverged to NaN is still compared bit for bit, and a warning says that it
+diverged).
 
     npadam demo                      # fp32, 500 steps, a few seconds on 2 cores
     npadam demo --dtype bf16         # bfloat16 params and grads, fp32 masters
@@ -14,34 +16,55 @@ NumPy reference kernel to show that both give bit-identical parameters.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
-from typing import Sequence, TextIO
+from typing import TYPE_CHECKING, Sequence, TextIO
 
 import numpy as np
 
-from ._errors import CLIError, Parser
+from ._argtypes import integer, number
+from ._errors import Parser
+from ._limits import MAX_DEMO_BATCH, MAX_DEMO_HIDDEN, MAX_DEMO_STEPS, MAX_SEED
+
+if TYPE_CHECKING:
+    from ._mlp import Run
 
 HELP = "train a small NumPy MLP with npadam end to end (progress, loss, lr, check vs the reference)"
+N_TRAIN, N_TEST, D_IN, CLASSES = 20_000, 4_000, 64, 10
+DEFAULT_LR = 3e-3
 
 
-def parse(argv: Sequence[str]):
+def build_parser() -> Parser:
+    """The ``npadam demo`` parser; every value is validated by its type (``_argtypes``), so a bad
+    one is a one-line error naming the flag."""
     p = Parser(prog="npadam demo", description=__doc__.split("\n\n")[0],
-               epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=500, help="optimizer updates (default 500)")
-    p.add_argument("--hidden", type=int, default=256, help="hidden width of the MLP (default 256)")
-    p.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
+               epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=integer(1, MAX_DEMO_STEPS), default=500, metavar="N",
+                   help=f"optimizer updates, 1 .. {MAX_DEMO_STEPS:,} (default 500)")
+    p.add_argument("--hidden", type=integer(1, MAX_DEMO_HIDDEN), default=256, metavar="N",
+                   help=f"hidden width of the MLP, 1 .. {MAX_DEMO_HIDDEN:,} (default 256)")
+    p.add_argument("--batch", type=integer(1, MAX_DEMO_BATCH), default=256, metavar="N",
+                   help=f"batch size, 1 .. {MAX_DEMO_BATCH:,} (the size of the training set) (default 256)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="storage of params and grads; bf16 keeps fp32 masters (default fp32)")
     p.add_argument("--kernel", choices=("cpu", "reference"), default=None,
                    help="optimizer kernel (default: the fastest available)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on weights (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, init and batches (default 0)")
+    p.add_argument("--lr", type=number(above=0.0), default=DEFAULT_LR, metavar="LR",
+                   help=f"peak learning rate, finite and > 0 (default {DEFAULT_LR:g})")
+    p.add_argument("--weight-decay", type=number(at_least=0.0), default=0.1, metavar="WD",
+                   help="AdamW weight decay on weights, finite and >= 0 (default 0.1)")
+    p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, metavar="N",
+                   help="seed of data, init and batches, a non-negative integer (default 0)")
     p.add_argument("--no-check", action="store_true", help="skip the re-run with the reference kernel")
     p.add_argument("--no-plot", action="store_true", help="skip the terminal plot of the loss")
-    return p.parse_args(list(argv))
+    return p
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse and validate ``npadam demo`` flags."""
+    return build_parser().parse_args(list(argv))
 
 
 class Progress:
@@ -71,15 +94,48 @@ class Progress:
             self.next_report = done + max(1, self.total // 10)
 
 
+def _as_float64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a).astype(np.float64)     # exact for float32 and bfloat16
+
+
+def compare_runs(a: Run, b: Run) -> tuple[str, str]:
+    """How two runs compare: ``("bits", "")`` bit for bit (a NaN is compared by its bits, so a
+    diverged run can match too); ``("values", "")`` equal with NaN in the same places but other
+    NaN bit patterns; else ``("differ", description)``."""
+    la, lb = np.asarray(a.losses, dtype=np.float64), np.asarray(b.losses, dtype=np.float64)
+    pairs = list(zip(a.flat, b.flat)) + [(la, lb)]
+    if len(a.flat) == len(b.flat) and all(x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in pairs):
+        return "bits", ""
+    if len(a.flat) == len(b.flat) and all(
+            x.shape == y.shape and np.array_equal(_as_float64(x), _as_float64(y), equal_nan=True) for x, y in pairs):
+        return "values", ""
+    bad, worst, total = 0, 0.0, sum(x.size for x in a.flat)
+    for x, y in zip(a.flat, b.flat):
+        x, y = _as_float64(x), _as_float64(y)
+        differ = (x != y) & ~(np.isnan(x) & np.isnan(y))
+        bad += int(np.count_nonzero(differ))
+        both = differ & np.isfinite(x) & np.isfinite(y)
+        if both.any():
+            worst = max(worst, float(np.max(np.abs(x[both] - y[both]))))
+    lbad = int(np.count_nonzero((la != lb) & ~(np.isnan(la) & np.isnan(lb)))) if la.shape == lb.shape else la.size
+    return "differ", (f"{bad:,} of {total:,} parameters and {lbad:,} of {la.size:,} losses differ, "
+                      f"max |diff| {worst:g} where both are finite")
+
+
+def _diverged(run: Run, lr: float) -> str | None:
+    """A warning when the loss went non-finite, or None."""
+    bad = np.flatnonzero(~np.isfinite(np.asarray(run.losses, dtype=np.float64)))
+    if bad.size == 0:
+        return None
+    skipped = f"; the optimizer skipped {run.skipped:,} of {len(run.losses):,} steps (non-finite gradients)" \
+        if run.skipped else ""
+    return (f"training diverged: the loss is not finite from step {int(bad[0]) + 1} on{skipped}. "
+            f"--lr {lr:g} is too large for this model: try a smaller one, "
+            f"e.g. --lr {min(lr / 100, DEFAULT_LR):g}")
+
+
 def main(argv: Sequence[str]) -> int:
     args = parse(argv)
-    for name in ("steps", "hidden", "batch"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise CLIError(f"--lr must be > 0, got {args.lr}")
-    if args.weight_decay < 0:
-        raise CLIError(f"--weight-decay must be >= 0, got {args.weight_decay}")
 
     from .. import kernels, schedules
     from . import _mlp
@@ -89,8 +145,8 @@ def main(argv: Sequence[str]) -> int:
     warmup = max(1, args.steps // 10)
     lr = schedules.warmup_cosine(peak=args.lr, warmup_steps=min(warmup, args.steps - 1) if args.steps > 1 else 0,
                                  total_steps=max(args.steps, 1), final=args.lr / 10)
-    d_in, classes = 64, 10
-    task = _mlp.make_task(d_in, classes, n_train=20_000, n_test=4_000, seed=args.seed)
+    d_in, classes = D_IN, CLASSES
+    task = _mlp.make_task(d_in, classes, n_train=N_TRAIN, n_test=N_TEST, seed=args.seed)
     numel = sum(int(np.prod(v.shape)) for v in _mlp.init_params(d_in, args.hidden, classes, args.seed).values())
     threads = ""
     if kernel == "cpu":
@@ -110,6 +166,10 @@ def main(argv: Sequence[str]) -> int:
     acc = _mlp.accuracy(run.params, task.x_test, task.y_test)
     first, last = float(np.mean(run.losses[:10])), float(np.mean(run.losses[-10:]))
     print(f"loss {first:.4f} (first 10 steps) -> {last:.4f} (last 10); held-out accuracy {100 * acc:.1f}%", file=out)
+    warning = _diverged(run, args.lr)
+    if warning:
+        out.flush()
+        print(f"npadam demo: warning: {warning}", file=sys.stderr, flush=True)
     if not args.no_plot and args.steps >= 2:
         from ._textplot import render
 
@@ -124,11 +184,15 @@ def main(argv: Sequence[str]) -> int:
     other = "reference" if kernel != "reference" else "cpu"
     print(f"check: re-running the same {args.steps} steps with kernel={other!r} ...", file=out, flush=True)
     again = _mlp.train(task, kernel=other, **common)
-    same = all(a.tobytes() == b.tobytes() for a, b in zip(run.flat, again.flat)) and run.losses == again.losses
-    if same:
-        print(f"check: bit-identical: all {run.numel:,} parameters and {args.steps} losses match exactly", file=out)
+    verdict, detail = compare_runs(run, again)
+    nan = " (NaN included, compared by its bits)" if warning else ""
+    if verdict == "bits":
+        print(f"check: bit-identical: all {run.numel:,} parameters and {args.steps} losses match exactly{nan}",
+              file=out)
         return 0
-    worst = max(float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
-                for a, b in zip(run.flat, again.flat))
-    print(f"check: MISMATCH between kernel={kernel!r} and kernel={other!r} (max |diff| {worst:g})", file=sys.stderr)
+    if verdict == "values":
+        print(f"check: identical: all {run.numel:,} parameters and {args.steps} losses match, NaN in the same "
+              f"places (with other NaN bit patterns)", file=out)
+        return 0
+    print(f"check: MISMATCH between kernel={kernel!r} and kernel={other!r} ({detail})", file=sys.stderr)
     return 1

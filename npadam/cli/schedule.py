@@ -7,11 +7,20 @@ Where things go:
   terminal. In a terminal with none of these, a terminal plot is shown instead.
 - a terminal plot: to stdout, or to stderr when the data is on stdout.
 - the summary: to stderr, with ``--summary`` or when stderr is a terminal.
+
+Files written (``--output``, ``--plot FILE``) are never replaced unless ``--force`` is
+given, and are written atomically: to a temporary file in the same directory, then
+renamed over the target, so an interrupted run never leaves half a file. Both checks
+happen before the schedule is evaluated. Devices such as ``/dev/null`` are written
+directly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence, TextIO
@@ -20,11 +29,12 @@ import numpy as np
 
 from .. import schedules
 from ..schedules import FRAMEWORKS, Schedule, ScheduleSet
-from . import _horizon, _summary, _textplot, _writers
+from . import _horizon, _outfile, _summary, _textplot, _writers
 from ._args import parse
-from ._config import load_mapping
+from ._config import label_for, load_mapping
 from ._errors import CLIError
-from ._named import named_schedules, usage_line
+from ._limits import MAX_STEPS, steps_text
+from ._named import Named, named_schedules, usage_line
 
 HELP = "dump (csv, json, npy) or plot (png, terminal) a learning-rate schedule"
 QUANTITIES = ("lr", "weight_decay", "beta1", "beta2")
@@ -32,9 +42,11 @@ QUANTITIES = ("lr", "weight_decay", "beta1", "beta2")
 
 @dataclass
 class Source:
-    """A schedule set to evaluate: label, JSON-able description, quantity -> schedule."""
+    """A schedule set to evaluate: label (plots, summary), origin (errors: the flag that gave it),
+    JSON-able description, quantity -> schedule."""
 
     label: str
+    origin: str
     config: Any
     schedules: dict[str, Schedule]
     values: dict[str, np.ndarray] = field(default_factory=dict)
@@ -43,10 +55,15 @@ class Source:
 def _lib_error(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         return f"missing key {exc.args[0]!r}" if exc.args else "missing key"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, ArithmeticError):
+        return f"a number is out of range ({' '.join(str(exc).split())})"
     return " ".join(str(exc).split())
 
 
-_LIB_ERRORS = (ValueError, TypeError, KeyError)
+#: What the library raises for bad values (an OverflowError: a number too large for int64/float64).
+_LIB_ERRORS = (ValueError, TypeError, KeyError, ArithmeticError, RecursionError)
 
 
 def _column(s: Schedule) -> str:
@@ -55,34 +72,70 @@ def _column(s: Schedule) -> str:
     return "beta1" if s.params.get("quantity") == "momentum" else "lr"
 
 
-def _from_framework(framework: str, path: str) -> Source:
-    cfg = load_mapping(path)
+_RUN_SECTIONS = ("optimizer", "scheduler", "train")
+
+
+def _megatron_run_config(cfg: Mapping[str, Any]) -> bool:
+    """A config of ``npadam.config`` (Megatron's OptimizerConfig + SchedulerConfig fields, maybe in
+    sections) rather than the flat argument mapping ``schedules.from_config("megatron")`` reads."""
+    from .. import config as C
+
+    keys = {str(k).replace("-", "_") for k in cfg}
+    opt_only = {f.name for f in dataclasses.fields(C.OptimizerConfig)} - {"lr", "min_lr", "weight_decay"}
+    return any(isinstance(cfg.get(s), Mapping) for s in _RUN_SECTIONS) or bool(keys & opt_only)
+
+
+def _megatron_schedules(cfg: Mapping[str, Any], origin: str) -> ScheduleSet:
+    from .. import config as C
+
+    opt_cfg, sched_cfg = C.from_mapping(cfg, where=origin)
+    if sched_cfg is None:
+        raise ValueError("no scheduler fields (train_iters, lr_decay_style, ...): the lr is constant "
+                         f"{opt_cfg.lr}; name a schedule instead")
+    return schedules.from_config("megatron", sched_cfg.megatron(opt_cfg.lr, opt_cfg.min_lr, opt_cfg.weight_decay))
+
+
+def _from_framework(framework: str, path: str, origin: str) -> Source:
+    cfg = load_mapping(path, origin)
     try:
-        sset = schedules.from_config(framework, cfg)
+        if framework == "megatron" and _megatron_run_config(cfg):
+            sset = _megatron_schedules(cfg, origin)
+        else:
+            sset = schedules.from_config(framework, cfg)
     except _LIB_ERRORS as exc:
-        raise CLIError(f"{path}: {_lib_error(exc)}") from None
+        msg = _lib_error(exc)
+        raise CLIError(msg if msg.startswith(origin) else f"{origin}: {msg}") from None
     name = "stdin" if path == "-" else os.path.basename(path)
-    return Source(f"{framework}:{name}", cfg, dict(sset.items()))
+    return Source(f"{framework}:{name}", origin, cfg, dict(sset.items()))
 
 
-def _from_schedule_dict(data: Mapping[str, Any], path: str) -> Source:
+def _from_schedule_dict(data: Mapping[str, Any], path: str, origin: str) -> Source:
     label = "stdin" if path == "-" else os.path.basename(path)
     try:
         if "type" in data:
             s = schedules.from_dict(data)
-            return Source(label, dict(data), {_column(s): s})
+            return Source(label, origin, dict(data), {_column(s): s})
         if isinstance(data.get("lr"), Mapping):
             sset = ScheduleSet.from_dict(data)
-            return Source(label, dict(data), dict(sset.items()))
+            return Source(label, origin, dict(data), dict(sset.items()))
     except _LIB_ERRORS as exc:
-        raise CLIError(f"{path}: {_lib_error(exc)}") from None
+        raise CLIError(f"{origin}: {_lib_error(exc)}") from None
     if "config" in data and "step" in data:
         if isinstance(data["config"], Mapping) and ("type" in data["config"] or "lr" in data["config"]):
-            return _from_schedule_dict(data["config"], path)
-        raise CLIError(f"{path} is a dump of a framework config, not a schedule: overlay it with "
+            return _from_schedule_dict(data["config"], path, origin)
+        raise CLIError(f"{origin} is a dump of a framework config, not a schedule: overlay it with "
                        f"--compare {path}, or dump the original with --framework and --config")
-    raise CLIError(f"{path} is not a saved schedule: expected {{\"type\": ...}} from Schedule.to_dict() "
+    raise CLIError(f"{origin} is not a saved schedule: expected {{\"type\": ...}} from Schedule.to_dict() "
                    f"or {{\"lr\": {{...}}, ...}} from ScheduleSet.to_dict()")
+
+
+def _named_error(named: Named, given: Mapping[str, Any], exc: BaseException) -> str:
+    """The library's message about a named schedule, led by the flags it is about:
+    ``--warmup-steps 20 --total-steps 9: warmup-cosine: warmup_steps (20) must be < total_steps (9)``."""
+    msg = _lib_error(exc)
+    flags = [f"--{p.flag} {shlex.quote(str(given[p.name]))}" for p in named.params
+             if p.name in given and re.search(rf"(?<![\w-]){re.escape(p.name)}(?![\w-])", msg)]
+    return f"{' '.join(flags) + ': ' if flags else ''}{named.name}: {msg}"
 
 
 def _source(args: Any) -> Source:
@@ -95,47 +148,80 @@ def _source(args: Any) -> Source:
     if args.config is not None:
         if args.framework is None:
             raise CLIError(f"--config needs --framework (one of {', '.join(FRAMEWORKS)})")
-        return _from_framework(args.framework, args.config)
+        return _from_framework(args.framework, args.config, label_for("--config", args.config))
     if args.schedule_json is not None:
-        return _from_schedule_dict(load_mapping(args.schedule_json), args.schedule_json)
+        origin = label_for("--schedule-json", args.schedule_json)
+        return _from_schedule_dict(load_mapping(args.schedule_json, origin), args.schedule_json, origin)
     if args.named is None:
         raise CLIError("no schedule given: name one (npadam schedule --list), or give --framework F "
                        "--config FILE, or --schedule-json FILE")
     named = args.named
     try:
         s = named.build(args.params)
+        config = s.to_dict()
     except _LIB_ERRORS as exc:
-        raise CLIError(f"{named.name}: {_lib_error(exc)}") from None
-    return Source(named.name, s.to_dict(), {named.column(args.params): s})
+        raise CLIError(_named_error(named, args.params, exc)) from None
+    lengths = " ".join(f"--{p.flag} {args.params[p.name]}" for p in named.params
+                       if p.type == "int" and p.name in args.params)    # the step counts
+    return Source(named.name, f"{named.name} {lengths}".strip(), config, {named.column(args.params): s})
+
+
+def _default_steps(src: Source) -> int:
+    """The schedule's length + 10%, refused over ``MAX_STEPS`` before anything is allocated."""
+    try:
+        steps = _horizon.default_steps(src.schedules.values())
+    except _LIB_ERRORS as exc:
+        raise CLIError(f"{src.origin}: {_lib_error(exc)}") from None
+    if steps is None:
+        raise CLIError(f"--steps N is needed: {src.origin} has no natural length")
+    if steps > MAX_STEPS:
+        raise CLIError(f"{src.origin}: dumping its length + 10%: {steps_text(steps)}; "
+                       f"give --steps N to dump fewer")
+    return steps
 
 
 def _evaluate(src: Source, steps: int, *, strict: bool) -> None:
     """Fill ``src.values``; past a schedule's limit: an error (strict) or NaN."""
     for q, s in src.schedules.items():
         n = steps
-        lim = s.limit
-        if not strict and lim is not None:
-            n = min(n, lim)
         try:
+            lim = s.limit
+            if not strict and lim is not None:
+                n = max(0, min(n, lim))
             v = s(np.arange(n, dtype=np.int64))
         except _LIB_ERRORS as exc:
-            raise CLIError(f"{src.label}: {_lib_error(exc)}") from None
+            raise CLIError(f"{src.origin}: {_lib_error(exc)} (dumping --steps {steps:,})") from None
         if n < steps:
             v = np.concatenate([v, np.full(steps - n, np.nan)])
         src.values[q] = v
 
 
+def _dump_columns(data: Mapping[str, Any], origin: str) -> dict[str, np.ndarray]:
+    """The columns of a JSON dump made by this command: lists of numbers (``null`` is NaN)."""
+    cols = {}
+    for q in QUANTITIES:
+        col = data.get(q)
+        if col is None:
+            continue
+        if not isinstance(col, list) or not set(map(type, col)) <= {int, float, type(None)}:
+            raise CLIError(f"{origin}: {q!r} must be a list of numbers, as dumped by npadam schedule --format json")
+        if len(col) > MAX_STEPS:
+            raise CLIError(f"{origin}: {q!r} has {len(col):,} values; at most {MAX_STEPS:,}")
+        cols[q] = np.array(col, dtype=np.float64)         # null -> NaN
+    return cols
+
+
 def _compare(spec: str, steps: int) -> Source:
+    origin = label_for("--compare", spec)
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in FRAMEWORKS:
-        src = _from_framework(prefix, rest)
+        src = _from_framework(prefix, rest, origin)
     else:
-        data = load_mapping(spec)
+        data = load_mapping(spec, origin)
         if "step" in data and isinstance(data.get("lr"), list):
             label = os.path.basename(spec)
-            cols = {q: np.asarray(data[q], dtype=np.float64) for q in QUANTITIES if isinstance(data.get(q), list)}
-            return Source(label, data.get("config"), {}, cols)
-        src = _from_schedule_dict(data, spec)
+            return Source(label, origin, data.get("config"), {}, _dump_columns(data, origin))
+        src = _from_schedule_dict(data, spec, origin)
     _evaluate(src, steps, strict=False)
     return src
 
@@ -173,8 +259,6 @@ def _format(args: Any) -> str:
 
 def _dump(args: Any, src: Source, steps: np.ndarray, fmt: str) -> None:
     to_stdout = args.output in (None, "-")
-    if fmt == "npy" and to_stdout:
-        raise CLIError("--format npy writes binary data: give --output FILE")
     if fmt == "csv":
         chunks = _writers.csv_chunks(steps, src.values)
     elif fmt == "json":
@@ -182,30 +266,32 @@ def _dump(args: Any, src: Source, steps: np.ndarray, fmt: str) -> None:
     if to_stdout:
         _write_chunks(sys.stdout, chunks)
         return
-    try:
-        with open(args.output, "wb") as f:
-            if fmt == "npy":
-                _writers.write_npy(f, steps, src.values)
-            else:
-                for data in chunks:
-                    f.write(data)
-    except OSError as exc:
-        raise CLIError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    with _outfile.atomic(args.output, "--output", force=args.force) as f:
+        if fmt == "npy":
+            _writers.write_npy(f, steps, src.values)
+        else:
+            for data in chunks:
+                f.write(data)
 
 
 _IMAGE_TYPES = ("png", "svg", "svgz", "pdf", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
 
 
-def _check_plot(path: str | None, width: int | None, height: int | None) -> None:
-    if (width or 80) < 20 or (height or 24) < 6:
-        raise CLIError(f"a terminal plot needs at least 20x6 characters, got --width {width or 80} "
-                       f"--height {height or 24}")
-    if path is None or path == "terminal":
+def _check_outputs(args: Any) -> None:
+    """Refuse bad or existing output files before anything is computed."""
+    if args.format == "npy" and args.output in (None, "-"):
+        raise CLIError("--format npy writes binary data: give --output FILE")
+    if args.output not in (None, "-"):
+        _outfile.check(args.output, "--output", force=args.force)
+    if args.plot is None or args.plot == "terminal":
         return
-    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    ext = os.path.splitext(args.plot)[1].lower().lstrip(".")
     if ext not in _IMAGE_TYPES:
-        raise CLIError(f"--plot {path}: give 'terminal' or an image file name ending in "
+        raise CLIError(f"--plot {args.plot}: give 'terminal' or an image file name ending in "
                        f"{', '.join('.' + t for t in _IMAGE_TYPES[:5])}, ...")
+    _outfile.check(args.plot, "--plot", force=args.force)
+    if args.output not in (None, "-") and _outfile.same_file(args.output, args.plot):
+        raise CLIError(f"--output and --plot name the same file {args.plot}")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -214,13 +300,9 @@ def main(argv: Sequence[str]) -> int:
     if args.list:
         print(_list_text())
         return 0
-    _check_plot(args.plot, args.width, args.height)
+    _check_outputs(args)
     src = _source(args)
-    steps = args.steps
-    if steps is None:
-        steps = _horizon.default_steps(src.schedules.values())
-        if steps is None:
-            raise CLIError(f"--steps N is needed: {src.label} has no natural length")
+    steps = args.steps if args.steps is not None else _default_steps(src)
     _evaluate(src, steps, strict=True)
     others = [_compare(spec, steps) for spec in args.compare]
     k = np.arange(steps, dtype=np.int64)
@@ -237,7 +319,8 @@ def main(argv: Sequence[str]) -> int:
         from . import _plot
         panels = {q: [(c.label, c.values[q]) for c in curves if q in c.values]
                   for q in QUANTITIES if any(q in c.values for c in curves)}
-        _plot.save(args.plot, panels, log_y=args.log_y, title=src.label if len(curves) == 1 else None)
+        _plot.save(args.plot, panels, log_y=args.log_y, title=src.label if len(curves) == 1 else None,
+                   force=args.force)
     if args.plot == "terminal" or preview:
         first = next(iter(src.values))          # the terminal plot shows one quantity (lr)
         shown = [c for c in curves if first in c.values]

@@ -1,0 +1,658 @@
+"""Megatron-style configs: ``OptimizerConfig`` and ``SchedulerConfig`` → optimizer + schedules.
+
+``OptimizerConfig`` has exactly the fields of ``megatron.core.optimizer.OptimizerConfig``
+(names and defaults; dtypes as names such as ``"float32"``); ``SchedulerConfig`` has
+Megatron-Bridge's ``SchedulerConfig`` fields plus the three training arguments the
+schedule needs (``train_iters`` / ``train_samples``, ``global_batch_size``). Both are
+validated when built: every invalid value or combination is a ValueError/TypeError
+naming the field. Fields that belong to features npadam does not have yet
+(``use_distributed_optimizer``, ``optimizer_cpu_offload``, ``optimizer_offload_fraction``,
+``use_precision_aware_optimizer``, non-fp32 ``exp_avg_dtype``, ...) are accepted at
+their defaults and rejected with a clear message otherwise.
+
+Sources: ``load(path_or_mapping)`` reads YAML, JSON or TOML (a flat mapping, or
+sections ``optimizer``, ``scheduler`` and ``train`` as in Megatron-Bridge YAML);
+``from_args(["--lr", "3e-4", "--bf16", ...])`` reads Megatron-LM argument lists.
+``build(params, opt_cfg, sched_cfg)`` returns the optimizer with Megatron's param
+groups (no weight decay for biases and 1-D params, ``decoupled_lr`` for the
+embedding/output params) and its schedules.
+
+>>> import numpy as np
+>>> from npadam import config
+>>> opt_cfg, sched_cfg = config.load({"lr": 1e-3, "min_lr": 1e-5, "clip_grad": 1.0,
+...     "lr_decay_style": "cosine", "lr_warmup_iters": 10, "train_iters": 100})
+>>> built = config.build({"w": np.zeros((4, 4), np.float32), "b": np.zeros(4, np.float32)},
+...                      opt_cfg, sched_cfg)
+>>> type(built.optimizer).__name__, [len(g["names"]) for g in built.optimizer.param_groups]
+('AdamW', [1, 1])
+>>> sched_cfg.steps()["lr_warmup_steps"], float(built.schedules.lr(10))
+(10, 0.001)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from . import _validate as V
+
+_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "uint8", "int8")
+
+
+def _dtype_name(name: str, value: Any) -> str:
+    """A dtype given as a name, NumPy/ml_dtypes dtype or torch dtype, as its name."""
+    if isinstance(value, str):
+        s = value
+    elif type(value).__module__.startswith("torch"):
+        s = str(value).replace("torch.", "")
+    else:
+        try:
+            s = np.dtype(value).name
+        except TypeError:
+            raise TypeError(f"{name} must be a dtype (name, NumPy or torch dtype), got {value!r}") from None
+    s = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}.get(s, s)
+    if s not in _DTYPES:
+        raise ValueError(f"{name} must be one of {', '.join(_DTYPES)}, got {value!r}")
+    return s
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _opt_real(name: str, value: Any, **kw: Any) -> float | None:
+    return None if value is None else V.real(name, value, **kw)
+
+
+# Fields of later work: (default, what it needs).
+_LATER = {
+    "use_distributed_optimizer": (False, "sharding across ranks (npadam.distributed)"),
+    "overlap_param_gather": (False, "sharding across ranks (npadam.distributed)"),
+    "overlap_param_gather_with_optimizer_step": (False, "sharding across ranks (npadam.distributed)"),
+    "optimizer_cpu_offload": (False, "GPU/host state tiers (offload)"),
+    "optimizer_offload_fraction": (0.0, "GPU/host state tiers (offload)"),
+    "use_torch_optimizer_for_cpu_offload": (False, "GPU/host state tiers (offload)"),
+    "overlap_cpu_optimizer_d2h_h2d": (False, "GPU/host state tiers (offload)"),
+    "use_precision_aware_optimizer": (False, "precision-aware optimizer state"),
+    "main_grads_dtype": ("float32", "precision-aware optimizer state"),
+    "main_params_dtype": ("float32", "precision-aware optimizer state"),
+    "exp_avg_dtype": ("float32", "precision-aware optimizer state"),
+    "exp_avg_sq_dtype": ("float32", "precision-aware optimizer state"),
+    "fp8_recipe": (None, "FP8 training"),
+    "reuse_grad_buf_for_mxfp8_param_ag": (False, "FP8 training"),
+}
+
+
+@dataclass
+class OptimizerConfig:
+    """``megatron.core.optimizer.OptimizerConfig``, field for field (see the module docstring).
+
+    Units and conventions as in Megatron: ``lr``/``min_lr`` are the peak and final
+    learning rates of the schedule; ``weight_decay`` is decoupled (AdamW, multiplied by
+    lr) when ``decoupled_weight_decay``; ``clip_grad`` is the global-norm clip (0: none);
+    ``loss_scale`` a constant scale, else with ``fp16`` a dynamic one starting at
+    ``initial_loss_scale`` (``loss_scale_window`` good steps to grow, ``hysteresis``
+    overflows to back off, never below ``min_loss_scale``).
+    """
+
+    lr: float | None = None
+    min_lr: float | None = None
+    decoupled_lr: float | None = None
+    decoupled_min_lr: float | None = None
+    weight_decay: float = 0.01
+    apply_wd_to_qk_layernorm: bool = False
+    fp8_recipe: str | None = None
+    fp16: bool = False
+    bf16: bool = False
+    reuse_grad_buf_for_mxfp8_param_ag: bool = False
+    params_dtype: Any = "float32"
+    use_precision_aware_optimizer: bool = False
+    store_param_remainders: bool = True
+    main_grads_dtype: Any = "float32"
+    main_params_dtype: Any = "float32"
+    exp_avg_dtype: Any = "float32"
+    exp_avg_sq_dtype: Any = "float32"
+    optimizer: str = "adam"
+    loss_scale: float | None = None
+    initial_loss_scale: float = 2.0**32
+    min_loss_scale: float = 1.0
+    loss_scale_window: float = 1000
+    hysteresis: int = 2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    decoupled_weight_decay: bool = True
+    sgd_momentum: float = 0.9
+    muon_momentum: float = 0.95
+    muon_split_qkv: bool = True
+    muon_use_nesterov: bool = False
+    muon_scale_mode: str = "spectral"
+    muon_fp32_matmul_prec: str = "medium"
+    muon_num_ns_steps: int = 5
+    muon_tp_mode: str = "blockwise"
+    muon_extra_scale_factor: float = 1.0
+    use_distributed_optimizer: bool = False
+    overlap_param_gather: bool = False
+    overlap_param_gather_with_optimizer_step: bool = False
+    optimizer_cpu_offload: bool = False
+    optimizer_offload_fraction: float = 0.0
+    use_torch_optimizer_for_cpu_offload: bool = False
+    overlap_cpu_optimizer_d2h_h2d: bool = False
+    pin_cpu_grads: bool = True
+    pin_cpu_params: bool = True
+    clip_grad: float = 1.0
+    log_num_zeros_in_grad: bool = False
+    barrier_with_L1_time: bool = False
+    timers: Any = None
+    config_logger_dir: str = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field and combination; ValueError/TypeError naming the field."""
+        if self.lr is None:
+            raise ValueError("lr must be set (Megatron's OptimizerConfig leaves it None)")
+        self.lr = V.real("lr", self.lr, lo=0.0)
+        self.min_lr = _opt_real("min_lr", self.min_lr, lo=0.0)
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr} is above lr={self.lr}")
+        self.decoupled_lr = _opt_real("decoupled_lr", self.decoupled_lr, lo=0.0)
+        self.decoupled_min_lr = _opt_real("decoupled_min_lr", self.decoupled_min_lr, lo=0.0)
+        if self.decoupled_min_lr is not None and self.decoupled_lr is None:
+            raise ValueError("decoupled_min_lr is set without decoupled_lr")
+        if self.decoupled_min_lr is not None and self.decoupled_min_lr > self.decoupled_lr:
+            raise ValueError(f"decoupled_min_lr={self.decoupled_min_lr} is above decoupled_lr={self.decoupled_lr}")
+        self.weight_decay = V.real("weight_decay", self.weight_decay, lo=0.0)
+        for name in ("apply_wd_to_qk_layernorm", "fp16", "bf16", "store_param_remainders", "decoupled_weight_decay",
+                     "muon_split_qkv", "muon_use_nesterov", "pin_cpu_grads", "pin_cpu_params",
+                     "log_num_zeros_in_grad", "barrier_with_L1_time") + tuple(
+                         k for k, (d, _) in _LATER.items() if isinstance(d, bool)):
+            setattr(self, name, _bool(name, getattr(self, name)))
+        if self.fp16 and self.bf16:
+            raise ValueError("fp16 and bf16 are both set; choose one")
+        for name in ("params_dtype", "main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):
+            setattr(self, name, _dtype_name(name, getattr(self, name)))
+        V.choice("optimizer", self.optimizer, ("adam", "sgd", "muon", "dist_muon"))
+        if self.optimizer in ("muon", "dist_muon"):
+            raise ValueError(f"optimizer={self.optimizer!r}: npadam runs 'adam' and 'sgd'")
+        self.loss_scale = _opt_real("loss_scale", self.loss_scale, lo=0.0, lo_open=True)
+        self.initial_loss_scale = V.real("initial_loss_scale", self.initial_loss_scale, lo=0.0, lo_open=True)
+        self.min_loss_scale = V.real("min_loss_scale", self.min_loss_scale, lo=0.0, lo_open=True)
+        if self.min_loss_scale > self.initial_loss_scale:
+            raise ValueError(f"min_loss_scale={self.min_loss_scale} is above initial_loss_scale="
+                             f"{self.initial_loss_scale}")
+        self.loss_scale_window = V.integer("loss_scale_window", self.loss_scale_window, lo=1)
+        self.hysteresis = V.integer("hysteresis", self.hysteresis, lo=1)
+        self.adam_beta1 = V.real("adam_beta1", self.adam_beta1, lo=0.0, hi=1.0, hi_open=True)
+        self.adam_beta2 = V.real("adam_beta2", self.adam_beta2, lo=0.0, hi=1.0, hi_open=True)
+        self.adam_eps = V.real("adam_eps", self.adam_eps, lo=0.0)
+        self.sgd_momentum = V.real("sgd_momentum", self.sgd_momentum, lo=0.0, hi=1.0, hi_open=True)
+        self.clip_grad = V.real("clip_grad", self.clip_grad, lo=0.0)
+        self.optimizer_offload_fraction = V.real("optimizer_offload_fraction", self.optimizer_offload_fraction,
+                                                 lo=0.0, hi=1.0)
+        for name, (default, what) in _LATER.items():
+            value = getattr(self, name)
+            if value != default:
+                raise ValueError(f"{name}={value!r} needs {what}, which this version of npadam does not have yet; "
+                                 f"leave it at {default!r}")
+        if self.params_dtype != "float32" and not (self.fp16 or self.bf16):
+            raise ValueError(f"params_dtype={self.params_dtype!r} without fp16/bf16")
+
+
+_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
+_WSD_STYLES = ("exponential", "linear", "cosine", "minus_sqrt")
+
+
+@dataclass
+class SchedulerConfig:
+    """Megatron-Bridge's ``SchedulerConfig`` (Megatron-LM's argument names) plus ``train_iters``,
+    ``train_samples`` and ``global_batch_size`` (Megatron's training arguments the schedule needs).
+
+    Steps are optimizer iterations; with ``global_batch_size`` > 1 Megatron counts samples
+    (``steps()`` gives its derived counts in samples, as ``OptimizerParamScheduler`` gets them).
+    """
+
+    lr_decay_style: str = "linear"
+    lr_wsd_decay_style: str = "exponential"
+    lr_decay_iters: int | None = None
+    lr_decay_samples: int | None = None
+    lr_wsd_decay_iters: int | None = None
+    lr_wsd_decay_samples: int | None = None
+    lr_warmup_fraction: float | None = None
+    lr_warmup_iters: int = 0
+    lr_warmup_samples: int = 0
+    lr_warmup_init: float = 0.0
+    override_opt_param_scheduler: bool = False
+    use_checkpoint_opt_param_scheduler: bool = False
+    start_weight_decay: float | None = None
+    end_weight_decay: float | None = None
+    weight_decay_incr_style: str = "constant"
+    train_iters: int | None = None
+    train_samples: int | None = None
+    global_batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field and combination; ValueError/TypeError naming the field."""
+        V.choice("lr_decay_style", self.lr_decay_style, _DECAY_STYLES)
+        V.choice("lr_wsd_decay_style", self.lr_wsd_decay_style, _WSD_STYLES)
+        V.choice("weight_decay_incr_style", self.weight_decay_incr_style, ("constant", "linear", "cosine"))
+        for name in ("lr_decay_iters", "lr_decay_samples", "lr_wsd_decay_iters", "lr_wsd_decay_samples",
+                     "train_iters", "train_samples"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, V.integer(name, value, lo=0 if "wsd" in name else 1))
+        for name in ("lr_warmup_iters", "lr_warmup_samples"):
+            setattr(self, name, V.integer(name, getattr(self, name), lo=0))
+        self.global_batch_size = V.integer("global_batch_size", self.global_batch_size, lo=1)
+        self.lr_warmup_fraction = _opt_real("lr_warmup_fraction", self.lr_warmup_fraction, lo=0.0, hi=1.0)
+        self.lr_warmup_init = V.real("lr_warmup_init", self.lr_warmup_init, lo=0.0)
+        self.start_weight_decay = _opt_real("start_weight_decay", self.start_weight_decay, lo=0.0)
+        self.end_weight_decay = _opt_real("end_weight_decay", self.end_weight_decay, lo=0.0)
+        for name in ("override_opt_param_scheduler", "use_checkpoint_opt_param_scheduler"):
+            setattr(self, name, _bool(name, getattr(self, name)))
+        if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
+            raise ValueError("override_opt_param_scheduler and use_checkpoint_opt_param_scheduler are both set "
+                             "(Megatron: 'both override and use-checkpoint are set.')")
+        if self.train_iters is None and self.train_samples is None:
+            raise ValueError("train_iters (or train_samples) must be set: the schedule's length derives from it")
+        if self.train_iters is not None and self.train_samples is not None:
+            raise ValueError("train_iters and train_samples are both set; choose one")
+        iters = self.train_iters is not None
+        unit = "iters" if iters else "samples"
+        other = "samples" if iters else "iters"
+        for name in (f"lr_decay_{other}", f"lr_wsd_decay_{other}"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is set but training is counted in {unit} (train_{unit}); use "
+                                 f"{name.replace(other, unit)}")
+        if getattr(self, f"lr_warmup_{other}"):
+            raise ValueError(f"lr_warmup_{other} is set but training is counted in {unit}; use lr_warmup_{unit}")
+        if self.lr_warmup_fraction is not None and getattr(self, f"lr_warmup_{unit}"):
+            raise ValueError(f"lr_warmup_fraction and lr_warmup_{unit} are both set; choose one")
+        if self.lr_decay_style == "WSD" and getattr(self, f"lr_wsd_decay_{unit}") is None:
+            raise ValueError(f"lr_decay_style 'WSD' needs lr_wsd_decay_{unit}")
+        if self.weight_decay_incr_style != "constant" and (self.start_weight_decay is None
+                                                            or self.end_weight_decay is None):
+            raise ValueError(f"weight_decay_incr_style {self.weight_decay_incr_style!r} needs start_weight_decay "
+                             "and end_weight_decay")
+        s = self.steps()
+        if s["lr_warmup_steps"] >= s["lr_decay_steps"] and s["lr_decay_steps"] > 0 and s["lr_warmup_steps"]:
+            raise ValueError(f"the warmup ({s['lr_warmup_steps']} steps) must be shorter than the decay "
+                             f"({s['lr_decay_steps']} steps): lower lr_warmup_{unit}/lr_warmup_fraction or raise "
+                             f"lr_decay_{unit}")
+        if s["wsd_decay_steps"] is not None and s["wsd_decay_steps"] > s["lr_decay_steps"]:
+            raise ValueError(f"lr_wsd_decay_{unit} ({s['wsd_decay_steps']} steps) is longer than the decay "
+                             f"({s['lr_decay_steps']} steps)")
+
+    def steps(self) -> dict[str, Any]:
+        """Megatron's derived counts (``get_optimizer_param_scheduler``): ``lr_decay_steps``,
+        ``lr_warmup_steps``, ``wd_incr_steps``, ``wsd_decay_steps`` (samples when global_batch_size > 1)."""
+        gbs = self.global_batch_size
+        if self.train_iters is not None:
+            decay = (self.lr_decay_iters or self.train_iters) * gbs
+            wd = self.train_iters * gbs
+            wsd = None if self.lr_wsd_decay_iters is None else self.lr_wsd_decay_iters * gbs
+            warm = self.lr_warmup_iters * gbs
+        else:
+            decay = self.lr_decay_samples or self.train_samples
+            wd = self.train_samples
+            wsd = self.lr_wsd_decay_samples
+            warm = self.lr_warmup_samples
+        if self.lr_warmup_fraction is not None:
+            warm = self.lr_warmup_fraction * decay
+            warm = int(warm) if float(warm).is_integer() else warm
+        return {"lr_decay_steps": decay, "lr_warmup_steps": warm, "wd_incr_steps": wd, "wsd_decay_steps": wsd}
+
+    def megatron(self, lr: float, min_lr: float | None, weight_decay: float) -> dict[str, Any]:
+        """The ``schedules.from_config("megatron", ...)`` mapping for a group with these values."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        d.update(lr=lr, min_lr=0.0 if min_lr is None else min_lr, weight_decay=weight_decay)
+        return d
+
+
+# ---------------------------------------------------------------------- sources
+_OPT_FIELDS = {f.name for f in fields(OptimizerConfig)}
+_SCHED_FIELDS = {f.name for f in fields(SchedulerConfig)}
+_IGNORED_TRAIN = {"micro_batch_size"}  # Megatron training arguments that do not change the optimizer
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, sorted(_OPT_FIELDS | _SCHED_FIELDS), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def from_mapping(cfg: Mapping[str, Any], where: str = "config") -> tuple[OptimizerConfig, SchedulerConfig | None]:
+    """Split a flat mapping (or one with ``optimizer`` / ``scheduler`` / ``train`` sections) into the
+    two configs; unknown keys are errors naming them. No scheduler field and no train_iters /
+    train_samples: the schedule is constant (``None``)."""
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"{where} must be a mapping of field names to values, got {type(cfg).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        k = str(key).replace("-", "_")
+        if k in ("optimizer", "scheduler", "train") and isinstance(value, Mapping):
+            for kk, vv in value.items():
+                kk = str(kk).replace("-", "_")
+                if kk in flat:
+                    raise ValueError(f"{where}: {kk!r} is given twice")
+                flat[kk] = vv
+        else:
+            if k in flat:
+                raise ValueError(f"{where}: {k!r} is given twice")
+            flat[k] = value
+    unknown = sorted(set(flat) - _OPT_FIELDS - _SCHED_FIELDS - _IGNORED_TRAIN)
+    if unknown:
+        raise ValueError(f"{where}: unknown field {unknown[0]!r}{_suggest(unknown[0])}"
+                         + (f" (and {unknown[1:]})" if len(unknown) > 1 else ""))
+    opt = OptimizerConfig(**{k: v for k, v in flat.items() if k in _OPT_FIELDS})
+    sched_keys = {k: v for k, v in flat.items() if k in _SCHED_FIELDS}
+    sched = SchedulerConfig(**sched_keys) if sched_keys else None
+    return opt, sched
+
+
+def load(source: str | os.PathLike[str] | Mapping[str, Any] | Sequence[str]
+         ) -> tuple[OptimizerConfig, SchedulerConfig | None]:
+    """``(OptimizerConfig, SchedulerConfig | None)`` from a YAML/JSON/TOML file, a mapping or a
+    Megatron argument list (see ``from_args``)."""
+    if isinstance(source, Mapping):
+        return from_mapping(source)
+    if isinstance(source, (list, tuple)):
+        return from_args(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist (or is not a file)")
+    data = path.read_bytes()
+    if len(data) > 1 << 20:
+        raise ValueError(f"config file {path} is {len(data)} bytes; a config is at most 1 MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not UTF-8 text") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            cfg = json.loads(text)
+        elif suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            cfg = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            cfg = _yaml(text)
+        else:
+            raise ValueError(f"config file {path}: unknown type {suffix!r} (use .yaml, .yml, .json or .toml)")
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, ValueError) and str(e).startswith("config file"):
+            raise
+        raise ValueError(f"config file {path} cannot be parsed: {str(e).splitlines()[0] if str(e) else e!r}") \
+            from None
+    except Exception as e:  # yaml.YAMLError and tomllib.TOMLDecodeError are not ValueErrors in all versions
+        raise ValueError(f"config file {path} cannot be parsed: {str(e).splitlines()[0]}") from None
+    return from_mapping(cfg, where=f"config file {path}")
+
+
+def _yaml(text: str) -> Any:
+    """Safe YAML without aliases (an alias bomb expands without bound)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - yaml's hook
+            if self.check_event(yaml.AliasEvent):
+                raise ValueError("YAML aliases (*name) are not allowed in npadam configs")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | None]:
+    """Megatron-LM argument lists: ``--lr 3e-4 --min-lr 3e-5 --bf16 --lr-decay-style cosine ...``.
+
+    ``--name value`` or ``--name=value`` (dashes or underscores, Megatron's
+    ``--override-opt_param-scheduler`` spelling too); a boolean field as ``--name``
+    (true) or ``--no-name`` (false); numbers parsed as in YAML."""
+    import yaml
+
+    types = {f.name: f.type for f in fields(OptimizerConfig)}
+    types.update({f.name: f.type for f in fields(SchedulerConfig)})
+    out: dict[str, Any] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if not isinstance(tok, str) or not tok.startswith("--"):
+            raise ValueError(f"argument {i}: expected --name, got {tok!r}")
+        name, eq, value = tok[2:].partition("=")
+        key = name.replace("-", "_")
+        neg = key.startswith("no_") and key[3:] in types and "bool" in str(types[key[3:]])
+        if neg:
+            key = key[3:]
+        if key not in types and key not in _IGNORED_TRAIN:
+            raise ValueError(f"--{name}: unknown argument{_suggest(key)}")
+        if key in out:
+            raise ValueError(f"--{name} is given twice")
+        if "bool" in str(types.get(key, "")):
+            if eq:
+                raise ValueError(f"--{name} is a flag: write --{name} or --no-{name}")
+            out[key] = not neg
+            i += 1
+            continue
+        if not eq:
+            if i + 1 >= len(args):
+                raise ValueError(f"--{name} needs a value")
+            value = args[i + 1]
+            i += 1
+        i += 1
+        out[key] = _scalar(value)
+    try:
+        return from_mapping(out, where="arguments")
+    except (ValueError, TypeError) as e:
+        raise type(e)(str(e).replace("arguments: ", "")) from None
+
+
+def _scalar(text: str) -> Any:
+    """A command-line value: int, float, bool, None or the text itself."""
+    low = text.strip().lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ---------------------------------------------------------------------- build
+@dataclass
+class Built:
+    """What ``build`` made: the optimizer, the lr/wd schedules of its first group, and (for
+    torch) an ``npadam.torch.LRScheduler`` to step after each optimizer step."""
+
+    optimizer: Any
+    schedules: Any
+    scheduler: Any = None
+    groups: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _no_wd(name: str, shape: tuple[int, ...], qk_layernorm: bool) -> bool:
+    """Megatron's default: no weight decay for biases and 1-D params (with
+    ``apply_wd_to_qk_layernorm``, q/k layernorm params do get it)."""
+    hit = len(shape) == 1 or name.endswith(".bias")
+    if qk_layernorm:
+        hit = hit and not ("q_layernorm." in name or "k_layernorm." in name)
+    return hit
+
+
+def build(params: Any, optimizer_config: OptimizerConfig, scheduler_config: SchedulerConfig | None = None, *,
+          decoupled: Iterable[str] | Callable[[str, Any], bool] | None = None,
+          no_weight_decay: Callable[[str, Any], bool] | None = None, **optimizer_kwargs: Any) -> Built:
+    """The optimizer and schedules a Megatron run with these configs uses.
+
+    ``params``: a torch module, ``named_parameters()``, or a dict / list of ``(name, array)``
+    pairs. Torch tensors give an ``npadam.torch`` optimizer and an ``LRScheduler``;
+    arrays give an ``npadam`` optimizer with the Schedules in its groups. Groups follow
+    Megatron's ``_get_param_groups``: ``no_weight_decay(name, param)`` (default: biases
+    and 1-D params) get weight decay 0; ``decoupled`` (names or a predicate; default: torch
+    params with ``is_embedding_or_output_parameter``) get ``decoupled_lr`` /
+    ``decoupled_min_lr``. ``optimizer_kwargs`` (``kernel``, ``num_threads``, ...) pass through.
+    """
+    from . import schedules as S
+
+    oc, sc = optimizer_config, scheduler_config
+    if not isinstance(oc, OptimizerConfig):
+        raise TypeError(f"optimizer_config must be a npadam.config.OptimizerConfig, got {type(oc).__name__}")
+    if sc is not None and not isinstance(sc, SchedulerConfig):
+        raise TypeError(f"scheduler_config must be a npadam.config.SchedulerConfig, got {type(sc).__name__}")
+    oc.validate()
+    if sc is not None:
+        sc.validate()
+    named = _named(params)
+    is_torch = type(named[0][1]).__module__.startswith("torch")
+    if callable(decoupled):
+        pick = decoupled
+    elif decoupled is not None:
+        chosen = set(decoupled)
+        missing = chosen - {n for n, _ in named}
+        if missing:
+            raise ValueError(f"decoupled names {sorted(missing)[:3]} are not params")
+        pick = lambda n, p: n in chosen  # noqa: E731
+    else:
+        pick = lambda n, p: bool(getattr(p, "is_embedding_or_output_parameter", False))  # noqa: E731
+    nowd = no_weight_decay or (lambda n, p: _no_wd(n, tuple(p.shape), oc.apply_wd_to_qk_layernorm))
+    for n, p in named:
+        dt = str(getattr(p, "dtype", "")).replace("torch.", "")
+        want = "float16" if oc.fp16 else "bfloat16" if oc.bf16 else None
+        if want and dt == "float32":
+            raise ValueError(f"{'fp16' if oc.fp16 else 'bf16'}=True but param {n!r} is float32: cast the model "
+                             f"first (Megatron trains {want} params with fp32 masters)")
+    buckets: dict[tuple[bool, bool], list[tuple[str, Any]]] = {}
+    for n, p in named:
+        key = (bool(oc.decoupled_lr is not None and pick(n, p)), bool(nowd(n, p)))
+        buckets.setdefault(key, []).append((n, p))
+    if oc.decoupled_lr is not None and not any(k[0] for k in buckets):
+        raise ValueError("decoupled_lr is set but no param is decoupled: pass decoupled=[names] (Megatron marks "
+                         "embedding/output params with is_embedding_or_output_parameter)")
+    groups, sets = [], []
+    for (dec, nw) in sorted(buckets):
+        max_lr = oc.decoupled_lr if dec else oc.lr
+        min_lr = (oc.decoupled_min_lr if oc.decoupled_min_lr is not None else oc.min_lr) if dec else oc.min_lr
+        if sc is None:
+            sset = S.ScheduleSet(lr=S.constant(max_lr), weight_decay=None)
+        else:
+            sset = S.from_config("megatron", sc.megatron(max_lr, min_lr, oc.weight_decay))
+        if nw:
+            sset = S.ScheduleSet(lr=sset.lr, weight_decay=None)
+        sets.append(sset)
+        groups.append({"names": [n for n, _ in buckets[(dec, nw)]], "params": [p for _, p in buckets[(dec, nw)]],
+                       "decoupled_lr": dec, "wd_mult": 0.0 if nw else 1.0})
+    scaler = None
+    if oc.fp16 or oc.bf16:
+        from .scaler import LossScaler
+
+        if oc.loss_scale:
+            scaler = LossScaler(init_scale=oc.loss_scale, dynamic=False)
+        elif oc.fp16:
+            scaler = LossScaler(init_scale=oc.initial_loss_scale, growth_factor=2.0, backoff_factor=0.5,
+                                growth_interval=oc.loss_scale_window, hysteresis=oc.hysteresis,
+                                min_scale=oc.min_loss_scale)
+    common = dict(max_grad_norm=oc.clip_grad if oc.clip_grad > 0 else None, loss_scaler=scaler,
+                  **optimizer_kwargs)
+    if is_torch:
+        return _build_torch(oc, groups, sets, common)
+    from . import optimizer as O
+
+    specs = []
+    for g, s in zip(groups, sets):
+        wd = s.weight_decay if s.weight_decay is not None else (0.0 if g["wd_mult"] == 0 else oc.weight_decay)
+        specs.append({"params": dict(zip(g["names"], g["params"])), "lr": s.lr, "weight_decay": wd})
+    if oc.optimizer == "sgd":
+        opt = O.SGD(specs, lr=oc.lr, momentum=oc.sgd_momentum, **common)
+    else:
+        cls = O.AdamW if oc.decoupled_weight_decay else O.Adam
+        opt = cls(specs, lr=oc.lr, betas=(oc.adam_beta1, oc.adam_beta2), eps=oc.adam_eps, **common)
+    return Built(opt, sets[0], None, groups)
+
+
+def _build_torch(oc: OptimizerConfig, groups: list[dict[str, Any]], sets: list[Any], common: dict[str, Any]) -> Built:
+    import npadam.torch as NT
+
+    specs = []
+    for g, s in zip(groups, sets):
+        wd = 0.0 if g["wd_mult"] == 0 else float(s.weight_decay(0)) if s.weight_decay is not None else oc.weight_decay
+        specs.append({"params": g["params"], "lr": float(s.lr(0)), "weight_decay": wd,
+                      "param_names": g["names"]})
+    if oc.optimizer == "sgd":
+        opt = NT.SGD(specs, lr=oc.lr, momentum=oc.sgd_momentum, **common)
+    else:
+        cls = NT.AdamW if oc.decoupled_weight_decay else NT.Adam
+        opt = cls(specs, lr=oc.lr, betas=(oc.adam_beta1, oc.adam_beta2), eps=oc.adam_eps, **common)
+    from .schedules import ScheduleSet
+
+    sched = NT.LRScheduler(opt, [s if g["wd_mult"] else ScheduleSet(lr=s.lr) for g, s in zip(groups, sets)])
+    return Built(opt, sets[0], sched, groups)
+
+
+def _named(params: Any) -> list[tuple[str, Any]]:
+    if hasattr(params, "named_parameters"):
+        params = params.named_parameters()
+    if isinstance(params, Mapping):
+        items = [(str(k), v) for k, v in params.items()]
+    else:
+        items = list(params)
+        if not all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in items):
+            raise TypeError("params must be a torch module, named_parameters(), a dict or (name, array) pairs: "
+                            "Megatron's param groups need the names")
+    items = [(n, p) for n, p in items if getattr(p, "requires_grad", True)]
+    if not items:
+        raise ValueError("params: no trainable parameters")
+    return items
+
+
+def to_dict(opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig | None = None) -> dict[str, Any]:
+    """The configs as one JSON-able mapping with ``optimizer`` and ``scheduler`` sections (only the
+    fields that differ from the defaults)."""
+    def diff(obj: Any) -> dict[str, Any]:
+        return {f.name: getattr(obj, f.name) for f in fields(obj)
+                if getattr(obj, f.name) != (f.default if f.default is not dataclasses.MISSING else None)}
+    out = {"optimizer": diff(opt_cfg)}
+    if sched_cfg is not None:
+        out["scheduler"] = diff(sched_cfg)
+    return out
+
+
+def describe(opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig | None = None) -> str:
+    """A few lines for humans: the optimizer, the loss scaling and the derived step counts."""
+    oc = opt_cfg
+    kind = "SGD" if oc.optimizer == "sgd" else ("AdamW" if oc.decoupled_weight_decay else "Adam")
+    prec = "fp16" if oc.fp16 else "bf16" if oc.bf16 else "fp32"
+    if oc.loss_scale and (oc.fp16 or oc.bf16):
+        scale = f"constant loss scale {oc.loss_scale:g}"
+    elif oc.fp16:
+        scale = (f"dynamic loss scale from {oc.initial_loss_scale:g} (window {oc.loss_scale_window}, "
+                 f"hysteresis {oc.hysteresis}, min {oc.min_loss_scale:g})")
+    else:
+        scale = "no loss scaling"
+    lines = [f"{kind}: lr {oc.lr:g}" + (f" -> {oc.min_lr:g}" if oc.min_lr is not None else "")
+             + f", weight decay {oc.weight_decay:g}, clip_grad {oc.clip_grad:g}, {prec}, {scale}"]
+    if sched_cfg is not None:
+        s = sched_cfg.steps()
+        lines.append(f"schedule: {sched_cfg.lr_decay_style}, warmup {s['lr_warmup_steps']} / decay "
+                     f"{s['lr_decay_steps']} / wd increment {s['wd_incr_steps']}"
+                     + (f" / WSD decay {s['wsd_decay_steps']}" if s["wsd_decay_steps"] is not None else "")
+                     + (" samples" if sched_cfg.global_batch_size > 1 or sched_cfg.train_iters is None else " steps"))
+    return "\n".join(lines)

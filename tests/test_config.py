@@ -1,0 +1,298 @@
+"""npadam.config: Megatron's field names, validation, sources, and the optimizer it builds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import npadam
+from npadam import config as C
+
+
+def _megatron_optimizer_config():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.optimizer import OptimizerConfig
+    return OptimizerConfig
+
+
+def _norm(v):
+    return str(v).replace("torch.", "") if type(v).__module__.startswith("torch") else v
+
+
+def test_optimizer_config_has_megatron_core_fields_and_defaults():
+    pytest.importorskip("megatron.core")
+    mc = _megatron_optimizer_config()
+    theirs = {f.name: f.default for f in dataclasses.fields(mc)}
+    ours = {f.name: f.default for f in dataclasses.fields(C.OptimizerConfig)}
+    assert list(ours) == list(theirs)
+    for name, default in theirs.items():
+        if default is dataclasses.MISSING:
+            continue
+        assert _norm(default) == ours[name], name
+    # values Megatron accepts round-trip: its dataclass built from ours, field by field
+    ours_cfg = C.OptimizerConfig(lr=3e-4, min_lr=3e-5, bf16=True, params_dtype="bfloat16", clip_grad=0.5)
+    import torch
+
+    kw = {f.name: getattr(ours_cfg, f.name) for f in dataclasses.fields(ours_cfg)}
+    for name in ("params_dtype", "main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype"):
+        kw[name] = getattr(torch, kw[name])
+    theirs_cfg = mc(**kw)
+    for f in dataclasses.fields(mc):
+        assert _norm(getattr(theirs_cfg, f.name)) == getattr(ours_cfg, f.name), f.name
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(), ValueError, "lr must be set"),
+    (dict(lr=-1.0), ValueError, "lr must be >= 0"),
+    (dict(lr=1e-3, min_lr=1e-2), ValueError, "min_lr=0.01 is above lr=0.001"),
+    (dict(lr=1e-3, decoupled_min_lr=1e-4), ValueError, "decoupled_min_lr is set without decoupled_lr"),
+    (dict(lr=1e-3, fp16=True, bf16=True), ValueError, "fp16 and bf16 are both set"),
+    (dict(lr=1e-3, fp16="yes"), TypeError, "fp16 must be true or false"),
+    (dict(lr=1e-3, optimizer="lamb"), ValueError, "optimizer must be one of"),
+    (dict(lr=1e-3, optimizer="muon"), ValueError, "runs 'adam' and 'sgd'"),
+    (dict(lr=1e-3, adam_beta1=1.0), ValueError, "adam_beta1 must be < 1"),
+    (dict(lr=1e-3, adam_eps=-1.0), ValueError, "adam_eps must be >= 0"),
+    (dict(lr=1e-3, hysteresis=0), ValueError, "hysteresis must be >= 1"),
+    (dict(lr=1e-3, loss_scale_window=0.5), ValueError, "loss_scale_window must be an integer"),
+    (dict(lr=1e-3, min_loss_scale=2.0**40), ValueError, "min_loss_scale=.* is above initial_loss_scale"),
+    (dict(lr=1e-3, loss_scale=0.0), ValueError, "loss_scale must be > 0"),
+    (dict(lr=1e-3, clip_grad=-1.0), ValueError, "clip_grad must be >= 0"),
+    (dict(lr=1e-3, exp_avg_dtype="int4"), ValueError, "exp_avg_dtype must be one of"),
+    (dict(lr=1e-3, params_dtype="bfloat16"), ValueError, "params_dtype='bfloat16' without fp16/bf16"),
+    (dict(lr=1e-3, use_distributed_optimizer=True), ValueError, "use_distributed_optimizer=True needs sharding"),
+    (dict(lr=1e-3, optimizer_cpu_offload=True), ValueError, "optimizer_cpu_offload=True needs GPU/host"),
+    (dict(lr=1e-3, optimizer_offload_fraction=0.5), ValueError, "optimizer_offload_fraction=0.5 needs"),
+    (dict(lr=1e-3, use_precision_aware_optimizer=True), ValueError, "precision-aware"),
+    (dict(lr=1e-3, exp_avg_dtype="bfloat16"), ValueError, "exp_avg_dtype='bfloat16' needs precision-aware"),
+    (dict(lr=1e-3, fp8_recipe="delayed"), ValueError, "fp8_recipe='delayed' needs FP8"),
+])
+def test_optimizer_config_rejects(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        C.OptimizerConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(), "train_iters \\(or train_samples\\) must be set"),
+    (dict(train_iters=10, train_samples=100), "both set"),
+    (dict(train_iters=100, lr_warmup_fraction=0.1, lr_warmup_iters=5), "lr_warmup_fraction and lr_warmup_iters"),
+    (dict(train_iters=100, lr_decay_style="WSD"), "needs lr_wsd_decay_iters"),
+    (dict(train_iters=100, lr_decay_style="step"), "lr_decay_style must be one of"),
+    (dict(train_iters=100, lr_wsd_decay_style="square"), "lr_wsd_decay_style must be one of"),
+    (dict(train_iters=100, weight_decay_incr_style="linear"), "needs start_weight_decay and end_weight_decay"),
+    (dict(train_iters=100, lr_warmup_iters=100), "warmup \\(100 steps\\) must be shorter"),
+    (dict(train_iters=100, lr_decay_samples=50), "lr_decay_samples is set but training is counted in iters"),
+    (dict(train_samples=100, lr_warmup_iters=5), "lr_warmup_iters is set but training is counted in samples"),
+    (dict(train_iters=100, override_opt_param_scheduler=True, use_checkpoint_opt_param_scheduler=True),
+     "both set"),
+    (dict(train_iters=100, global_batch_size=0), "global_batch_size must be >= 1"),
+    (dict(train_iters=100, lr_warmup_fraction=1.5), "lr_warmup_fraction must be <= 1"),
+    (dict(train_iters=100, lr_decay_style="WSD", lr_wsd_decay_iters=200), "longer than the decay"),
+])
+def test_scheduler_config_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        C.SchedulerConfig(**kwargs)
+
+
+def test_derived_steps_follow_megatron():
+    s = C.SchedulerConfig(train_iters=1000, lr_warmup_fraction=0.01, lr_decay_iters=800, global_batch_size=4,
+                          lr_decay_style="WSD", lr_wsd_decay_iters=100)
+    assert s.steps() == {"lr_decay_steps": 3200, "lr_warmup_steps": 32, "wd_incr_steps": 4000,
+                         "wsd_decay_steps": 400}
+    s = C.SchedulerConfig(train_samples=5000, lr_warmup_samples=100)
+    assert s.steps() == {"lr_decay_steps": 5000, "lr_warmup_steps": 100, "wd_incr_steps": 5000,
+                         "wsd_decay_steps": None}
+
+
+# ------------------------------------------------------------------ sources
+_CFG = {"optimizer": {"lr": 3e-4, "min_lr": 3e-5, "weight_decay": 0.1, "adam_beta2": 0.95, "clip_grad": 1.0},
+        "scheduler": {"lr_decay_style": "cosine", "lr_warmup_iters": 10, "start_weight_decay": 0.05,
+                      "end_weight_decay": 0.1, "weight_decay_incr_style": "linear"},
+        "train": {"train_iters": 200, "micro_batch_size": 4}}
+
+
+def _same(a, b):
+    return dataclasses.asdict(a[0]) == dataclasses.asdict(b[0]) and dataclasses.asdict(a[1]) == dataclasses.asdict(b[1])
+
+
+def test_yaml_json_toml_mapping_and_args_agree(tmp_path):
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_CFG))
+    (tmp_path / "c.json").write_text(json.dumps(_CFG))
+    toml = ["[optimizer]", "lr = 3e-4", "min_lr = 3e-5", "weight_decay = 0.1", "adam_beta2 = 0.95",
+            "clip_grad = 1.0", "[scheduler]", 'lr_decay_style = "cosine"', "lr_warmup_iters = 10",
+            "start_weight_decay = 0.05", "end_weight_decay = 0.1", 'weight_decay_incr_style = "linear"',
+            "[train]", "train_iters = 200", "micro_batch_size = 4"]
+    (tmp_path / "c.toml").write_text("\n".join(toml) + "\n")
+    args = ["--lr", "3e-4", "--min-lr=3e-5", "--weight-decay", "0.1", "--adam-beta2", "0.95", "--clip-grad", "1.0",
+            "--lr-decay-style", "cosine", "--lr-warmup-iters", "10", "--start-weight-decay", "0.05",
+            "--end-weight-decay", "0.1", "--weight-decay-incr-style", "linear", "--train-iters", "200",
+            "--micro-batch-size", "4"]
+    ref = C.load(_CFG)
+    for src in (tmp_path / "c.yaml", tmp_path / "c.json", str(tmp_path / "c.toml"), args):
+        assert _same(C.load(src), ref), src
+    assert ref[0].lr == 3e-4 and ref[1].train_iters == 200
+
+
+def test_megatron_flags_in_argument_lists():
+    oc, sc = C.from_args(["--lr", "1e-3", "--fp16", "--initial-loss-scale", "65536", "--hysteresis", "3",
+                          "--no-decoupled-weight-decay", "--train-iters", "50", "--override-opt_param-scheduler"])
+    assert oc.fp16 and oc.initial_loss_scale == 65536 and oc.hysteresis == 3 and not oc.decoupled_weight_decay
+    assert sc.override_opt_param_scheduler
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--lr", "1e-3", "--adam-beta"], "--adam-beta: unknown argument \\(did you mean 'adam_beta[12]'\\?\\)"),
+    (["--lr"], "--lr needs a value"),
+    (["--lr", "1e-3", "--lr", "2e-3"], "--lr is given twice"),
+    (["--lr", "fast"], "lr must be a real number"),
+    (["--lr", "1e-3", "--bf16=yes"], "--bf16 is a flag"),
+    (["lr", "1e-3"], "expected --name"),
+])
+def test_bad_argument_lists(args, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        C.from_args(args)
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "typo.yaml").write_text("lr: 1e-3\nadam_beta_1: 0.9\n")
+    with pytest.raises(ValueError, match="unknown field 'adam_beta_1' \\(did you mean 'adam_beta1'\\?\\)"):
+        C.load(tmp_path / "typo.yaml")
+    bomb = "a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    with pytest.raises(ValueError, match="aliases"):
+        C.load(tmp_path / "bomb.yaml")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(TypeError, match="must be a mapping"):
+        C.load(tmp_path / "list.json")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00lr")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        C.load(tmp_path / "bin.yaml")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises((ValueError, TypeError)):
+        C.load(tmp_path / "deep.json")
+    (tmp_path / "c.ini").write_text("lr=1")
+    with pytest.raises(ValueError, match="unknown type '.ini'"):
+        C.load(tmp_path / "c.ini")
+    with pytest.raises(ValueError, match="does not exist"):
+        C.load(tmp_path / "missing.yaml")
+    (tmp_path / "twice.yaml").write_text("lr: 1e-3\noptimizer:\n  lr: 2e-3\n")
+    with pytest.raises(ValueError, match="'lr' is given twice"):
+        C.load(tmp_path / "twice.yaml")
+
+
+# ------------------------------------------------------------------ build
+def _arrays():
+    rng = np.random.default_rng(0)
+    return {"embedding.word_embeddings.weight": rng.standard_normal((10, 4)).astype(np.float32),
+            "decoder.layer.linear.weight": rng.standard_normal((4, 4)).astype(np.float32),
+            "decoder.layer.linear.bias": np.zeros(4, np.float32),
+            "decoder.layer.norm.weight": np.ones(4, np.float32),
+            "output_layer.weight": rng.standard_normal((10, 4)).astype(np.float32)}
+
+
+def test_build_matches_megatron_param_groups_and_scheduler():
+    """Group by group and step by step: the lr and weight decay npadam applies equal those Megatron's
+    OptimizerParamScheduler writes into the same param groups (max_lr/min_lr/wd_mult as
+    Megatron's _get_param_groups sets them)."""
+    torch = pytest.importorskip("torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    oc = C.OptimizerConfig(lr=1e-3, min_lr=1e-5, decoupled_lr=5e-3, decoupled_min_lr=5e-5, weight_decay=0.1)
+    sc = C.SchedulerConfig(train_iters=60, lr_warmup_iters=6, lr_decay_style="cosine", start_weight_decay=0.02,
+                           end_weight_decay=0.1, weight_decay_incr_style="cosine")
+    p = _arrays()
+    built = C.build(p, oc, sc, decoupled=["embedding.word_embeddings.weight", "output_layer.weight"],
+                    kernel="reference")
+    opt = built.optimizer
+    names = [set(g["names"]) for g in opt.param_groups]
+    assert names == [{"decoder.layer.linear.weight"}, {"decoder.layer.linear.bias", "decoder.layer.norm.weight"},
+                     {"embedding.word_embeddings.weight", "output_layer.weight"}]
+    groups = []
+    for g in built.groups:
+        d = {"params": [torch.nn.Parameter(torch.zeros(1))], "wd_mult": g["wd_mult"], "lr_mult": 1.0}
+        if g["decoupled_lr"]:
+            d.update(max_lr=oc.decoupled_lr, min_lr=oc.decoupled_min_lr)
+        else:
+            d.update(max_lr=oc.lr, min_lr=oc.min_lr)
+        groups.append(d)
+    topt = torch.optim.AdamW(groups, lr=oc.lr)
+    s = sc.steps()
+    meg = OptimizerParamScheduler(topt, init_lr=sc.lr_warmup_init, max_lr=oc.lr, min_lr=oc.min_lr,
+                                  lr_warmup_steps=s["lr_warmup_steps"], lr_decay_steps=s["lr_decay_steps"],
+                                  lr_decay_style=sc.lr_decay_style, start_wd=sc.start_weight_decay,
+                                  end_wd=sc.end_weight_decay, wd_incr_steps=s["wd_incr_steps"],
+                                  wd_incr_style=sc.weight_decay_incr_style)
+    grads = {n: np.ones_like(a) for n, a in p.items()}
+    seen = set()
+    for k in range(60):  # the groups show the values of the next update, as Megatron's after k steps
+        for gi, (g, tg) in enumerate(zip(opt.param_groups, topt.param_groups)):
+            assert g["lr"] == tg["lr"], (k, gi)
+            assert g["weight_decay"] == tg["weight_decay"], (k, gi)
+            seen.add((gi, g["lr"]))
+        opt.step(grads)
+        meg.step(1)
+    assert len(seen) > 100
+
+
+def test_build_torch_model_marks_megatron_groups():
+    torch = pytest.importorskip("torch")
+    import npadam.torch  # noqa: F401
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 10))
+    model[0].weight.is_embedding_or_output_parameter = True
+    model[2].weight.is_embedding_or_output_parameter = True
+    oc = C.OptimizerConfig(lr=1e-3, min_lr=0.0, decoupled_lr=2e-3, clip_grad=0.0)
+    sc = C.SchedulerConfig(train_iters=20, lr_warmup_iters=2)
+    built = C.build(model, oc, sc)
+    assert isinstance(built.optimizer, npadam.torch.AdamW) and built.optimizer.max_grad_norm is None
+    names = [g["param_names"] for g in built.optimizer.param_groups]
+    assert names == [["1.weight", "1.bias", "2.bias"], ["0.weight", "2.weight"]]
+    assert [g["weight_decay"] for g in built.optimizer.param_groups] == [0.0, 0.01]
+    x = torch.randint(0, 10, (4, 3))
+    for _ in range(3):
+        model(x).sum().backward()
+        built.optimizer.step()
+        built.scheduler.step()
+        built.optimizer.zero_grad()
+    assert built.optimizer.param_groups[1]["lr"] == pytest.approx(2e-3 * (1 - 0.0) * 1.0, rel=0.2)
+
+
+def test_build_rejects_inconsistent_models():
+    p = _arrays()
+    with pytest.raises(ValueError, match="bf16=True but param 'embedding.word_embeddings.weight' is float32"):
+        C.build(p, C.OptimizerConfig(lr=1e-3, bf16=True))
+    with pytest.raises(ValueError, match="no param is decoupled"):
+        C.build(p, C.OptimizerConfig(lr=1e-3, decoupled_lr=1e-2))
+    with pytest.raises(TypeError, match="need the names"):
+        C.build(list(p.values()), C.OptimizerConfig(lr=1e-3))
+    with pytest.raises(ValueError, match="not params"):
+        C.build(p, C.OptimizerConfig(lr=1e-3, decoupled_lr=1e-2), decoupled=["nope"])
+
+
+def test_build_without_scheduler_is_constant_and_adam_l2_when_not_decoupled():
+    p = _arrays()
+    built = C.build(p, C.OptimizerConfig(lr=1e-3, decoupled_weight_decay=False, clip_grad=2.0), kernel="reference")
+    assert isinstance(built.optimizer, npadam.Adam) and built.optimizer.max_grad_norm == 2.0
+    assert float(built.schedules.lr(1000)) == 1e-3
+    assert "Adam: lr 0.001" in C.describe(C.OptimizerConfig(lr=1e-3, decoupled_weight_decay=False))
+
+
+def test_build_loss_scaling_follows_megatron():
+    p = {"w": np.ones((4, 4), np.float16), "b": np.zeros(4, np.float16)}
+    built = C.build(p, C.OptimizerConfig(lr=1e-3, fp16=True, hysteresis=3, loss_scale_window=7,
+                                          min_loss_scale=4.0), kernel="reference")
+    s = built.optimizer.loss_scaler
+    assert (s.scale, s.hysteresis, s.growth_interval, s.min_scale, s.dynamic) == (2.0**32, 3, 7, 4.0, True)
+    built = C.build(p, C.OptimizerConfig(lr=1e-3, fp16=True, loss_scale=128.0), kernel="reference")
+    assert built.optimizer.loss_scaler.scale == 128.0 and not built.optimizer.loss_scaler.dynamic
+    bf = {"w": np.ones((4, 4), np.float32).astype(__import__("ml_dtypes").bfloat16)}
+    assert C.build(bf, C.OptimizerConfig(lr=1e-3, bf16=True)).optimizer.loss_scaler is None
+    assert C.build({"w": np.ones(3, np.float32)}, C.OptimizerConfig(lr=1e-3)).optimizer.loss_scaler is None
