@@ -1,10 +1,13 @@
 """The core both front-ends share: flat optimizer state and one step over it.
 
 ``Engine`` owns, per flat buffer of a ``FlatLayout``, the float32 state (fp32
-master of low-precision params, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``)
-in host memory (NumPy) or on the params' GPU (CuPy), the per-tensor step counts
-(torch semantics: a tensor without a gradient is not stepped, its bias correction
-uses its own count) and the optimizer's update count ``k`` (what Schedules see).
+master of low-precision params, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``
+for Adam; the momentum buffer in ``exp_avg`` for SGD, allocated at the first step
+with momentum) in host memory (NumPy) or on the params' GPU (CuPy), the per-tensor
+step counts (torch semantics: a tensor without a gradient is not stepped, its bias
+correction uses its own count), for SGD whether each tensor's momentum buffer has
+started (torch creates it at the tensor's first step with momentum) and the
+optimizer's update count ``k`` (what Schedules see).
 
 A front-end (``npadam.AdamW`` on arrays, ``npadam.torch.AdamW`` on torch tensors)
 hands ``step`` the pointer tables of this step's params and grads and every
@@ -26,6 +29,7 @@ from . import kernels as K
 from .kernels.threads import limited
 from .layout import FlatLayout
 from .reference import adamw as ref
+from .reference import sgd as sgd_ref
 from .scaler import LossScaler
 
 
@@ -95,19 +99,27 @@ class Engine:
     """Flat state + the fused step for one ``FlatLayout`` (see the module docstring).
 
     ``device``: ``"cpu"`` or ``"gpu"`` (then ``device_id`` is the CUDA device);
-    ``kernel``: ``"cpu"``, ``"reference"`` or ``"gpu"``.
+    ``kernel``: ``"cpu"``, ``"reference"`` or ``"gpu"``; ``algorithm``: ``"adam"`` (``decoupled``
+    chooses AdamW or Adam-L2) or ``"sgd"``. ``views_version`` changes whenever a state array
+    appears (amsgrad's ``max_exp_avg_sq``, SGD's momentum buffers): views taken before are stale.
     """
 
     def __init__(self, layout: FlatLayout, *, device: str = "cpu", device_id: int | None = None,
-                 kernel: str = "cpu", decoupled: bool = True, num_threads: int | None = None) -> None:
+                 kernel: str = "cpu", decoupled: bool = True, num_threads: int | None = None,
+                 algorithm: str = "adam") -> None:
+        if algorithm not in ("adam", "sgd"):
+            raise ValueError(f"internal: unknown algorithm {algorithm!r}")
         self.device = device
         self.device_id = device_id
         self.kernel = kernel
         self.decoupled = decoupled
         self.num_threads = num_threads
+        self.algorithm = algorithm
         self.layout = FlatLayout([])
         self.bufs: list[K.BufferState] = []
         self.steps = np.zeros(0, np.int64)
+        self.started = np.zeros(0, bool)  # SGD: the tensor's momentum buffer exists (torch's state)
+        self.views_version = 0
         self.count = 0
         self.extend(layout)
 
@@ -141,16 +153,20 @@ class Engine:
             if (b_old.group, b_old.dtype, b_old.size) != (b_new.group, b_new.dtype, b_new.size):
                 raise ValueError("internal: existing buffers must not change")
         xp = self.xp
+        adam = self.algorithm == "adam"
         with self.on_device():
             for b in layout.buffers[len(old.buffers):]:
                 self.bufs.append(K.BufferState(
                     size=b.size, master=xp.zeros(b.size, np.float32) if b.dtype != "float32" else None,
-                    exp_avg=xp.zeros(b.size, np.float32), exp_avg_sq=xp.zeros(b.size, np.float32),
+                    exp_avg=xp.zeros(b.size, np.float32) if adam else None,
+                    exp_avg_sq=xp.zeros(b.size, np.float32) if adam else None,
                     max_exp_avg_sq=None, pdtype=b.dtype))
         self.sync()
         self.steps = np.concatenate([self.steps, np.zeros(len(layout.slots) - len(old.slots), np.int64)])
+        self.started = np.concatenate([self.started, np.zeros(len(layout.slots) - len(old.slots), bool)])
         self.layout = layout
         self.buffer_slots = [np.asarray(b.tensors, dtype=np.int64) for b in layout.buffers]
+        self.slot_groups = np.asarray([s.group for s in layout.slots], dtype=np.int64)
         self.offsets = [layout.offsets(i) for i in range(len(layout.buffers))]
         self.sizes = [layout.sizes(i) for i in range(len(layout.buffers))]
 
@@ -178,7 +194,9 @@ class Engine:
     def _batches(self, bi: int, active: np.ndarray, pptrs: np.ndarray, gptrs: np.ndarray,
                  gdtype: str) -> tuple[K.Batch, list[tuple[int, K.Batch]]]:
         """This step's batch for buffer ``bi`` (its active tensors, for the norm) and the same
-        split by per-tensor step count (one kernel call each; one in the usual case)."""
+        split by per-tensor step count (Adam: ``(step, batch)``, one kernel call each; one in the
+        usual case) or by whether the momentum buffer has started (SGD: ``(1, batch)`` for the
+        tensors' first step with momentum, ``(2, batch)`` for the others)."""
         slots = self.buffer_slots[bi]
         mask = active[slots]
         if mask.all():
@@ -190,7 +208,7 @@ class Engine:
             offsets, sizes = self.offsets[bi][mask], self.sizes[bi][mask]
             key = mask.tobytes()
         whole = K.Batch(pptrs[sel], gptrs[sel], offsets, sizes, gdtype, key)
-        steps = self.steps[sel]
+        steps = self.steps[sel] if self.algorithm == "adam" else self.started[sel].astype(np.int64)
         if not steps.size or (steps == steps[0]).all():
             return whole, [(int(steps[0]) + 1 if steps.size else 1, whole)]
         parts = []
@@ -207,7 +225,9 @@ class Engine:
 
         ``pptrs``/``gptrs``: int64 addresses of each slot's param and grad (ignored where
         inactive); ``gdtypes``: each buffer's grad dtype; ``hyper``: per group, checked floats
-        ``lr, beta1, beta2, weight_decay, eps`` and bools ``amsgrad, maximize, bias_correction``.
+        ``lr, beta1, beta2, weight_decay, eps`` and bools ``amsgrad, maximize, bias_correction``
+        (Adam, ``_hyper.values``) or ``lr, momentum, dampening, weight_decay`` and bools
+        ``nesterov, maximize`` (SGD, ``_hyper.sgd_values``).
         """
         n = len(self.layout.slots)
         if not (len(active) == len(pptrs) == len(gptrs) == n and len(gdtypes) == len(self.layout.buffers)):
@@ -237,21 +257,38 @@ class Engine:
                     return StepResult(True, norm, loss_scale)
             scale = inv * ref.clip_coefficient(norm, max_grad_norm) if norm is not None else inv
             calls = []  # every scalar first: nothing is written if one cannot be computed
+            sgd = self.algorithm == "sgd"
             for bi, _, parts in plan:
                 h = hyper[self.layout.buffers[bi].group]
+                if sgd:
+                    calls += _sgd_calls(bi, parts, h, scale, self.layout.buffers[bi].group)
+                    continue
                 flags = K.Flags(decoupled=self.decoupled, amsgrad=h["amsgrad"], maximize=h["maximize"])
                 for t, batch in parts:
-                    s = ref.host_scalars(lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
-                                         weight_decay=h["weight_decay"], step=t, decoupled=self.decoupled,
-                                         bias_correction=h["bias_correction"], grad_scale=scale)
+                    with np.errstate(over="ignore"):  # an overflow is reported by _check_scalars
+                        s = ref.host_scalars(lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
+                                             weight_decay=h["weight_decay"], step=t, decoupled=self.decoupled,
+                                             bias_correction=h["bias_correction"], grad_scale=scale)
+                    _check_scalars(s, h, t, self.layout.buffers[bi].group)
                     calls.append((bi, batch, s, flags))
             for bi, b in enumerate(self.layout.buffers):
                 buf = self.bufs[bi]
-                if hyper[b.group]["amsgrad"] and buf.max_exp_avg_sq is None:
+                if sgd:
+                    if hyper[b.group]["momentum"] != 0 and buf.exp_avg is None:
+                        buf.exp_avg = self.xp.zeros(buf.size, np.float32)
+                        self.views_version += 1
+                elif hyper[b.group]["amsgrad"] and buf.max_exp_avg_sq is None:
                     buf.max_exp_avg_sq = buf.exp_avg_sq.copy()
+                    self.views_version += 1
             for bi, batch, s, flags in calls:
-                kern.adam_step(self.bufs[bi], batch, s, flags)
+                (kern.sgd_step if sgd else kern.adam_step)(self.bufs[bi], batch, s, flags)
         self.steps[active] += 1
+        if self.algorithm == "sgd":
+            with_momentum = np.asarray([h["momentum"] != 0 for h in hyper], bool)[self.slot_groups]
+            new = active & with_momentum & ~self.started
+            if new.any():
+                self.started |= new
+                self.views_version += 1
         self.count += 1
         if scaler is not None:
             scaler.update(False)
@@ -259,7 +296,8 @@ class Engine:
 
     # ------------------------------------------------------------------ state
     def slot_state(self, slot: int) -> dict[str, np.ndarray]:
-        """Host copies of one slot's state arrays (flat): exp_avg, exp_avg_sq[, max_exp_avg_sq][, master]."""
+        """Host copies of one slot's state arrays (flat): exp_avg, exp_avg_sq[, max_exp_avg_sq][, master]
+        (Adam) or [momentum_buffer][, master] (SGD: once the tensor's buffer has started)."""
         return {key: _host(view) for key, view in self.slot_views(slot).items()}
 
     def slot_views(self, slot: int) -> dict[str, Any]:
@@ -267,7 +305,10 @@ class Engine:
         s = self.layout.slots[slot]
         buf = self.bufs[s.buffer]
         sl = slice(s.offset, s.offset + s.numel)
-        out = {"exp_avg": buf.exp_avg[sl], "exp_avg_sq": buf.exp_avg_sq[sl]}
+        if self.algorithm == "sgd":
+            out = {"momentum_buffer": buf.exp_avg[sl]} if self.started[slot] and buf.exp_avg is not None else {}
+        else:
+            out = {"exp_avg": buf.exp_avg[sl], "exp_avg_sq": buf.exp_avg_sq[sl]}
         if buf.max_exp_avg_sq is not None:
             out["max_exp_avg_sq"] = buf.max_exp_avg_sq[sl]
         if buf.master is not None:
@@ -276,18 +317,53 @@ class Engine:
 
     def write_state(self, updates: Sequence[tuple[int, str, np.ndarray]], amsgrad_buffers: Sequence[int]) -> None:
         """Write checked host arrays into the state: ``(slot, key, flat float32 array)``;
-        ``amsgrad_buffers`` get a ``max_exp_avg_sq`` array first (zeros) if they have none."""
+        ``amsgrad_buffers`` get a ``max_exp_avg_sq`` array first (zeros) if they have none. SGD's
+        ``momentum_buffer`` goes to ``exp_avg`` (allocated if needed; the caller sets ``started``)."""
         self.sync()  # a step still running on another stream must not overwrite what is written
         xp = self.xp
         with self.on_device():
             for bi in amsgrad_buffers:
                 if self.bufs[bi].max_exp_avg_sq is None:
                     self.bufs[bi].max_exp_avg_sq = xp.zeros(self.bufs[bi].size, np.float32)
+                    self.views_version += 1
             for slot, key, arr in updates:
                 s = self.layout.slots[slot]
-                target = getattr(self.bufs[s.buffer], key)
+                buf = self.bufs[s.buffer]
+                if key == "momentum_buffer":
+                    key = "exp_avg"
+                    if buf.exp_avg is None:
+                        buf.exp_avg = xp.zeros(buf.size, np.float32)
+                        self.views_version += 1
+                target = getattr(buf, key)
                 target[s.offset: s.offset + s.numel] = arr if xp is np else xp.asarray(arr)
         self.sync()
+
+
+def _sgd_calls(bi: int, parts: list[tuple[int, K.Batch]], h: dict[str, Any], scale: float,
+               group: int) -> list[tuple[int, K.Batch, sgd_ref.HostScalars, K.SgdFlags]]:
+    """The SGD kernel calls of buffer ``bi`` (its batches' first step with momentum or not), the
+    scalars checked: ValueError, before anything is written, if one overflows float32."""
+    with np.errstate(over="ignore"):
+        s = sgd_ref.host_scalars(lr=h["lr"], momentum=h["momentum"], dampening=h["dampening"],
+                                 weight_decay=h["weight_decay"], grad_scale=scale)
+    for name in ("neg_lr", "momentum", "one_minus_dampening", "weight_decay", "scale"):
+        if not np.isfinite(getattr(s, name)):
+            raise ValueError(f"param_groups[{group}]: lr={h['lr']!r}, momentum={h['momentum']!r}, dampening="
+                             f"{h['dampening']!r}, weight_decay={h['weight_decay']!r} give a non-finite float32 "
+                             f"{name}; nothing was changed")
+    mode = sgd_ref.mode(h["momentum"], h["nesterov"])
+    return [(bi, batch, s, K.SgdFlags(maximize=h["maximize"], weight_decay=h["weight_decay"] != 0, momentum=mode,
+                                      first=t == 1)) for t, batch in parts]
+
+
+def _check_scalars(s: ref.HostScalars, h: dict[str, Any], t: int, group: int) -> None:
+    """ValueError if a float32 scalar of the step overflows (e.g. lr=1e39 is finite in float64 but
+    inf in float32, or lr / bias_correction1 overflows): nothing has been written yet."""
+    for name in ("decay", "step_size", "scale", "weight_decay"):
+        if not np.isfinite(getattr(s, name)):
+            raise ValueError(f"param_groups[{group}]: lr={h['lr']!r}, weight_decay={h['weight_decay']!r}, "
+                             f"beta1={h['beta1']!r} at the tensors' step {t} give a non-finite float32 "
+                             f"{name}; nothing was changed")
 
 
 def _host(a: Any) -> np.ndarray:

@@ -1,17 +1,20 @@
 """Param-group hyperparameters: checking them when set, and their values for one update.
 
-Both front-ends keep torch's group keys (``lr``, ``betas``, ``eps``,
-``weight_decay``, ``amsgrad``, ``maximize``) plus ``bias_correction``. A value may be
-a float or, in ``npadam.AdamW``, a ``Schedule`` of the update index ``k``. Before a
-step touches any buffer, every group's values for that ``k`` are evaluated and
-checked (``values``): a bad one is a ValueError naming the group, the key, the
-step and the value, and nothing changes.
+Both front-ends keep torch's group keys: for Adam ``lr``, ``betas``, ``eps``,
+``weight_decay``, ``amsgrad``, ``maximize`` plus ``bias_correction``; for SGD ``lr``,
+``momentum``, ``dampening``, ``weight_decay``, ``nesterov``, ``maximize``. A value may
+be a float or, in ``npadam.AdamW``/``npadam.SGD``, a ``Schedule`` of the update index
+``k`` (``ADAM.scheduled``, ``SGD.scheduled``). Before a step touches any buffer, every
+group's values for that ``k`` are evaluated and checked (``values``,
+``sgd_values``): a bad one is a ValueError naming the group, the key, the step and
+the value, and nothing changes.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -52,21 +55,99 @@ def _at(x: Any, k: int) -> float:
     return float(x(k)) if isinstance(x, Schedule) else float(x)
 
 
-def values(g: dict[str, Any], k: int, where: str) -> dict[str, Any]:
-    """The group's checked floats for update ``k`` (0-based): lr, beta1, beta2, weight_decay, eps, flags."""
-    out = {"lr": _at(g["lr"], k), "beta1": _at(g["betas"][0], k), "beta2": _at(g["betas"][1], k),
-           "weight_decay": _at(g["weight_decay"], k), "eps": float(g["eps"])}
-    for name, lo, hi in (("lr", 0.0, None), ("weight_decay", 0.0, None), ("eps", 0.0, None),
-                         ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0)):
+def _in_range(out: dict[str, float], bounds: tuple[tuple[str, float | None, float | None], ...], k: int,
+              where: str) -> None:
+    """ValueError naming the first value of ``out`` outside its ``(name, lo, hi)`` bounds ([lo, hi), finite)."""
+    for name, lo, hi in bounds:
         v = out[name]
-        if not math.isfinite(v) or v < lo or (hi is not None and v >= hi):
-            rng = f"in [{lo}, {hi})" if hi is not None else f">= {lo} and finite"
+        if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v >= hi):
+            rng = f"in [{lo}, {hi})" if hi is not None else f">= {lo} and finite" if lo is not None else "finite"
             raise ValueError(f"{where}{name} at step {k} is {v!r}; it must be {rng}. Nothing was changed")
-    for flag in FLAGS:
+
+
+def _flags(g: dict[str, Any], flags: tuple[str, ...], where: str, out: dict[str, Any]) -> dict[str, Any]:
+    for flag in flags:
         if not isinstance(g[flag], (bool, np.bool_)):
             raise TypeError(f"{where}{flag} must be a bool, got {g[flag]!r}")
         out[flag] = bool(g[flag])
     return out
+
+
+def values(g: dict[str, Any], k: int, where: str) -> dict[str, Any]:
+    """The group's checked floats for update ``k`` (0-based): lr, beta1, beta2, weight_decay, eps, flags."""
+    out = {"lr": _at(g["lr"], k), "beta1": _at(g["betas"][0], k), "beta2": _at(g["betas"][1], k),
+           "weight_decay": _at(g["weight_decay"], k), "eps": float(g["eps"])}
+    _in_range(out, (("lr", 0.0, None), ("weight_decay", 0.0, None), ("eps", 0.0, None),
+                    ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0)), k, where)
+    return _flags(g, FLAGS, where, out)
+
+
+# ---------------------------------------------------------------------- SGD
+SGD_KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+SGD_FLAGS = ("nesterov", "maximize")
+
+
+def _check_nesterov(nesterov: bool, momentum: Any, dampening: float, where: str, at: str = "") -> None:
+    """torch's rule: Nesterov momentum needs momentum > 0 and dampening == 0 (a scheduled momentum is
+    checked at each step, ``at`` names it)."""
+    if nesterov and ((not isinstance(momentum, Schedule) and momentum <= 0) or dampening != 0):
+        raise ValueError(f"{where}nesterov=True needs momentum > 0 and dampening == 0; {at}momentum is "
+                         f"{momentum!r}, dampening {dampening!r}. Nothing was changed")
+
+
+def check_sgd_group(g: dict[str, Any], where: str, schedules: bool = True) -> None:
+    """``check_group`` for SGD groups (torch.optim.SGD's rules: lr, momentum, weight_decay >= 0;
+    Nesterov needs momentum > 0 and dampening == 0)."""
+    g["lr"] = _hyper(f"{where}lr", g["lr"], 0.0, schedules=schedules)
+    g["momentum"] = _hyper(f"{where}momentum", g["momentum"], 0.0, schedules=schedules)
+    g["dampening"] = V.real(f"{where}dampening", g["dampening"])
+    g["weight_decay"] = _hyper(f"{where}weight_decay", g["weight_decay"], 0.0, schedules=schedules)
+    _flags(g, SGD_FLAGS, where, g)
+    _check_nesterov(g["nesterov"], g["momentum"], g["dampening"], where)
+
+
+def sgd_values(g: dict[str, Any], k: int, where: str) -> dict[str, Any]:
+    """An SGD group's checked values for update ``k``: lr, momentum, dampening, weight_decay, flags."""
+    out = {"lr": _at(g["lr"], k), "momentum": _at(g["momentum"], k), "dampening": float(g["dampening"]),
+           "weight_decay": _at(g["weight_decay"], k)}
+    _in_range(out, (("lr", 0.0, None), ("momentum", 0.0, None), ("dampening", None, None),
+                    ("weight_decay", 0.0, None)), k, where)
+    _flags(g, SGD_FLAGS, where, out)
+    _check_nesterov(out["nesterov"], out["momentum"], out["dampening"], where, f"at step {k} ")
+    return out
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What an algorithm's param groups hold: ``keys`` (torch's names), ``flags`` (the bool keys),
+    ``scheduled`` (schedule name -> (group key, index in a pair or None): the values a Schedule may
+    drive), ``check_group(g, where, schedules)`` and ``values(g, k, where)``."""
+
+    algorithm: str
+    keys: tuple[str, ...]
+    flags: tuple[str, ...]
+    scheduled: dict[str, tuple[str, int | None]]
+    check_group: Callable[..., None]
+    values: Callable[[dict[str, Any], int, str], dict[str, Any]]
+
+    def with_schedules(self, g: dict[str, Any], sch: dict[str, Any]) -> dict[str, Any]:
+        """``g`` with each value a schedule in ``sch`` drives replaced by that schedule (a new dict)."""
+        h = dict(g)
+        for name, (key, idx) in self.scheduled.items():
+            if name in sch:
+                if idx is None:
+                    h[key] = sch[name]
+                else:
+                    pair = list(h[key])
+                    pair[idx] = sch[name]
+                    h[key] = tuple(pair)
+        return h
+
+
+ADAM = Spec("adam", GROUP_KEYS, FLAGS, {"lr": ("lr", None), "beta1": ("betas", 0), "beta2": ("betas", 1),
+                                        "weight_decay": ("weight_decay", None)}, check_group, values)
+SGD = Spec("sgd", SGD_KEYS, SGD_FLAGS, {"lr": ("lr", None), "momentum": ("momentum", None),
+                                        "weight_decay": ("weight_decay", None)}, check_sgd_group, sgd_values)
 
 
 def dump(x: Any) -> Any:
@@ -84,6 +165,6 @@ def load(x: Any) -> Any:
 
     if isinstance(x, dict) and "schedule" in x:
         return from_dict(x["schedule"])
-    if isinstance(x, list):
-        return [load(v) for v in x]
+    if isinstance(x, (list, tuple)):
+        return type(x)(load(v) for v in x)
     return x

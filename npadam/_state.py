@@ -14,10 +14,17 @@ index Schedules see). ``parse`` reads these and the state dicts of
 and checked by shape; a param without state starts fresh; a low-precision
 param's master is re-read from the param) and checks everything before the
 caller changes anything.
+
+SGD (``kind`` ``"SGD"``) has torch.optim.SGD's layout: ``state[i]`` = ``{"step"[,
+"momentum_buffer"][, "master"]}``, the buffer present once the param's first step
+with momentum made it (torch's rule); a ``torch.optim.SGD`` state dict has only the
+buffers (``step`` then counts from 0). An Adam state dict given to SGD, or the
+other way round, is a ValueError.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -32,6 +39,7 @@ from .scaler import LossScaler
 FORMAT = "npadam.optimizer/2"
 _OLD_FORMAT = "npadam.optimizer/1"
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master")
+SGD_STATE_KEYS = ("momentum_buffer", "master")
 
 
 def export(engine: Engine, groups: Sequence[dict[str, Any]], kind: str, loss_scaler: LossScaler | None,
@@ -70,6 +78,7 @@ class Parsed:
     reload_masters: list[int] = field(default_factory=list)
     amsgrad_buffers: list[int] = field(default_factory=list)
     loss_scaler: dict[str, Any] | None = None
+    started: np.ndarray | None = None  # SGD: each param's momentum buffer exists
 
 
 def _float32(value: Any, what: str) -> np.ndarray:
@@ -99,16 +108,21 @@ def _int(value: Any, what: str) -> int:
         value = value.item()
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or float(value) != int(value) or value < 0 or value >= 2**63:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value \
+            or (not isinstance(value, numbers.Integral) and (not math.isfinite(value) or float(value) != int(value))) \
+            or value < 0 or value >= 2**63:
         raise ValueError(f"{what} must be a non-negative integer below 2**63, got {value!r}")
     return int(value)
 
 
 def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
-          check_group: Callable[[dict[str, Any], str], None]) -> Parsed:
+          check_group: Callable[[dict[str, Any], str], None], loss_scaler: LossScaler | None = None) -> Parsed:
     """Check ``sd`` against the engine's layout and the current ``groups``; raise ValueError/TypeError
-    naming the problem. Nothing is changed here."""
+    naming the problem. Nothing is changed here.
+
+    ``loss_scaler``: the optimizer's. An npadam state dict must agree on having one (a
+    saved scaler state is never dropped, a current one never silently kept); a torch
+    state dict never holds one (torch keeps GradScaler apart), so the current one stays."""
     if not isinstance(sd, Mapping):
         raise TypeError(f"a state dict must be a mapping, got {type(sd).__name__}")
     if "format" in sd:  # npadam 0.1: the npadam entries at the top level
@@ -142,6 +156,7 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
             if tuple(shape) != slot.shape or dt != slot.dtype:
                 raise ValueError(f"param {slot.name!r}: state dict has shape {tuple(shape)} {dt}, "
                                  f"optimizer has {slot.shape} {slot.dtype}")
+    _check_algorithm(meta, state, saved_groups, engine.algorithm, kind)
     if len(saved_groups) != len(groups):
         raise ValueError(f"state dict has {len(saved_groups)} param groups, optimizer has {len(groups)}")
     new_groups, index = [], []
@@ -152,7 +167,7 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
             raise ValueError(f"param_groups[{gi}] has {len(d['params'])} params in the state dict, "
                              f"{g['n_params']} here")
         h = {k: H.load(v) for k, v in d.items() if k != "params"}
-        for k in H.GROUP_KEYS:
+        for k in (H.SGD if engine.algorithm == "sgd" else H.ADAM).keys:
             h.setdefault(k, g[k])
         if "betas" in h:
             h["betas"] = tuple(h["betas"])
@@ -161,9 +176,14 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
         index += list(d["params"])
     steps = np.zeros(len(lay.slots), np.int64)
     out = Parsed(count=0, steps=steps, groups=new_groups)
+    if engine.algorithm == "sgd":
+        out.started = np.zeros(len(lay.slots), bool)
     for i, (slot, key) in enumerate(zip(lay.slots, index)):
         st = state.get(key, state.get(str(key)))
         where = f"state of param {slot.name!r}"
+        if engine.algorithm == "sgd":
+            _sgd_slot(out, i, slot, st, where, meta is not None)
+            continue
         if st is None or (isinstance(st, Mapping) and not st):
             if meta is not None:
                 raise ValueError(f"state dict has no {where}")
@@ -199,23 +219,90 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
         if new_groups[slot.group]["amsgrad"] and "max_exp_avg_sq" not in st:
             raise ValueError(f"{where} lacks max_exp_avg_sq (its group has amsgrad=True)")
     for bi, b in enumerate(lay.buffers):
-        if new_groups[b.group]["amsgrad"]:
+        if new_groups[b.group].get("amsgrad"):
             out.amsgrad_buffers.append(bi)
     if meta is not None:
         out.count = _int(meta["step"], "state dict step")
         scaler = meta.get("loss_scaler")
+        if scaler is None and loss_scaler is not None:
+            raise ValueError("the state dict was saved without a loss scaler but this optimizer has one "
+                             f"({loss_scaler!r}); load it into an optimizer without loss_scaler and set "
+                             "opt.loss_scaler afterwards to start a fresh scaler")
+        if scaler is not None and loss_scaler is None:
+            raise ValueError(f"the state dict holds loss-scaler state ({dict(scaler)!r}) but this optimizer "
+                             "has no loss_scaler; create it with loss_scaler=npadam.LossScaler() to resume it")
         if scaler is not None:
             if not isinstance(scaler, Mapping):
                 raise TypeError(f"state dict loss_scaler must be a mapping, got {type(scaler).__name__}")
-            LossScaler().load_state_dict(dict(scaler))  # validate before changing anything
+            probe = copy.deepcopy(loss_scaler) if loss_scaler is not None else LossScaler()
+            probe.load_state_dict(dict(scaler))  # validate (against this optimizer's scaler) before any change
             out.loss_scaler = dict(scaler)
     else:
         out.count = int(steps.max()) if steps.size else 0
     return out
 
 
+def _saved_algorithm(meta: Mapping[str, Any] | None, state: Mapping[Any, Any],
+                     saved_groups: Sequence[Any]) -> tuple[str | None, str]:
+    """``("sgd" | "adam" | None, why)``: the algorithm a state dict is from, as far as it tells."""
+    if meta is not None and isinstance(meta.get("kind"), str):
+        return ("sgd" if meta["kind"] == "SGD" else "adam"), f"kind {meta['kind']!r}"
+    keys = {k for st in state.values() if isinstance(st, Mapping) for k in st}
+    gkeys = {k for d in saved_groups if isinstance(d, Mapping) for k in d}
+    for found, algorithm in ((keys & {"exp_avg", "exp_avg_sq"}, "adam"), (keys & {"momentum_buffer"}, "sgd"),
+                             (gkeys & {"betas", "eps", "amsgrad"}, "adam"),
+                             (gkeys & {"momentum", "dampening", "nesterov"}, "sgd")):
+        if found:
+            return algorithm, f"it has {sorted(found)}"
+    return None, ""
+
+
+def _check_algorithm(meta: Mapping[str, Any] | None, state: Mapping[Any, Any], saved_groups: Sequence[Any],
+                     algorithm: str, kind: str) -> None:
+    saved, why = _saved_algorithm(meta, state, saved_groups)
+    if saved is not None and saved != algorithm:
+        names = {"sgd": "SGD", "adam": "Adam/AdamW"}
+        raise ValueError(f"the state dict is from an {names[saved]} optimizer ({why}); this optimizer is {kind}, "
+                         f"an {names[algorithm]} optimizer: their states differ, so it cannot be loaded. "
+                         "Nothing was changed")
+
+
+def _sgd_slot(out: Parsed, i: int, slot: Any, st: Any, where: str, npadam_dict: bool) -> None:
+    """Check one param's SGD state into ``out``: ``step`` (npadam's, absent in torch's dicts), the
+    momentum buffer if the param has one, the fp32 master of a low-precision param."""
+    if st is None or (isinstance(st, Mapping) and not st):
+        if npadam_dict:
+            raise ValueError(f"state dict has no {where}")
+        out.reload_masters.append(i)  # torch: no momentum buffer (yet, or momentum 0): starts fresh
+        return
+    if not isinstance(st, Mapping):
+        raise TypeError(f"{where} must be a mapping, got {type(st).__name__}")
+    if "step" in st:
+        out.steps[i] = _int(st["step"], f"{where}: step")
+    elif npadam_dict:
+        raise ValueError(f"{where} lacks ['step']")
+    for k in SGD_STATE_KEYS:
+        if st.get(k) is None or (k == "master" and slot.dtype == "float32"):
+            continue
+        arr = _float32(st[k], f"{where}: {k}")
+        if arr.size != slot.numel or (arr.ndim and arr.shape != slot.shape and arr.ndim != 1):
+            raise ValueError(f"{where}: {k} has shape {arr.shape}, expected {slot.shape}")
+        if k == "momentum_buffer":
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{where}: momentum_buffer must be finite")
+            out.started[i] = True
+        out.updates.append((i, k, arr.reshape(-1)))
+    if slot.dtype != "float32" and st.get("master") is None:
+        if npadam_dict:
+            raise ValueError(f"{where} lacks the fp32 master of the {slot.dtype} param")
+        out.reload_masters.append(i)
+
+
 def apply(parsed: Parsed, engine: Engine) -> None:
-    """Write a parsed state dict into the engine (state, step counts)."""
+    """Write a parsed state dict into the engine (state, step counts, SGD's started buffers)."""
     engine.write_state(parsed.updates, parsed.amsgrad_buffers)
     engine.steps[...] = parsed.steps
+    if parsed.started is not None:
+        engine.started[...] = parsed.started
+        engine.views_version += 1
     engine.count = parsed.count

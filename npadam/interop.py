@@ -108,6 +108,9 @@ def import_array(x: Any, *, what: str = "array") -> tuple[Any, str]:
 
 def as_numpy(x: Any, *, what: str = "array") -> np.ndarray:
     """A zero-copy NumPy view of ``x`` (see the module docstring); TypeError if impossible."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{what} is a NumPy masked array: an optimizer would update the masked elements "
+                        "too; pass np.ma.getdata(x) (and zero the masked grads) or a plain array")
     if isinstance(x, np.ndarray):
         return x
     dev = device_of(x)

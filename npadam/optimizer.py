@@ -1,4 +1,4 @@
-"""``AdamW`` and ``Adam`` over flat buffers for arrays from any framework (torch.optim-style API).
+"""``AdamW``, ``Adam`` and ``SGD`` over flat buffers for arrays from any framework (torch.optim-style API).
 
 Parameters may be NumPy arrays, torch tensors, CuPy arrays, JAX arrays (pytrees
 too) or any DLPack producer; writable ones are updated in place (zero copy).
@@ -15,7 +15,8 @@ One ``step(grads)``:
    the loss scaler backs off;
 4. otherwise one fused pass per flat buffer applies ``scale = inv_loss_scale *
    clip_coef``, updates m, v (and vmax), the fp32 master and writes the
-   low-precision copy (round to nearest even). See ``npadam.reference.adamw``.
+   low-precision copy (round to nearest even). See ``npadam.reference.adamw``
+   (``SGD``: the momentum buffer instead of m and v, ``npadam.reference.sgd``).
 
 Params whose gradient is None are skipped, like torch: their state and step
 count do not change (each param has its own count for the bias correction).
@@ -39,32 +40,26 @@ from . import _params as P
 from ._engine import Engine, StepInfo, step_options
 from .interop import import_array, is_read_only_producer
 from .layout import FlatLayout
+from .reference import adamw as ref
 from .scaler import LossScaler
 from .schedules import Schedule, ScheduleSet
 
 FORMAT = _state.FORMAT
-_SCHEDULED = {"lr": ("lr", None), "beta1": ("betas", 0), "beta2": ("betas", 1), "weight_decay": ("weight_decay", None)}
 
 
-class _AdamBase:
+class _Optimizer:
+    """What ``AdamW``, ``Adam`` and ``SGD`` share: params and groups, schedules, the step, state dicts.
+
+    ``_spec`` (``npadam._hyper.ADAM`` or ``SGD``) names the algorithm, its group keys, the
+    values Schedules may drive and their checks; ``defaults`` are the constructor's group values."""
+
+    _spec = H.ADAM
     _decoupled = True
 
-    def __init__(self, params: Any, lr: float | Schedule | ScheduleSet = 1e-3,
-                 betas: tuple[float | Schedule, float | Schedule] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float | Schedule = 0.0, amsgrad: bool = False, maximize: bool = False,
-                 bias_correction: bool = True, max_grad_norm: float | None = None,
+    def __init__(self, params: Any, defaults: dict[str, Any], *, max_grad_norm: float | None = None,
                  loss_scaler: LossScaler | None = None, skip_nonfinite: bool = True, kernel: str | None = None,
                  num_threads: int | None = None, offload_fraction: float = 0.0, comm: Any = None) -> None:
-        if isinstance(lr, ScheduleSet):
-            sset = lr
-            lr = sset.lr
-            if sset.weight_decay is not None:
-                weight_decay = sset.weight_decay
-            betas = (sset.beta1 if sset.beta1 is not None else betas[0],
-                     sset.beta2 if sset.beta2 is not None else betas[1])
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, bias_correction=bias_correction)
-        H.check_group(defaults, "")
+        self._spec.check_group(defaults, "")
         self.defaults = defaults
         o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
         self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
@@ -110,9 +105,9 @@ class _AdamBase:
         if not isinstance(group, Mapping) or "params" not in group:
             raise TypeError(f"a param group must be a dict with 'params', got {type(group).__name__}")
         gi = len(self.param_groups)
-        extra = sorted(set(group) - set(H.GROUP_KEYS) - {"params", "names", "schedules"})
+        extra = sorted(set(group) - set(self._spec.keys) - {"params", "names", "schedules"})
         if extra:
-            raise ValueError(f"param_groups[{gi}] has unknown keys {extra}; allowed: {', '.join(H.GROUP_KEYS)}")
+            raise ValueError(f"param_groups[{gi}] has unknown keys {extra}; allowed: {', '.join(self._spec.keys)}")
         items, gnames = P.split_named(group["params"])
         if not items:
             raise ValueError(f"param_groups[{gi}] has no params")
@@ -120,8 +115,8 @@ class _AdamBase:
         gnames = list(group.get("names") or gnames or [str(start + i) for i in range(len(items))])
         if len(gnames) != len(items):
             raise ValueError(f"param_groups[{gi}] has {len(items)} params but {len(gnames)} names")
-        g = {**self.defaults, **{k: group[k] for k in H.GROUP_KEYS if k in group}}
-        H.check_group(g, f"param_groups[{gi}].")
+        g = {**self.defaults, **{k: group[k] for k in self._spec.keys if k in group}}
+        self._spec.check_group(g, f"param_groups[{gi}].")
         seen = {id(o) for o in self._objects}
         for o, n in zip(items, gnames):
             if id(o) in seen:
@@ -148,7 +143,8 @@ class _AdamBase:
         # everything checked: build
         if self._engine is None:
             self._engine = Engine(layout, device=device, device_id=device_id, kernel=self.kernel,
-                                  decoupled=self._decoupled, num_threads=self.num_threads)
+                                  decoupled=self._decoupled, num_threads=self.num_threads,
+                                  algorithm=self._spec.algorithm)
         else:
             self._engine.extend(layout)
         eng = self._engine
@@ -208,43 +204,34 @@ class _AdamBase:
 
     # ------------------------------------------------------------------ hyperparameters
     def _adopt_schedules(self, gi: int, g: dict[str, Any]) -> None:
-        """Schedules assigned to lr/betas/weight_decay move to ``g["schedules"]``; a float the caller
-        assigned (different from the one npadam wrote) replaces the schedule."""
+        """Schedules assigned to lr/betas/momentum/weight_decay move to ``g["schedules"]``; a float the
+        caller assigned (different from the one npadam wrote) replaces the schedule."""
         sch = g.setdefault("schedules", {})
         written = self._written[gi]
-        betas = list(g["betas"])
-        for name, (key, idx) in _SCHEDULED.items():
-            cur = g[key] if idx is None else betas[idx]
+        for name, (key, idx) in self._spec.scheduled.items():
+            cur = g[key] if idx is None else g[key][idx]
             if isinstance(cur, Schedule):
                 sch[name] = cur
             elif name in sch and name in written and cur != written[name]:
                 del sch[name]
-        g["betas"] = tuple(betas)
+        for key in {key for key, idx in self._spec.scheduled.values() if idx is not None}:
+            g[key] = tuple(g[key])
 
     def _write_values(self, gi: int, g: dict[str, Any], k: int) -> None:
         """Put the scheduled values for update ``k`` into the group as floats (what loggers read)."""
         sch = g["schedules"]
-        betas = list(g["betas"])
-        for name, (key, idx) in _SCHEDULED.items():
+        values = {}
+        for name in self._spec.scheduled:
             if name in sch:
-                v = float(sch[name](k))
-                self._written[gi][name] = v
-                if idx is None:
-                    g[key] = v
-                else:
-                    betas[idx] = v
-        g["betas"] = tuple(betas)
+                values[name] = self._written[gi][name] = float(sch[name](k))
+        g.update(self._spec.with_schedules({key: g[key] for key, _ in self._spec.scheduled.values()}, values))
 
     def _group_values(self, k: int) -> list[dict[str, Any]]:
         out = []
         for gi, g in enumerate(self.param_groups):
             self._adopt_schedules(gi, g)
-            sch = g["schedules"]
-            h = dict(g)
-            h["lr"] = sch.get("lr", g["lr"])
-            h["weight_decay"] = sch.get("weight_decay", g["weight_decay"])
-            h["betas"] = (sch.get("beta1", g["betas"][0]), sch.get("beta2", g["betas"][1]))
-            out.append(H.values(h, k, f"param_groups[{gi}]."))
+            h = self._spec.with_schedules(g, g["schedules"])
+            out.append(self._spec.values(h, k, f"param_groups[{gi}]."))
         return out
 
     def _sync_groups(self) -> None:
@@ -406,6 +393,21 @@ class _AdamBase:
         for i, a in enumerate(self._arrays):
             self._engine.load_master(i, a)
 
+    def _checkpoint_write_params(self, values: Sequence[np.ndarray]) -> None:
+        """Write flat fp32 ``values`` (one per param, checked by ``npadam.checkpoint``) into the params,
+        rounded to each param's dtype (round to nearest even, as a step writes them). The masters
+        were restored by ``load_state_dict`` first: the written params are their rounding."""
+        self._engine.sync()
+        for i, (a, v) in enumerate(zip(self._arrays, values)):
+            dtype = self._engine.layout.slots[i].dtype
+            host = ref.to_storage(np.asarray(v, np.float32), _storage_dtype(dtype))
+            if isinstance(a, np.ndarray):
+                a.reshape(-1)[...] = host.view(a.dtype)
+            else:  # CuPy (bfloat16 as uint16 bits)
+                a.reshape(-1)[...] = self._engine.xp.asarray(host.view(np.uint16) if dtype != "float32" else host)
+        self._engine.sync()
+        self._versions = [P.version(o, bump=True) for o in self._objects]
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the ``.grad`` of params that carry one (torch tensors): None, or zeros."""
         for o in self._objects:
@@ -419,13 +421,8 @@ class _AdamBase:
     def _plain_groups(self) -> list[dict[str, Any]]:
         out = []
         for g in self.param_groups:
-            d = {k: H.dump(g[k]) for k in H.GROUP_KEYS}
-            sch = g["schedules"]
-            if "lr" in sch:
-                d["lr"] = H.dump(sch["lr"])
-            if "weight_decay" in sch:
-                d["weight_decay"] = H.dump(sch["weight_decay"])
-            d["betas"] = [H.dump(sch.get("beta1", g["betas"][0])), H.dump(sch.get("beta2", g["betas"][1]))]
+            h = self._spec.with_schedules({k: g[k] for k in self._spec.keys}, g["schedules"])
+            d = {k: H.dump(v) for k, v in h.items()}
             d["n_params"] = len(g["params"])
             out.append(d)
         return out
@@ -444,10 +441,11 @@ class _AdamBase:
         self._sync_groups()
         plain = self._plain_groups()
 
-        parsed = _state.parse(sd, self._engine, plain, type(self).__name__, H.check_group)
+        parsed = _state.parse(sd, self._engine, plain, type(self).__name__, self._spec.check_group,
+                              self.loss_scaler)
         _state.apply(parsed, self._engine)
         for gi, (g, h) in enumerate(zip(self.param_groups, parsed.groups)):
-            g.update({k: h[k] for k in H.GROUP_KEYS})
+            g.update({k: h[k] for k in self._spec.keys})
             g["schedules"] = {}
             self._written[gi] = {}
             self._adopt_schedules(gi, g)
@@ -461,6 +459,23 @@ class _AdamBase:
         lay = self._engine.layout
         return (f"{type(self).__name__}({len(lay.slots)} params in {len(lay.buffers)} buffers, "
                 f"{lay.numel:,} elements, kernel={self.kernel!r}, step={self._engine.count})")
+
+
+class _AdamBase(_Optimizer):
+    def __init__(self, params: Any, lr: float | Schedule | ScheduleSet = 1e-3,
+                 betas: tuple[float | Schedule, float | Schedule] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float | Schedule = 0.0, amsgrad: bool = False, maximize: bool = False,
+                 bias_correction: bool = True, **options: Any) -> None:
+        if isinstance(lr, ScheduleSet):
+            sset = lr
+            lr = sset.lr
+            if sset.weight_decay is not None:
+                weight_decay = sset.weight_decay
+            betas = (sset.beta1 if sset.beta1 is not None else betas[0],
+                     sset.beta2 if sset.beta2 is not None else betas[1])
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, bias_correction=bias_correction)
+        super().__init__(params, defaults, **options)
 
 
 class AdamW(_AdamBase):
@@ -493,3 +508,49 @@ class Adam(_AdamBase):
                  betas: tuple[float | Schedule, float | Schedule] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float | Schedule = 0.0, **kwargs: Any) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kwargs)
+
+
+class SGD(_Optimizer):
+    """SGD with momentum, ``torch.optim.SGD`` (what Megatron-Core builds for ``optimizer="sgd"``).
+
+    ``weight_decay`` is L2 (added to the gradient), ``dampening`` damps the gradient's share of
+    the momentum buffer after the first step, ``nesterov`` needs ``momentum > 0`` and
+    ``dampening == 0``. ``lr``, ``momentum`` and ``weight_decay`` may be Schedules (a ScheduleSet
+    gives lr, weight decay and, as momentum, beta1). The options after ``maximize`` are
+    ``AdamW``'s. The momentum buffer is the only state (none with ``momentum=0``); see
+    ``npadam.reference.sgd`` for the exact arithmetic (torch's fused multiply-adds included).
+
+    >>> import numpy as np, npadam
+    >>> w = np.ones(2, np.float32)
+    >>> opt = npadam.SGD([w], lr=0.5, momentum=0.9)
+    >>> [opt.step([np.ones(2, np.float32)]).step for _ in range(2)], w.tolist()
+    ([1, 2], [-0.44999998807907104, -0.44999998807907104])
+    """
+
+    _spec = H.SGD
+
+    def __init__(self, params: Any, lr: float | Schedule | ScheduleSet = 1e-3, momentum: float | Schedule = 0.0,
+                 dampening: float = 0.0, weight_decay: float | Schedule = 0.0, nesterov: bool = False,
+                 maximize: bool = False, *, max_grad_norm: float | None = None, loss_scaler: LossScaler | None = None,
+                 skip_nonfinite: bool = True, kernel: str | None = None, num_threads: int | None = None,
+                 offload_fraction: float = 0.0, comm: Any = None) -> None:
+        if isinstance(lr, ScheduleSet):
+            sset = lr
+            lr = sset.lr
+            if sset.weight_decay is not None:
+                weight_decay = sset.weight_decay
+            if sset.beta1 is not None:
+                momentum = sset.beta1
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                        nesterov=nesterov, maximize=maximize)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm, loss_scaler=loss_scaler,
+                         skip_nonfinite=skip_nonfinite, kernel=kernel, num_threads=num_threads,
+                         offload_fraction=offload_fraction, comm=comm)
+
+
+def _storage_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)

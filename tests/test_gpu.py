@@ -72,6 +72,27 @@ def test_gpu_matches_cpu_bit_for_bit(pdt, gdt):
         _assert_same(copt, cpu_params, gopt, gpu_params)
 
 
+@pytest.mark.parametrize("pdt, gdt", list(itertools.product(STORE, STORE)))
+def test_sgd_gpu_matches_cpu_bit_for_bit(pdt, gdt):
+    """npadam.SGD on the GPU (sgd_multi, __fmaf_rn) against the Numba kernel (llvm.fma): every momentum
+    mode, with a tensor left out (grad None) at the first step so that its buffer starts later."""
+    rng = np.random.default_rng(6)
+    sizes = [1, 63, 64, 65, 4099, 300_001]
+    for kw in (dict(momentum=0.0), dict(momentum=0.9, dampening=0.1), dict(momentum=0.9, nesterov=True, maximize=True)):
+        init = [rng.standard_normal(n).astype(np.float32).astype(STORE[pdt]) for n in sizes]
+        grads = [[None if (k == 0 and i == 2) else (rng.standard_normal(n) * 3).astype(np.float32).astype(STORE[gdt])
+                  for i, n in enumerate(sizes)] for k in range(3)]
+        kw = dict(lr=0.05, weight_decay=0.01, max_grad_norm=1.0, **kw)
+        cpu_params = [p.copy() for p in init]
+        copt = npadam.SGD(cpu_params, kernel="cpu", **kw)
+        cinfo = [copt.step(g) for g in grads]
+        gpu_params = [_to_gpu(p) for p in init]
+        gopt = npadam.SGD(gpu_params, kernel="gpu", **kw)
+        ginfo = [gopt.step([None if g is None else _to_gpu(g) for g in gs]) for gs in grads]
+        assert [i.grad_norm for i in cinfo] == [i.grad_norm for i in ginfo]
+        _assert_same(copt, cpu_params, gopt, gpu_params)
+
+
 @pytest.mark.parametrize("pdt, gdt", [("float32", "float32"), ("float32", "bfloat16"), ("bfloat16", "float32")])
 def test_subnormals_are_not_flushed_to_zero(pdt, gdt):
     """Subnormal params, grads and moments (g * g underflows): bit for bit the CPU's, no flush to zero

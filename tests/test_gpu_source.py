@@ -1,5 +1,5 @@
 """The CUDA source without a GPU: it compiles for sm_90 with the exact flags, and its
-element math, built for the host, is bit-identical to the reference."""
+element math, built for the host, is bit-identical to the reference (Adam and SGD)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 from npadam.kernels import gpu
 from npadam.reference import adamw as R
+from npadam.reference import sgd as RS
 
 NVCC = shutil.which("nvcc")
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
@@ -39,15 +40,35 @@ def ptx(tmp_path_factory) -> str:
     return (d / "all.ptx").read_text()
 
 
+def _entries(ptx: str) -> dict[str, str]:
+    """Each kernel's PTX body by its (mangled) entry name."""
+    parts = re.split(r"\.entry\s+", ptx)[1:]
+    return {part.split("(", 1)[0]: part for part in parts}
+
+
+def _check_fused_operations(ptx: str) -> None:
+    """Adam and the norm: no fused multiply-add at all (-fmad=false). SGD: its explicit fmas are
+    all fma.rn.f32 (reference.sgd), and its multiplies and adds are not contracted into more."""
+    entries = _entries(ptx)
+    assert entries
+    for name, body in entries.items():
+        if "sgd_multi" in name:
+            fmas = re.findall(r"\bfma\.[\w.]+", body)
+            assert fmas and set(fmas) == {"fma.rn.f32"}, (name, set(fmas))
+        else:
+            assert "fma." not in body, name
+    assert ".ftz" not in ptx
+
+
 @needs_nvcc
 def test_every_instantiation_compiles_for_sm90(ptx):
     entries = re.findall(r"\.entry\s+(\S+)\(", ptx)
-    assert len(entries) == len(gpu.all_names()) == 75
+    assert len(entries) == len(gpu.all_names()) == 75 + 27
 
 
 @needs_nvcc
 def test_no_fused_multiply_add_and_ieee_div_sqrt(ptx):
-    assert "fma." not in ptx and ".ftz" not in ptx
+    _check_fused_operations(ptx)
     assert not re.search(r"(div|sqrt|rcp)\.approx", ptx)
     assert "div.rn.f32" in ptx and "sqrt.rn.f32" in ptx
 
@@ -145,7 +166,8 @@ def test_nvrtc_compiles_the_runtime_source_for_sm90():
     ptx, lowered = gpu.compile_names(names, 90, cubin=False)
     ptx = ptx.rstrip(b"\0").decode()
     assert ptx.count(".entry") == len(names)
-    assert "fma." not in ptx and not re.search(r"(div|sqrt|rcp)\.approx", ptx)
+    _check_fused_operations(ptx)
+    assert not re.search(r"(div|sqrt|rcp)\.approx", ptx)
     # no flush-to-zero (cupy.RawModule appends -ftz=true to every option list: the runtime must not use it)
     assert ".ftz" not in ptx
     assert all(lowered[n].startswith("_Z") for n in names)
@@ -193,6 +215,8 @@ def emulator(tmp_path_factory):
         [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 5
     lib.emu_norm.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint] + [ctypes.c_void_p] * 3 + \
         [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+    lib.emu_sgd.argtypes = [ctypes.c_int] * 3 + [ctypes.c_uint, ctypes.c_uint] + [ctypes.c_void_p] * 6 + \
+        [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3
     return lib
 
 
@@ -300,6 +324,17 @@ class _EmulatedLaunch:
             assert all(isinstance(s, np.float32) for s in args[12:])
             rc = self.lib.emu_adam(*self.opts, grid[0], block[0], *map(ptr, arrays), int(nchunks), int(chunk),
                                    ptr(w), ptr(m), ptr(v), ptr(x), ptr(sc))
+        elif self.name.startswith("sgd_multi"):
+            assert len(args) == 18, len(args)
+            *arrays, nchunks, chunk, w, buf = args[:10]
+            assert all(isinstance(a, np.ndarray) for a in (*arrays, w, buf))
+            assert [a.dtype for a in arrays] == [np.uint64, np.uint64, np.int64, np.int64, np.int64, np.int64]
+            assert isinstance(nchunks, np.int64) and isinstance(chunk, np.int64)
+            assert all(isinstance(s, np.float32) for s in args[10:15])
+            assert all(isinstance(f, np.int32) for f in args[15:])
+            sc = np.asarray(args[10:15], np.float32)
+            rc = self.lib.emu_sgd(*self.opts, grid[0], block[0], *map(ptr, arrays), int(nchunks), int(chunk),
+                                  ptr(w), ptr(buf), ptr(sc), *map(int, args[15:]))
         else:
             assert len(args) == 7, len(args)
             gp, off, sz, n, nblocks, blk, out = args
@@ -308,30 +343,52 @@ class _EmulatedLaunch:
         assert rc == 0
 
 
+def _sizes_and_layout(pdt):
+    """Four tensors (a big one, tiny odd ones) in one flat buffer."""
+    from npadam.layout import FlatLayout
+
+    sizes = [70_001, 3, 4099, 64]
+    lay = FlatLayout([(str(i), (n,), pdt, 0) for i, n in enumerate(sizes)])
+    return sizes, lay, lay.buffers[0].size
+
+
+def _params_and_master(pdt, sizes, lay):
+    """The same random params for every kernel compared (seed 1), their fp32 master, and the
+    generator (the grads come from the same stream)."""
+    from npadam.layout import storage_dtype
+
+    r = np.random.default_rng(1)
+    params = [(r.standard_normal(n) * 2).astype(np.float32).astype(storage_dtype(pdt)) for n in sizes]
+    master = None
+    if pdt != "float32":
+        master = np.zeros(lay.buffers[0].size, np.float32)
+        for p, off in zip(params, lay.offsets(0)):
+            master[off: off + p.size] = p.astype(np.float32)
+    return params, master, r
+
+
+def _emulated_gpu_kernels(emulator):
+    """gpu.GpuKernels with its CuPy calls served by the host stand-in and its launches by the
+    emulated kernels (two "SMs")."""
+    kern = object.__new__(gpu.GpuKernels)
+    kern.cp, kern._functions, kern._sms = _HostCupy, {}, {}
+    kern._function = lambda name: _EmulatedLaunch(emulator, name)
+    kern._sm_count = lambda: 2
+    return kern
+
+
 @pytest.mark.parametrize("pdt, gdt", [("float32", "float32"), ("bfloat16", "float32"), ("float16", "bfloat16")])
 def test_gpu_launch_code_runs_through_the_emulated_kernels(emulator, pdt, gdt):
     """gpu.py's own table building, chunking, caching and launch argument packing (CI has no GPU),
     on a batch that leaves a tensor out (its grad is None), against the reference kernel."""
     from npadam import kernels as K
-    from npadam.layout import FlatLayout, storage_dtype
+    from npadam.layout import storage_dtype
 
-    kern = object.__new__(gpu.GpuKernels)
-    kern.cp, kern._functions, kern._sms = _HostCupy, {}, {}
-    kern._function = lambda name: _EmulatedLaunch(emulator, name)
-    kern._sm_count = lambda: 2
-    rng = np.random.default_rng(7)
-    sizes = [70_001, 3, 4099, 64]
-    lay = FlatLayout([(str(i), (n,), pdt, 0) for i, n in enumerate(sizes)])
-    size = lay.buffers[0].size
+    kern = _emulated_gpu_kernels(emulator)
+    sizes, lay, size = _sizes_and_layout(pdt)
     results = []
     for kernel in (kern, K.get("reference")):
-        r = np.random.default_rng(1)
-        params = [(r.standard_normal(n) * 2).astype(np.float32).astype(storage_dtype(pdt)) for n in sizes]
-        low = pdt != "float32"
-        master = np.zeros(size, np.float32) if low else None
-        if low:
-            for p, off in zip(params, lay.offsets(0)):
-                master[off: off + p.size] = p.astype(np.float32)
+        params, master, r = _params_and_master(pdt, sizes, lay)
         buf = K.BufferState(size=size, master=master, exp_avg=np.zeros(size, np.float32),
                             exp_avg_sq=np.zeros(size, np.float32), max_exp_avg_sq=np.zeros(size, np.float32),
                             pdtype=pdt)
@@ -346,4 +403,76 @@ def test_gpu_launch_code_runs_through_the_emulated_kernels(emulator, pdt, gdt):
             s = R.host_scalars(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step=step)
             kernel.adam_step(buf, batch, s, K.Flags(decoupled=True, amsgrad=True, maximize=False))
         results.append((norms, [p.tobytes() for p in params], buf.exp_avg.tobytes(), buf.max_exp_avg_sq.tobytes()))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("pk, gk", [(0, 0), (0, 1), (1, 1), (2, 0), (2, 2)])
+def test_emulated_sgd_kernel_matches_the_reference(emulator, pk, gk):
+    """sgd_multi's own code (chunks in a grid-stride loop, an unaligned view, the fp32 master
+    select, the first step's buffer) against reference.sgd, bit for bit, in every mode."""
+    rng = np.random.default_rng(20 + pk * 3 + gk)
+    sizes = [1, 63, 64, 4099, 9_001, 5]
+    offsets = np.cumsum([0] + [-(-n // 64) * 64 for n in sizes[:-1]]).astype(np.int64)
+    total = int(offsets[-1] + -(-sizes[-1] // 64) * 64)
+    chunk = 4096
+    for mode, maximize, decay in itertools.product((RS.PLAIN, RS.MOMENTUM, RS.NESTEROV), (False, True), (False, True)):
+        raw = [(rng.standard_normal(n + 1) * 2).astype(np.float32) for n in sizes]
+        params = [r[:-1].astype(STORE[pk]) for r in raw]
+        params[4] = np.concatenate([np.zeros(1, STORE[pk]), params[4]])[1:]  # not 16-byte aligned
+        ref_p = [p.astype(np.float32) for p in params]
+        master = np.zeros(total, np.float32)
+        for p, off in zip(params, offsets):
+            master[off: off + p.size] = p.astype(np.float32)
+        buf, rbuf = np.zeros(total, np.float32), np.zeros(total, np.float32)
+        for step in range(3):
+            if step == 2 and pk != 0:  # params written behind the optimizer's back: the params win
+                for i, p in enumerate(params):
+                    p[::7] = (rng.standard_normal(p[::7].size) * 5).astype(np.float32).astype(STORE[pk])
+                    R.current_master(ref_p[i], p)
+            grads = [(rng.standard_normal(n) * 3).astype(np.float32).astype(STORE[gk]) for n in sizes]
+            s = RS.host_scalars(lr=0.05, momentum=0.9, dampening=0.0 if mode == RS.NESTEROV else 0.25,
+                                weight_decay=0.1, grad_scale=0.7)
+            sc = np.array([s.scale, s.weight_decay, s.momentum, s.one_minus_dampening, s.neg_lr], np.float32)
+            pptr, ct, cs = _tables(params, sizes, chunk)
+            gptr, _, _ = _tables(grads, sizes, chunk)
+            sz = np.asarray(sizes, np.int64)
+            assert emulator.emu_sgd(pk, gk, mode, 3, 128, _ptr(pptr), _ptr(gptr), _ptr(offsets), _ptr(sz), _ptr(ct),
+                                    _ptr(cs), ct.size, chunk, _ptr(master), _ptr(buf), _ptr(sc), maximize, decay,
+                                    step == 0) == 0
+            for i, (g, off) in enumerate(zip(grads, offsets)):
+                sl = slice(off, off + sizes[i])
+                RS.apply_step(ref_p[i], g, rbuf[sl], s, maximize=maximize, weight_decay=decay, momentum=mode,
+                              first=step == 0)
+        for i, p in enumerate(params):
+            want = ref_p[i] if pk == 0 else R.to_storage(ref_p[i], STORE[pk])
+            assert p.tobytes() == want.tobytes(), (i, mode, maximize, decay)
+        assert buf.tobytes() == rbuf.tobytes()
+
+
+@pytest.mark.parametrize("pdt, gdt, mode", [("float32", "float32", RS.NESTEROV), ("bfloat16", "float32", RS.MOMENTUM),
+                                            ("float16", "bfloat16", RS.PLAIN)])
+def test_gpu_sgd_launch_code_runs_through_the_emulated_kernels(emulator, pdt, gdt, mode):
+    """gpu.py's SGD launch (tables, chunks, argument packing, the buffer placeholder without
+    momentum) through the emulated sgd_multi, on a batch that leaves a tensor out, against the
+    reference kernel."""
+    from npadam import kernels as K
+    from npadam.layout import storage_dtype
+
+    kern = _emulated_gpu_kernels(emulator)
+    sizes, lay, size = _sizes_and_layout(pdt)
+    results = []
+    for kernel in (kern, K.get("reference")):
+        params, master, r = _params_and_master(pdt, sizes, lay)
+        buf = K.BufferState(size=size, master=master, exp_avg=np.zeros(size, np.float32), exp_avg_sq=None,
+                            max_exp_avg_sq=None, pdtype=pdt)
+        for step in (1, 2, 3):
+            grads = [(r.standard_normal(n)).astype(np.float32).astype(storage_dtype(gdt)) for n in sizes]
+            active = [0, 2, 3] if step == 1 else [0, 1, 2, 3]
+            u16 = lambda a: a if a.dtype == np.float32 else a.view(np.uint16)  # noqa: E731
+            batch = K.Batch.of_arrays([u16(params[i]) for i in active], [u16(grads[i]) for i in active],
+                                      lay.offsets(0)[active], gdt)
+            s = RS.host_scalars(lr=1e-2, momentum=0.9, dampening=0.0, weight_decay=0.1, grad_scale=0.5)
+            kernel.sgd_step(buf, batch, s, K.SgdFlags(maximize=step == 2, weight_decay=True, momentum=mode,
+                                                      first=step == 1))
+        results.append(([p.tobytes() for p in params], buf.exp_avg.tobytes()))
     assert results[0] == results[1]

@@ -1,10 +1,11 @@
-"""Kernel dispatch: the same two operations on one flat buffer, by the reference, Numba or CuPy.
+"""Kernel dispatch: the same operations on one flat buffer, by the reference, Numba or CuPy.
 
 ``block_sumsq(buf, batch, block)`` returns the float64 sums of squares of the
 buffer's gradient blocks (``npadam.reference.adamw.NORM_BLOCK`` elements from the
 buffer start; tensors outside the batch count as zeros);
 ``adam_step(buf, batch, scalars, flags)`` runs one fused AdamW/Adam pass over the
-batch's tensors. ``BufferState`` holds a buffer's state arrays, ``Batch`` the
+batch's tensors, ``sgd_step(buf, batch, scalars, flags)`` one fused SGD pass (the
+momentum buffer in ``buf.exp_avg``). ``BufferState`` holds a buffer's state arrays, ``Batch`` the
 pointer tables of the tensors one call touches (params in their storage dtype,
 grads in theirs) and their offsets in the flat state.
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..reference import adamw as ref
+from ..reference import sgd as sgd_ref
 
 from ..layout import KINDS, storage_dtype, work_items
 
@@ -26,12 +28,15 @@ KERNELS = ("reference", "cpu", "gpu")
 
 @dataclass
 class BufferState:
-    """One flat buffer's optimizer state (float32 arrays of ``size`` elements, NumPy or CuPy)."""
+    """One flat buffer's optimizer state (float32 arrays of ``size`` elements, NumPy or CuPy).
+
+    Adam: ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq`` with amsgrad). SGD: the momentum
+    buffer in ``exp_avg`` (None until a step with momentum), no ``exp_avg_sq``."""
 
     size: int
     master: np.ndarray | None
-    exp_avg: np.ndarray
-    exp_avg_sq: np.ndarray
+    exp_avg: np.ndarray | None
+    exp_avg_sq: np.ndarray | None
     max_exp_avg_sq: np.ndarray | None
     pdtype: str = "float32"
     cache: dict = field(default_factory=dict)
@@ -85,6 +90,17 @@ class Flags:
     decoupled: bool = True
     amsgrad: bool = False
     maximize: bool = False
+
+
+@dataclass(frozen=True)
+class SgdFlags:
+    """An SGD pass's options: ``weight_decay`` (the group's decay is nonzero), ``momentum`` (the mode,
+    ``reference.sgd.PLAIN``/``MOMENTUM``/``NESTEROV``), ``first`` (the tensors' first step with momentum)."""
+
+    maximize: bool = False
+    weight_decay: bool = False
+    momentum: int = sgd_ref.PLAIN
+    first: bool = False
 
 
 def available() -> str:
@@ -143,6 +159,16 @@ class _Cpu:
                s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,
                s.decay, s.step_size, s.bc2_sqrt, s.eps)
 
+    def sgd_step(self, buf: BufferState, batch: Batch, s: sgd_ref.HostScalars, flags: SgdFlags) -> None:
+        if not len(batch):
+            return
+        e = self._empty
+        kernel = self.cpu.sgd_pass(buf.pkind, batch.gkind, flags.momentum, buf.size >= self.cpu.PARALLEL_MIN)
+        kernel(batch.params, batch.grads, batch.offsets, *_work(buf, batch, self.cpu.CHUNK),
+               e if buf.master is None else buf.master, e if flags.momentum == sgd_ref.PLAIN else buf.exp_avg,
+               e, e, flags.maximize, s.scale, s.weight_decay, s.momentum, s.one_minus_dampening, s.neg_lr,
+               flags.weight_decay, flags.first)
+
 
 _CTYPES = {"float32": ctypes.c_float, "bfloat16": ctypes.c_uint16, "float16": ctypes.c_uint16}
 
@@ -170,18 +196,31 @@ class _Reference:
             flat[off: off + g.size] = g
         return ref.block_sumsq(flat, block)
 
-    def adam_step(self, buf: BufferState, batch: Batch, s: ref.HostScalars, flags: Flags) -> None:
+    def _updates(self, buf: BufferState, batch: Batch) -> Iterator[tuple[np.ndarray, np.ndarray, slice]]:
+        """Each tensor of the batch as ``(value to update, grad, slice of the flat state)``: the value
+        is the param, or the fp32 master (``current_master``) of a low-precision param, which is
+        written back rounded after the caller's update."""
         low = buf.master is not None
         grads = self._views(batch, batch.grads, batch.gdtype)
         for p, g, off in zip(self._views(batch, batch.params, buf.pdtype), grads, batch.offsets):
             sl = slice(off, off + p.size)
             param = ref.current_master(buf.master[sl], p) if low else p
+            yield param, g, sl
+            if low:
+                p[...] = ref.to_storage(param, p.dtype)
+
+    def adam_step(self, buf: BufferState, batch: Batch, s: ref.HostScalars, flags: Flags) -> None:
+        for param, g, sl in self._updates(buf, batch):
             vmax = None if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq[sl]
             with np.errstate(invalid="ignore", divide="ignore"):  # eps = 0 with a zero grad: 0/0 like the kernels
                 ref.apply_step(param, g, buf.exp_avg[sl], buf.exp_avg_sq[sl], vmax, s,
                                decoupled=flags.decoupled, amsgrad=flags.amsgrad, maximize=flags.maximize)
-            if low:
-                p[...] = ref.to_storage(param, p.dtype)
+
+    def sgd_step(self, buf: BufferState, batch: Batch, s: sgd_ref.HostScalars, flags: SgdFlags) -> None:
+        for param, g, sl in self._updates(buf, batch):
+            mbuf = None if flags.momentum == sgd_ref.PLAIN else buf.exp_avg[sl]
+            sgd_ref.apply_step(param, g, mbuf, s, maximize=flags.maximize, weight_decay=flags.weight_decay,
+                               momentum=flags.momentum, first=flags.first)
 
 
 _instances: dict[str, object] = {}

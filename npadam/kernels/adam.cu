@@ -1,8 +1,8 @@
-// npadam GPU kernels: the fused AdamW/Adam pass and the fixed-blocking gradient norm.
+// npadam GPU kernels: the fused AdamW/Adam and SGD passes and the fixed-blocking gradient norm.
 //
 // One templated source; the options are template parameters:
 //   PK, GK      storage kind of params / grads (0 float32, 1 bfloat16, 2 float16)
-//   AMSGRAD, DECOUPLED, MAXIMIZE
+//   AMSGRAD, DECOUPLED, MAXIMIZE (Adam);  MOMENTUM (SGD: 0 none, 1 heavy ball, 2 Nesterov)
 // Compile with -fmad=false (and NVRTC's default IEEE division and square root) so
 // that the result is bit-identical to reference/adamw.py and the Numba kernel.
 //
@@ -17,6 +17,20 @@
 using namespace npadam;
 
 #define NPADAM_LANES 64
+
+// The chunk a thread block works on: tensor t, elements [lo, hi) of it (both passes).
+struct Chunk {
+    int64_t t, lo, hi;
+};
+
+__device__ __forceinline__ Chunk chunk_at(int64_t c, const int64_t* chunk_tensor, const int64_t* chunk_start,
+                                          const int64_t* sizes, int64_t chunk) {
+    const int64_t t = chunk_tensor[c];
+    const int64_t lo = chunk_start[c];
+    int64_t hi = lo + chunk;
+    if (hi > sizes[t]) hi = sizes[t];
+    return {t, lo, hi};
+}
 
 template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE>
 __device__ __forceinline__ void adam_one(typename Storage<PK>::T* P, const typename Storage<GK>::T* G,
@@ -46,10 +60,8 @@ __global__ void adam_multi(const uint64_t* __restrict__ param_ptrs, const uint64
     typedef typename Storage<PK>::T PT;
     typedef typename Storage<GK>::T GT;
     for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const int64_t t = chunk_tensor[c];
-        const int64_t lo = chunk_start[c];
-        int64_t hi = lo + chunk;
-        if (hi > sizes[t]) hi = sizes[t];
+        const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk);
+        const int64_t t = k.t, lo = k.lo, hi = k.hi;
         PT* P = reinterpret_cast<PT*>(param_ptrs[t]);
         const GT* G = reinterpret_cast<const GT*>(grad_ptrs[t]);
         const int64_t base = offsets[t];
@@ -79,6 +91,36 @@ __global__ void adam_multi(const uint64_t* __restrict__ param_ptrs, const uint64
         }
         for (int64_t j = j0 + threadIdx.x; j < hi; j += blockDim.x) {
             adam_one<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE>(P, G, master, m, v, vmax, j, base + j, s);
+        }
+    }
+}
+
+// One SGD pass over a flat buffer's tensors (chunks as in adam_multi; one element per thread and step).
+// buf: the momentum buffer (unused when MOMENTUM == 0); maximize, decay (wd != 0) and first are flags
+// of the whole launch.
+template <int PK, int GK, int MOMENTUM>
+__global__ void sgd_multi(const uint64_t* __restrict__ param_ptrs, const uint64_t* __restrict__ grad_ptrs,
+                          const int64_t* __restrict__ offsets, const int64_t* __restrict__ sizes,
+                          const int64_t* __restrict__ chunk_tensor, const int64_t* __restrict__ chunk_start,
+                          int64_t nchunks, int64_t chunk, float* __restrict__ master, float* __restrict__ buf,
+                          float scale, float weight_decay, float momentum, float one_minus_dampening, float neg_lr,
+                          int maximize, int decay, int first) {
+    const SgdScalars s = {scale, weight_decay, momentum, one_minus_dampening, neg_lr};
+    typedef typename Storage<PK>::T PT;
+    typedef typename Storage<GK>::T GT;
+    for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk);
+        PT* P = reinterpret_cast<PT*>(param_ptrs[k.t]);
+        const GT* G = reinterpret_cast<const GT*>(grad_ptrs[k.t]);
+        const int64_t base = offsets[k.t];
+        for (int64_t j = k.lo + threadIdx.x; j < k.hi; j += blockDim.x) {
+            const int64_t i = base + j;
+            float p = (PK == F32) ? Storage<PK>::load(P[j]) : current_master<PK>(master[i], P[j]);
+            float b = (MOMENTUM != 0 && !first) ? buf[i] : 0.0f;
+            sgd_element<MOMENTUM>(p, Storage<GK>::load(G[j]), b, maximize != 0, decay != 0, first != 0, s);
+            if (MOMENTUM != 0) buf[i] = b;
+            if (PK != F32) master[i] = p;
+            P[j] = Storage<PK>::store(p);
         }
     }
 }

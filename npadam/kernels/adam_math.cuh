@@ -1,4 +1,5 @@
-// npadam: the element math of one AdamW/Adam step, for the GPU kernels and the host tests.
+// npadam: the element math of one AdamW/Adam step and of one SGD step, for the GPU kernels and the
+// host tests.
 //
 // Everything here is __host__ __device__ so that the same source is compiled for
 // the GPU (adam.cu, NVRTC or nvcc with -fmad=false and IEEE division/sqrt) and for
@@ -10,6 +11,13 @@
 //   vh = amsgrad ? max(vmax, v) : v          (NaN-propagating, vmax <- vh)
 //   if decoupled: p = p * decay
 //   p  = p - step_size * m / (sqrt(vh) / bc2_sqrt + eps)
+//
+// SGD (reference/sgd.py, torch.optim.SGD) uses explicit fused multiply-adds, as torch's CPU and CUDA
+// kernels do; fma_rn is __fmaf_rn on the device (fused whatever -fmad says) and fmaf on the host:
+//
+//   g = grad * scale;  if maximize: g = -g;  if decay: g = fma(wd, p, g)
+//   momentum: buf = first ? g : fma(1 - dampening, g, momentum * buf);  g = nesterov ? fma(momentum, buf, g) : buf
+//   p = fma(-lr, g, p)
 //
 // Storage kinds: 0 float32, 1 bfloat16, 2 float16 (16-bit kinds as raw uint16 bits,
 // converted with round-to-nearest-even exactly as ml_dtypes / NumPy do, NaN payloads
@@ -153,6 +161,36 @@ NPADAM_HD void adam_element(float& p, float grad, float& m, float& v, float& vma
     }
     if (DECOUPLED) p = p * s.decay;
     p = p - s.step_size * mi / (sqrtf(vh) / s.bc2_sqrt + s.eps);
+}
+
+// a * b + c with one rounding (IEEE fusedMultiplyAdd).
+NPADAM_HD float fma_rn(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+    return __fmaf_rn(a, b, c);
+#else
+    return fmaf(a, b, c);
+#endif
+}
+
+// The per-step SGD scalars, float32, from reference.sgd.host_scalars.
+struct SgdScalars {
+    float scale, weight_decay, momentum, one_minus_dampening, neg_lr;
+};
+
+// One SGD element: updates p (fp32 value) and the momentum buffer in place. MOMENTUM: 0 none (buf
+// untouched), 1 heavy ball, 2 Nesterov (reference.sgd.PLAIN, MOMENTUM, NESTEROV); decay: wd != 0;
+// first: the tensor's first step with momentum (the buffer starts as the gradient).
+template <int MOMENTUM>
+NPADAM_HD void sgd_element(float& p, float grad, float& buf, bool maximize, bool decay, bool first,
+                           const SgdScalars& s) {
+    float g = grad * s.scale;
+    if (maximize) g = -g;
+    if (decay) g = fma_rn(s.weight_decay, p, g);
+    if (MOMENTUM != 0) {
+        buf = first ? g : fma_rn(s.one_minus_dampening, g, s.momentum * buf);
+        g = (MOMENTUM == 2) ? fma_rn(s.momentum, buf, g) : buf;
+    }
+    p = fma_rn(s.neg_lr, g, p);
 }
 
 }  // namespace npadam

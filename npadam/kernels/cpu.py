@@ -1,9 +1,10 @@
-"""Numba CPU kernels: the fused AdamW pass and the fixed-blocking gradient norm.
+"""Numba CPU kernels: the fused AdamW and SGD passes and the fixed-blocking gradient norm.
 
 Imported lazily (importing this module imports Numba; compiled functions are
 cached on disk with ``cache=True``). No fastmath: every float32 operation is the
 IEEE operation the reference performs, in the same order, so results are bit for
-bit those of ``reference.adamw``, whatever ``NUMBA_NUM_THREADS`` is.
+bit those of ``reference.adamw`` (and ``reference.sgd``, whose fused
+multiply-adds are explicit ``fma`` calls), whatever ``NUMBA_NUM_THREADS`` is.
 
 Storage kinds (compile-time options): 0 = float32, 1 = bfloat16 and 2 = float16,
 both read and written as ``uint16`` bits (no AVX-512 needed).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import carray, njit, prange, types
+from llvmlite import ir as llvm_ir
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -140,26 +142,59 @@ def encode(x, kind):
     return f32_to_f16(x)
 
 
-def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool, PARALLEL: bool):
-    """Build the fused pass for one (param kind, grad kind, amsgrad, decoupled) combination.
+ADAM, SGD = 0, 1  # the algorithm of a fused pass
 
-    One source, compile-time options: the closure constants fold away the
-    branches, so the inner loop is straight-line code that LLVM vectorizes. Numba
-    keys its disk cache on the closure values too, so each variant caches apart.
-    ``PARALLEL=False`` compiles the same body serially (``prange`` is ``range``).
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """float32 ``a * b + c`` with one rounding (``llvm.fma.f32``: the FMA instruction where the CPU
+    has one, an exact library call elsewhere); ``reference.sgd.fma``. A module global, like ``address``."""
+    if not all(x == types.float32 for x in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f = llvm_ir.FloatType()
+        fn = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(f, [f, f, f]), "llvm.fma.f32")
+        return builder.call(fn, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool):
+    """Build the fused pass of one algorithm for one combination of compile-time options.
+
+    ``ALGO == ADAM``: ``OPT1`` = amsgrad, ``OPT2`` = decoupled (``reference.adamw``);
+    ``ALGO == SGD``: ``OPT1`` = the momentum mode (``reference.sgd``), ``OPT2`` unused.
+
+    One source for both: the work items, pointer tables, the fp32 master select and
+    the write-back are shared; only the element update differs. The closure constants
+    fold the branches away (Numba prunes them before typing), so the inner loop is
+    straight-line code that LLVM vectorizes. Numba keys its disk cache on the closure
+    values too, so each variant caches apart. ``PARALLEL=False`` compiles the same body
+    serially (``prange`` is ``range``).
+
+    Arguments: ``(params, grads, offsets, work_t, work_lo, work_hi, master, s1, s2, s3,
+    maximize, scale, *c)`` with the state arrays ``s1, s2, s3`` = ``m, v, vmax`` (Adam) or
+    ``momentum_buffer`` and two unused arrays (SGD), and the scalars ``c`` of
+    ``adam_pass`` / ``sgd_pass``.
     """
 
     PDT = np.float32 if PK == F32 else np.uint16
     GDT = np.float32 if GK == F32 else np.uint16
     PSIZE = 4 if PK == F32 else 2
     GSIZE = 4 if GK == F32 else 2
+    IS_ADAM = ALGO == ADAM
+    AMSGRAD = IS_ADAM and bool(OPT1)
+    DECOUPLED = IS_ADAM and bool(OPT2)
+    MODE = 0 if IS_ADAM else int(OPT1)  # SGD: 0 plain, 1 momentum, 2 Nesterov (reference.sgd)
+    USE_S1 = IS_ADAM or MODE != 0
+    USE_S2 = IS_ADAM
 
     # error_model="numpy": a division by zero gives inf/NaN like the reference, torch and the parallel
     # build (Python's model raises ZeroDivisionError mid-pass, with the pass half written), and the
     # division vectorizes (serial pass 4.5 -> 0.6 ns per cached element)
     @njit(parallel=PARALLEL, cache=True, error_model="numpy")
-    def adam_pass(params, grads, offsets, work_t, work_lo, work_hi, master, m, v, vmax, maximize, scale,
-                  b1, omb1, b2, omb2, wd, decay, step_size, bc2_sqrt, eps):
+    def fused_pass(params, grads, offsets, work_t, work_lo, work_hi, master, s1, s2, s3, maximize, scale, *c):
         _cache_key = PARALLEL  # noqa: F841 - PARALLEL must be a closure variable: Numba keys its disk cache on those
         for w in prange(work_t.shape[0]):
             t = work_t[w]
@@ -169,9 +204,9 @@ def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool, PARALLEL: 
             b = offsets[t] + hi
             P = carray(address(params[t] + lo * PSIZE), hi - lo, PDT)
             G = carray(address(grads[t] + lo * GSIZE), hi - lo, GDT)
-            M = m[a:b]
-            Vv = v[a:b]
-            X = vmax[a:b] if AMSGRAD else vmax
+            S1 = s1[a:b] if USE_S1 else s1
+            S2 = s2[a:b] if USE_S2 else s2
+            S3 = s3[a:b] if AMSGRAD else s3
             W = master[a:b] if PK != F32 else master
             for j in range(P.shape[0]):
                 g = load(G, j, GK) * scale
@@ -185,31 +220,49 @@ def _make_adam_pass(PK: int, GK: int, AMSGRAD: bool, DECOUPLED: bool, PARALLEL: 
                     # the param was written since npadam's last update: it wins (current_master);
                     # a select, not a branch, so that the loop still vectorizes
                     p = w if encode(w, PK) == stored else decode(stored, PK)
-                if not DECOUPLED:
-                    g = g + wd * p
-                mi = b1 * M[j] + omb1 * g
-                vi = b2 * Vv[j] + omb2 * (g * g)
-                M[j] = mi
-                Vv[j] = vi
-                vh = vi
-                if AMSGRAD:
-                    vo = X[j]
-                    if not (vi > vo or vi != vi):
-                        vh = vo
-                    X[j] = vh
-                if DECOUPLED:
-                    p = p * decay
-                p = p - step_size * mi / (np.sqrt(vh) / bc2_sqrt + eps)
+                if IS_ADAM:  # c = (b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)
+                    if not DECOUPLED:
+                        g = g + c[4] * p
+                    mi = c[0] * S1[j] + c[1] * g
+                    vi = c[2] * S2[j] + c[3] * (g * g)
+                    S1[j] = mi
+                    S2[j] = vi
+                    vh = vi
+                    if AMSGRAD:
+                        vo = S3[j]
+                        if not (vi > vo or vi != vi):
+                            vh = vo
+                        S3[j] = vh
+                    if DECOUPLED:
+                        p = p * c[5]
+                    p = p - c[6] * mi / (np.sqrt(vh) / c[7] + c[8])
+                else:  # c = (wd, momentum, 1 - dampening, -lr, wd != 0, first)
+                    if c[4]:
+                        g = fma(c[0], p, g)
+                    if MODE != 0:
+                        if c[5]:
+                            buf = g
+                        else:
+                            buf = fma(c[2], g, c[1] * S1[j])
+                        S1[j] = buf
+                        g = fma(c[1], buf, g) if MODE == 2 else buf
+                    p = fma(c[3], g, p)
                 if PK == F32:
                     P[j] = p
                 else:
                     W[j] = p
                     P[j] = encode(p, PK)
 
-    return adam_pass
+    return fused_pass
 
 
-_ADAM_PASSES: dict[tuple[int, int, bool, bool, bool], object] = {}
+_PASSES: dict[tuple, object] = {}
+
+
+def _fused_pass(*key):
+    if key not in _PASSES:
+        _PASSES[key] = _make_pass(*key)
+    return _PASSES[key]
 
 
 def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, parallel: bool = True):
@@ -223,10 +276,19 @@ def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, parallel: 
     with ``params``/``grads`` int64 pointer tables (``pointers``) and float32 scalars
     from ``npadam.reference.adamw.host_scalars``.
     """
-    key = (int(pkind), int(gkind), bool(amsgrad), bool(decoupled), bool(parallel))
-    if key not in _ADAM_PASSES:
-        _ADAM_PASSES[key] = _make_adam_pass(*key)
-    return _ADAM_PASSES[key]
+    return _fused_pass(ADAM, int(pkind), int(gkind), bool(amsgrad), bool(decoupled), bool(parallel))
+
+
+def sgd_pass(pkind: int, gkind: int, momentum: int, parallel: bool = True):
+    """The compiled fused SGD pass for a momentum mode (``reference.sgd``: 0 plain, 1 momentum,
+    2 Nesterov), built on first use; ``parallel`` as in ``adam_pass``.
+
+    Call it as ``kernel(params, grads, offsets, work_t, work_lo, work_hi, master, buf, empty,
+    empty, maximize, scale, wd, momentum, 1 - dampening, -lr, wd != 0, first)`` with float32
+    scalars from ``npadam.reference.sgd.host_scalars`` and ``first`` the tensors' first step
+    with momentum (the buffer starts as the gradient).
+    """
+    return _fused_pass(SGD, int(pkind), int(gkind), int(momentum), False, bool(parallel))
 
 
 @njit(inline="always", cache=True)

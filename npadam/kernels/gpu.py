@@ -1,9 +1,10 @@
 """CuPy GPU kernels: ``adam.cu`` compiled lazily with NVRTC, memoized per device.
 
 Importing this module imports CuPy; nothing here compiles until a kernel is
-first used. The CUDA source (``adam.cu`` + ``adam_math.cuh``, package data) is one
-templated kernel; each (param kind, grad kind, amsgrad, decoupled, maximize)
-combination is instantiated by name on first use and cached per device. Options:
+first used. The CUDA source (``adam.cu`` + ``adam_math.cuh``, package data) holds
+one templated kernel per algorithm; each (param kind, grad kind, amsgrad,
+decoupled, maximize) Adam combination and each (param kind, grad kind, momentum
+mode) SGD combination is instantiated by name on first use and cached per device. Options:
 ``-fmad=false``, IEEE division and square root and no flush-to-zero, so results
 are bit-identical to ``reference.adamw`` and the Numba kernel.
 
@@ -43,6 +44,10 @@ def source() -> str:
 def adam_name(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, maximize: bool) -> str:
     b = lambda x: "true" if x else "false"  # noqa: E731
     return f"adam_multi<{pkind}, {gkind}, {b(amsgrad)}, {b(decoupled)}, {b(maximize)}>"
+
+
+def sgd_name(pkind: int, gkind: int, momentum: int) -> str:
+    return f"sgd_multi<{pkind}, {gkind}, {momentum}>"
 
 
 def norm_name(gkind: int) -> str:
@@ -99,11 +104,12 @@ def all_names() -> list[str]:
                 for d in (False, True):
                     for m in (False, True):
                         names.append(adam_name(p, g, a, d, m))
+            names += [sgd_name(p, g, mode) for mode in range(3)]
     return names
 
 
 class GpuKernels:
-    """The two operations of ``npadam.kernels`` on CuPy arrays of one device."""
+    """The operations of ``npadam.kernels`` on CuPy arrays of one device."""
 
     def __init__(self) -> None:
         import cupy
@@ -166,21 +172,35 @@ class GpuKernels:
                                 np.int64(block), out))
         return out
 
-    def adam_step(self, buf: Any, batch: Any, s: Any, flags: Any) -> None:
+    def _launch(self, buf: Any, batch: Any, name: str, state: Sequence[Any], scalars: Sequence[Any]) -> None:
+        """One launch of kernel ``name`` over the batch: tables, chunks, ``master``, the ``state``
+        arrays (None: a placeholder), then ``scalars``."""
         cp = self.cp
-        if not len(batch):
-            return
         pptrs, offsets, sizes = self._tables(buf, batch, batch.params, "params")
         gptrs, _, _ = self._tables(buf, batch, batch.grads, "grads")
         chunk_t, chunk_s, nchunks = self._chunks(buf, batch)
         if "empty" not in buf.cache:
             buf.cache["empty"] = cp.zeros(1, dtype=cp.float32)
         empty = buf.cache["empty"]
-        fn = self._function(adam_name(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled, flags.maximize))
+        arrays = tuple(empty if a is None else a for a in (buf.master, *state))
+        grid = min(nchunks, 32 * self._sm_count())
+        self._function(name)((max(grid, 1),), (THREADS,),
+                             (pptrs, gptrs, offsets, sizes, chunk_t, chunk_s, np.int64(nchunks), np.int64(CHUNK),
+                              *arrays, *scalars))
+
+    def adam_step(self, buf: Any, batch: Any, s: Any, flags: Any) -> None:
+        if not len(batch):
+            return
         scalars = tuple(np.float32(x) for x in (s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2,
                                                 s.weight_decay, s.decay, s.step_size, s.bc2_sqrt, s.eps))
-        grid = min(nchunks, 32 * self._sm_count())
-        fn((max(grid, 1),), (THREADS,),
-           (pptrs, gptrs, offsets, sizes, chunk_t, chunk_s, np.int64(nchunks), np.int64(CHUNK),
-            empty if buf.master is None else buf.master, buf.exp_avg, buf.exp_avg_sq,
-            empty if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq, *scalars))
+        self._launch(buf, batch, adam_name(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled, flags.maximize),
+                     (buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq), scalars)
+
+    def sgd_step(self, buf: Any, batch: Any, s: Any, flags: Any) -> None:
+        if not len(batch):
+            return
+        scalars = tuple(np.float32(x) for x in (s.scale, s.weight_decay, s.momentum, s.one_minus_dampening,
+                                                s.neg_lr))
+        scalars += tuple(np.int32(bool(x)) for x in (flags.maximize, flags.weight_decay, flags.first))
+        self._launch(buf, batch, sgd_name(buf.pkind, batch.gkind, flags.momentum),
+                     (buf.exp_avg if flags.momentum else None,), scalars)

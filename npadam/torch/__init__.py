@@ -11,7 +11,7 @@ Importing this module imports torch (``import npadam`` alone does not).
 1
 """
 
-from ._optimizer import Adam, AdamW
+from ._optimizer import SGD, Adam, AdamW
 from ._scheduler import LRScheduler
 
-__all__ = ["Adam", "AdamW", "LRScheduler"]
+__all__ = ["Adam", "AdamW", "LRScheduler", "SGD"]

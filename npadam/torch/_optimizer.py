@@ -1,4 +1,4 @@
-"""``npadam.torch.AdamW`` / ``Adam``: real ``torch.optim.Optimizer`` subclasses over npadam's engine.
+"""``npadam.torch.AdamW`` / ``Adam`` / ``SGD``: real ``torch.optim.Optimizer`` subclasses over npadam's engine.
 
 ``param_groups`` and ``state`` are torch's own structures; ``step()`` gathers the
 pointers of this step's params and grads and calls the shared engine
@@ -21,7 +21,7 @@ import itertools
 import operator
 import warnings
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -51,12 +51,15 @@ def _scalar(x: Any, name: str = "hyperparameter") -> Any:
     return x
 
 
-def _check(g: dict[str, Any], where: str) -> None:
-    for key in ("lr", "eps", "weight_decay"):
+_FLOAT_KEYS = {"adam": ("lr", "eps", "weight_decay"), "sgd": ("lr", "momentum", "dampening", "weight_decay")}
+
+
+def _check(g: dict[str, Any], where: str, spec: H.Spec = H.ADAM) -> None:
+    for key in _FLOAT_KEYS[spec.algorithm]:
         g[key] = _scalar(g[key], f"{where}{key}")
-    if isinstance(g["betas"], (tuple, list)):
+    if isinstance(g.get("betas"), (tuple, list)):
         g["betas"] = tuple(_scalar(b, f"{where}betas") for b in g["betas"])
-    H.check_group(g, where, schedules=False)
+    spec.check_group(g, where, schedules=False)
 
 
 class _State(defaultdict):
@@ -91,21 +94,17 @@ class _State(defaultdict):
 
 
 class _Base(torch.optim.Optimizer):
+    """What ``AdamW``, ``Adam`` and ``SGD`` share; ``_spec`` (``npadam._hyper.ADAM``/``SGD``) names the
+    algorithm and its group keys, ``defaults`` are torch's group defaults of the subclass."""
+
+    _spec = H.ADAM
     _decoupled = True
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
-                 fused: bool | None = None, bias_correction: bool = True, max_grad_norm: float | None = None,
+    def __init__(self, params: Any, defaults: dict[str, Any], *, max_grad_norm: float | None = None,
                  loss_scaler: LossScaler | None = None, skip_nonfinite: bool = True, kernel: str | None = None,
                  num_threads: int | None = None, flat_storage: bool = False, offload_fraction: float = 0.0,
                  comm: Any = None) -> None:
-        if capturable or differentiable:
-            raise ValueError("npadam.torch optimizers do not support capturable=True or differentiable=True")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-                        maximize=maximize, foreach=foreach, capturable=False, differentiable=False, fused=fused,
-                        bias_correction=bias_correction)
-        _check(defaults, "")
+        _check(defaults, "", self._spec)
         o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
         if o.offload_fraction > 0:
             raise ValueError("offload_fraction > 0 is not available in this version of npadam")
@@ -163,7 +162,7 @@ class _Base(torch.optim.Optimizer):
         if self._engine is not None and any(gi < self._ngroups for gi in gi_of[first:]):
             return self._relayout()  # params appended inside an existing group
         for gi in range(self._ngroups if self._engine is not None else 0, len(self.param_groups)):
-            _check(self.param_groups[gi], f"param_groups[{gi}].")
+            _check(self.param_groups[gi], f"param_groups[{gi}].", self._spec)
         for n, p in zip(names[first:], new):
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"param {n!r} is a {type(p).__name__}, not a tensor")
@@ -195,7 +194,8 @@ class _Base(torch.optim.Optimizer):
         # everything checked: change
         if self._engine is None:
             self._engine = Engine(layout, device="gpu" if gpu else "cpu", device_id=device.index if gpu else None,
-                                  kernel=kernel, decoupled=self._decoupled, num_threads=self.num_threads)
+                                  kernel=kernel, decoupled=self._decoupled, num_threads=self.num_threads,
+                                  algorithm=self._spec.algorithm)
             self._device = device
             self._flat: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]] = []
         else:
@@ -248,7 +248,7 @@ class _Base(torch.optim.Optimizer):
         eng = self._engine
         steps = torch.from_numpy(eng.steps)
         lay = eng.layout
-        self._vmax_buffers = sum(b.max_exp_avg_sq is not None for b in eng.bufs)
+        self._views_version = eng.views_version
         state = _State(dict)
         for i, p in enumerate(self._params):
             st = {"step": steps[i]}
@@ -281,12 +281,14 @@ class _Base(torch.optim.Optimizer):
 
     def _adopt_state(self) -> None:
         """torch semantics for ``opt.state`` edited from outside: a param whose entry was removed
-        or emptied starts afresh (zero moments, step 0); tensors put into a replaced entry are
-        copied into npadam's flat state. Checked before anything is written."""
+        or emptied starts afresh (zero moments, step 0; SGD: no momentum buffer); tensors put into a
+        replaced entry are copied into npadam's flat state (SGD: ``momentum_buffer`` None or absent
+        means none, as in torch). Checked before anything is written."""
         eng = self._engine
         if not isinstance(self.state, dict):
             raise TypeError(f"optimizer.state must be a dict, got {type(self.state).__name__}")
-        updates, steps = [], {}
+        sgd = self._spec.algorithm == "sgd"
+        updates, steps, started = [], {}, {}
         for i, p in enumerate(self._params):
             st = self.state.get(p)
             if st is self._state_dicts[i] and self.state is self._state_obj:
@@ -294,12 +296,16 @@ class _Base(torch.optim.Optimizer):
             slot = eng.layout.slots[i]
             if not st:
                 steps[i] = 0
-                updates += [(i, k, np.zeros(slot.numel, np.float32)) for k in ("exp_avg", "exp_avg_sq")]
+                started[i] = False
+                if not sgd:
+                    updates += [(i, k, np.zeros(slot.numel, np.float32)) for k in ("exp_avg", "exp_avg_sq")]
                 if eng.bufs[slot.buffer].max_exp_avg_sq is not None:
                     updates.append((i, "max_exp_avg_sq", np.zeros(slot.numel, np.float32)))
                 continue
-            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                if key in st:
+            if sgd:
+                started[i] = st.get("momentum_buffer") is not None
+            for key in ("momentum_buffer",) if sgd else ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                if key in st and not (sgd and st[key] is None):
                     arr = _state._float32(st[key], f"state of param {slot.name!r}: {key}")
                     if arr.size != slot.numel:
                         raise ValueError(f"state of param {slot.name!r}: {key} has {arr.size} elements, "
@@ -311,7 +317,10 @@ class _Base(torch.optim.Optimizer):
         eng.write_state(updates, vmax)
         for i, n in steps.items():
             eng.steps[i] = n
-        for i in {i for i, _, _ in updates}:
+        if sgd:
+            for i, v in started.items():
+                eng.started[i] = v
+        for i in {i for i, _, _ in updates} | set(started):
             eng.load_master(i, import_array(self._params[i], what="param")[0])
         self._state_views()
 
@@ -460,6 +469,7 @@ class _Base(torch.optim.Optimizer):
                 if k == "max_exp_avg_sq":
                     vmax.add(slot.buffer)
             eng.steps[i] = n
+            eng.started[i] = "momentum_buffer" in st  # SGD: the param's buffer exists
         eng.write_state(updates, sorted(vmax))
         eng.count = old.count
         self._state_views()
@@ -511,7 +521,8 @@ class _Base(torch.optim.Optimizer):
             self._reattach_flat_grads()
         active, gptrs, gdtypes, keep = self._collect()
         eng = self._engine  # after _collect: a dtype change builds a new engine
-        hyper = [H.values(_plain(g, f"param_groups[{gi}]."), eng.count, f"param_groups[{gi}].")
+        spec = self._spec
+        hyper = [spec.values(_plain(g, f"param_groups[{gi}].", spec), eng.count, f"param_groups[{gi}].")
                  for gi, g in enumerate(self.param_groups)]
         stream = self._stream()
         with stream:
@@ -521,7 +532,7 @@ class _Base(torch.optim.Optimizer):
         if not res.skipped:
             torch.autograd.graph.increment_version(self._params)
             self._versions = [self._params[i]._version for i in self._low]
-            if sum(b.max_exp_avg_sq is not None for b in eng.bufs) != self._vmax_buffers:
+            if eng.views_version != self._views_version:  # amsgrad's vmax, SGD's momentum buffers appeared
                 self._state_views()
         self.last_step = StepInfo(res.skipped, res.grad_norm, hyper[0]["lr"], res.loss_scale, eng.count)
         return loss
@@ -537,6 +548,16 @@ class _Base(torch.optim.Optimizer):
             stream = torch.cuda.current_stream(self._device)
             stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, self._device.index))
         return stack
+
+    def _checkpoint_write_params(self, values: Sequence[np.ndarray]) -> None:
+        """Write flat fp32 ``values`` (one per param, checked by ``npadam.checkpoint``) into the params,
+        rounded to each param's dtype by torch's round-to-nearest-even copy. The masters were restored
+        by ``load_state_dict`` first: the params are their rounding, so they are not re-read."""
+        self._engine.sync()
+        with torch.no_grad():
+            for p, v in zip(self._params, values):
+                p.copy_(torch.from_numpy(np.asarray(v, np.float32)).view(p.shape).to(p.device))
+        self._versions = [self._params[i]._version for i in self._low]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's ``zero_grad``; with ``flat_storage`` the flat grad buffers are zeroed (one fill per
@@ -570,7 +591,8 @@ class _Base(torch.optim.Optimizer):
         out = []
         for g in self.param_groups:
             d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
-            d["betas"] = tuple(g["betas"])
+            if "betas" in g:
+                d["betas"] = tuple(g["betas"])
             d["n_params"] = len(g["params"])
             out.append(d)
         return out
@@ -602,7 +624,8 @@ class _Base(torch.optim.Optimizer):
             result = hook(self, sd)
             if result is not None:
                 sd = result
-        parsed = _state.parse(sd, self._engine, self._plain_groups(), type(self).__name__, _check)
+        parsed = _state.parse(sd, self._engine, self._plain_groups(), type(self).__name__,
+                              lambda g, where: _check(g, where, self._spec), self.loss_scaler)
         with torch.no_grad():
             self._engine.sync()
             _state.apply(parsed, self._engine)
@@ -631,8 +654,13 @@ class _Base(torch.optim.Optimizer):
                 f"step={self._engine.count})")
 
 
-def _plain(g: dict[str, Any], where: str) -> dict[str, Any]:
-    """A group's hyperparameters with one-element tensors read as floats (checked by ``H.values``)."""
+def _plain(g: dict[str, Any], where: str, spec: H.Spec = H.ADAM) -> dict[str, Any]:
+    """A group's hyperparameters with one-element tensors read as floats (checked by ``spec.values``)."""
+    if spec.algorithm == "sgd":
+        return {"lr": _scalar(g["lr"], f"{where}lr"), "momentum": _scalar(g["momentum"], f"{where}momentum"),
+                "dampening": _scalar(g["dampening"], f"{where}dampening"),
+                "weight_decay": _scalar(g["weight_decay"], f"{where}weight_decay"), "nesterov": g["nesterov"],
+                "maximize": g["maximize"]}
     betas = g["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise ValueError(f"{where}betas must be a pair (beta1, beta2), got {betas!r}")
@@ -641,7 +669,20 @@ def _plain(g: dict[str, Any], where: str) -> dict[str, Any]:
             "amsgrad": g["amsgrad"], "maximize": g["maximize"], "bias_correction": g.get("bias_correction", True)}
 
 
-class AdamW(_Base):
+class _AdamBase(_Base):
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, bias_correction: bool = True, **options: Any) -> None:
+        if capturable or differentiable:
+            raise ValueError("npadam.torch optimizers do not support capturable=True or differentiable=True")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        maximize=maximize, foreach=foreach, capturable=False, differentiable=False, fused=fused,
+                        bias_correction=bias_correction)
+        super().__init__(params, defaults, **options)
+
+
+class AdamW(_AdamBase):
     """``torch.optim.AdamW`` on npadam's kernels: decoupled weight decay (multiplied by the lr).
 
     Arguments as torch's (``foreach``/``fused`` are accepted and ignored: npadam has one
@@ -658,7 +699,7 @@ class AdamW(_Base):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
 
 
-class Adam(_Base):
+class Adam(_AdamBase):
     """``torch.optim.Adam`` on npadam's kernels: weight decay as L2 (added to the gradient)."""
 
     _decoupled = False
@@ -666,3 +707,26 @@ class Adam(_Base):
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False, **kwargs: Any) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, **kwargs)
+
+
+class SGD(_Base):
+    """``torch.optim.SGD`` on npadam's kernels: momentum, dampening, Nesterov, L2 weight decay.
+
+    Arguments as torch's (``foreach``/``fused`` are accepted and ignored), plus npadam's
+    options as in ``AdamW``. Bit for bit ``torch.optim.SGD`` on float32 params (see
+    ``npadam.reference.sgd``); ``state[p]`` holds ``momentum_buffer`` once the param's first
+    step with momentum made it (torch's rule), plus npadam's ``step`` and, for bf16/fp16
+    params, the fp32 ``master``.
+    """
+
+    _spec = H.SGD
+
+    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
+                 **options: Any) -> None:
+        if differentiable:
+            raise ValueError("npadam.torch optimizers do not support differentiable=True")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+                        maximize=maximize, foreach=foreach, differentiable=False, fused=fused)
+        super().__init__(params, defaults, **options)

@@ -77,6 +77,35 @@ extern "C" int emu_adam(int pk, int gk, int a, int d, int mx, unsigned grid, uns
     return 0;
 }
 
+template <int P, int G, int MODE>
+static void sgd_launch(unsigned grid, unsigned block, const uint64_t* pp, const uint64_t* gp, const int64_t* off,
+                       const int64_t* sz, const int64_t* ct, const int64_t* cs, int64_t nchunks, int64_t chunk,
+                       float* master, float* buf, const float* s, int maximize, int decay, int first) {
+    run_grid(grid, block, false, [=] {
+        sgd_multi<P, G, MODE>(pp, gp, off, sz, ct, cs, nchunks, chunk, master, buf, s[0], s[1], s[2], s[3], s[4],
+                              maximize, decay, first);
+    });
+}
+
+typedef void (*sgd_fn)(unsigned, unsigned, const uint64_t*, const uint64_t*, const int64_t*, const int64_t*,
+                       const int64_t*, const int64_t*, int64_t, int64_t, float*, float*, const float*, int, int, int);
+
+template <int P, int G> static sgd_fn pick_sgd(int mode) {
+    return mode == 0 ? sgd_launch<P, G, 0> : mode == 1 ? sgd_launch<P, G, 1> : sgd_launch<P, G, 2>;
+}
+
+extern "C" int emu_sgd(int pk, int gk, int mode, unsigned grid, unsigned block, const uint64_t* pp,
+                       const uint64_t* gp, const int64_t* off, const int64_t* sz, const int64_t* ct,
+                       const int64_t* cs, int64_t nchunks, int64_t chunk, float* master, float* buf, const float* s,
+                       int maximize, int decay, int first) {
+    sgd_fn fn = nullptr;
+#define CS(P_, G_) if (pk == P_ && gk == G_) fn = pick_sgd<P_, G_>(mode);
+    CS(0, 0) CS(0, 1) CS(0, 2) CS(1, 0) CS(1, 1) CS(1, 2) CS(2, 0) CS(2, 1) CS(2, 2)
+    if (!fn || mode < 0 || mode > 2) return 1;
+    fn(grid, block, pp, gp, off, sz, ct, cs, nchunks, chunk, master, buf, s, maximize, decay, first);
+    return 0;
+}
+
 extern "C" int emu_norm(int gk, unsigned grid, unsigned block, const uint64_t* gp, const int64_t* off,
                         const int64_t* sz, int64_t nt, int64_t nb, int64_t bl, double* out) {
     if (gk == 0) run_grid(grid, block, true, [=] { block_sumsq<0>(gp, off, sz, nt, nb, bl, out); });
