@@ -1,4 +1,4 @@
-"""npadam: a framework-agnostic AdamW runtime on flat buffers.
+"""npadam: a framework-agnostic AdamW (and SGD) runtime on flat buffers.
 
 The public namespace only re-exports. Importing npadam is cheap: it loads NumPy
 and the schedules, never Numba kernels, CuPy, torch or matplotlib (kernels
@@ -11,11 +11,11 @@ compile lazily on first use).
 False
 """
 
-from . import functional, interop, schedules
+from . import checkpoint, functional, interop, schedules
 from .layout import FlatLayout, FlatStorage, flat_parameters, flat_storage
-from .optimizer import Adam, AdamW, StepInfo
+from .optimizer import SGD, Adam, AdamW, StepInfo
 from .scaler import LossScaler
 
 __version__ = "0.1.0"
-__all__ = ["Adam", "AdamW", "FlatLayout", "FlatStorage", "LossScaler", "StepInfo", "flat_parameters", "flat_storage",
-           "functional", "interop", "schedules", "__version__"]
+__all__ = ["Adam", "AdamW", "FlatLayout", "FlatStorage", "LossScaler", "SGD", "StepInfo", "flat_parameters",
+           "flat_storage", "checkpoint", "functional", "interop", "schedules", "__version__"]

@@ -422,9 +422,8 @@ def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | N
 
     ``--name value`` or ``--name=value`` (dashes or underscores, Megatron's
     ``--override-opt_param-scheduler`` spelling too); a boolean field as ``--name``
-    (true) or ``--no-name`` (false); numbers parsed as in YAML."""
-    import yaml
-
+    (true) or ``--no-name`` (false); numbers, ``true``/``false`` and ``None``/``null`` parsed,
+    anything else kept as text."""
     types = {f.name: f.type for f in fields(OptimizerConfig)}
     types.update({f.name: f.type for f in fields(SchedulerConfig)})
     out: dict[str, Any] = {}

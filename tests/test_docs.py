@@ -24,6 +24,7 @@ def test_there_are_blocks():
 
 
 @pytest.mark.parametrize("module", ["npadam", "npadam.layout", "npadam.optimizer", "npadam.functional",
+                                    "npadam.checkpoint", "npadam.config",
                                     "npadam.torch", "npadam.torch._scheduler"])
 def test_docstring_examples(module):
     import doctest
