@@ -95,7 +95,7 @@ def _float32(value: Any, what: str) -> np.ndarray:
     if value.dtype.kind != "f" and value.dtype.name != "bfloat16":
         raise TypeError(f"{what} must hold floating-point values, got dtype {value.dtype}")
     with np.errstate(over="ignore"):
-        out = value.astype(np.float32)
+        out = value.astype(np.float32, copy=False)  # the engine copies it in
     if not np.isfinite(out).all() and np.isfinite(value).all():
         raise ValueError(f"{what} has values that overflow float32")
     return out

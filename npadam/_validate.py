@@ -12,7 +12,10 @@ def real(name: str, value: Any, *, lo: float | None = None, hi: float | None = N
     """Return ``value`` as a finite float, checked against optional bounds."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got a number too large for a float ({str(value)[:20]}...)") from None
     if not math.isfinite(v):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if lo is not None and (v < lo or (lo_open and v == lo)):

@@ -62,6 +62,7 @@ import shutil
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -69,7 +70,7 @@ import numpy as np
 
 FORMAT = "npadam.checkpoint/1"
 INDEX = "index.json"
-_SCHEDULED = ("lr", "betas", "weight_decay")
+_SCHEDULED = ("lr", "betas", "momentum", "weight_decay")
 
 
 class CheckpointError(OSError):
@@ -154,6 +155,12 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, f"renameat2({a}, {b}): {os.strerror(err)}")
 
 
+def _resolve(path: str | os.PathLike[str]) -> Path:
+    """The absolute path with symlinks resolved: a link to a checkpoint on another disk is written
+    through (the swap happens next to the target), not replaced by a directory."""
+    return Path(os.path.realpath(os.fspath(path)))
+
+
 def _siblings(path: Path, tag: str) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.npadam-{tag}-*"))
 
@@ -214,6 +221,36 @@ def _jsonable(x: Any) -> Any:
     return json.loads(json.dumps(x, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+def _user_metadata(metadata: Any) -> Any:
+    """``metadata`` checked to be plain JSON (str keys, finite numbers, strings, bools, None, lists,
+    dicts): anything else would come back changed, so it is a TypeError/ValueError naming it."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+
+    def check(x: Any, where: str) -> Any:
+        if isinstance(x, Mapping):
+            out = {}
+            for k, v in x.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"metadata{where}: key {k!r} is not a string (JSON keys are strings)")
+                out[k] = check(v, f"{where}[{k!r}]")
+            return out
+        if isinstance(x, (list, tuple)):
+            return [check(v, f"{where}[{i}]") for i, v in enumerate(x)]
+        if x is None or isinstance(x, (str, bool)):
+            return x
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"metadata{where} is {x!r}; JSON has no NaN or infinity")
+            return x
+        raise TypeError(f"metadata{where} is a {type(x).__name__}; store JSON values (numbers, strings, "
+                        "bools, None, lists, dicts with string keys)")
+
+    return check(metadata, "")
+
+
 def _scheduler_entry(scheduler: Any) -> dict[str, Any] | None:
     if scheduler is None:
         return None
@@ -235,11 +272,12 @@ def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     """
     from . import _validate as V
 
-    path = Path(path).absolute()
+    path = _resolve(path)
     shard_bytes = V.integer("shard_bytes", shard_bytes, lo=1)
-    user = _jsonable(dict(metadata)) if metadata is not None else None
+    user = _user_metadata(metadata)
+    _frontend(optimizer)  # a clear TypeError for anything else
+    sd = optimizer.state_dict()  # first: it takes in groups appended and params re-bound or cast
     kind, objects = _frontend(optimizer)
-    sd = optimizer.state_dict()
     meta = sd["npadam"]
     names = list(meta["names"])
     tensors: list[tuple[str, np.ndarray]] = []
@@ -324,6 +362,17 @@ def _safetensors_chunks(tensors: list[tuple[str, np.ndarray]], metadata: dict[st
 
 def _write_tensors(tmp: Path, tensors: list[tuple[str, np.ndarray]], index: dict[str, Any],
                    shard_bytes: int, advance: Callable[[int], Any]) -> None:
+    """Write the shards; the checksums are computed on a second thread while the files are written
+    (hashlib releases the GIL: a 768 MiB save took write + hash, now about the write)."""
+    with ThreadPoolExecutor(1) as pool:
+        sums = [(key, pool.submit(_sha, np.ascontiguousarray(_stored(a)))) for key, a in tensors]
+        _write_shards(tmp, tensors, index, shard_bytes, advance)
+        for key, fut in sums:
+            index["tensors"][key]["parts"][0]["sha256"] = fut.result()
+
+
+def _write_shards(tmp: Path, tensors: list[tuple[str, np.ndarray]], index: dict[str, Any],
+                  shard_bytes: int, advance: Callable[[int], Any]) -> None:
     shard: list[tuple[str, np.ndarray]] = []
     size = 0
     nfile = 0
@@ -345,7 +394,7 @@ def _write_tensors(tmp: Path, tensors: list[tuple[str, np.ndarray]], index: dict
         size += stored.nbytes
         index["tensors"][key] = {"dtype": a.dtype.name, "shape": [int(a.size)], "parts": [
             {"file": f"tensors-{nfile:05d}.safetensors", "key": key, "start": 0, "stop": int(a.size),
-             "sha256": _sha(stored)}]}
+             "sha256": None}]}
     flush()
 
 
@@ -383,7 +432,7 @@ def _version() -> str:
 # ---------------------------------------------------------------------- read and check
 def read_index(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The checked ``index.json`` of the checkpoint at ``path``; ValueError naming the problem."""
-    path = Path(path).absolute()
+    path = _resolve(path)
     _recover(path)
     f = path / INDEX
     if not path.is_dir():
@@ -409,70 +458,135 @@ def read_index(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not isinstance(info, dict) or p.stat().st_size != info.get("bytes"):
             raise ValueError(f"checkpoint {path}: {fname} has {p.stat().st_size} bytes, the index says "
                              f"{info.get('bytes') if isinstance(info, dict) else info!r} (truncated or replaced)")
+    _check_entries(f, index)
     return index
+
+
+def _is_int(x: Any, lo: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and lo <= x < 2**63
+
+
+def _check_entries(f: Path, index: dict[str, Any]) -> None:
+    """The index's params, groups and tensor entries have the types ``load`` relies on."""
+    if not _is_int(index["step"]):
+        raise ValueError(f"{f}: step must be a non-negative integer, got {index['step']!r}")
+    params, order = index["params"], index["order"]
+    if not all(isinstance(n, str) for n in order) or sorted(order) != sorted(params) or len(set(order)) != len(order):
+        raise ValueError(f"{f}: 'order' must list each param of 'params' once")
+    for name, p in params.items():
+        ok = isinstance(p, dict) and isinstance(p.get("shape"), list) and all(_is_int(d) for d in p["shape"]) \
+            and p.get("dtype") in ("float32", "bfloat16", "float16") and _is_int(p.get("group")) \
+            and _is_int(p.get("step"))
+        if not ok:
+            raise ValueError(f"{f}: the entry of param {name!r} must have shape (list of sizes), dtype (float32, "
+                             f"bfloat16, float16), group and step (non-negative integers); got {_short(p)}")
+    groups = index["param_groups"]
+    for gi, g in enumerate(groups):
+        if not isinstance(g, dict) or not isinstance(g.get("params"), list) or not all(
+                isinstance(n, str) and n in params for n in g["params"]):
+            raise ValueError(f"{f}: param_groups[{gi}] must be an object whose 'params' lists param names")
+    for key, t in index["tensors"].items():
+        if not isinstance(t, dict) or not isinstance(t.get("parts"), list):
+            raise ValueError(f"{f}: tensor {key!r} must be an object with a list of parts")
+
+
+def _parts(path: Path, index: dict[str, Any], key: str) -> tuple[str, int, list[dict[str, Any]]]:
+    """A tensor entry's dtype, element count and parts, checked: the parts tile ``[0, n)`` exactly
+    (sorted, no gap, no overlap) and name files of the index."""
+    entry = index["tensors"].get(key)
+    if not isinstance(entry, dict) or not isinstance(entry.get("parts"), list) or not entry["parts"]:
+        raise ValueError(f"checkpoint {path}: no tensor {key!r} (with parts) in the index")
+    dtype = entry.get("dtype")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"checkpoint {path}: tensor {key!r} has unsupported dtype {dtype!r}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise ValueError(f"checkpoint {path}: tensor {key!r} has a bad shape {shape!r}")
+    n = math.prod(shape)
+    parts = entry["parts"]
+    for part in parts:
+        ok = isinstance(part, dict) and part.get("file") in index["files"] and isinstance(part.get("key"), str) \
+            and all(isinstance(part.get(k), int) and not isinstance(part.get(k), bool) for k in ("start", "stop"))
+        if not ok:
+            raise ValueError(f"checkpoint {path}: tensor {key!r} has a bad part {part!r}")
+    parts = sorted(parts, key=lambda q: q["start"])
+    at = 0
+    for part in parts:
+        if part["start"] != at or part["stop"] < part["start"]:
+            raise ValueError(f"checkpoint {path}: the parts of tensor {key!r} do not tile [0, {n}) "
+                             f"(a gap or an overlap at element {at})")
+        at = part["stop"]
+    if at != n:
+        raise ValueError(f"checkpoint {path}: the parts of tensor {key!r} cover [0, {at}), the tensor has {n} elements")
+    files = {q["file"] for q in parts}
+    if n * np.dtype(np.uint16 if dtype == "bfloat16" else dtype).itemsize > sum(
+            int(index["files"][fn].get("bytes", 0)) for fn in files):
+        raise ValueError(f"checkpoint {path}: tensor {key!r} of {n} elements does not fit in its files")
+    return dtype, n, parts
 
 
 def _read_tensors(path: Path, index: dict[str, Any], wanted: Iterable[str],
                   advance: Callable[[int], Any] = _nothing) -> dict[str, np.ndarray]:
-    """Every wanted tensor, checksummed, assembled from its parts (flat)."""
+    """Every wanted tensor, checksummed, assembled from its parts (flat). A tensor in one part is
+    the array safetensors read (no further copy)."""
     from safetensors import safe_open
 
     handles: dict[str, Any] = {}
     out = {}
+    checks: list[tuple[str, str, Any, str]] = []
+    pool = ThreadPoolExecutor(1)  # checksums overlap the reading of the next part
     try:
         for key in wanted:
-            entry = index["tensors"].get(key)
-            if not isinstance(entry, dict) or not isinstance(entry.get("parts"), list):
-                raise ValueError(f"checkpoint {path}: no tensor {key!r} in the index")
-            dtype = entry.get("dtype")
-            if dtype not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"checkpoint {path}: tensor {key!r} has unsupported dtype {dtype!r}")
-            n = int(np.prod(entry.get("shape", [-1])))
-            sdt = np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
-            flat = np.empty(n, sdt)
-            covered = 0
-            for part in entry["parts"]:
-                fname, start, stop = part.get("file"), part.get("start"), part.get("stop")
-                if fname not in index["files"] or not (isinstance(start, int) and isinstance(stop, int)
-                                                       and 0 <= start <= stop <= n):
-                    raise ValueError(f"checkpoint {path}: tensor {key!r} has a bad part {part!r}")
+            dtype, n, parts = _parts(path, index, key)
+            sdt = np.dtype(np.uint16 if dtype == "bfloat16" else dtype)
+            flat = np.empty(n, sdt) if len(parts) > 1 else None
+            for part in parts:
+                fname, start, stop = part["file"], part["start"], part["stop"]
                 if fname not in handles:
                     try:
                         handles[fname] = safe_open(str(path / fname), framework="np")
                     except Exception as e:  # safetensors raises its own error types
                         raise ValueError(f"checkpoint {path}: {fname} cannot be read ({e})") from None
                 try:
-                    a = handles[fname].get_tensor(part.get("key"))
+                    a = handles[fname].get_tensor(part["key"])
                 except Exception as e:
-                    raise ValueError(f"checkpoint {path}: {fname} has no readable tensor {part.get('key')!r} "
+                    raise ValueError(f"checkpoint {path}: {fname} has no readable tensor {part['key']!r} "
                                      f"({e})") from None
                 a = np.ascontiguousarray(a).reshape(-1)
                 if a.dtype != sdt or a.size != stop - start:
                     raise ValueError(f"checkpoint {path}: tensor {key!r} part [{start}, {stop}) is {a.size} "
-                                     f"{a.dtype} in {fname}, expected {stop - start} {np.dtype(sdt)}")
-                if _sha(a) != part.get("sha256"):
-                    raise ValueError(f"checkpoint {path}: tensor {key!r} in {fname} fails its checksum "
-                                     "(the file is damaged)")
-                flat[start:stop] = a
+                                     f"{a.dtype} in {fname}, expected {stop - start} {sdt}")
+                checks.append((key, fname, pool.submit(_sha, a), part.get("sha256")))
+                if flat is None:
+                    flat = a
+                else:
+                    flat[start:stop] = a
                 advance(a.nbytes)
-                covered += stop - start
-            if covered != n:
-                raise ValueError(f"checkpoint {path}: the parts of tensor {key!r} cover {covered} of {n} elements")
             if dtype == "bfloat16":
                 import ml_dtypes
 
                 flat = flat.view(ml_dtypes.bfloat16)
             out[key] = flat
+        for key, fname, fut, want in checks:
+            if fut.result() != want:
+                raise ValueError(f"checkpoint {path}: tensor {key!r} in {fname} fails its checksum "
+                                 "(the file is damaged)")
     finally:
         handles.clear()
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
 
 
 def _nbytes(index: dict[str, Any]) -> int:
     """The tensor bytes of a checkpoint (for progress bars)."""
     sizes = {"float32": 4, "float16": 2, "bfloat16": 2}
-    return sum(sizes.get(t.get("dtype"), 4) * int(np.prod(t.get("shape", [0])))
-               for t in index["tensors"].values() if isinstance(t, dict))
+    total = 0
+    for t in index["tensors"].values():
+        shape = t.get("shape") if isinstance(t, dict) else None
+        if isinstance(t.get("dtype"), str) and isinstance(shape, list) and all(_is_int(d) for d in shape):
+            total += sizes.get(t["dtype"], 4) * math.prod(shape)
+    return total
 
 
 def verify(path: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
@@ -506,14 +620,14 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     if override_opt_param_scheduler and use_checkpoint_opt_param_scheduler:
         raise ValueError("override_opt_param_scheduler and use_checkpoint_opt_param_scheduler are both set; "
                          "choose one (Megatron: 'both override and use-checkpoint are set')")
-    path = Path(path).absolute()
+    path = _resolve(path)
     index = read_index(path)
-    kind, objects = _frontend(optimizer)
+    kind, _ = _frontend(optimizer)
     sd_now = optimizer.state_dict()
     meta = sd_now["npadam"]
     names, saved = list(meta["names"]), index["params"]
     if index["kind"] != meta["kind"]:
-        raise ValueError(f"checkpoint {path} holds a {index['kind']} optimizer, this is a {meta['kind']}")
+        raise ValueError(f"checkpoint {path} holds the state of {index['kind']}, this optimizer is {meta['kind']}")
     missing = [n for n in names if n not in saved]
     extra = [n for n in saved if n not in set(names)]
     if missing or extra:
@@ -538,8 +652,16 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
             raise ValueError(f"param_groups[{gi}] holds other params in the checkpoint "
                              f"({sorted(set(h.get('params', ())) ^ now_names)[:5]} differ)")
     groups = _schedules(path, index, groups_now, scheduler, override_opt_param_scheduler,
-                        use_checkpoint_opt_param_scheduler)
-    wanted = [k for k in index["tensors"] if k.split("/")[0] in saved or k.rsplit("/", 1)[0] in saved]
+                        use_checkpoint_opt_param_scheduler, kind)
+    if scheduler is not None and kind != "torch":
+        raise ValueError("scheduler= is for npadam.torch optimizers; npadam.AdamW keeps its schedules in its param "
+                         "groups (compared without it)")
+    wanted = [k for k in index["tensors"] if k.rsplit("/", 1)[0] in saved]
+    for k in wanted:
+        shape = index["tensors"][k].get("shape")
+        numel = math.prod(saved[k.rsplit("/", 1)[0]]["shape"])
+        if not isinstance(shape, list) or not all(_is_int(d) for d in shape) or math.prod(shape) != numel:
+            raise ValueError(f"checkpoint {path}: tensor {k!r} has shape {shape!r}, its param {numel} elements")
     bar = _Progress(progress, _nbytes(index), f"loading {path.name}")
     try:
         arrays = _read_tensors(path, index, wanted, bar)
@@ -587,14 +709,35 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
 
 
 def _schedules(path: Path, index: dict[str, Any], groups_now: list[dict[str, Any]], scheduler: Any,
-               override: bool, use_checkpoint: bool) -> list[dict[str, Any]]:
-    """The group hyperparameters to load, after Megatron's rules on scheduled values."""
+               override: bool, use_checkpoint: bool, target: str) -> list[dict[str, Any]]:
+    """The group hyperparameters to load, after Megatron's rules on scheduled values.
+
+    ``target``: the loading optimizer's front-end. ``npadam.torch`` groups hold plain floats (the
+    scheduler's current values: state, restored as torch does; the rules apply to ``scheduler=``),
+    so a Schedule saved by ``npadam.AdamW`` becomes its value at the saved step. ``npadam.AdamW``
+    groups hold the schedules themselves (a float is a constant schedule): they are compared."""
+    from . import _hyper as H
+
     out = [dict(h) for h in index["param_groups"]]
-    if scheduler is not None or index.get("frontend") == "torch":
-        return out  # torch groups hold the scheduler's current values: they are state, not schedules
+    if target == "torch":
+        if scheduler is None and (override or use_checkpoint):
+            raise ValueError("override_opt_param_scheduler / use_checkpoint_opt_param_scheduler need scheduler= for "
+                             "an npadam.torch optimizer: its param groups hold the scheduler's current values, "
+                             "which are restored like torch's load_state_dict does")
+        k = index["step"]
+        for h in out:
+            for key in _SCHEDULED:
+                v = H.load(h[key]) if key in h else None
+                if isinstance(v, list):
+                    h[key] = [float(x(k)) if callable(x) else x for x in v]
+                elif callable(v):
+                    h[key] = float(v(k))
+        return out
     diffs = []
     for gi, (g, h) in enumerate(zip(groups_now, out)):
         for key in _SCHEDULED:
+            if key not in g and key not in h:
+                continue
             now, then = _jsonable(g.get(key)), h.get(key)
             if now != then:
                 diffs.append(f"param_groups[{gi}].{key}: checkpoint {_short(then)}, optimizer {_short(now)}")
@@ -621,8 +764,8 @@ def _scheduler_state(path: Path, index: dict[str, Any], scheduler: Any, override
         return None
     current = _scheduler_entry(scheduler)
     if index.get("frontend") != "torch":
-        raise ValueError("scheduler= is for npadam.torch optimizers; npadam.AdamW keeps its schedules in its "
-                         "param groups (they are checked without it)")
+        raise ValueError(f"checkpoint {path} was saved from an npadam.{index.get('kind')} on arrays, whose schedules "
+                         "live in its param groups (compared without a scheduler); load it without scheduler=")
     if not isinstance(saved, dict) or not isinstance(saved.get("schedules"), list):
         raise ValueError(f"checkpoint {path} was saved without a scheduler; load without scheduler=")
     if len(saved["schedules"]) != len(scheduler.schedules):
@@ -641,7 +784,42 @@ def _scheduler_state(path: Path, index: dict[str, Any], scheduler: Any, override
         raise ValueError(f"checkpoint {path}: the schedules differ from the scheduler's ({'; '.join(diffs[:3])}); "
                          "pass override_opt_param_scheduler=True to keep the scheduler's or "
                          "use_checkpoint_opt_param_scheduler=True to restore the saved ones")
-    return dict(saved.get("state") or {})
+    return _check_scheduler_state(path, saved.get("state"), scheduler.state_dict())
+
+
+def _check_scheduler_state(path: Path, state: Any, template: dict[str, Any]) -> dict[str, Any]:
+    """The saved scheduler state, checked against the scheduler's own ``state_dict()``: the same
+    keys, values of the same kinds (ints, numbers, lists of the same length), ``last_epoch >= -1``."""
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path}: the scheduler state must be an object, got {type(state).__name__}")
+    if set(state) != set(template):
+        raise ValueError(f"checkpoint {path}: the scheduler state has keys {sorted(state)}, the scheduler "
+                         f"{sorted(template)}")
+
+    def kind(v: Any) -> str:
+        if isinstance(v, bool) or v is None:
+            return repr(type(v))
+        if isinstance(v, int):
+            return "int"
+        if isinstance(v, float):
+            return "number"
+        if isinstance(v, (list, tuple)):
+            return f"list of {len(v)}"
+        return type(v).__name__
+
+    for key, want in template.items():
+        got = state[key]
+        ok = kind(got) == kind(want) or (kind(want) == "number" and kind(got) == "int")
+        if isinstance(want, (list, tuple)) and ok:
+            ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in got) \
+                if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in want) else ok
+        if isinstance(got, float) and not math.isfinite(got):
+            ok = False
+        if not ok:
+            raise ValueError(f"checkpoint {path}: scheduler state {key!r} is {got!r}, expected a value like {want!r}")
+    if state.get("last_epoch", 0) < -1:
+        raise ValueError(f"checkpoint {path}: scheduler state last_epoch is {state['last_epoch']}, must be >= -1")
+    return dict(state)
 
 
 def _restore_scheduler(scheduler: Any, saved: dict[str, Any], state: dict[str, Any], use_checkpoint: bool) -> None:
@@ -668,6 +846,8 @@ def _apply_scheduler(scheduler: Any) -> None:
             b1, b2 = g["betas"]
             g["betas"] = (float(s.beta1(k)) if s.beta1 is not None else b1,
                           float(s.beta2(k)) if s.beta2 is not None else b2)
+        elif "momentum" in g and s.beta1 is not None:  # SGD: the schedule's beta1 is the momentum
+            g["momentum"] = float(s.beta1(k))
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 

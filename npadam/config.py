@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -283,6 +281,11 @@ class SchedulerConfig:
             raise ValueError(f"lr_warmup_fraction and lr_warmup_{unit} are both set; choose one")
         if self.lr_decay_style == "WSD" and getattr(self, f"lr_wsd_decay_{unit}") is None:
             raise ValueError(f"lr_decay_style 'WSD' needs lr_wsd_decay_{unit}")
+        if self.weight_decay_incr_style == "constant" and (self.start_weight_decay is not None
+                                                            or self.end_weight_decay is not None):
+            raise ValueError("start_weight_decay / end_weight_decay are set with weight_decay_incr_style 'constant'; "
+                             "Megatron requires them unset there (the optimizer's weight_decay applies); use "
+                             "'linear' or 'cosine' to ramp")
         if self.weight_decay_incr_style != "constant" and (self.start_weight_decay is None
                                                             or self.end_weight_decay is None):
             raise ValueError(f"weight_decay_incr_style {self.weight_decay_incr_style!r} needs start_weight_decay "
@@ -325,7 +328,8 @@ class SchedulerConfig:
 # ---------------------------------------------------------------------- sources
 _OPT_FIELDS = {f.name for f in fields(OptimizerConfig)}
 _SCHED_FIELDS = {f.name for f in fields(SchedulerConfig)}
-_IGNORED_TRAIN = {"micro_batch_size"}  # Megatron training arguments that do not change the optimizer
+_IGNORED_TRAIN = {"micro_batch_size"}
+_BOOL_FIELDS = {f.name for f in fields(OptimizerConfig) + fields(SchedulerConfig) if "bool" in str(f.type)}  # Megatron training arguments that do not change the optimizer
 
 
 def _suggest(key: str) -> str:
@@ -352,6 +356,11 @@ def from_mapping(cfg: Mapping[str, Any], where: str = "config") -> tuple[Optimiz
             if k in flat:
                 raise ValueError(f"{where}: {k!r} is given twice")
             flat[k] = value
+    for k in [k for k in flat if k.startswith("no_") and k[3:] in _BOOL_FIELDS and flat[k] is True]:
+        if k[3:] in flat:  # an argument file's --no-flag: false
+            raise ValueError(f"{where}: {k[3:]!r} is given twice (as --{k[3:]} and --{k})")
+        flat[k[3:]] = False
+        del flat[k]
     unknown = sorted(set(flat) - _OPT_FIELDS - _SCHED_FIELDS - _IGNORED_TRAIN)
     if unknown:
         raise ValueError(f"{where}: unknown field {unknown[0]!r}{_suggest(unknown[0])}"
@@ -364,57 +373,23 @@ def from_mapping(cfg: Mapping[str, Any], where: str = "config") -> tuple[Optimiz
 
 def load(source: str | os.PathLike[str] | Mapping[str, Any] | Sequence[str]
          ) -> tuple[OptimizerConfig, SchedulerConfig | None]:
-    """``(OptimizerConfig, SchedulerConfig | None)`` from a YAML/JSON/TOML file, a mapping or a
-    Megatron argument list (see ``from_args``)."""
+    """``(OptimizerConfig, SchedulerConfig | None)`` from a file, a mapping or a Megatron argument
+    list (see ``from_args``).
+
+    Files are read as the CLI reads them (``npadam._configfile``): ``.json``, ``.yaml``/``.yml``
+    (safe; ``3e-4`` is a number; aliases that expand to more than 100,000 nodes refused),
+    ``.toml``, ``.args``/``.txt`` (a launcher's ``--name value`` arguments), others sniffed;
+    ``-`` is stdin. A key given twice, nesting deeper than 100 levels, integers beyond 64 bits,
+    files over 256 MiB or not UTF-8: ValueError naming the file."""
     if isinstance(source, Mapping):
         return from_mapping(source)
     if isinstance(source, (list, tuple)):
         return from_args(source)
-    path = Path(source)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist (or is not a file)")
-    data = path.read_bytes()
-    if len(data) > 1 << 20:
-        raise ValueError(f"config file {path} is {len(data)} bytes; a config is at most 1 MiB")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"config file {path} is not UTF-8 text") from None
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".json":
-            cfg = json.loads(text)
-        elif suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            cfg = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            cfg = _yaml(text)
-        else:
-            raise ValueError(f"config file {path}: unknown type {suffix!r} (use .yaml, .yml, .json or .toml)")
-    except (ValueError, RecursionError) as e:
-        if isinstance(e, ValueError) and str(e).startswith("config file"):
-            raise
-        raise ValueError(f"config file {path} cannot be parsed: {str(e).splitlines()[0] if str(e) else e!r}") \
-            from None
-    except Exception as e:  # yaml.YAMLError and tomllib.TOMLDecodeError are not ValueErrors in all versions
-        raise ValueError(f"config file {path} cannot be parsed: {str(e).splitlines()[0]}") from None
-    return from_mapping(cfg, where=f"config file {path}")
+    from ._configfile import label_for, load_mapping
 
-
-def _yaml(text: str) -> Any:
-    """Safe YAML without aliases (an alias bomb expands without bound)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102 - yaml's hook
-            if self.check_event(yaml.AliasEvent):
-                raise ValueError("YAML aliases (*name) are not allowed in npadam configs")
-            return super().compose_node(parent, index)
-
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    path = os.fspath(source)
+    label = f"config file {label_for(None, path)}"
+    return from_mapping(load_mapping(path, label), where=label)
 
 
 def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | None]:
@@ -525,7 +500,7 @@ def build(params: Any, optimizer_config: OptimizerConfig, scheduler_config: Sche
     if callable(decoupled):
         pick = decoupled
     elif decoupled is not None:
-        chosen = set(decoupled)
+        chosen = {decoupled} if isinstance(decoupled, str) else set(decoupled)
         missing = chosen - {n for n, _ in named}
         if missing:
             raise ValueError(f"decoupled names {sorted(missing)[:3]} are not params")

@@ -131,7 +131,15 @@ def as_numpy(x: Any, *, what: str = "array") -> np.ndarray:
             if "bfloat16" in str(getattr(x, "dtype", "")) and hasattr(x, "view"):
                 import ml_dtypes
 
-                return np.from_dlpack(x.view("int16")).view(ml_dtypes.bfloat16)
+                # The int16 view is a new JAX array, computed asynchronously and owned by nobody
+                # once this returns: wait for it and copy (a zero-copy import read garbage; a bf16
+                # JAX array is read-only, so npadam copies it anyway).
+                bits = x.view("int16")
+                if hasattr(bits, "block_until_ready"):
+                    bits.block_until_ready()
+                out = np.array(np.from_dlpack(bits), copy=True)
+                del bits
+                return out.view(ml_dtypes.bfloat16)
             raise TypeError(f"cannot import {what} of type {type(x).__name__} through DLPack: {exc}") from None
     if isinstance(x, (list, tuple)) or np.isscalar(x):
         raise TypeError(f"{what} must be an array (NumPy, torch, JAX, ...), got {type(x).__name__}")

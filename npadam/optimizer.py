@@ -75,6 +75,7 @@ class _Optimizer:
         self._engine: Engine | None = None
         self._tree: P.Tree | None = None
         self._last_grads: list[Any] = []
+        self._last_imports: list[Any] = []  # the arrays the grad pointers point into (copies included)
         self._gptrs = np.zeros(0, np.int64)
         self._gdtypes: list[str] = []
         self._alias_checked: bytes | None = None
@@ -170,6 +171,7 @@ class _Optimizer:
         # the ranges the kernels write: read-only producers' owned copies, not the producers' memory
         self._spans = (self._pptrs.copy(), self._pptrs + np.asarray([a.nbytes for a in self._arrays], np.int64))
         self._last_grads += [None] * len(items)
+        self._last_imports += [None] * len(items)
         self._alias_checked = None
 
     def _place(self, arrays: Sequence[Any], names: Sequence[str]) -> tuple[str, int | None]:
@@ -294,9 +296,11 @@ class _Optimizer:
             self._versions[i] = v
             self._alias_checked = None
 
-    def _collect_grads(self, grads: Any) -> tuple[np.ndarray, np.ndarray, list[str], list[Any], list[str]]:
+    def _collect_grads(self, grads: Any) -> tuple[np.ndarray, np.ndarray, list[str], list[Any], list[str], list[Any]]:
         """Check this step's grads: ``(active mask, grad pointers, grad dtype per buffer, grads as given
-        (kept alive, and reused by identity next step), grad dtype per param)``."""
+        (reused by identity next step), grad dtype per param, the imported arrays the pointers point
+        into)``. The imported arrays must stay alive as long as the pointers are used: an import may
+        be a copy (a bfloat16 JAX array), not a view of the grad as given."""
         names = self._engine.layout.names
         if grads is None:
             if not all(hasattr(o, "grad") for o in self._objects):
@@ -321,6 +325,7 @@ class _Optimizer:
             self._gptrs = np.concatenate([self._gptrs, np.zeros(k, np.int64)])
             self._gdtypes = self._gdtypes + [""] * k
         active = np.zeros(n, dtype=bool)
+        held = list(self._last_imports) + [None] * (n - len(self._last_imports))
         gptrs = self._gptrs.copy()
         gdt = list(self._gdtypes)
         for i, (g, slot) in enumerate(zip(grads, eng.layout.slots)):
@@ -342,6 +347,7 @@ class _Optimizer:
                 raise ValueError(f"grad of {slot.name!r} is not contiguous (strides {a.strides})")
             gptrs[i] = P.address(a)
             gdt[i] = d
+            held[i] = a
         gdtypes = []
         for b in eng.layout.buffers:
             kinds = {gdt[t] for t in b.tensors if active[t]}
@@ -350,7 +356,7 @@ class _Optimizer:
                                 "use one gradient dtype per group and param dtype")
             gdtypes.append(kinds.pop() if kinds else "float32")
         self._check_grad_aliasing(grads, active, gptrs, gdt)
-        return active, gptrs, gdtypes, grads, gdt
+        return active, gptrs, gdtypes, grads, gdt, held
 
     def _check_grad_aliasing(self, grads: list[Any], active: np.ndarray, gptrs: np.ndarray, gdt: list[str]) -> None:
         key = active.tobytes() + gptrs.tobytes()
@@ -376,10 +382,10 @@ class _Optimizer:
         self._rebind()
         k = eng.count
         hyper = self._group_values(k)
-        active, gptrs, gdtypes, raw, gdt = self._collect_grads(grads)
+        active, gptrs, gdtypes, raw, gdt, held = self._collect_grads(grads)
         res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
                        skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
-        self._gptrs, self._gdtypes, self._last_grads = gptrs, gdt, list(raw)
+        self._gptrs, self._gdtypes, self._last_grads, self._last_imports = gptrs, gdt, list(raw), held
         if not res.skipped:
             for gi, g in enumerate(self.param_groups):
                 self._write_values(gi, g, eng.count)
@@ -432,7 +438,10 @@ class _Optimizer:
         ``max_exp_avg_sq``; ``param_groups`` with ``params`` indices) plus, under ``"npadam"``, the
         names, shapes, dtypes, the update count and the loss scaler, and each low-precision param's
         fp32 ``master``. Arrays are NumPy copies in each param's shape; a Schedule is stored as
-        ``{"schedule": s.to_dict()}``. See ``npadam._state``."""
+        ``{"schedule": s.to_dict()}``. See ``npadam._state``. Groups appended to ``param_groups``
+        and re-bound params are taken in first, as a step would."""
+        self._sync_groups()
+        self._rebind()
         return _state.export(self._engine, self._plain_groups(), type(self).__name__, self.loss_scaler)
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:

@@ -221,8 +221,31 @@ def test_mismatched_params_are_refused(tmp_path, name, match):
 def test_kind_mismatch_is_refused(tmp_path):
     w = np.ones(3, np.float32)
     C.save(tmp_path / "ck", npadam.AdamW({"w": w}))
-    with pytest.raises(ValueError, match="holds a AdamW optimizer, this is a Adam"):
+    with pytest.raises(ValueError, match="holds the state of AdamW, this optimizer is Adam"):
         C.load(tmp_path / "ck", npadam.Adam({"w": np.ones(3, np.float32)}))
+    with pytest.raises(ValueError, match="holds the state of AdamW, this optimizer is SGD"):
+        C.load(tmp_path / "ck", npadam.SGD({"w": np.ones(3, np.float32)}))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_round_trip(tmp_path, momentum):
+    def make(seed):
+        q = _params(seed)
+        return npadam.SGD(q, lr=S.linear(0.1, 0.01, 20), momentum=momentum, weight_decay=0.01, nesterov=momentum > 0,
+                          max_grad_norm=1.0), q
+
+    opt, p = make(0)
+    for k in range(4):
+        opt.step(_grads(p, k))
+    C.save(tmp_path / "ck", opt)
+    index = json.loads((tmp_path / "ck" / "index.json").read_text())
+    assert ("emb/momentum_buffer" in index["tensors"]) == (momentum > 0) and "emb/exp_avg" not in index["tensors"]
+    other, q = make(1)
+    C.load(tmp_path / "ck", other)
+    for k in range(4, 8):
+        opt.step(_grads(p, k))
+        other.step(_grads(q, k))
+    assert all(p[n].tobytes() == q[n].tobytes() for n in p)
 
 
 # ------------------------------------------------------------------ Megatron's scheduler rules
@@ -471,6 +494,14 @@ def _torch_run(flat):
     return m, opt, sch
 
 
+def _torch_saved(tmp_path, steps):
+    """A torch run of ``steps`` steps saved (with its scheduler) to tmp_path/ck."""
+    m, opt, sch = _torch_run(False)
+    _torch_steps(m, opt, sch, steps, seed=1)
+    C.save(tmp_path / "ck", opt, scheduler=sch)
+    return m, opt, sch
+
+
 def _torch_steps(m, opt, sch, steps, seed):
     import torch
 
@@ -515,9 +546,7 @@ def test_torch_scheduler_rules(tmp_path):
     pytest.importorskip("torch")
     import npadam.torch
 
-    m, opt, sch = _torch_run(False)
-    _torch_steps(m, opt, sch, 4, seed=1)
-    C.save(tmp_path / "ck", opt, scheduler=sch)
+    m, opt, sch = _torch_saved(tmp_path, 4)
     m2, opt2, _ = _torch_run(False)
     other = npadam.torch.LRScheduler(opt2, S.constant(1e-3))
     with pytest.raises(ValueError, match="schedules differ"):
@@ -541,3 +570,158 @@ def test_progress_counters(tmp_path, capsys):
     C.verify(tmp_path / "ck", progress=True)
     err = capsys.readouterr().err
     assert "saving ck" in err and "loading ck" in err and "verifying ck" in err and "768k/768k" in err
+
+
+# ------------------------------------------------------------------ review findings (each failed before its fix)
+def _tiny(tmp_path, **kw):
+    w = np.arange(8, dtype=np.float32)
+    opt = npadam.AdamW({"w": w}, lr=0.1, kernel="reference", **kw)
+    opt.step({"w": np.ones(8, np.float32)})
+    return C.save(tmp_path / "ck", opt), opt, w
+
+
+def _edit_index(path, fn):
+    index = json.loads((path / "index.json").read_text())
+    fn(index)
+    (path / "index.json").write_text(json.dumps(index))
+
+
+def test_overlapping_parts_are_refused(tmp_path):
+    """Two parts covering [0, 4) and none covering [4, 8): the second half was uninitialised memory."""
+    path, _, _ = _tiny(tmp_path)
+
+    def overlap(index):
+        part = dict(index["tensors"]["w/master"]["parts"][0])
+        index["tensors"]["w/master"]["parts"] = [dict(part, stop=4), dict(part, stop=4)]
+    _edit_index(path, overlap)
+    with pytest.raises(ValueError, match="do not tile"):
+        C.verify(path)
+    w2 = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="do not tile"):
+        C.load(path, npadam.AdamW({"w": w2}, lr=0.1))
+    assert not w2.any()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda i: i["tensors"]["w/master"].__setitem__("shape", [2**45]), "shape \\[35184372088832\\]"),
+    (lambda i: i["tensors"]["w/master"].__setitem__("shape", ["a"]), "shape"),
+    (lambda i: i["tensors"]["w/master"].__setitem__("parts", [5]), "bad part"),
+    (lambda i: i["tensors"]["w/master"].__setitem__("dtype", ["float32"]), "unsupported dtype"),
+    (lambda i: i["param_groups"].__setitem__(0, 3), "param_groups\\[0\\] must be an object"),
+    (lambda i: i["param_groups"][0].__setitem__("params", [["w"]]), "lists param names"),
+    (lambda i: i["params"]["w"].__setitem__("shape", 16), "entry of param 'w'"),
+    (lambda i: i["params"]["w"].pop("shape"), "entry of param 'w'"),
+    (lambda i: i.__setitem__("step", -3), "step must be a non-negative integer"),
+])
+def test_hand_edited_index_gives_clear_errors(tmp_path, edit, match):
+    path, _, _ = _tiny(tmp_path)
+    _edit_index(path, edit)
+    w2 = np.zeros(8, np.float32)
+    opt = npadam.AdamW({"w": w2}, lr=0.1)
+    with pytest.raises(ValueError, match=match):
+        C.load(path, opt)
+    assert not w2.any() and opt.step_count == 0
+
+
+def test_symlinked_checkpoint_is_written_through(tmp_path):
+    (tmp_path / "disk").mkdir()
+    real = tmp_path / "disk" / "ck"
+    link = tmp_path / "ck"
+    link.symlink_to(real, target_is_directory=True)
+    w = np.ones(4, np.float32)
+    opt = npadam.AdamW({"w": w}, kernel="reference")
+    C.save(link, opt)
+    opt.step({"w": np.ones(4, np.float32)})
+    C.save(link, opt)
+    assert link.is_symlink() and C.read_index(real)["step"] == 1 == C.read_index(link)["step"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ck", "disk"]
+    assert sorted(x.name for x in (tmp_path / "disk").iterdir()) == ["ck"]
+
+
+@pytest.mark.parametrize("metadata, exc", [({"s": {1, 2}}, TypeError), ({3: "k"}, TypeError),
+                                           ({"b": b"xy"}, TypeError), ({"x": float("nan")}, ValueError),
+                                           ({"a": np.arange(3)}, TypeError), ([1, 2], TypeError)])
+def test_metadata_must_be_plain_json(tmp_path, metadata, exc):
+    with pytest.raises(exc, match="metadata"):
+        C.save(tmp_path / "ck", npadam.AdamW({"w": np.ones(2, np.float32)}), metadata=metadata)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_sgd_momentum_schedule_follows_megatron_rules(tmp_path):
+    def make(m):
+        return npadam.SGD({"w": np.ones(4, np.float32)}, lr=0.1, momentum=S.constant(m), kernel="reference")
+
+    opt = make(0.9)
+    opt.step({"w": np.ones(4, np.float32)})
+    C.save(tmp_path / "ck", opt)
+    with pytest.raises(ValueError, match="momentum"):
+        C.load(tmp_path / "ck", make(0.5))
+    kept = make(0.5)
+    C.load(tmp_path / "ck", kept, override_opt_param_scheduler=True)
+    assert kept.param_groups[0]["schedules"]["momentum"].to_dict() == S.constant(0.5).to_dict()
+
+
+def test_torch_scheduler_state_is_checked_before_anything_changes(tmp_path):
+    pytest.importorskip("torch")
+    m, opt, sch = _torch_saved(tmp_path, 2)
+    for edit in (lambda s: s.__setitem__("last_epoch", "abc"), lambda s: s.__setitem__("step", 5),
+                 lambda s: s.__setitem__("last_epoch", -7), lambda s: s.__setitem__("base_lrs", [1.0, 2.0, 3.0])):
+        _edit_index(tmp_path / "ck", lambda i: edit(i["scheduler"]["state"]))
+        m2, opt2, sch2 = _torch_run(False)
+        before = [p.detach().clone() for p in m2.parameters()]
+        with pytest.raises(ValueError, match="scheduler state"):
+            C.load(tmp_path / "ck", opt2, scheduler=sch2)
+        assert opt2.step_count == 0 and sch2.last_epoch == 0
+        assert all(torch_equal(a, b) for a, b in zip(before, m2.parameters()))
+        C.save(tmp_path / "ck", opt, scheduler=sch)
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_torch_flags_need_the_scheduler(tmp_path):
+    pytest.importorskip("torch")
+    m, opt, sch = _torch_saved(tmp_path, 2)
+    _, opt2, _ = _torch_run(False)
+    with pytest.raises(ValueError, match="need scheduler="):
+        C.load(tmp_path / "ck", opt2, override_opt_param_scheduler=True)
+    assert opt2.step_count == 0
+    C.load(tmp_path / "ck", opt2)  # without flags: the groups' floats are restored as torch does
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
+def test_state_is_taken_after_groups_appended_and_casts(tmp_path):
+    x = np.ones(3, np.float32)
+    opt = npadam.AdamW({"w": np.ones(2, np.float32)}, kernel="reference")
+    opt.param_groups.append({"params": {"x": x}})
+    C.save(tmp_path / "a", opt)
+    assert set(C.read_index(tmp_path / "a")["params"]) == {"w", "x"}
+    torch = pytest.importorskip("torch")
+    import npadam.torch as NT
+
+    model = torch.nn.Linear(4, 2)
+    topt = NT.AdamW(model.parameters(), lr=1e-3)
+    model.to(torch.bfloat16)
+    C.save(tmp_path / "b", topt)
+    assert {p["dtype"] for p in C.read_index(tmp_path / "b")["params"].values()} == {"bfloat16"}
+
+
+def test_a_numpy_checkpoint_with_schedules_loads_into_npadam_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    import npadam.torch as NT
+
+    w = np.ones((2, 4), np.float32)
+    b = np.zeros(2, np.float32)
+    opt = npadam.AdamW({"weight": w, "bias": b}, lr=S.linear(1e-2, 1e-3, 10), kernel="reference")
+    opt.step({"weight": np.ones((2, 4), np.float32), "bias": np.ones(2, np.float32)})
+    C.save(tmp_path / "ck", opt)
+    model = torch.nn.Linear(4, 2)
+    topt = NT.AdamW([{"params": [model.weight, model.bias], "param_names": ["weight", "bias"]}], lr=5e-3)
+    C.load(tmp_path / "ck", topt)
+    assert topt.param_groups[0]["lr"] == float(S.linear(1e-2, 1e-3, 10)(1)) and topt.step_count == 1
+    assert torch.equal(model.weight.detach(), torch.from_numpy(w))
+    with pytest.raises(ValueError, match="saved from an npadam.AdamW on arrays"):
+        C.load(tmp_path / "ck", topt, scheduler=NT.LRScheduler(topt, S.constant(1e-3)))

@@ -279,3 +279,20 @@ def test_jax_pytree_training_loop():
     for i in s1:
         for key in ("exp_avg", "exp_avg_sq"):
             np.testing.assert_allclose(np.asarray(s1[i][key]), np.asarray(s2[i][key]), rtol=1e-6, atol=1e-12)
+
+
+def test_jax_bfloat16_grads_are_read_correctly():
+    """Review finding: a bfloat16 JAX grad went through a temporary int16 view whose buffer was gone
+    (or not yet computed) when the kernel read it: garbage grads, a wrong norm. Sizes below and
+    above JAX's small-array threshold; the same grads again (reused by identity)."""
+    jnp = pytest.importorskip("jax.numpy")
+    import npadam
+
+    for n in (3, 1000, 100_003):
+        w = jnp.ones((n,), jnp.bfloat16)
+        opt = npadam.AdamW([w], lr=0.1)
+        g = jnp.full((n,), 2.0, jnp.bfloat16)
+        for _ in range(2):
+            info = opt.step([g])
+            assert info.grad_norm == pytest.approx(2.0 * np.sqrt(n), rel=1e-12)
+        assert opt.state_dict()["state"][0]["exp_avg"][:3] == pytest.approx([0.38] * 3, rel=1e-6)

@@ -13,14 +13,9 @@ MAX_STEPS = 100_000_000
 #: ``npadam schedule --width`` / ``--height``: characters of a terminal plot.
 MIN_WIDTH, MAX_WIDTH = 20, 1_000
 MIN_HEIGHT, MAX_HEIGHT = 6, 1_000
-#: Config, schedule and comparison files (``--config``, ``--schedule-json``, ``--compare``).
-MAX_FILE_BYTES = 256 << 20
-#: Nesting of mappings and lists in those files (real configs nest fewer than 10 levels).
-MAX_DEPTH = 100
-#: Nodes that YAML aliases (``*name``) may add to a document when expanded.
-MAX_ALIAS_NODES = 100_000
-#: Integers in those files must fit in 64 bits (the schedules compute in int64 and float64).
-MAX_INT_BITS = 63
+#: Config, schedule and comparison files (``--config``, ``--schedule-json``, ``--compare``):
+#: bytes read, nesting, YAML alias expansion, integer size (``npadam._configfile`` checks them).
+from .._configfile import MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES, MAX_INT_BITS, int_text  # noqa: E402,F401
 #: Integer flags of named schedules (``--total-steps``, ``--warmup-steps``, ...): |value| <= 2**53,
 #: so that every value is exact in float64.
 MAX_FLAG_INT = 2 ** 53
@@ -46,10 +41,3 @@ def steps_text(n: int, text: str | None = None) -> str:
     given = f" ({text})" if text is not None and text != str(n) else ""
     return (f"{n:,} steps{given} would need {nbytes(8.0 * n)} for each column of values; "
             f"at most {MAX_STEPS:,} steps")
-
-
-def int_text(v: int) -> str:
-    """An integer for an error line: the digits when short, else their count."""
-    if v.bit_length() <= 128:
-        return str(v)
-    return f"an integer of about {int(v.bit_length() * 0.30103) + 1:,} digits"

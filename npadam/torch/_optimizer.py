@@ -601,9 +601,11 @@ class _Base(torch.optim.Optimizer):
         """torch's state dict (loads into ``torch.optim.AdamW``/``Adam`` and with
         ``torch.load(weights_only=True)``): tensors and plain values only, plus npadam's entry
         (names, shapes, dtypes, update count, loss scaler) and each low-precision param's fp32
-        ``master``."""
+        ``master``. Groups appended, params re-bound, edited or cast (``model.to(dtype)``) are taken
+        in first, as a step would."""
         for hook in self._optimizer_state_dict_pre_hooks.values():
             hook(self)
+        self._sync()
         sd = _state.export(self._engine, self._plain_groups(), type(self).__name__, self.loss_scaler,
                            array=lambda a: torch.from_numpy(np.ascontiguousarray(a)))
         for st in sd["state"].values():
