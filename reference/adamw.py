@@ -13,7 +13,8 @@ One step on element i with step count t (1-based, after increment)::
     bc1 = 1 - b1**t, bc2 = 1 - b2**t   (both 1 without bias correction)
 
 Every binary operation above is one IEEE float32 operation, evaluated left to
-right as written (no fused multiply-add). The scalars ``1 - b1``, ``1 - lr*wd``,
+right as written (no fused multiply-add). Every value written (m, v, vmax, p) goes
+through ``canonical_nan``: a NaN is always the canonical ``0x7FC00000``. The scalars ``1 - b1``, ``1 - lr*wd``,
 ``lr / bc1``, ``sqrt(bc2)`` ... are computed once on the host in float64 and then
 rounded to float32 (``host_scalars``); kernels use exactly these values. With
 ``dtype=np.float64`` the same formula runs in float64 (for accuracy tests).
@@ -95,8 +96,8 @@ def apply_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg
         g = -g
     if not decoupled:
         g = g + s.weight_decay * param
-    exp_avg[...] = s.beta1 * exp_avg + s.one_minus_beta1 * g
-    exp_avg_sq[...] = s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g)
+    exp_avg[...] = canonical_nan(s.beta1 * exp_avg + s.one_minus_beta1 * g)
+    exp_avg_sq[...] = canonical_nan(s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g))
     if amsgrad:
         np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         vh = max_exp_avg_sq
@@ -104,7 +105,22 @@ def apply_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg
         vh = exp_avg_sq
     if decoupled:
         param[...] = param * s.decay
-    param[...] = param - s.step_size * exp_avg / (np.sqrt(vh) / s.bc2_sqrt + s.eps)
+    param[...] = canonical_nan(param - s.step_size * exp_avg / (np.sqrt(vh) / s.bc2_sqrt + s.eps))
+
+
+def canonical_nan(x: np.ndarray) -> np.ndarray:
+    """``x`` with every NaN replaced by the canonical quiet NaN (float32 ``0x7FC00000``, positive).
+
+    Every value the update writes (moments, vmax, params, SGD's buffer) goes through this,
+    so a NaN the update produces (``skip_nonfinite=False`` with non-finite grads, ``eps=0``
+    with a zero grad) has the same bits on every kernel: IEEE 754 leaves the sign and
+    payload of an operation's NaN open (x86 propagates an operand's, in whatever operand
+    order the compiler chose; GPUs write their own canonical NaN)."""
+    x = np.asarray(x)
+    nan = np.isnan(x)
+    if nan.any():
+        x = np.where(nan, x.dtype.type(np.nan), x)
+    return x
 
 
 def block_sumsq(grad: np.ndarray, block: int = NORM_BLOCK, lanes: int = NORM_LANES) -> np.ndarray:

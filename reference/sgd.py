@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .adamw import canonical_nan
+
 # momentum modes: no buffer, heavy ball, Nesterov
 PLAIN, MOMENTUM, NESTEROV = 0, 1, 2
 
@@ -100,11 +102,11 @@ def apply_step(param: np.ndarray, grad: np.ndarray, buf: np.ndarray | None, s: H
         g = fma(s.weight_decay, param, g)
     if momentum != PLAIN:
         if first:
-            buf[...] = g
+            buf[...] = canonical_nan(g)
         else:
-            buf[...] = fma(s.one_minus_dampening, g, s.momentum * buf)
+            buf[...] = canonical_nan(fma(s.one_minus_dampening, g, s.momentum * buf))
         g = fma(s.momentum, buf, g) if momentum == NESTEROV else buf
-    param[...] = fma(s.neg_lr, g, param)
+    param[...] = canonical_nan(fma(s.neg_lr, g, param))
 
 
 def sgd_step(param: np.ndarray, grad: np.ndarray, buf: np.ndarray | None, *, lr: float, momentum: float = 0.0,

@@ -200,28 +200,40 @@ def test_flags_must_be_bools(flag, value):
         npadam.AdamW([{"params": [np.ones(3, np.float32)], flag: value}])
 
 
-def test_nonfinite_step_kernels_agree_on_nan_positions():
-    """skip_nonfinite=False with NaN grads and maximize: every kernel gives NaN in the same elements
-    and identical bits elsewhere. The sign and payload of a NaN are not part of the contract (IEEE 754
-    leaves them open: x86 propagates an operand's payload in whatever order the compiler chose, GPUs
-    write the canonical NaN)."""
+@pytest.mark.parametrize("pdtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("algo", ["adamw", "adam", "sgd"])
+def test_nonfinite_steps_are_bit_identical_nan_included(pdtype, algo):
+    """skip_nonfinite=False with NaN grads of both signs, maximize and amsgrad: the x86 kernel gave
+    -nan where the reference gave nan (IEEE 754 leaves a NaN's sign and payload open). Every
+    written value now goes through reference.adamw.canonical_nan: all bits equal, NaN included."""
+    import ml_dtypes
+
+    dt = ml_dtypes.bfloat16 if pdtype == "bfloat16" else np.dtype(pdtype)
     rng = np.random.default_rng(3)
-    g0 = rng.standard_normal((3, 64)).astype(np.float32)
+    g0 = rng.standard_normal((3, 200)).astype(np.float32)
     g0[:, ::7] = np.nan
     g0[1, ::5] = -np.nan
+    g0[2, ::11] = np.float32(-np.inf)
     out = {}
     for kernel in ("cpu", "reference"):
-        w = rng.standard_normal(64).astype(np.float32) if not out else None
-        w = np.linspace(-1, 1, 64, dtype=np.float32)
-        opt = npadam.AdamW([w], lr=0.1, maximize=True, amsgrad=True, skip_nonfinite=False, kernel=kernel)
+        w = np.linspace(-1, 1, 200, dtype=np.float32).astype(dt)
+        if algo == "sgd":
+            opt = npadam.SGD([w], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, maximize=True,
+                             skip_nonfinite=False, kernel=kernel)
+        else:
+            cls = npadam.AdamW if algo == "adamw" else npadam.Adam
+            opt = cls([w], lr=0.1, maximize=True, amsgrad=True, weight_decay=0.01, skip_nonfinite=False,
+                      kernel=kernel)
         for g in g0:
             opt.step([g.copy()])
         st = opt.state_dict()["state"][0]
-        out[kernel] = [w] + [st[k] for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")]
+        out[kernel] = [w.view(np.uint16 if pdtype != "float32" else np.uint32)] + [
+            np.asarray(st[k]).view(np.uint32) for k in sorted(st) if k != "step"]
     for a, b in zip(out["cpu"], out["reference"]):
-        assert (np.isnan(a) == np.isnan(b)).all()
-        assert a[~np.isnan(a)].tobytes() == b[~np.isnan(b)].tobytes()
-        assert np.isnan(a).any()
+        assert a.tobytes() == b.tobytes()
+    assert np.isnan(out["cpu"][1].view(np.float32)).any()
+    nan_bits = out["cpu"][1][np.isnan(out["cpu"][1].view(np.float32))]
+    assert (nan_bits == 0x7FC00000).all()
 
 
 # ------------------------------------------------------------------ functional.update (item 6)

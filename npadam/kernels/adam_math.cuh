@@ -19,6 +19,8 @@
 //   momentum: buf = first ? g : fma(1 - dampening, g, momentum * buf);  g = nesterov ? fma(momentum, buf, g) : buf
 //   p = fma(-lr, g, p)
 //
+// Every value written (m, v, vmax, p, SGD's buffer) goes through canonical_nan (reference.adamw).
+//
 // Storage kinds: 0 float32, 1 bfloat16, 2 float16 (16-bit kinds as raw uint16 bits,
 // converted with round-to-nearest-even exactly as ml_dtypes / NumPy do, NaN payloads
 // included, so the GPU writes the same bits as the CPU kernel and the reference).
@@ -64,6 +66,9 @@ NPADAM_HD float bits_f32(uint32_t u) {
     return x;
 #endif
 }
+
+// reference.adamw.canonical_nan: every value an update writes has one NaN, 0x7FC00000.
+NPADAM_HD float canonical_nan(float x) { return x == x ? x : bits_f32(0x7FC00000u); }
 
 NPADAM_HD float bf16_to_f32(uint16_t h) { return bits_f32(((uint32_t)h) << 16); }
 
@@ -149,8 +154,8 @@ NPADAM_HD void adam_element(float& p, float grad, float& m, float& v, float& vma
     float g = grad * s.scale;
     if (MAXIMIZE) g = -g;
     if (!DECOUPLED) g = g + s.weight_decay * p;
-    float mi = s.beta1 * m + s.one_minus_beta1 * g;
-    float vi = s.beta2 * v + s.one_minus_beta2 * (g * g);
+    float mi = canonical_nan(s.beta1 * m + s.one_minus_beta1 * g);
+    float vi = canonical_nan(s.beta2 * v + s.one_minus_beta2 * (g * g));
     m = mi;
     v = vi;
     float vh = vi;
@@ -160,7 +165,7 @@ NPADAM_HD void adam_element(float& p, float grad, float& m, float& v, float& vma
         vmax = vh;
     }
     if (DECOUPLED) p = p * s.decay;
-    p = p - s.step_size * mi / (sqrtf(vh) / s.bc2_sqrt + s.eps);
+    p = canonical_nan(p - s.step_size * mi / (sqrtf(vh) / s.bc2_sqrt + s.eps));
 }
 
 // a * b + c with one rounding (IEEE fusedMultiplyAdd).
@@ -187,10 +192,10 @@ NPADAM_HD void sgd_element(float& p, float grad, float& buf, bool maximize, bool
     if (maximize) g = -g;
     if (decay) g = fma_rn(s.weight_decay, p, g);
     if (MOMENTUM != 0) {
-        buf = first ? g : fma_rn(s.one_minus_dampening, g, s.momentum * buf);
+        buf = canonical_nan(first ? g : fma_rn(s.one_minus_dampening, g, s.momentum * buf));
         g = (MOMENTUM == 2) ? fma_rn(s.momentum, buf, g) : buf;
     }
-    p = fma_rn(s.neg_lr, g, p);
+    p = canonical_nan(fma_rn(s.neg_lr, g, p));
 }
 
 }  // namespace npadam
