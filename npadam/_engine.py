@@ -256,21 +256,9 @@ class Engine:
                         scaler.update(True)
                     return StepResult(True, norm, loss_scale)
             scale = inv * ref.clip_coefficient(norm, max_grad_norm) if norm is not None else inv
-            calls = []  # every scalar first: nothing is written if one cannot be computed
             sgd = self.algorithm == "sgd"
-            for bi, _, parts in plan:
-                h = hyper[self.layout.buffers[bi].group]
-                if sgd:
-                    calls += _sgd_calls(bi, parts, h, scale, self.layout.buffers[bi].group)
-                    continue
-                flags = K.Flags(decoupled=self.decoupled, amsgrad=h["amsgrad"], maximize=h["maximize"])
-                for t, batch in parts:
-                    with np.errstate(over="ignore"):  # an overflow is reported by _check_scalars
-                        s = ref.host_scalars(lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
-                                             weight_decay=h["weight_decay"], step=t, decoupled=self.decoupled,
-                                             bias_correction=h["bias_correction"], grad_scale=scale)
-                    _check_scalars(s, h, t, self.layout.buffers[bi].group)
-                    calls.append((bi, batch, s, flags))
+            with np.errstate(over="ignore"):  # a float32 overflow is reported by _check_scalars
+                calls = self._calls(plan, hyper, scale, sgd)  # every scalar before any write
             for bi, b in enumerate(self.layout.buffers):
                 buf = self.bufs[bi]
                 if sgd:
@@ -293,6 +281,26 @@ class Engine:
         if scaler is not None:
             scaler.update(False)
         return StepResult(False, norm, loss_scale)
+
+    def _calls(self, plan: list[tuple[int, K.Batch, list[tuple[int, K.Batch]]]], hyper: Sequence[dict[str, Any]],
+               scale: float, sgd: bool) -> list[tuple[int, K.Batch, Any, Any]]:
+        """Every kernel call of the step with its checked scalars, ``(buffer, batch, scalars, flags)``;
+        ValueError if a scalar cannot be computed (nothing has been written)."""
+        calls: list[tuple[int, K.Batch, Any, Any]] = []
+        for bi, _, parts in plan:
+            group = self.layout.buffers[bi].group
+            h = hyper[group]
+            if sgd:
+                calls += _sgd_calls(bi, parts, h, scale, group)
+                continue
+            flags = K.Flags(decoupled=self.decoupled, amsgrad=h["amsgrad"], maximize=h["maximize"])
+            for t, batch in parts:
+                s = ref.host_scalars(lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
+                                     weight_decay=h["weight_decay"], step=t, decoupled=self.decoupled,
+                                     bias_correction=h["bias_correction"], grad_scale=scale)
+                _check_scalars(s, h, t, group)
+                calls.append((bi, batch, s, flags))
+        return calls
 
     # ------------------------------------------------------------------ state
     def slot_state(self, slot: int) -> dict[str, np.ndarray]:
@@ -343,11 +351,10 @@ def _sgd_calls(bi: int, parts: list[tuple[int, K.Batch]], h: dict[str, Any], sca
                group: int) -> list[tuple[int, K.Batch, sgd_ref.HostScalars, K.SgdFlags]]:
     """The SGD kernel calls of buffer ``bi`` (its batches' first step with momentum or not), the
     scalars checked: ValueError, before anything is written, if one overflows float32."""
-    with np.errstate(over="ignore"):
-        s = sgd_ref.host_scalars(lr=h["lr"], momentum=h["momentum"], dampening=h["dampening"],
-                                 weight_decay=h["weight_decay"], grad_scale=scale)
+    s = sgd_ref.host_scalars(lr=h["lr"], momentum=h["momentum"], dampening=h["dampening"],
+                             weight_decay=h["weight_decay"], grad_scale=scale)  # under the caller's errstate
     for name in ("neg_lr", "momentum", "one_minus_dampening", "weight_decay", "scale"):
-        if not np.isfinite(getattr(s, name)):
+        if not math.isfinite(getattr(s, name)):
             raise ValueError(f"param_groups[{group}]: lr={h['lr']!r}, momentum={h['momentum']!r}, dampening="
                              f"{h['dampening']!r}, weight_decay={h['weight_decay']!r} give a non-finite float32 "
                              f"{name}; nothing was changed")
@@ -359,8 +366,11 @@ def _sgd_calls(bi: int, parts: list[tuple[int, K.Batch]], h: dict[str, Any], sca
 def _check_scalars(s: ref.HostScalars, h: dict[str, Any], t: int, group: int) -> None:
     """ValueError if a float32 scalar of the step overflows (e.g. lr=1e39 is finite in float64 but
     inf in float32, or lr / bias_correction1 overflows): nothing has been written yet."""
+    if math.isfinite(s.decay) and math.isfinite(s.step_size) and math.isfinite(s.scale) \
+            and math.isfinite(s.weight_decay):
+        return
     for name in ("decay", "step_size", "scale", "weight_decay"):
-        if not np.isfinite(getattr(s, name)):
+        if not math.isfinite(getattr(s, name)):
             raise ValueError(f"param_groups[{group}]: lr={h['lr']!r}, weight_decay={h['weight_decay']!r}, "
                              f"beta1={h['beta1']!r} at the tensors' step {t} give a non-finite float32 "
                              f"{name}; nothing was changed")
