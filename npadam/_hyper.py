@@ -87,11 +87,11 @@ SGD_KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize
 SGD_FLAGS = ("nesterov", "maximize")
 
 
-def _check_nesterov(nesterov: bool, momentum: Any, dampening: float, where: str, at: str = "") -> None:
-    """torch's rule: Nesterov momentum needs momentum > 0 and dampening == 0 (a scheduled momentum is
-    checked at each step, ``at`` names it)."""
+def _check_nesterov(nesterov: bool, momentum: Any, dampening: float, where: str) -> None:
+    """torch's constructor rule: Nesterov momentum needs momentum > 0 and dampening == 0 (a scheduled
+    momentum is not checked: at a step, momentum 0 is plain SGD, as in torch)."""
     if nesterov and ((not isinstance(momentum, Schedule) and momentum <= 0) or dampening != 0):
-        raise ValueError(f"{where}nesterov=True needs momentum > 0 and dampening == 0; {at}momentum is "
+        raise ValueError(f"{where}nesterov=True needs momentum > 0 and dampening == 0; momentum is "
                          f"{momentum!r}, dampening {dampening!r}. Nothing was changed")
 
 
@@ -113,7 +113,8 @@ def sgd_values(g: dict[str, Any], k: int, where: str) -> dict[str, Any]:
     _in_range(out, (("lr", 0.0, None), ("momentum", 0.0, None), ("dampening", None, None),
                     ("weight_decay", 0.0, None)), k, where)
     _flags(g, SGD_FLAGS, where, out)
-    _check_nesterov(out["nesterov"], out["momentum"], out["dampening"], where, f"at step {k} ")
+    # torch.optim.SGD checks the Nesterov rule in its constructor only; at a step, momentum 0 is plain
+    # SGD and a dampening is applied (a scheduler writing momentum 0 mid-run must not fail)
     return out
 
 

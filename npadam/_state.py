@@ -110,8 +110,9 @@ def _int(value: Any, what: str) -> int:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != value \
             or (not isinstance(value, numbers.Integral) and (not math.isfinite(value) or float(value) != int(value))) \
-            or value < 0 or value >= 2**63:
-        raise ValueError(f"{what} must be a non-negative integer below 2**63, got {value!r}")
+            or value < 0 or value >= 2**63 - 1:
+        raise ValueError(f"{what} must be a non-negative integer below 2**63 - 1 (the next step must fit "
+                         f"int64), got {value!r}")
     return int(value)
 
 

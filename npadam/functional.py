@@ -43,6 +43,10 @@ class AdamState:
 
 
 def _flat(a: np.ndarray, what: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{what} must be a NumPy array, got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{what} is a masked array; pass a plain array (np.ma.getdata)")
     if a.ndim != 1 or not a.flags.c_contiguous:
         raise ValueError(f"{what} must be a 1-D contiguous array, got shape {a.shape} strides {a.strides}")
     dtype_name(a.dtype)
@@ -156,10 +160,13 @@ def update(param: np.ndarray, grad: np.ndarray, state: AdamState, *, lr: float, 
         s = ref.host_scalars(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
                              step=int(state.step) + 1, decoupled=decoupled, bias_correction=bias_correction,
                              grad_scale=grad_scale)
-    for name in ("decay", "step_size", "scale"):
+    for name in ("decay", "step_size", "scale", "weight_decay"):
         if not np.isfinite(getattr(s, name)):
             raise ValueError(f"lr={lr!r}, weight_decay={weight_decay!r}, grad_scale={grad_scale!r} give a "
                              f"non-finite {name} in float32; nothing was changed")
+    if s.scale == 0:
+        raise ValueError(f"grad_scale={grad_scale!r} is 0 in float32 (it would zero the gradients); nothing "
+                         "was changed")
     K.get(kernel).adam_step(*_view(param, grad, state), s,
                             K.Flags(decoupled=decoupled, amsgrad=amsgrad, maximize=maximize))
     return replace(state, step=int(state.step) + 1)

@@ -23,7 +23,8 @@ count do not change (each param has its own count for the bias correction).
 ``param_groups[i]["lr"]`` (and ``betas``, ``weight_decay``) always hold floats:
 the values the next update uses. A Schedule given for one of them lives in
 ``param_groups[i]["schedules"]`` and rewrites the float after every update;
-assigning a float replaces the schedule, assigning a Schedule installs one.
+assigning a different float replaces the schedule (``del g["schedules"]["lr"]`` freezes it at its
+current value), assigning a Schedule installs one.
 """
 
 from __future__ import annotations
@@ -273,7 +274,8 @@ class _Optimizer:
         return out
 
     def _rebind(self) -> None:
-        """Follow torch tensors whose storage was replaced (``p.data = ...``) or edited in place."""
+        """Follow torch tensors whose storage was replaced (``p.data = ...``) or edited in place (the
+        new pointers; the values are the kernels' business: ``current_master``)."""
         for i, o in enumerate(self._objects):
             v = P.version(o)
             if v == self._versions[i] and not (hasattr(o, "data_ptr") and o.data_ptr() != self._pptrs[i]):
@@ -292,7 +294,8 @@ class _Optimizer:
             self._spans = (starts, ends)
             self._arrays[i] = a
             self._pptrs[i] = starts[i]
-            self._engine.load_master(i, a)
+            # no master reload: the kernels' current_master select takes the param where its bits are
+            # not the master's rounding, and keeps the master's precision where they are
             self._versions[i] = v
             self._alias_checked = None
 
@@ -315,6 +318,10 @@ class _Optimizer:
                 raise ValueError(f"grads dict does not match the params: missing {missing}, unknown {unknown}")
             grads = [grads[n] for n in names]
         else:
+            if isinstance(grads, (np.ndarray, str, bytes)) or hasattr(grads, "__dlpack__") \
+                    or not hasattr(grads, "__iter__"):
+                raise TypeError(f"grads must be a list of arrays (one per param), a dict by name or the params' "
+                                f"pytree, got {type(grads).__name__}")
             grads = list(grads)
         if len(grads) != len(names):
             raise ValueError(f"expected {len(names)} gradients (one per param), got {len(grads)}")
@@ -413,6 +420,27 @@ class _Optimizer:
                 a.reshape(-1)[...] = self._engine.xp.asarray(host.view(np.uint16) if dtype != "float32" else host)
         self._engine.sync()
         self._versions = [P.version(o, bump=True) for o in self._objects]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """``copy.deepcopy`` and pickling: the state without this process's raw grad pointers."""
+        state = dict(self.__dict__)
+        n = len(self._objects)
+        state.update(_last_grads=[None] * n, _last_imports=[None] * n, _gptrs=np.zeros(n, np.int64),
+                     _gdtypes=[""] * n, _alias_checked=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """The copy's own arrays: writable producers re-imported from the copied objects (a NumPy
+        view of a torch tensor would otherwise be a detached copy), read-only producers' owned
+        copies kept; the pointer tables rebuilt from them (a copy must never write the original's
+        memory, and another process's addresses mean nothing)."""
+        self.__dict__.update(state)
+        names = self._engine.layout.names
+        self._arrays = [a if ro else import_array(o, what=f"param {n!r}")[0]
+                        for o, a, ro, n in zip(self._objects, self._arrays, self._readonly, names)]
+        self._pptrs = np.asarray([P.address(a) for a in self._arrays], dtype=np.int64)
+        self._spans = (self._pptrs.copy(), self._pptrs + np.asarray([a.nbytes for a in self._arrays], np.int64))
+        self._versions = [P.version(o) for o in self._objects]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the ``.grad`` of params that carry one (torch tensors): None, or zeros."""

@@ -396,7 +396,8 @@ class _Base(torch.optim.Optimizer):
         raise AssertionError("a grad failed a check but none was found")  # pragma: no cover
 
     def _follow(self, ptrs: list[int], versions: list[int]) -> None:
-        """Re-bind params whose storage changed; re-read the masters of params edited in place.
+        """Re-bind params whose storage changed and note params edited in place (their values reach
+        the update through the kernels' ``current_master`` select).
 
         ``versions``: the version counters of the low-precision params (``self._low``)."""
         eng = self._engine
@@ -420,7 +421,9 @@ class _Base(torch.optim.Optimizer):
                     view.copy_(p)
                 p.data = view
                 ptrs[i] = p.data_ptr()
-            eng.load_master(i, import_array(p, what=f"param {s.name!r}")[0])
+            # no master reload: the kernels' current_master select takes the param where its bits are
+            # not the master's rounding, and keeps the master's precision where they are (a copy of the
+            # model, p.data = p.data.clone(), an unchanged value written back)
         self._pptrs = np.asarray(ptrs, dtype=np.int64)
         self._pptr_list = list(ptrs)
         self._versions = [self._params[i]._version for i in self._low]
@@ -574,7 +577,12 @@ class _Base(torch.optim.Optimizer):
         if self.flat_storage:
             raise TypeError("an npadam.torch optimizer with flat_storage=True cannot be copied or pickled "
                             "(its params are views into its buffers); save and load its state_dict() instead")
-        return {k: v for k, v in self.__dict__.items() if k not in ("_last_grads", "_grad_cache")}
+        # like torch's own: no step hooks, no scheduler's per-instance step wrapper (it holds a weakref
+        # to this optimizer: a copy would step the original), no profiling flag
+        drop = {"_last_grads", "_grad_cache", "step", "_opt_called", "_optimizer_step_pre_hooks",
+                "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
+                "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"}
+        return {k: v for k, v in self.__dict__.items() if k not in drop}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -582,8 +590,10 @@ class _Base(torch.optim.Optimizer):
             return
         self._last_grads = [None] * len(self._params)
         self._grad_cache = None
-        self._pptr_list = [-1] * len(self._params)  # the copy's params live elsewhere: re-bound at the next step
-        self._pptrs = np.full(len(self._params), -1, dtype=np.int64)
+        # the copy's params live elsewhere: bound here, masters kept (a re-bind would lose nothing either)
+        self._pptr_list = [p.data_ptr() for p in self._params]
+        self._pptrs = np.asarray(self._pptr_list, dtype=np.int64)
+        self._versions = [self._params[i]._version for i in self._low]
         self._state_views()
 
     # ------------------------------------------------------------------ state
