@@ -8,9 +8,10 @@ version, dtype, shape), measured in ``tools/bench_torch.py``.
 
 Parameters are followed, not their storage: a param whose storage was replaced
 (``p.data = ...``, ``model.to(...)`` keeping dtype and shape) is re-bound, and a
-low-precision param edited in place (``load_state_dict``, re-init, EMA swap:
-torch's version counter moved) has its fp32 master re-read, so npadam never
-writes a stale master over the caller's values. After its in-place update npadam
+low-precision param edited in any way (``load_state_dict``, re-init, EMA swap) is
+taken by the kernels where its bits are no longer its fp32 master's rounding
+(``current_master``), so npadam never writes a stale master over the caller's
+values and never drops a master's precision where the value did not change. After its in-place update npadam
 bumps the params' version counters, as torch's own optimizers do.
 """
 
