@@ -1,21 +1,26 @@
-"""μP (maximal update parametrization) learning-rate scaling for Adam/AdamW.
+"""μP (maximal update parametrization) learning-rate and weight-decay scaling for Adam/AdamW.
 
-Conventions (Tensor Programs V, table 3, Adam column; what Megatron and the
-``mup`` package implement): a dimension is *infinite* when it grows with the width
-(it differs between the base model and the target model). With ``m`` the
-fan-in width multiplier (``fan_in / base_fan_in``):
+A dimension is *infinite* when it grows with the width (it differs between the base
+model and the target model). ``m`` is the fan-in width multiplier
+(``fan_in / base_fan_in``). Two conventions:
 
-- **hidden** (matrix-like: fan-in and fan-out both infinite): lr × ``1/m``
-- **vector** (vector-like: biases, norms, input embeddings; at most the fan-out
-  is infinite): lr × 1
-- **output** (only the fan-in is infinite, the readout): lr × ``1/m`` with
-  ``readout="lr"`` (TP5's table), or lr × 1 with ``readout="multiplier"`` (the
-  ``mup`` package's MuReadout, which instead multiplies the logits by ``1/m``).
+- ``convention="mup"`` (the default): what the ``mup`` package's ``MuAdam``/``MuAdamW``
+  do. Matrix-like parameters (fan-in and fan-out both infinite: **hidden**) get lr ×
+  ``1/m`` **and weight decay × m** (so the decoupled decay ``lr · wd`` does not shrink
+  with width; ``decoupled_wd=True`` leaves the weight decay alone, for a decay that is
+  not multiplied by the lr).
+  Everything else (vector-like: at most one infinite dimension: biases, norms, input
+  embeddings of any orientation, and the readout, whose logits ``MuReadout``
+  multiplies by ``1/m``) keeps lr × 1. Tested group by group against ``mup.MuAdamW``.
+- ``convention="tp5"``: Tensor Programs V, table 3, Adam column, scaling the lr only:
+  **hidden** × ``1/m``, **vector** × 1, **output** (only the fan-in infinite) × ``1/m``
+  with ``readout="lr"`` or × 1 with ``readout="multiplier"``. By shape a torch
+  ``Embedding`` weight ``(vocab, d)`` looks like a readout here: name it in
+  ``overrides={"embed.weight": "vector"}``. Weight decay is not rescaled.
 
 Weight shapes follow torch's Linear/Conv: ``(fan_out, fan_in, *kernel)``; a 1-D
-tensor is vector-like. A torch ``Embedding`` weight is stored ``(vocab, d)``, which
-by shape looks like a readout: name it in ``overrides={"embed.weight": "vector"}``. Weight decay is not rescaled (decoupled AdamW decay is already
-multiplied by the per-group lr, so it follows the lr scaling).
+tensor is vector-like. A float lr is divided by ``m`` (as mup does, bit for bit); a
+Schedule is multiplied by ``1/m``.
 """
 
 from __future__ import annotations
@@ -63,20 +68,32 @@ def classify(shape: Sequence[int], base_shape: Sequence[int]) -> tuple[str, floa
 
 
 def mup_param_groups(shapes: Mapping[str, Sequence[int]], base_shapes: Mapping[str, Sequence[int]],
-                     lr: float | Schedule, readout: str = "lr", overrides: Mapping[str, str] | None = None,
-                     **group_options: Any) -> list[dict[str, Any]]:
-    """Torch-style parameter groups with μP lr multipliers, one group per distinct multiplier.
+                     lr: float | Schedule, readout: str | None = None, overrides: Mapping[str, str] | None = None,
+                     convention: str = "mup", decoupled_wd: bool = False, **group_options: Any) -> list[dict[str, Any]]:
+    """Torch-style parameter groups with μP multipliers, one group per distinct multiplier.
 
     ``shapes`` maps parameter names to their shapes in the target model and
     ``base_shapes`` to those in the base (proxy) model; ``overrides`` maps names to a
-    kind where the shape alone is ambiguous (embeddings). Each group is
-    ``{"params": [names], "lr": lr × multiplier, "mup": kind, **group_options}``;
-    a Schedule ``lr`` becomes ``Multiply(lr, multiplier)``.
+    kind (``hidden``, ``vector``, ``output``) where the shape alone is ambiguous. Each
+    group is ``{"params": [names], "lr": ..., "mup": kind, **group_options}``; under
+    ``convention="mup"`` a ``weight_decay`` in ``group_options`` is multiplied by ``m`` for
+    hidden groups (unless ``decoupled_wd``). See the module docstring for the conventions.
 
-    >>> g = mup_param_groups({"w": (1024, 1024), "b": (1024,)}, {"w": (256, 256), "b": (256,)}, lr=1e-2)
-    >>> [(x["mup"], x["params"], x["lr"]) for x in g]
-    [('hidden', ['w'], 0.0025), ('vector', ['b'], 0.01)]
+    >>> g = mup_param_groups({"w": (1024, 1024), "b": (1024,)}, {"w": (256, 256), "b": (256,)},
+    ...                      lr=1e-2, weight_decay=0.1)
+    >>> [(x["mup"], x["params"], x["lr"], x["weight_decay"]) for x in g]
+    [('hidden', ['w'], 0.0025, 0.4), ('vector', ['b'], 0.01, 0.1)]
     """
+    V.choice("convention", convention, ("mup", "tp5"))
+    if convention == "mup":
+        if readout not in (None, "multiplier"):
+            raise ValueError(f"readout={readout!r} belongs to convention='tp5'; the mup package's readout "
+                             "(MuReadout) multiplies the logits instead: readout='multiplier'")
+        readout = "multiplier"
+    else:
+        readout = "lr" if readout is None else readout
+    if not isinstance(decoupled_wd, bool):
+        raise TypeError(f"decoupled_wd must be a bool, got {decoupled_wd!r}")
     missing = sorted(set(shapes) ^ set(base_shapes))
     if missing:
         raise ValueError(f"parameters present in only one of shapes / base_shapes: {missing}")
@@ -84,6 +101,9 @@ def mup_param_groups(shapes: Mapping[str, Sequence[int]], base_shapes: Mapping[s
     unknown = sorted(set(overrides) - set(shapes))
     if unknown:
         raise ValueError(f"overrides name parameters that are not in shapes: {unknown}")
+    if not isinstance(lr, Schedule):
+        lr = V.real("lr", lr)
+    wd = group_options.get("weight_decay")
     groups: dict[tuple[str, float], dict[str, Any]] = {}
     for name, shape in shapes.items():
         kind, m = classify(shape, base_shapes[name])
@@ -92,7 +112,11 @@ def mup_param_groups(shapes: Mapping[str, Sequence[int]], base_shapes: Mapping[s
         mult = lr_multiplier(kind, m, readout) if kind != "vector" else 1.0
         key = (kind, mult)
         if key not in groups:
-            group_lr = Multiply(lr, mult) if isinstance(lr, Schedule) else V.real("lr", lr) * mult
-            groups[key] = {"params": [], "lr": group_lr, "mup": kind, **group_options}
+            div = m if mult != 1.0 else 1.0  # the width multiplier the lr is divided by (1: not scaled)
+            group_lr = Multiply(lr, mult) if isinstance(lr, Schedule) else (lr / div if div != 1.0 else lr)
+            g = {"params": [], "lr": group_lr, "mup": kind, **group_options}
+            if convention == "mup" and kind == "hidden" and wd is not None and not decoupled_wd:
+                g["weight_decay"] = Multiply(wd, div) if isinstance(wd, Schedule) else V.real("weight_decay", wd) * div
+            groups[key] = g
         groups[key]["params"].append(name)
     return list(groups.values())
