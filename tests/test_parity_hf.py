@@ -177,6 +177,32 @@ def test_training_arguments_names():
                "num_training_steps": 97}, 200)
 
 
+def test_training_arguments_command_line_forms():
+    """transformers 5: ``lr_scheduler_kwargs`` given as a JSON object string is parsed (the
+    command-line form); ``warmup_ratio`` is gone (TrainingArguments rejects it), so npadam
+    rejects it too and names the replacement."""
+    import json
+
+    from transformers import TrainingArguments
+
+    kw = {"num_cycles": 0.25}
+    fields = TrainingArguments.__dataclass_fields__
+    assert "lr_scheduler_kwargs" in fields and "warmup_ratio" not in fields
+    as_text = schedules.from_config("hf", {"lr_scheduler_type": "cosine", "learning_rate": 2e-4, "warmup_steps": 5,
+                                           "max_steps": 50, "lr_scheduler_kwargs": json.dumps(kw)})
+    as_dict = schedules.from_config("hf", {"lr_scheduler_type": "cosine", "learning_rate": 2e-4, "warmup_steps": 5,
+                                           "max_steps": 50, "lr_scheduler_kwargs": kw})
+    k = np.arange(80)
+    np.testing.assert_array_equal(as_text.lr(k), as_dict.lr(k))
+    for bad, match in (('{"num_cycles": ', "not valid JSON"), ("num_cycles=2", "JSON object string")):
+        with pytest.raises(ValueError, match=match):
+            schedules.from_config("hf", {"lr_scheduler_type": "cosine", "learning_rate": 2e-4, "max_steps": 50,
+                                         "lr_scheduler_kwargs": bad})
+    with pytest.raises(ValueError, match="warmup_ratio was removed in transformers 5.*warmup_steps=0.1"):
+        schedules.from_config("hf", {"lr_scheduler_type": "linear", "learning_rate": 1e-3, "warmup_ratio": 0.1,
+                                     "max_steps": 100})
+
+
 REJECTED = [
     # (config, HF also raises)
     ({"lr_scheduler_type": "polynomial", "learning_rate": 1e-3, "num_warmup_steps": 0, "num_training_steps": 10,

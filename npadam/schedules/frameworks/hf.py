@@ -7,6 +7,7 @@ The lambdas below copy ``transformers/optimization.py`` operation for operation.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Mapping
 
@@ -202,8 +203,10 @@ _CONFIG_KEYS = ("lr_scheduler_type", "learning_rate", "num_warmup_steps", "num_t
 def from_hf(config: Mapping[str, Any]) -> ScheduleSet:
     """From transformers names: ``lr_scheduler_type`` (default ``"linear"``), ``learning_rate``
     (default 5e-5), ``num_warmup_steps`` (or TrainingArguments' ``warmup_steps``: an int, or a
-    float < 1 meaning a fraction of training, rounded up; or ``warmup_ratio``),
-    ``num_training_steps`` (or ``max_steps``) and ``lr_scheduler_kwargs``."""
+    float < 1 meaning a fraction of training, rounded up), ``num_training_steps`` (or ``max_steps``)
+    and ``lr_scheduler_kwargs`` (a mapping, or a JSON object string: TrainingArguments' command-line
+    form). ``warmup_ratio`` was removed in transformers 5 (TrainingArguments rejects it): a
+    ValueError naming the replacement."""
     check_keys("hf", config, _CONFIG_KEYS)
     total = config.get("num_training_steps", config.get("max_steps"))
     warm = config.get("num_warmup_steps")
@@ -212,11 +215,19 @@ def from_hf(config: Mapping[str, Any]) -> ScheduleSet:
         warm = int(ws) if ws >= 1 else (None if total is None else math.ceil(total * ws))
         if warm is None:
             raise ValueError("a fractional warmup_steps needs num_training_steps (or max_steps)")
-    if warm is None and config.get("warmup_ratio") is not None:
-        if total is None:
-            raise ValueError("warmup_ratio needs num_training_steps (or max_steps)")
-        warm = math.ceil(total * V.real("warmup_ratio", config["warmup_ratio"], lo=0.0, hi=1.0))
+    if "warmup_ratio" in config:
+        r = config["warmup_ratio"]
+        raise ValueError(f"warmup_ratio was removed in transformers 5 (TrainingArguments rejects it); give "
+                         f"warmup_steps={r!r} instead: a float below 1 is that fraction of num_training_steps")
     kwargs = config.get("lr_scheduler_kwargs") or {}
+    if isinstance(kwargs, str):  # TrainingArguments parses a JSON object string (its command-line form)
+        text = kwargs
+        if not text.lstrip().startswith("{"):
+            raise ValueError(f"lr_scheduler_kwargs must be a mapping or a JSON object string, got {text!r}")
+        try:
+            kwargs = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"lr_scheduler_kwargs is not valid JSON ({e}): {text!r}") from None
     if not isinstance(kwargs, Mapping):
         raise ValueError(f"lr_scheduler_kwargs must be a mapping, got {kwargs!r}")
     return ScheduleSet(lr=HFSchedule(config.get("lr_scheduler_type", "linear"),
