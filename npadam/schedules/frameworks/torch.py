@@ -31,6 +31,8 @@ _KWARGS: dict[str, tuple[str, ...]] = {
                    "cycle_momentum", "base_momentum", "max_momentum", "div_factor", "final_div_factor",
                    "three_phase"),
     "CosineAnnealingWarmRestarts": ("T_0", "T_mult", "eta_min"),
+    "CyclicLR": ("base_lr", "max_lr", "step_size_up", "step_size_down", "mode", "gamma", "scale_fn", "scale_mode",
+                 "cycle_momentum", "base_momentum", "max_momentum"),
     "SequentialLR": ("schedulers", "milestones"),
 }
 
@@ -49,6 +51,11 @@ class TorchLR(Schedule):
     - ExponentialLR: ``b * gamma ** t``; StepLR: ``b * gamma ** (t // step_size)``;
       MultiStepLR: ``b * gamma ** bisect_right(milestones, t)``
     - OneCycleLR, CosineAnnealingWarmRestarts: see ``one_cycle`` and ``cosine_restarts``
+    - CyclicLR (``base_lr`` replaces the optimizer's lr, as torch's constructor does): with
+      ``S = up + down``, ``c = floor(1 + t / S)``, ``x = 1 + t / S - c``, ``f = x / r`` if
+      ``x <= r = up / S`` else ``(x - 1) / (r - 1)``: ``base + (max - base) * f * scale``,
+      ``scale`` = 1 (triangular), ``1 / 2**(c - 1)`` (triangular2), ``gamma**t``
+      (exp_range); its momentum (beta1) ``max_m - (max_m - base_m) * f * scale``
     - SequentialLR: sub-scheduler ``i`` sees ``t - milestones[i-1]``; a sub-scheduler after the
       first starts from torch's closed form at its milestone, so there ``total_iters=0`` gives
       ``b`` for ConstantLR and is rejected for LinearLR / PolynomialLR (torch divides by zero)
@@ -61,8 +68,8 @@ class TorchLR(Schedule):
         check_keys(f"torch {scheduler}", kwargs, _KWARGS[scheduler])
         lr = V.real("lr", lr)
         quantity = V.choice("quantity", quantity, ("lr", "momentum"))
-        if quantity == "momentum" and scheduler != "OneCycleLR":
-            raise ValueError(f"only OneCycleLR schedules momentum, not {scheduler}")
+        if quantity == "momentum" and scheduler not in ("OneCycleLR", "CyclicLR"):
+            raise ValueError(f"only OneCycleLR and CyclicLR schedule momentum, not {scheduler}")
         self._store(scheduler=scheduler, lr=lr, **({"quantity": quantity} if quantity != "lr" else {}), **kwargs)
         self._inner = self._build(scheduler, lr, quantity, dict(kwargs))
 
@@ -104,6 +111,8 @@ class TorchLR(Schedule):
             return (np.asarray(ms, dtype=np.int64), V.real("gamma", kw.get("gamma", 0.1)))
         if name == "OneCycleLR":
             return _one_cycle(lr, quantity, kw)
+        if name == "CyclicLR":
+            return _cyclic(quantity, kw)
         if name == "CosineAnnealingWarmRestarts":
             require("torch CosineAnnealingWarmRestarts", kw, "T_0")
             t0, mult = kw["T_0"], kw.get("T_mult", 1)
@@ -172,8 +181,54 @@ class TorchLR(Schedule):
         if name == "StepLR":
             size, gamma = inner
             return b * np.power(gamma, (k // size).astype(np.float64))
+        if name == "CyclicLR":
+            return _cyclic_values(inner, t)
         ms, gamma = inner
         return b * np.power(gamma, np.searchsorted(ms, k, side="right").astype(np.float64))
+
+
+def _cyclic(quantity: str, kw: dict[str, Any]) -> tuple[Any, ...]:
+    """torch's CyclicLR arguments, checked: ``(low, high, momentum?, total, ratio, mode, gamma)``."""
+    require("torch CyclicLR", kw, "base_lr", "max_lr")
+    if kw.get("scale_fn") is not None:
+        raise ValueError("CyclicLR scale_fn: a Python callable is not a closed form npadam can store; use mode "
+                         "'triangular', 'triangular2' or 'exp_range'")
+    for key in ("base_lr", "max_lr", "base_momentum", "max_momentum"):
+        if isinstance(kw.get(key), (list, tuple)):
+            raise ValueError(f"CyclicLR {key} as a per-group list: build one schedule per param group")
+    mode = V.choice("mode", kw.get("mode", "triangular"), ("triangular", "triangular2", "exp_range"))
+    if "scale_mode" in kw and kw["scale_mode"] != ("iterations" if mode == "exp_range" else "cycle"):
+        raise ValueError(f"CyclicLR scale_mode only applies with scale_fn; mode {mode!r} uses "
+                         f"{'iterations' if mode == 'exp_range' else 'cycle'}")
+    up = V.real("step_size_up", kw.get("step_size_up", 2000), lo=0.0, lo_open=True)
+    down = up if kw.get("step_size_down") is None else V.real("step_size_down", kw["step_size_down"], lo=0.0)
+    total = up + down
+    if quantity == "momentum":
+        if not kw.get("cycle_momentum", True):
+            raise ValueError("CyclicLR with cycle_momentum=False schedules no momentum")
+        low, high = V.real("max_momentum", kw.get("max_momentum", 0.9)), V.real("base_momentum",
+                                                                                kw.get("base_momentum", 0.8))
+    else:
+        low, high = V.real("base_lr", kw["base_lr"]), V.real("max_lr", kw["max_lr"])
+    return (low, high, quantity == "momentum", total, up / total, mode, V.real("gamma", kw.get("gamma", 1.0)))
+
+
+def _cyclic_values(inner: tuple[Any, ...], t: np.ndarray) -> np.ndarray:
+    """torch's ``CyclicLR.get_lr`` at ``last_epoch = t``, operation for operation (float64)."""
+    start, other, momentum, total, ratio, mode, gamma = inner
+    cycle = np.floor(1 + t / total)
+    x = 1.0 + t / total - cycle
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.where(x <= ratio, x / ratio, (x - 1) / (ratio - 1))
+    if mode == "triangular":
+        scale = np.ones_like(t)
+    elif mode == "triangular2":
+        scale = 1 / (2.0 ** (cycle - 1))
+    else:
+        scale = np.power(gamma, t)
+    if momentum:  # start = max_momentum, other = base_momentum
+        return start - (start - other) * factor * scale
+    return start + (other - start) * factor * scale
 
 
 def _one_cycle(lr: float, quantity: str, kw: dict[str, Any]) -> OneCycle:
@@ -228,8 +283,8 @@ def _sub_scheduler(lr: float, sub: Any, i: int) -> TorchLR:
 def from_torch(config: Mapping[str, Any]) -> ScheduleSet:
     """``{"lr": base_lr, "scheduler": "<class name>", **kwargs}`` (SequentialLR nests configs).
 
-    OneCycleLR with ``cycle_momentum`` (the default) also schedules beta1 (Adam's
-    momentum), starting at ``max_momentum``.
+    OneCycleLR and CyclicLR with ``cycle_momentum`` (the default) also schedule beta1
+    (Adam's momentum), starting at ``max_momentum``.
     """
     cfg = dict(config)
     require("torch", cfg, "lr", "scheduler")
@@ -237,7 +292,7 @@ def from_torch(config: Mapping[str, Any]) -> ScheduleSet:
     if name not in _KWARGS:
         raise ValueError(f"unknown torch scheduler {name!r}; supported: {', '.join(_KWARGS)}")
     sched = TorchLR(name, lr, **cfg)
-    if name == "OneCycleLR" and cfg.get("cycle_momentum", True):
+    if name in ("OneCycleLR", "CyclicLR") and cfg.get("cycle_momentum", True):
         return ScheduleSet(lr=sched, beta1=TorchLR(name, lr, quantity="momentum", **cfg))
     return ScheduleSet(lr=sched)
 
