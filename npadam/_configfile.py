@@ -40,8 +40,6 @@ class ConfigFileError(ValueError):
     """A config file cannot be used; the message names the file (its label) and the problem."""
 
 
-CLIError = ConfigFileError  # the name the readers below raise
-
 
 def int_text(v: int) -> str:
     """An integer for an error line: the digits when short, else their count."""
@@ -154,26 +152,26 @@ def _check_aliases(root: Any) -> None:
 def _read_text(path: str, label: str) -> str:
     """The text of ``path`` (``-``: stdin), at most ``MAX_FILE_BYTES``, UTF-8 with or without a BOM."""
     if path == "":
-        raise CLIError(f"{label}: expected a file name")
+        raise ConfigFileError(f"{label}: expected a file name")
     if path == "-":
         stream = getattr(sys.stdin, "buffer", sys.stdin)
         data = stream.read(MAX_FILE_BYTES + 1)
     else:
         try:
             if os.path.isdir(path):
-                raise CLIError(f"{label}: cannot read: it is a directory")
+                raise ConfigFileError(f"{label}: cannot read: it is a directory")
             with open(path, "rb") as f:
                 data = f.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
-            raise CLIError(f"{label}: cannot read: {exc.strerror or exc}") from None
+            raise ConfigFileError(f"{label}: cannot read: {exc.strerror or exc}") from None
     if len(data) > MAX_FILE_BYTES:
-        raise CLIError(f"{label}: larger than {MAX_FILE_BYTES >> 20} MiB, too large for a config file")
+        raise ConfigFileError(f"{label}: larger than {MAX_FILE_BYTES >> 20} MiB, too large for a config file")
     if isinstance(data, str):
         return data.lstrip("\ufeff")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise CLIError(f"{label}: cannot read: not a UTF-8 text file (byte {exc.start})") from None
+        raise ConfigFileError(f"{label}: cannot read: not a UTF-8 text file (byte {exc.start})") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -193,11 +191,11 @@ def _parse_json(text: str, label: str) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates)
     except _Refused as exc:
-        raise CLIError(f"{label}: {exc}") from None
+        raise ConfigFileError(f"{label}: {exc}") from None
     except RecursionError:
-        raise CLIError(f"{label}: {_too_deep()}") from None
+        raise ConfigFileError(f"{label}: {_too_deep()}") from None
     except ValueError as exc:
-        raise CLIError(f"{label}: cannot parse as JSON: {_one_line(exc)}") from None
+        raise ConfigFileError(f"{label}: cannot parse as JSON: {_one_line(exc)}") from None
 
 
 def _parse_yaml(text: str, label: str) -> Any:
@@ -205,16 +203,16 @@ def _parse_yaml(text: str, label: str) -> Any:
     try:
         return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except _Refused as exc:
-        raise CLIError(f"{label}: {exc}") from None
+        raise ConfigFileError(f"{label}: {exc}") from None
     except RecursionError:
-        raise CLIError(f"{label}: {_too_deep()}") from None
+        raise ConfigFileError(f"{label}: {_too_deep()}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         what = getattr(exc, "problem", None) or _one_line(exc)
-        raise CLIError(f"{label}: cannot parse as YAML: {what}{where}") from None
+        raise ConfigFileError(f"{label}: cannot parse as YAML: {what}{where}") from None
     except ValueError as exc:               # e.g. an integer of more than 4300 digits
-        raise CLIError(f"{label}: cannot parse as YAML: {_one_line(exc)}") from None
+        raise ConfigFileError(f"{label}: cannot parse as YAML: {_one_line(exc)}") from None
 
 
 def _parse_toml(text: str, label: str) -> Any:
@@ -224,13 +222,13 @@ def _parse_toml(text: str, label: str) -> Any:
         try:
             import tomli as tomllib
         except ImportError:
-            raise CLIError(f"{label}: reading TOML needs tomli on Python 3.10: pip install tomli") from None
+            raise ConfigFileError(f"{label}: reading TOML needs tomli on Python 3.10: pip install tomli") from None
     try:
         return tomllib.loads(text)
     except RecursionError:
-        raise CLIError(f"{label}: {_too_deep()}") from None
+        raise ConfigFileError(f"{label}: {_too_deep()}") from None
     except ValueError as exc:               # TOMLDecodeError, or an integer of more than 4300 digits
-        raise CLIError(f"{label}: cannot parse as TOML: {_one_line(exc)}") from None
+        raise ConfigFileError(f"{label}: cannot parse as TOML: {_one_line(exc)}") from None
 
 
 def _scalar(text: str) -> Any:
@@ -253,7 +251,7 @@ def parse_args_text(text: str, label: str) -> dict[str, Any]:
     try:
         tokens = shlex.split(text.replace("\\\n", " "), comments=True)
     except ValueError as exc:
-        raise CLIError(f"{label}: cannot parse as command-line arguments: {exc}") from None
+        raise ConfigFileError(f"{label}: cannot parse as command-line arguments: {exc}") from None
     out: dict[str, Any] = {}
     i = 0
     while i < len(tokens) and not tokens[i].startswith("--"):
@@ -261,7 +259,7 @@ def parse_args_text(text: str, label: str) -> dict[str, Any]:
     while i < len(tokens):
         tok = tokens[i]
         if not tok.startswith("--") or tok == "--":
-            raise CLIError(f"{label}: cannot parse as command-line arguments: expected an option, got {tok!r}")
+            raise ConfigFileError(f"{label}: cannot parse as command-line arguments: expected an option, got {tok!r}")
         key, eq, value = tok[2:].partition("=")
         key = key.replace("-", "_")
         if eq:
@@ -297,7 +295,7 @@ def _check_tree(data: Any, label: str) -> None:
     while stack:
         obj, depth, path = stack.pop()
         if depth > MAX_DEPTH:
-            raise CLIError(f"{label}: {_too_deep()}")
+            raise ConfigFileError(f"{label}: {_too_deep()}")
         if isinstance(obj, list):
             kinds = set(map(type, obj))
             if kinds <= {float, bool, type(None)}:
@@ -312,7 +310,7 @@ def _check_tree(data: Any, label: str) -> None:
             if isinstance(value, (dict, list)):         # what the parsers build
                 stack.append((value, depth + 1, path + (key,)))
             elif _big_int(value):
-                raise CLIError(f"{label}: {_key_path(path + (key,))} = {int_text(value)}: out of range "
+                raise ConfigFileError(f"{label}: {_key_path(path + (key,))} = {int_text(value)}: out of range "
                                f"(integers must be within +-2**{MAX_INT_BITS})")
 
 
@@ -327,10 +325,10 @@ def load_mapping(path: str, label: str | None = None) -> dict[str, Any]:
     with ``label`` (default ``label_for(None, path)``), which names the flag and the file."""
     label = label_for(None, path) if label is None else label
     if "\0" in path:
-        raise CLIError(f"{label}: not a valid file name")
+        raise ConfigFileError(f"{label}: not a valid file name")
     text = _read_text(path, label)
     if not text.strip():
-        raise CLIError(f"{label} is empty")
+        raise ConfigFileError(f"{label} is empty")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".json":
         data = _parse_json(text, label)
@@ -349,9 +347,9 @@ def load_mapping(path: str, label: str | None = None) -> dict[str, Any]:
         else:
             data = _parse_yaml(text, label)
     if data is None:
-        raise CLIError(f"{label} is empty")
+        raise ConfigFileError(f"{label} is empty")
     if not isinstance(data, Mapping):
-        raise CLIError(f"{label}: expected a mapping (key: value pairs) at the top level, "
+        raise ConfigFileError(f"{label}: expected a mapping (key: value pairs) at the top level, "
                        f"got {type(data).__name__}")
     _check_tree(data, label)
     return dict(data)
