@@ -40,12 +40,12 @@ class ConfigFileError(ValueError):
     """A config file cannot be used; the message names the file (its label) and the problem."""
 
 
-
 def int_text(v: int) -> str:
     """An integer for an error line: the digits when short, else their count."""
     if v.bit_length() <= 128:
         return str(v)
     return f"an integer of about {int(v.bit_length() * 0.30103) + 1:,} digits"
+
 
 _YAML_FLOAT = re.compile(r"""^(?:
      [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
