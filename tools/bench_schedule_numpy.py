@@ -16,24 +16,14 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
 import sys
-import time
 from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from tools._machine import cpu_model  # noqa: E402
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+from tools.bench_schedules import median_time  # noqa: E402
 
 
 def cases(n: int) -> list[tuple[str, Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]]:
