@@ -232,6 +232,7 @@ def _parse_toml(text: str, label: str) -> Any:
 
 
 def _scalar(text: str) -> Any:
+    """A command-line value: int, float, bool (true/false), None (none/null) or the text itself."""
     for conv in (int, float):
         try:
             return conv(text)

@@ -75,8 +75,7 @@ def step_options(max_grad_norm: Any, loss_scaler: Any, skip_nonfinite: Any, num_
         max_grad_norm = V.real("max_grad_norm", max_grad_norm, lo=0.0, lo_open=True)
     if loss_scaler is not None and not isinstance(loss_scaler, LossScaler):
         raise TypeError(f"loss_scaler must be a npadam.LossScaler, got {type(loss_scaler).__name__}")
-    if not isinstance(skip_nonfinite, (bool, np.bool_)):
-        raise TypeError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+    V.flag("skip_nonfinite", skip_nonfinite)
     if num_threads is not None:
         num_threads = V.integer("num_threads", num_threads, lo=1)
         if num_threads > max_threads():
@@ -353,27 +352,37 @@ def _sgd_calls(bi: int, parts: list[tuple[int, K.Batch]], h: dict[str, Any], sca
     scalars checked: ValueError, before anything is written, if one overflows float32."""
     s = sgd_ref.host_scalars(lr=h["lr"], momentum=h["momentum"], dampening=h["dampening"],
                              weight_decay=h["weight_decay"], grad_scale=scale)  # under the caller's errstate
-    for name in ("neg_lr", "momentum", "one_minus_dampening", "weight_decay", "scale"):
-        if not math.isfinite(getattr(s, name)):
-            raise ValueError(f"param_groups[{group}]: lr={h['lr']!r}, momentum={h['momentum']!r}, dampening="
-                             f"{h['dampening']!r}, weight_decay={h['weight_decay']!r} give a non-finite float32 "
-                             f"{name}; nothing was changed")
+    name = nonfinite(s, SGD_SCALARS)
+    if name is not None:
+        raise ValueError(f"param_groups[{group}]: lr={h['lr']!r}, momentum={h['momentum']!r}, dampening="
+                         f"{h['dampening']!r}, weight_decay={h['weight_decay']!r} give a non-finite float32 "
+                         f"{name}; nothing was changed")
     mode = sgd_ref.mode(h["momentum"], h["nesterov"])
     return [(bi, batch, s, K.SgdFlags(maximize=h["maximize"], weight_decay=h["weight_decay"] != 0, momentum=mode,
                                       first=t == 1)) for t, batch in parts]
 
 
-def _check_scalars(s: ref.HostScalars, h: dict[str, Any], t: int, group: int) -> None:
-    """ValueError if a float32 scalar of the step overflows (e.g. lr=1e39 is finite in float64 but
-    inf in float32, or lr / bias_correction1 overflows): nothing has been written yet."""
-    if math.isfinite(s.decay) and math.isfinite(s.step_size) and math.isfinite(s.scale) \
-            and math.isfinite(s.weight_decay):
-        return
-    for name in ("decay", "step_size", "scale", "weight_decay"):
+#: the float32 scalars of an Adam / SGD step that a large lr, weight decay or scale can overflow
+ADAM_SCALARS = ("decay", "step_size", "scale", "weight_decay")
+SGD_SCALARS = ("neg_lr", "momentum", "one_minus_dampening", "weight_decay", "scale")
+
+
+def nonfinite(s: Any, names: Sequence[str]) -> str | None:
+    """The first of the step's float32 scalars ``names`` that is not finite (None: all are). E.g.
+    lr=1e39 is finite in float64 but inf in float32, or lr / bias_correction1 overflows."""
+    for name in names:
         if not math.isfinite(getattr(s, name)):
-            raise ValueError(f"param_groups[{group}]: lr={h['lr']!r}, weight_decay={h['weight_decay']!r}, "
-                             f"beta1={h['beta1']!r} at the tensors' step {t} give a non-finite float32 "
-                             f"{name}; nothing was changed")
+            return name
+    return None
+
+
+def _check_scalars(s: ref.HostScalars, h: dict[str, Any], t: int, group: int) -> None:
+    """ValueError if a float32 scalar of the step overflows: nothing has been written yet."""
+    name = nonfinite(s, ADAM_SCALARS)
+    if name is not None:
+        raise ValueError(f"param_groups[{group}]: lr={h['lr']!r}, weight_decay={h['weight_decay']!r}, "
+                         f"beta1={h['beta1']!r} at the tensors' step {t} give a non-finite float32 "
+                         f"{name}; nothing was changed")
 
 
 def _host(a: Any) -> np.ndarray:

@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 
 from . import _validate as V
 from .schedules import Schedule
@@ -45,10 +44,7 @@ def check_group(g: dict[str, Any], where: str, schedules: bool = True) -> None:
                        for i, b in enumerate(betas))
     g["eps"] = V.real(f"{where}eps", g["eps"], lo=0.0)
     g["weight_decay"] = _hyper(f"{where}weight_decay", g["weight_decay"], 0.0, schedules=schedules)
-    for flag in FLAGS:
-        if not isinstance(g[flag], (bool, np.bool_)):
-            raise TypeError(f"{where}{flag} must be a bool, got {g[flag]!r}")
-        g[flag] = bool(g[flag])
+    _flags(g, FLAGS, where, g)
 
 
 def _at(x: Any, k: int) -> float:
@@ -67,9 +63,7 @@ def _in_range(out: dict[str, float], bounds: tuple[tuple[str, float | None, floa
 
 def _flags(g: dict[str, Any], flags: tuple[str, ...], where: str, out: dict[str, Any]) -> dict[str, Any]:
     for flag in flags:
-        if not isinstance(g[flag], (bool, np.bool_)):
-            raise TypeError(f"{where}{flag} must be a bool, got {g[flag]!r}")
-        out[flag] = bool(g[flag])
+        out[flag] = V.flag(f"{where}{flag}", g[flag])
     return out
 
 

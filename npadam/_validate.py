@@ -6,6 +6,8 @@ import math
 import numbers
 from typing import Any, Iterable
 
+import numpy as np
+
 
 def real(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
          lo_open: bool = False, hi_open: bool = False) -> float:
@@ -39,6 +41,14 @@ def integer(name: str, value: Any, *, lo: int | None = None) -> int:
     if lo is not None and v < lo:
         raise ValueError(f"{name} must be >= {lo}, got {value!r}")
     return v
+
+
+def flag(name: str, value: Any) -> bool:
+    """Return ``value`` (a Python or NumPy bool) as a bool; TypeError for anything else (the string
+    ``"False"`` and the integer 1 are not flags)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def choice(name: str, value: Any, choices: Iterable[str]) -> str:

@@ -68,9 +68,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from . import _hyper as H
+
 FORMAT = "npadam.checkpoint/1"
 INDEX = "index.json"
-_SCHEDULED = ("lr", "betas", "momentum", "weight_decay")
+#: the group keys a Schedule may drive (Adam's and SGD's), compared under Megatron's rules
+_SCHEDULED = tuple(dict.fromkeys(key for spec in (H.ADAM, H.SGD) for key, _ in spec.scheduled.values()))
 
 
 class CheckpointError(OSError):
@@ -286,6 +289,7 @@ def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     for gi, g in enumerate(sd["param_groups"]):
         for i in g["params"]:
             group_of[i] = gi
+    from ._state import _int
     from .reference.adamw import current_master
 
     for i, name in enumerate(names):
@@ -296,7 +300,7 @@ def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
         else:
             master = current_master(_host(st["master"]).reshape(-1).astype(np.float32, copy=True), value)
         params[name] = {"shape": list(meta["shapes"][i]), "dtype": meta["dtypes"][i], "group": group_of[i],
-                        "step": int(_host(st["step"]) if not isinstance(st["step"], int) else st["step"])}
+                        "step": _int(st["step"], f"state of param {name!r}: step")}
         tensors.append((f"{name}/master", np.ascontiguousarray(master, dtype=np.float32)))
         for key in sorted(k for k in st if k not in ("step", "master")):
             tensors.append((f"{name}/{key}", _host(st[key]).reshape(-1)))
@@ -364,15 +368,17 @@ def _write_tensors(tmp: Path, tensors: list[tuple[str, np.ndarray]], index: dict
                    shard_bytes: int, advance: Callable[[int], Any]) -> None:
     """Write the shards; the checksums are computed on a second thread while the files are written
     (hashlib releases the GIL: a 768 MiB save took write + hash, now about the write)."""
+    tensors = [(key, np.ascontiguousarray(_stored(a)), a.dtype.name) for key, a in tensors]
     with ThreadPoolExecutor(1) as pool:
-        sums = [(key, pool.submit(_sha, np.ascontiguousarray(_stored(a)))) for key, a in tensors]
+        sums = [(key, pool.submit(_sha, stored)) for key, stored, _ in tensors]
         _write_shards(tmp, tensors, index, shard_bytes, advance)
         for key, fut in sums:
             index["tensors"][key]["parts"][0]["sha256"] = fut.result()
 
 
-def _write_shards(tmp: Path, tensors: list[tuple[str, np.ndarray]], index: dict[str, Any],
+def _write_shards(tmp: Path, tensors: list[tuple[str, np.ndarray, str]], index: dict[str, Any],
                   shard_bytes: int, advance: Callable[[int], Any]) -> None:
+    """``tensors``: ``(key, the array as stored, its dtype name)``."""
     shard: list[tuple[str, np.ndarray]] = []
     size = 0
     nfile = 0
@@ -386,14 +392,13 @@ def _write_shards(tmp: Path, tensors: list[tuple[str, np.ndarray]], index: dict[
         index["files"][fname] = {"bytes": nbytes}
         shard, size, nfile = [], 0, nfile + 1
 
-    for key, a in tensors:
-        if shard and size + a.nbytes > shard_bytes:
+    for key, stored, dtype in tensors:
+        if shard and size + stored.nbytes > shard_bytes:
             flush()
-        stored = np.ascontiguousarray(_stored(a))
         shard.append((key, stored))
         size += stored.nbytes
-        index["tensors"][key] = {"dtype": a.dtype.name, "shape": [int(a.size)], "parts": [
-            {"file": f"tensors-{nfile:05d}.safetensors", "key": key, "start": 0, "stop": int(a.size),
+        index["tensors"][key] = {"dtype": dtype, "shape": [int(stored.size)], "parts": [
+            {"file": f"tensors-{nfile:05d}.safetensors", "key": key, "start": 0, "stop": int(stored.size),
              "sha256": None}]}
     flush()
 
@@ -407,9 +412,7 @@ def _swap(tmp: Path, path: Path) -> None:
         return
     if not path.is_dir():
         raise FileExistsError(errno.EEXIST, f"{path} exists and is not a checkpoint directory", str(path))
-    if (path / INDEX).is_file() or not any(path.iterdir()):
-        pass
-    else:
+    if not (path / INDEX).is_file() and any(path.iterdir()):
         raise FileExistsError(errno.EEXIST, f"{path} is a non-empty directory without {INDEX}; not replacing "
                               "it with a checkpoint", str(path))
     if _exchange(tmp, path):
@@ -613,16 +616,17 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     Everything is checked first (see the module docstring); nothing changes on error.
     ``progress``: show a byte counter (tqdm) while reading.
     """
+    from . import _validate as V
+
     for name, flag in (("params", params), ("override_opt_param_scheduler", override_opt_param_scheduler),
                        ("use_checkpoint_opt_param_scheduler", use_checkpoint_opt_param_scheduler)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
+        V.flag(name, flag)
     if override_opt_param_scheduler and use_checkpoint_opt_param_scheduler:
         raise ValueError("override_opt_param_scheduler and use_checkpoint_opt_param_scheduler are both set; "
                          "choose one (Megatron: 'both override and use-checkpoint are set')")
     path = _resolve(path)
     index = read_index(path)
-    kind, _ = _frontend(optimizer)
+    kind = _frontend(optimizer)[0]
     sd_now = optimizer.state_dict()
     meta = sd_now["npadam"]
     names, saved = list(meta["names"]), index["params"]
@@ -639,18 +643,16 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     if len(index["param_groups"]) != len(groups_now):
         raise ValueError(f"checkpoint {path} has {len(index['param_groups'])} param groups, the optimizer "
                          f"{len(groups_now)}")
-    for i, n in enumerate(names):
+    for i, n in enumerate(names):  # the entries' types were checked by read_index
         p = saved[n]
-        if not isinstance(p, dict):
-            raise ValueError(f"checkpoint {path}: entry of param {n!r} must be an object")
-        if list(p.get("shape", [])) != list(meta["shapes"][i]) or p.get("dtype") != meta["dtypes"][i]:
-            raise ValueError(f"param {n!r}: the checkpoint has shape {tuple(p.get('shape', ()))} {p.get('dtype')}, "
+        if p["shape"] != list(meta["shapes"][i]) or p["dtype"] != meta["dtypes"][i]:
+            raise ValueError(f"param {n!r}: the checkpoint has shape {tuple(p['shape'])} {p['dtype']}, "
                              f"the optimizer {tuple(meta['shapes'][i])} {meta['dtypes'][i]}")
     for gi, (g, h) in enumerate(zip(groups_now, index["param_groups"])):
         now_names = {names[i] for i in g["params"]}
-        if not isinstance(h, dict) or set(h.get("params", ())) != now_names:
+        if set(h["params"]) != now_names:
             raise ValueError(f"param_groups[{gi}] holds other params in the checkpoint "
-                             f"({sorted(set(h.get('params', ())) ^ now_names)[:5]} differ)")
+                             f"({sorted(set(h['params']) ^ now_names)[:5]} differ)")
     groups = _schedules(path, index, groups_now, scheduler, override_opt_param_scheduler,
                         use_checkpoint_opt_param_scheduler, kind)
     if scheduler is not None and kind != "torch":
@@ -667,20 +669,22 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
         arrays = _read_tensors(path, index, wanted, bar)
     finally:
         bar.close()
+    by_param: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
+    for k, a in arrays.items():
+        owner, key = k.rsplit("/", 1)
+        by_param[owner][key] = a
     state: dict[int, dict[str, Any]] = {}
     masters: list[np.ndarray] = []
     for i, n in enumerate(names):
         shape = tuple(meta["shapes"][i])
-        keys = {k.rsplit("/", 1)[1]: a for k, a in arrays.items() if k.rsplit("/", 1)[0] == n}
+        keys = by_param[n]
         if "master" not in keys:
             raise ValueError(f"checkpoint {path}: param {n!r} has no master tensor")
         if keys["master"].dtype != np.float32:
             raise ValueError(f"checkpoint {path}: master of {n!r} is {keys['master'].dtype}, expected float32")
         step = saved[n].get("step")
         st: dict[str, Any] = {"step": step}
-        for k, a in keys.items():
-            if a.size != int(np.prod(shape)):
-                raise ValueError(f"checkpoint {path}: {n}/{k} has {a.size} elements, the param {int(np.prod(shape))}")
+        for k, a in keys.items():  # sizes were checked against the params before the read
             if k != "master" or meta["dtypes"][i] != "float32":
                 st[k] = a.reshape(shape)
         masters.append(keys["master"])
@@ -716,8 +720,6 @@ def _schedules(path: Path, index: dict[str, Any], groups_now: list[dict[str, Any
     scheduler's current values: state, restored as torch does; the rules apply to ``scheduler=``),
     so a Schedule saved by ``npadam.AdamW`` becomes its value at the saved step. ``npadam.AdamW``
     groups hold the schedules themselves (a float is a constant schedule): they are compared."""
-    from . import _hyper as H
-
     out = [dict(h) for h in index["param_groups"]]
     if target == "torch":
         if scheduler is None and (override or use_checkpoint):

@@ -318,11 +318,14 @@ class SchedulerConfig:
             warm = int(warm) if float(warm).is_integer() else warm
         return {"lr_decay_steps": decay, "lr_warmup_steps": warm, "wd_incr_steps": wd, "wsd_decay_steps": wsd}
 
-    def megatron(self, lr: float, min_lr: float | None, weight_decay: float) -> dict[str, Any]:
-        """The ``schedules.from_config("megatron", ...)`` mapping for a group with these values."""
+    def schedules(self, lr: float, min_lr: float | None, weight_decay: float) -> Any:
+        """Megatron's lr and weight-decay schedules (``schedules.from_config("megatron", ...)``, a
+        ``ScheduleSet``) for a group with this peak lr, final lr and weight decay."""
+        from . import schedules as S
+
         d = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
         d.update(lr=lr, min_lr=0.0 if min_lr is None else min_lr, weight_decay=weight_decay)
-        return d
+        return S.from_config("megatron", d)
 
 
 # ---------------------------------------------------------------------- sources
@@ -399,6 +402,8 @@ def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | N
     ``--override-opt_param-scheduler`` spelling too); a boolean field as ``--name``
     (true) or ``--no-name`` (false); numbers, ``true``/``false`` and ``None``/``null`` parsed,
     anything else kept as text."""
+    from ._configfile import _scalar
+
     types = {f.name: f.type for f in fields(OptimizerConfig)}
     types.update({f.name: f.type for f in fields(SchedulerConfig)})
     out: dict[str, Any] = {}
@@ -429,26 +434,12 @@ def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | N
             value = args[i + 1]
             i += 1
         i += 1
-        out[key] = _scalar(value)
+        out[key] = _scalar(value)  # as argument files are read
     try:
         return from_mapping(out, where="arguments")
     except (ValueError, TypeError) as e:
         raise type(e)(str(e).replace("arguments: ", "")) from None
 
-
-def _scalar(text: str) -> Any:
-    """A command-line value: int, float, bool, None or the text itself."""
-    low = text.strip().lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
 
 
 # ---------------------------------------------------------------------- build
@@ -528,7 +519,7 @@ def build(params: Any, optimizer_config: OptimizerConfig, scheduler_config: Sche
         if sc is None:
             sset = S.ScheduleSet(lr=S.constant(max_lr), weight_decay=None)
         else:
-            sset = S.from_config("megatron", sc.megatron(max_lr, min_lr, oc.weight_decay))
+            sset = sc.schedules(max_lr, min_lr, oc.weight_decay)
         if nw:
             sset = S.ScheduleSet(lr=sset.lr, weight_decay=None)
         sets.append(sset)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from .reference import adamw as ref
 from . import _params as P
 from . import _validate as V
 from . import kernels as K
+from ._engine import ADAM_SCALARS, nonfinite
 from .layout import dtype_name
 
 
@@ -84,12 +84,6 @@ def grad_norm(grad: np.ndarray, kernel: str | None = None) -> float:
     return math.sqrt(float(np.cumsum(sums)[-1])) if sums.size else 0.0
 
 
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
 def _check_state(param: np.ndarray, grad: np.ndarray, state: AdamState, amsgrad: bool) -> None:
     """Everything ``update`` writes or reads, checked before anything is written."""
     if not isinstance(state, AdamState):
@@ -140,7 +134,7 @@ def update(param: np.ndarray, grad: np.ndarray, state: AdamState, *, lr: float, 
     sizes, the written ones writable and not sharing memory with each other or the grad.
     """
     decoupled, amsgrad, maximize, bias_correction = (
-        _flag(n, v) for n, v in (("decoupled", decoupled), ("amsgrad", amsgrad), ("maximize", maximize),
+        V.flag(n, v) for n, v in (("decoupled", decoupled), ("amsgrad", amsgrad), ("maximize", maximize),
                                  ("bias_correction", bias_correction)))
     lr = V.real("lr", lr, lo=0.0)
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -160,10 +154,10 @@ def update(param: np.ndarray, grad: np.ndarray, state: AdamState, *, lr: float, 
         s = ref.host_scalars(lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=weight_decay,
                              step=int(state.step) + 1, decoupled=decoupled, bias_correction=bias_correction,
                              grad_scale=grad_scale)
-    for name in ("decay", "step_size", "scale", "weight_decay"):
-        if not np.isfinite(getattr(s, name)):
-            raise ValueError(f"lr={lr!r}, weight_decay={weight_decay!r}, grad_scale={grad_scale!r} give a "
-                             f"non-finite {name} in float32; nothing was changed")
+    name = nonfinite(s, ADAM_SCALARS)
+    if name is not None:
+        raise ValueError(f"lr={lr!r}, weight_decay={weight_decay!r}, grad_scale={grad_scale!r} give a "
+                         f"non-finite {name} in float32; nothing was changed")
     if s.scale == 0:
         raise ValueError(f"grad_scale={grad_scale!r} is 0 in float32 (it would zero the gradients); nothing "
                          "was changed")

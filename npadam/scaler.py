@@ -99,8 +99,7 @@ class LossScaler:
 
     def update(self, found_inf: bool) -> None:
         """Apply one step's outcome (``found_inf``: a gradient was non-finite); see the module docstring."""
-        if not isinstance(found_inf, (bool, np.bool_)):
-            raise TypeError(f"found_inf must be a bool, got {found_inf!r}")
+        V.flag("found_inf", found_inf)
         if not (self.enabled and self.dynamic):
             return
         if found_inf:
@@ -200,12 +199,6 @@ def _unwrap(value: Any) -> Any:
     return value.item() if size == 1 else value
 
 
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
-
-
 def _scale_value(name: str, value: Any, lo: float, lo_name: str, hi: float, hi_name: str) -> float:
     """``value`` rounded to float32: a finite float32 in ``[lo, hi]`` (``lo``, ``hi``: float32 values)."""
     v = V.real(name, _unwrap(value))
@@ -223,7 +216,7 @@ def _checked(scale_name: str, scale: Any, growth_factor: Any, backoff_factor: An
     min_scale = _scale_value("min_scale", min_scale, MIN_SCALE, "MIN_SCALE", MAX_SCALE, "MAX_SCALE")
     max_scale = _scale_value("max_scale", max_scale, min_scale, "min_scale", MAX_SCALE, "MAX_SCALE")
     hysteresis = V.integer("hysteresis", hysteresis, lo=1)
-    enabled = _flag("enabled", enabled)
+    enabled = V.flag("enabled", enabled)
     if enabled:
         scale = _scale_value(scale_name, scale, min_scale, "min_scale", max_scale, "max_scale")
     else:  # checked all the same, then held at 1
@@ -233,7 +226,7 @@ def _checked(scale_name: str, scale: Any, growth_factor: Any, backoff_factor: An
             "backoff_factor": V.real("backoff_factor", backoff_factor, lo=0.0, hi=1.0, lo_open=True, hi_open=True),
             "growth_interval": V.integer("growth_interval", growth_interval, lo=1),
             "hysteresis": hysteresis, "min_scale": min_scale, "max_scale": max_scale,
-            "enabled": enabled, "dynamic": _flag("dynamic", dynamic), "_scale": scale,
+            "enabled": enabled, "dynamic": V.flag("dynamic", dynamic), "_scale": scale,
             "_growth_tracker": 0, "_hysteresis_tracker": hysteresis}
 
 

@@ -35,14 +35,12 @@ def main(argv: Sequence[str]) -> int:
     label = label_for(None, args.file)
     cfg = load_mapping(args.file, label)
     from .. import config as C
-    from .. import schedules
 
     try:
         opt_cfg, sched_cfg = C.from_mapping(cfg, where=label)
         sset = None
         if sched_cfg is not None:
-            sset = schedules.from_config("megatron", sched_cfg.megatron(opt_cfg.lr, opt_cfg.min_lr,
-                                                                        opt_cfg.weight_decay))
+            sset = sched_cfg.schedules(opt_cfg.lr, opt_cfg.min_lr, opt_cfg.weight_decay)
     except (ValueError, TypeError, ArithmeticError) as exc:
         msg = " ".join(str(exc).split())
         raise CLIError(msg if msg.startswith(label) else f"{label}: {msg}") from None
