@@ -43,7 +43,7 @@ from .interop import import_array, is_read_only_producer
 from .layout import FlatLayout
 from .reference import adamw as ref
 from .scaler import LossScaler
-from .schedules import Schedule, ScheduleSet
+from .schedules import GroupSchedules, Schedule, ScheduleSet
 
 FORMAT = _state.FORMAT
 
@@ -503,6 +503,8 @@ class _AdamBase(_Optimizer):
                  betas: tuple[float | Schedule, float | Schedule] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float | Schedule = 0.0, amsgrad: bool = False, maximize: bool = False,
                  bias_correction: bool = True, **options: Any) -> None:
+        if isinstance(lr, GroupSchedules):
+            params, lr = _per_group(params, lr, lambda gs, groups: gs.param_groups(groups, betas=tuple(betas)))
         if isinstance(lr, ScheduleSet):
             sset = lr
             lr = sset.lr
@@ -571,6 +573,8 @@ class SGD(_Optimizer):
                  maximize: bool = False, *, max_grad_norm: float | None = None, loss_scaler: LossScaler | None = None,
                  skip_nonfinite: bool = True, kernel: str | None = None, num_threads: int | None = None,
                  offload_fraction: float = 0.0, comm: Any = None) -> None:
+        if isinstance(lr, GroupSchedules):
+            params, lr = _per_group(params, lr, _sgd_groups)
         if isinstance(lr, ScheduleSet):
             sset = lr
             lr = sset.lr
@@ -583,6 +587,31 @@ class SGD(_Optimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, loss_scaler=loss_scaler,
                          skip_nonfinite=skip_nonfinite, kernel=kernel, num_threads=num_threads,
                          offload_fraction=offload_fraction, comm=comm)
+
+
+def _per_group(params: Any, gs: GroupSchedules, apply: Any) -> tuple[Any, Any]:
+    """``lr=GroupSchedules``: ``(params, lr)`` with group i's schedules put on param group i
+    (by ``apply(gs, groups)``). One schedule set and params that are not a group list: that set
+    is the optimizer's (any params form works then)."""
+    if isinstance(params, (list, tuple)) or hasattr(params, "__next__"):
+        params = list(params)  # a generator is consumed once, here
+        if params and P.is_group_list(params):
+            return apply(gs, params), 1e-3
+    if len(gs) == 1:
+        return params, gs[0]
+    raise ValueError(f"lr has schedules for {len(gs)} param groups: pass params as a list of "
+                     f"{len(gs)} group dicts ([{{'params': ...}}, ...])")
+
+
+def _sgd_groups(gs: GroupSchedules, groups: Sequence[Any]) -> list[dict[str, Any]]:
+    """Per-group schedules on SGD groups: beta1 is the momentum; a beta2 has no place."""
+    if any(s.beta2 is not None for s in gs):
+        raise ValueError("the per-group schedules set beta2, which SGD does not have")
+    out = GroupSchedules(ScheduleSet(lr=s.lr, weight_decay=s.weight_decay) for s in gs).param_groups(groups)
+    for g, s in zip(out, gs):
+        if s.beta1 is not None:
+            g["momentum"] = s.beta1
+    return out
 
 
 def _storage_dtype(name: str) -> np.dtype:

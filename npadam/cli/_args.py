@@ -74,7 +74,7 @@ def build_parser(named: Named | None, prog: str = "npadam schedule") -> argparse
                      help="framework config: .json, .yaml/.yml, .toml, or .args/.txt (--key value ...); "
                           "'-' reads stdin")
     src.add_argument("--schedule-json", metavar="FILE",
-                     help="a schedule saved with Schedule.to_dict() (or ScheduleSet.to_dict())")
+                     help="a schedule saved with Schedule.to_dict() (or ScheduleSet.to_dict(), GroupSchedules.to_dict())")
     out = p.add_argument_group("output")
     out.add_argument("--steps", type=steps_arg, metavar="N",
                      help=f"number of steps to dump, 0 .. N-1, at most {MAX_STEPS:,} "

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence, TextIO
 import numpy as np
 
 from .. import schedules
-from ..schedules import FRAMEWORKS, Schedule, ScheduleSet
+from ..schedules import FRAMEWORKS, GroupSchedules, Schedule, ScheduleSet
 from . import _horizon, _outfile, _summary, _textplot, _writers
 from ._args import parse
 from ._config import label_for, load_mapping
@@ -85,7 +85,7 @@ def _megatron_run_config(cfg: Mapping[str, Any]) -> bool:
     return any(isinstance(cfg.get(s), Mapping) for s in _RUN_SECTIONS) or bool(keys & opt_only)
 
 
-def _megatron_schedules(cfg: Mapping[str, Any], origin: str) -> ScheduleSet:
+def _megatron_schedules(cfg: Mapping[str, Any], origin: str) -> ScheduleSet | GroupSchedules:
     from .. import config as C
 
     opt_cfg, sched_cfg = C.from_mapping(cfg, where=origin)
@@ -118,6 +118,9 @@ def _from_schedule_dict(data: Mapping[str, Any], path: str, origin: str) -> Sour
         if isinstance(data.get("lr"), Mapping):
             sset = ScheduleSet.from_dict(data)
             return Source(label, origin, dict(data), dict(sset.items()))
+        if isinstance(data.get("groups"), list):
+            gsets = GroupSchedules.from_dict(data)
+            return Source(label, origin, dict(data), dict(gsets.items()))
     except _LIB_ERRORS as exc:
         raise CLIError(f"{origin}: {_lib_error(exc)}") from None
     if "config" in data and "step" in data:
@@ -126,7 +129,8 @@ def _from_schedule_dict(data: Mapping[str, Any], path: str, origin: str) -> Sour
         raise CLIError(f"{origin} is a dump of a framework config, not a schedule: overlay it with "
                        f"--compare {path}, or dump the original with --framework and --config")
     raise CLIError(f"{origin} is not a saved schedule: expected {{\"type\": ...}} from Schedule.to_dict() "
-                   f"or {{\"lr\": {{...}}, ...}} from ScheduleSet.to_dict()")
+                   f"or {{\"lr\": {{...}}, ...}} from ScheduleSet.to_dict() or {{\"groups\": [...]}} from "
+                   "GroupSchedules.to_dict()")
 
 
 def _named_error(named: Named, given: Mapping[str, Any], exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from ._base import Schedule, as_steps, from_dict
 from ._blocks import (WSD, Constant, Cosine, CosineRestarts, Exponential, InverseSqrt, Join, Linear,
                       LRRangeTest, Multiply, OneCycle, OneMinusSqrt, Polynomial, ScaleSteps, Warmup,
                       WarmupCosine, WeightDecaySchedule)
-from .frameworks import FRAMEWORKS, ScheduleSet, from_config
+from .frameworks import FRAMEWORKS, GroupSchedules, ScheduleSet, from_config
 from . import mup
 
 constant = Constant
@@ -51,7 +51,7 @@ def one_cycle_momentum(total_steps: int, base_momentum: float = 0.85, max_moment
 
 
 __all__ = [
-    "Schedule", "ScheduleSet", "from_dict", "from_config", "as_steps", "FRAMEWORKS", "mup",
+    "Schedule", "ScheduleSet", "GroupSchedules", "from_dict", "from_config", "as_steps", "FRAMEWORKS", "mup",
     "constant", "linear", "cosine", "polynomial", "exponential", "inverse_sqrt", "one_minus_sqrt",
     "warmup", "join", "scale_steps", "multiply", "wsd", "warmup_cosine", "cosine_restarts", "one_cycle",
     "one_cycle_momentum", "lr_range_test", "weight_decay",

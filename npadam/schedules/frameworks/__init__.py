@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from ._common import ScheduleSet
+from ._common import GroupSchedules, ScheduleSet
 from .colossalai import ColossalAICosineWarmup, from_colossalai
 from .deepspeed import DeepSpeedOneCycle, DeepSpeedWarmupCosineLR, DeepSpeedWarmupLR, from_deepspeed
 from .hf import HFSchedule, from_hf
 from .megatron import MegatronLR, from_megatron
 from .torch import TorchLR, from_torch
 
-FRAMEWORKS: dict[str, Callable[[Mapping[str, Any]], ScheduleSet]] = {
+FRAMEWORKS: dict[str, Callable[[Mapping[str, Any]], ScheduleSet | GroupSchedules]] = {
     "megatron": from_megatron,
     "deepspeed": from_deepspeed,
     "torch": from_torch,
@@ -20,13 +20,14 @@ FRAMEWORKS: dict[str, Callable[[Mapping[str, Any]], ScheduleSet]] = {
 }
 
 
-def from_config(framework: str, config: Mapping[str, Any]) -> ScheduleSet:
+def from_config(framework: str, config: Mapping[str, Any]) -> ScheduleSet | GroupSchedules:
     """The schedules a framework runs for ``config``, in that framework's own names.
 
     ``framework`` is one of ``"megatron"``, ``"deepspeed"``, ``"torch"``,
     ``"colossalai"``, ``"hf"``. ``result.lr(k)`` is the learning rate of the
     framework's k-th optimizer update (k = 0 first), off-by-one conventions and
-    behaviour past the horizon included. A config the framework rejects raises
+    behaviour past the horizon included. A config with per-param-group values (lists)
+    gives a ``GroupSchedules``: one ScheduleSet per group, in group order. A config the framework rejects raises
     ``ValueError`` naming the problem.
     """
     if framework not in FRAMEWORKS:
@@ -39,5 +40,5 @@ def from_config(framework: str, config: Mapping[str, Any]) -> ScheduleSet:
         raise ValueError(f"bad {framework} config: {exc}") from None
 
 
-__all__ = ["ScheduleSet", "from_config", "FRAMEWORKS", "MegatronLR", "DeepSpeedWarmupLR",
+__all__ = ["ScheduleSet", "GroupSchedules", "from_config", "FRAMEWORKS", "MegatronLR", "DeepSpeedWarmupLR",
            "DeepSpeedWarmupCosineLR", "DeepSpeedOneCycle", "TorchLR", "ColossalAICosineWarmup", "HFSchedule"]

@@ -40,6 +40,71 @@ class ScheduleSet:
                       for n in ("lr", "weight_decay", "beta1", "beta2")})
 
 
+class GroupSchedules(tuple):
+    """One ``ScheduleSet`` per param group, in group order: what a framework config with
+    per-group values gives (torch's ``max_lr=[...]``, DeepSpeed's ``cycle_min_lr=[...]``,
+    Megatron's per-group overrides).
+
+    A tuple of ScheduleSets. ``npadam.AdamW(groups, lr=gs)`` puts ``gs[i]`` on group ``i``
+    (``gs.param_groups(groups)`` does the same for any list of group dicts), and
+    ``npadam.torch.LRScheduler(opt, gs)`` drives a torch optimizer's groups with them.
+
+    >>> from npadam import schedules
+    >>> gs = schedules.GroupSchedules([schedules.ScheduleSet(lr=schedules.constant(1.0)),
+    ...                                schedules.ScheduleSet(lr=schedules.linear(2.0, 0.0, 4))])
+    >>> [name for name, _ in gs.items()], gs[1].lr(2)
+    (['lr[0]', 'lr[1]'], 1.0)
+    """
+
+    def __new__(cls, sets: Iterable[ScheduleSet]) -> "GroupSchedules":
+        sets = tuple(sets)
+        if not sets:
+            raise ValueError("GroupSchedules needs at least one ScheduleSet (one per param group)")
+        for i, s in enumerate(sets):
+            if not isinstance(s, ScheduleSet):
+                raise TypeError(f"GroupSchedules[{i}] must be a ScheduleSet, got {type(s).__name__}")
+        return super().__new__(cls, sets)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("lr", "weight_decay", "beta1", "beta2"):
+            raise AttributeError(f"these are per-group schedules ({len(self)} groups): take group i's "
+                                 f"with schedules[i].{name}")
+        raise AttributeError(name)
+
+    def items(self) -> list[tuple[str, Schedule]]:
+        """Every group's scheduled quantities, named ``lr[0]``, ``weight_decay[0]``, ``lr[1]``, ..."""
+        return [(f"{n}[{i}]", s) for i, sset in enumerate(self) for n, s in sset.items()]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: ``{"groups": [ScheduleSet.to_dict(), ...]}``."""
+        return {"groups": [s.to_dict() for s in self]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GroupSchedules":
+        """Inverse of ``to_dict``."""
+        if not isinstance(d, Mapping) or not isinstance(d.get("groups"), list):
+            raise ValueError(f"a GroupSchedules dict needs a 'groups' list, got {d!r}")
+        return cls(ScheduleSet.from_dict(g) for g in d["groups"])
+
+    def param_groups(self, groups: Iterable[Any], *, betas: tuple[Any, Any] | None = None) -> list[dict[str, Any]]:
+        """``groups`` (group dicts, or lists of params) with group ``i``'s schedules set: ``lr``,
+        ``weight_decay`` where scheduled, and ``betas`` where beta1/beta2 are (the other beta from the
+        group, else from ``betas``, the optimizer's default). New dicts; the inputs are not changed."""
+        out = [dict(g) if isinstance(g, Mapping) else {"params": g} for g in groups]
+        if len(out) != len(self):
+            raise ValueError(f"got {len(self)} per-group schedules for {len(out)} param groups")
+        for i, (g, s) in enumerate(zip(out, self)):
+            g["lr"] = s.lr
+            if s.weight_decay is not None:
+                g["weight_decay"] = s.weight_decay
+            if s.beta1 is not None or s.beta2 is not None:
+                old = g.get("betas", betas)
+                if old is None:
+                    raise ValueError(f"param group {i}: the schedules set beta1/beta2 but the group has no betas")
+                g["betas"] = (s.beta1 if s.beta1 is not None else old[0], s.beta2 if s.beta2 is not None else old[1])
+        return out
+
+
 def check_keys(framework: str, cfg: Mapping[str, Any], known: Iterable[str]) -> None:
     """Raise ValueError naming any key the framework does not take (with a suggestion)."""
     known = tuple(known)
