@@ -67,6 +67,21 @@ def importorskip(module: str) -> Any:
 # --------------------------------------------------------------------------- recording loop
 
 
+def _trace_groups(opt: Any, steps: int, step_scheduler: Callable[[], Any]) -> list[dict[str, np.ndarray]]:
+    """Each param group's lr / betas / weight decay for updates 0..steps-1, the scheduler stepped after
+    each update (``step_scheduler``), as a training loop does."""
+    out: list[dict[str, list[float]]] = [{"lr": [], "beta1": [], "beta2": [], "weight_decay": []}
+                                         for _ in opt.param_groups]
+    for k in range(steps):
+        for g, rec in zip(opt.param_groups, out):
+            _record(g, rec)
+        if k == 0:
+            opt.step()  # the update itself (a no-op here: no gradient)
+        if k < steps - 1:
+            step_scheduler()
+    return [{key: np.asarray(v, dtype=np.float64) for key, v in rec.items() if v} for rec in out]
+
+
 def _record(group: Mapping[str, Any], out: dict[str, list[float]]) -> None:
     out["lr"].append(float(group["lr"]))
     betas = group.get("betas")
@@ -119,12 +134,48 @@ def build_torch_scheduler(optimizer: Any, config: Mapping[str, Any]) -> Any:
     if name == "SequentialLR":
         subs = [build_torch_scheduler(optimizer, sub) for sub in cfg.pop("schedulers")]
         return lr_scheduler.SequentialLR(optimizer, subs, **cfg)
+    if name == "ChainedScheduler":  # built in list order on the same optimizer, as a user writes it
+        subs = [build_torch_scheduler(optimizer, sub) for sub in cfg.pop("schedulers")]
+        return lr_scheduler.ChainedScheduler(subs, **cfg)
     return getattr(lr_scheduler, name)(optimizer, **cfg)
 
 
 def trace_torch(config: Mapping[str, Any], steps: int) -> dict[str, np.ndarray]:
     """Run ``config`` (``{"lr", "scheduler", ...kwargs}``) through the real torch scheduler."""
     return trace_torch_scheduler(lambda opt: build_torch_scheduler(opt, config), config["lr"], steps)
+
+
+def torch_adam_groups(lrs: list[float], betas: tuple[float, float] = (0.9, 0.999)) -> Any:
+    """A torch Adam with one param group per entry of ``lrs`` (one parameter without a gradient each)."""
+    import torch
+
+    return torch.optim.Adam([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs],
+                            betas=betas)
+
+
+def trace_torch_groups(config: Mapping[str, Any], steps: int, groups: int = 1) -> list[dict[str, np.ndarray]]:
+    """``config`` through the real torch scheduler on an Adam with ``groups`` param groups (``"lr"``
+    a list: one per group); what each group holds before each update (``_run``'s format).
+
+    With ``last_epoch = L >= 0`` this is a resume: a fresh run of the same config (without
+    ``last_epoch``) is stepped ``L + 1`` times, its optimizer state (every group's ``lr``,
+    ``initial_lr``, OneCycleLR's ``max_lr``/``min_lr``, the momenta) is loaded into a new optimizer
+    with ``load_state_dict``, and the scheduler is built there with ``last_epoch=L``."""
+    lr = config["lr"]
+    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * groups
+    last = config.get("last_epoch", -1)
+    with quiet():
+        opt = torch_adam_groups(lrs)
+        if last != -1:
+            fresh = build_torch_scheduler(opt, {k: v for k, v in config.items() if k != "last_epoch"})
+            opt.step()
+            for _ in range(last + 1):
+                fresh.step()
+            resumed = torch_adam_groups(lrs)
+            resumed.load_state_dict(opt.state_dict())
+            opt = resumed
+        sched = build_torch_scheduler(opt, config)
+        return _trace_groups(opt, steps, sched.step)
 
 
 # --------------------------------------------------------------------------- HF transformers
@@ -147,22 +198,62 @@ def trace_hf(config: Mapping[str, Any], steps: int) -> dict[str, np.ndarray]:
 
 
 def build_deepspeed_scheduler(optimizer: Any, config: Mapping[str, Any]) -> Any:
-    """What ``DeepSpeedEngine._scheduler_from_config`` builds: ``cls(optimizer, **params)``."""
+    """What ``DeepSpeedEngine._scheduler_from_config`` builds, by running that engine method itself
+    (unbound, on a stand-in whose ``scheduler_name()`` / ``scheduler_params()`` are DeepSpeed's own
+    config readers): the class named by ``"type"`` from ``deepspeed.runtime.lr_schedules``, else from
+    ``torch.optim.lr_scheduler``, called as ``cls(optimizer, **params)``. ``config`` is a whole
+    DeepSpeed config or the scheduler block."""
     with quiet():
-        from deepspeed.runtime import lr_schedules
+        from deepspeed.runtime.config import get_scheduler_name, get_scheduler_params
+        from deepspeed.runtime.engine import DeepSpeedEngine
 
-        block = config["scheduler"] if "scheduler" in config else config
-        cls = getattr(lr_schedules, block["type"])
-        return cls(optimizer, **dict(block.get("params") or {}))
+        param_dict = config if "scheduler" in config else {"scheduler": config}
+        engine = types.SimpleNamespace(scheduler_name=lambda: get_scheduler_name(param_dict),
+                                       scheduler_params=lambda: get_scheduler_params(param_dict))
+        return DeepSpeedEngine._scheduler_from_config(engine, optimizer)
+
+
+def deepspeed_engine_step(scheduler: Any, train_batch_size: int = 1) -> None:
+    """The scheduler part of ``DeepSpeedEngine._take_model_step`` after a successful update:
+    ``step()``, retried as ``step(train_batch_size)`` when that raises TypeError."""
+    try:
+        scheduler.step()
+    except TypeError:
+        scheduler.step(train_batch_size)
+
+
+def deepspeed_optimizer(config: Mapping[str, Any], groups: int = 1) -> Any:
+    """A torch Adam with ``groups`` param groups (one parameter without a gradient each) holding the
+    optimizer values a config gives: ``"lr"`` / ``"betas"`` (top level, else ``optimizer.params``;
+    a list gives one per group; defaults 1e-3 and torch's (0.9, 0.999))."""
+    import torch
+
+    def value(key: str, default: Any) -> Any:
+        opt = config.get("optimizer") if isinstance(config.get("optimizer"), Mapping) else {}
+        v = config.get(key, (opt.get("params") or {}).get(key))
+        return default if v is None else v
+
+    lr, betas = value("lr", 1e-3), value("betas", (0.9, 0.999))
+    per_group_betas = isinstance(betas[0], (list, tuple))
+    param_groups = [{"params": [torch.nn.Parameter(torch.zeros(1))],
+                     "lr": lr[i] if isinstance(lr, (list, tuple)) else lr,
+                     "betas": tuple(betas[i] if per_group_betas else betas)} for i in range(groups)]
+    return torch.optim.Adam(param_groups)
+
+
+def trace_deepspeed_groups(config: Mapping[str, Any], steps: int, groups: int = 1) -> list[dict[str, np.ndarray]]:
+    """The engine's scheduler (``build_deepspeed_scheduler``) over ``deepspeed_optimizer(config,
+    groups)``, stepped after every update as ``DeepSpeedEngine._take_model_step`` does; what each
+    param group holds before each update (``_run``'s format, one dict per group)."""
+    with quiet():
+        opt = deepspeed_optimizer(config, groups)
+        sched = build_deepspeed_scheduler(opt, config)
+        return _trace_groups(opt, steps, lambda: deepspeed_engine_step(sched))
 
 
 def trace_deepspeed(config: Mapping[str, Any], steps: int) -> dict[str, np.ndarray]:
-    """A DeepSpeed scheduler over a torch Adam whose lr is the config's ``"lr"``; ``step()``
-    after every update, as ``DeepSpeedEngine._take_model_step`` does."""
-    with quiet():
-        opt = torch_adam(config.get("lr", 1e-3))
-        sched = build_deepspeed_scheduler(opt, config)
-        return _run(opt, sched.step, steps, opt.step)
+    """``trace_deepspeed_groups`` for a one-group optimizer: param group 0's values."""
+    return trace_deepspeed_groups(config, steps, 1)[0]
 
 
 # --------------------------------------------------------------------------- Megatron

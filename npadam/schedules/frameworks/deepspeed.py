@@ -1,236 +1,41 @@
-"""DeepSpeed's ``deepspeed.runtime.lr_schedules``, exactly.
+"""DeepSpeed's ``"scheduler"`` config, exactly as ``DeepSpeedEngine`` builds and steps it.
 
-DeepSpeed's schedulers start at ``last_batch_iteration = -1`` and set an initial
-value in their constructor; the engine calls ``lr_scheduler.step()`` after each
-successful optimizer step. So update ``k = 0`` uses the constructor's value and
-update ``k >= 1`` uses ``f(k - 1)``, where ``f(i)`` is ``get_lr()`` at
-``last_batch_iteration = i``. Constructor values: WarmupLR/WarmupDecayLR
-``warmup_min_lr``; WarmupCosineLR ``0.0`` (its ``get_lr`` before the first step);
-OneCycle ``cycle_min_lr`` and betas ``(cycle_min_mom, 0.99)``; LRRangeTest
-``lr_range_test_min_lr``.
+The engine (``_scheduler_from_config``) takes the class named by ``"type"`` from
+``deepspeed.runtime.lr_schedules`` or, when that module has no such name, from
+``torch.optim.lr_scheduler``, and calls ``cls(optimizer, **params)``; after each
+successful optimizer step it calls ``lr_scheduler.step()``. Hence:
+
+- DeepSpeed's own types (closed forms in ``_deepspeed_schedules``): update ``k = 0``
+  uses the constructor's value, update ``k >= 1`` uses ``f(k - 1)`` (``f(i)`` is
+  ``get_lr()`` at ``last_batch_iteration = i``). With ``last_batch_iteration = L >= 0``
+  the constructor leaves the optimizer's lr (and betas) alone and update ``k >= 1``
+  uses ``f(L + k)`` (``DeepSpeedResumed``).
+- torch types: torch's constructor makes the initial step and the engine's ``step()``
+  after each update is torch's training-loop step, so update ``k`` uses torch's
+  ``last_epoch = k``: exactly ``from_torch({"lr": lr, "scheduler": type, **params})``.
+  The engine hands the scheduler its own optimizer, which with ZeRO, fp16 or bf16 is a
+  wrapper that torch refuses (TypeError): such a whole config is rejected here.
+- Per-param-group values: DeepSpeed takes a list (or tuple) with one value per param
+  group for ``warmup_min_lr``, ``warmup_max_lr``, ``cycle_min_lr``, ``cycle_max_lr``,
+  ``cycle_min_mom``, ``cycle_max_mom`` and ``lr_range_test_min_lr``, and raises
+  when a list's length differs from the optimizer's number of groups. npadam takes
+  the number of groups from ``"num_param_groups"`` when given, else from the lists
+  (a list ``"lr"`` included: each group's lr), which must then all have one length; the
+  result is then a ``GroupSchedules``.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from typing import Any, Mapping
-
-import numpy as np
+import numbers
+from typing import Any, Mapping, Sequence
 
 from ... import _validate as V
-from .._base import Schedule, register
+from .._base import Schedule
 from .._blocks import Constant, LRRangeTest
-from ._common import ScheduleSet, check_keys, require
-
-
-class _DeepSpeedSchedule(Schedule):
-    """``initial`` at k = 0, ``f(k - 1)`` after (DeepSpeed's step convention)."""
-
-    def _initial(self) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _f(self, i: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _values(self, k: np.ndarray) -> np.ndarray:
-        out = np.full(k.shape, self._initial())
-        later = k > 0
-        out[later] = self._f(k[later] - 1)
-        return out
-
-
-def _warmup_steps(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"warmup_num_steps must be a positive integer, got {value!r}")
-    return value
-
-
-def _warmup_type(value: str) -> str:
-    if value not in ("log", "linear"):
-        warnings.warn(f"DeepSpeed uses log warmup for the unknown warmup_type {value!r}", stacklevel=3)
-        return "log"
-    return value
-
-
-def _warmup_gamma(i: np.ndarray, steps: int, wtype: str) -> np.ndarray:
-    """DeepSpeed's warmup fraction at ``last_batch_iteration = i`` (< steps)."""
-    if wtype == "log":
-        return (1.0 / math.log(steps)) * np.log(i + 1.0)
-    return i / steps
-
-
-@register
-class DeepSpeedWarmupLR(_DeepSpeedSchedule):
-    """WarmupLR (``total_num_steps=None``) and WarmupDecayLR.
-
-    ``W = max(2, warmup_num_steps)``; ``lr = min + (max - min) * gamma(i)`` with
-    ``gamma = log(i + 1) / log(W)`` (log) or ``i / W`` (linear) for ``i < W``, then 1
-    (WarmupLR) or ``max(0, (T - i) / max(1, T - W))`` (WarmupDecayLR, ``T =
-    total_num_steps``).
-    """
-
-    kind = "deepspeed_warmup_lr"
-
-    def __init__(self, warmup_min_lr: float = 0.0, warmup_max_lr: float = 0.001,
-                 warmup_num_steps: int = 1000, warmup_type: str = "log",
-                 total_num_steps: int | None = None) -> None:
-        self._store(warmup_min_lr=V.real("warmup_min_lr", warmup_min_lr),
-                    warmup_max_lr=V.real("warmup_max_lr", warmup_max_lr),
-                    warmup_num_steps=_warmup_steps(warmup_num_steps), warmup_type=_warmup_type(warmup_type),
-                    total_num_steps=None if total_num_steps is None else
-                    V.integer("total_num_steps", total_num_steps))
-
-    @property
-    def horizon(self) -> int | None:
-        T = self._params["total_num_steps"]
-        return None if T is None else T + 1  # DeepSpeed's k-th update uses f(k - 1)
-
-    def _initial(self) -> float:
-        return self._params["warmup_min_lr"]
-
-    def _f(self, i: np.ndarray) -> np.ndarray:
-        p = self._params
-        W, T = max(2, p["warmup_num_steps"]), p["total_num_steps"]
-        gamma = np.ones(i.shape)
-        w = i < W
-        gamma[w] = _warmup_gamma(i[w], W, p["warmup_type"])
-        if T is not None:
-            gamma[~w] = np.maximum(0.0, (T - i[~w]).astype(np.float64) / float(max(1.0, T - W)))
-        lo = p["warmup_min_lr"]
-        return lo + ((p["warmup_max_lr"] - lo) * gamma)
-
-
-@register
-class DeepSpeedWarmupCosineLR(_DeepSpeedSchedule):
-    """WarmupCosineLR: ``lr = base_lr * ratio(i)``; ``0.0`` for the first update.
-
-    ``i < W``: ``ratio = wmin + g(i) * (1 - wmin)`` (g as WarmupLR); else
-    ``p = min(1, (i - W + 1) / max(1, T - W))`` and
-    ``ratio = max(0, cmin + (1 - cmin) * (1 + cos(pi p)) / 2)``.
-    """
-
-    kind = "deepspeed_warmup_cosine_lr"
-
-    def __init__(self, base_lr: float, total_num_steps: int, warmup_min_ratio: float = 0.0,
-                 warmup_num_steps: int = 1000, cos_min_ratio: float = 0.0001,
-                 warmup_type: str = "log") -> None:
-        self._store(base_lr=V.real("lr", base_lr), total_num_steps=V.integer("total_num_steps", total_num_steps),
-                    warmup_min_ratio=V.real("warmup_min_ratio", warmup_min_ratio),
-                    warmup_num_steps=_warmup_steps(warmup_num_steps),
-                    cos_min_ratio=V.real("cos_min_ratio", cos_min_ratio), warmup_type=_warmup_type(warmup_type))
-
-    @property
-    def horizon(self) -> int | None:
-        return self._params["total_num_steps"] + 1
-
-    def _initial(self) -> float:
-        return 0.0
-
-    def _f(self, i: np.ndarray) -> np.ndarray:
-        p = self._params
-        W, T = max(2, p["warmup_num_steps"]), p["total_num_steps"]
-        ratio = np.empty(i.shape)
-        w = i < W
-        g = _warmup_gamma(i[w], W, p["warmup_type"])
-        ratio[w] = p["warmup_min_ratio"] + g * (1.0 - p["warmup_min_ratio"])
-        real_last = i[~w] - W + 1
-        progress = np.minimum(1.0, real_last / max(1, T - W))
-        r = (1 + np.cos(np.pi * progress)) / 2
-        ratio[~w] = np.maximum(0.0, p["cos_min_ratio"] + (1.0 - p["cos_min_ratio"]) * r)
-        return p["base_lr"] * ratio
-
-
-@register
-class DeepSpeedOneCycle(_DeepSpeedSchedule):
-    """OneCycle (lr, or beta1 with ``quantity="momentum"``), stairs and post-cycle decay included.
-
-    ``b = i + 1``, ``S = s1 + s2``, ``x = 1 + b/S - floor(1 + b/S)``, ``rho = s1 / S``;
-    ``scale = x / rho`` if ``x <= rho`` else ``(x - 1) / (rho - 1)`` (stair counts
-    quantise it). In the cycle (``i < S``): ``lr = min + (max - min) * scale``,
-    ``beta1 = max_mom - (max_mom - min_mom) * scale``. After: ``lr = min / (1 + rate *
-    d / decay_step_size)``, ``beta1 = max_mom * (1 + mom_rate * d / decay_step_size)``,
-    ``d = i - S + 1`` (held at min / max_mom when the rate or step size is 0).
-    """
-
-    kind = "deepspeed_one_cycle"
-
-    def __init__(self, cycle_min_lr: float, cycle_max_lr: float, decay_lr_rate: float = 0.0,
-                 cycle_first_step_size: float = 2000, cycle_second_step_size: float | None = None,
-                 cycle_first_stair_count: int = 0, cycle_second_stair_count: int | None = None,
-                 decay_step_size: float = 0, cycle_min_mom: float = 0.8, cycle_max_mom: float = 0.9,
-                 decay_mom_rate: float = 0.0, quantity: str = "lr") -> None:
-        first = V.real("cycle_first_step_size", cycle_first_step_size)
-        second = first if cycle_second_step_size is None else V.real("cycle_second_step_size", cycle_second_step_size)
-        if first <= 0:
-            raise ValueError(f"cycle_first_step_size must be positive, got {cycle_first_step_size}")
-        if second < 0:
-            raise ValueError(f"cycle_second_step_size must be non-negative, got {cycle_second_step_size}")
-        self._store(cycle_min_lr=V.real("cycle_min_lr", cycle_min_lr),
-                    cycle_max_lr=V.real("cycle_max_lr", cycle_max_lr),
-                    decay_lr_rate=V.real("decay_lr_rate", decay_lr_rate),
-                    cycle_first_step_size=cycle_first_step_size, cycle_second_step_size=cycle_second_step_size,
-                    cycle_first_stair_count=V.integer("cycle_first_stair_count", cycle_first_stair_count),
-                    cycle_second_stair_count=None if cycle_second_stair_count is None else
-                    V.integer("cycle_second_stair_count", cycle_second_stair_count),
-                    decay_step_size=V.real("decay_step_size", decay_step_size),
-                    cycle_min_mom=V.real("cycle_min_mom", cycle_min_mom),
-                    cycle_max_mom=V.real("cycle_max_mom", cycle_max_mom),
-                    decay_mom_rate=V.real("decay_mom_rate", decay_mom_rate),
-                    quantity=V.choice("quantity", quantity, ("lr", "momentum")))
-
-    @property
-    def horizon(self) -> int | None:
-        p = self._params
-        first = float(p["cycle_first_step_size"])
-        second = first if p["cycle_second_step_size"] is None else float(p["cycle_second_step_size"])
-        return int(np.ceil(first + second)) + 1
-
-    def _initial(self) -> float:
-        p = self._params
-        return p["cycle_min_lr"] if p["quantity"] == "lr" else p["cycle_min_mom"]
-
-    def _scale(self, i: np.ndarray) -> np.ndarray:
-        p = self._params
-        s1 = float(p["cycle_first_step_size"])
-        s2 = s1 if p["cycle_second_step_size"] is None else float(p["cycle_second_step_size"])
-        total = s1 + s2
-        rho = s1 / total
-        c1 = p["cycle_first_stair_count"]
-        c2 = c1 if p["cycle_second_stair_count"] is None else p["cycle_second_stair_count"]
-        b = (i + 1).astype(np.float64)
-        x = 1.0 + b / total - np.floor(1 + b / total)
-        first = x <= rho
-        scale = np.empty(b.shape)
-        scale[first] = x[first] / rho
-        scale[~first] = (x[~first] - 1) / (rho - 1)
-        stairs = np.where(first, c1, c2)
-        q = stairs > 0
-        if q.any():
-            it = np.mod(b[q], total)
-            st = stairs[q]
-            pos = np.where(it <= s1, it * st / s1, (total - it) * st / (s2 if s2 else 1.0))
-            scale[q] = np.floor(pos) / st
-        return scale
-
-    def _f(self, i: np.ndarray) -> np.ndarray:
-        p = self._params
-        s1 = float(p["cycle_first_step_size"])
-        total = s1 + (s1 if p["cycle_second_step_size"] is None else float(p["cycle_second_step_size"]))
-        out = np.empty(i.shape)
-        cyc = i < total
-        scale = self._scale(i[cyc])
-        d = (i[~cyc] - total + 1) / p["decay_step_size"] if p["decay_step_size"] != 0 else None
-        if p["quantity"] == "lr":
-            lo, hi, rate = p["cycle_min_lr"], p["cycle_max_lr"], p["decay_lr_rate"]
-            out[cyc] = lo + (hi - lo) * scale
-            out[~cyc] = lo if d is None or rate == 0 else lo / (1 + rate * d)
-        else:
-            lo, hi, rate = p["cycle_min_mom"], p["cycle_max_mom"], p["decay_mom_rate"]
-            out[cyc] = hi - (hi - lo) * scale
-            out[~cyc] = hi if d is None or rate == 0 else hi * (1 + rate * d)
-        return out
-
+from ._common import GroupSchedules, ScheduleSet, check_keys, require
+from ._deepspeed_schedules import (MAX_LAST_BATCH_ITERATION, DeepSpeedOneCycle, DeepSpeedResumed,
+                                   DeepSpeedWarmupCosineLR, DeepSpeedWarmupLR)
+from .torch import from_torch
 
 _TYPES = ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest")
 _PARAMS = {
@@ -246,58 +51,252 @@ _PARAMS = {
 }
 _PARAMS["WarmupDecayLR"] = _PARAMS["WarmupLR"] + ("total_num_steps",)
 
+#: params DeepSpeed accepts as one value per param group (``_format_param`` and LRRangeTest's own check)
+PER_GROUP = {
+    "WarmupLR": ("warmup_min_lr", "warmup_max_lr"),
+    "WarmupDecayLR": ("warmup_min_lr", "warmup_max_lr"),
+    "WarmupCosineLR": (),
+    "OneCycle": ("cycle_min_lr", "cycle_max_lr", "cycle_min_mom", "cycle_max_mom"),
+    "LRRangeTest": ("lr_range_test_min_lr",),
+}
 
-def _base_lr(config: Mapping[str, Any]) -> float | None:
-    if config.get("lr") is not None:
-        return config["lr"]
+#: ``torch.optim.lr_scheduler.__all__`` (torch 2.13): the names the engine's fallback finds
+TORCH_TYPES = ("LambdaLR", "MultiplicativeLR", "StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "ExponentialLR",
+               "SequentialLR", "CosineAnnealingLR", "ChainedScheduler", "ReduceLROnPlateau", "CyclicLR",
+               "CosineAnnealingWarmRestarts", "OneCycleLR", "PolynomialLR", "LRScheduler")
+_OBJECTS = ("its 'schedulers' must be scheduler objects already built on the engine's optimizer, which a "
+            "DeepSpeed config cannot give (the engine passes 'params' as keyword arguments; torch raises "
+            "TypeError on anything else)")
+_TORCH_UNUSABLE = {
+    "SequentialLR": _OBJECTS,
+    "ChainedScheduler": _OBJECTS,
+    "ReduceLROnPlateau": ("it steps on a metric: the engine calls step(), which raises TypeError without "
+                          "one, and then step(train_batch_size), so the 'metric' would be the batch size; "
+                          "use schedules.Plateau and step it with your validation loss"),
+    "LRScheduler": "it is torch's abstract base class (its get_lr raises NotImplementedError)",
+}
+
+
+def _optimizer_value(config: Mapping[str, Any], key: str) -> Any:
+    """``config[key]``, else the whole DeepSpeed config's ``optimizer.params[key]``, else None."""
+    if config.get(key) is not None:
+        return config[key]
     opt = config.get("optimizer")
     if isinstance(opt, Mapping) and isinstance(opt.get("params"), Mapping):
-        return opt["params"].get("lr")
+        return opt["params"].get(key)
     return None
 
 
-def from_deepspeed(config: Mapping[str, Any]) -> ScheduleSet:
-    """Build a DeepSpeed scheduler from ``{"type", "params"}`` plus the optimizer ``"lr"``.
+def _is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
 
-    ``config`` may be the scheduler block itself (``{"type":…, "params":…, "lr":…}``)
-    or a whole DeepSpeed config with ``"scheduler"`` and ``"optimizer"`` blocks.
+
+def _betas(value: Any) -> list[tuple[float, float]] | tuple[float, float] | None:
+    """``(b1, b2)``, or one pair per group (``[[b1, b2], ...]``), validated."""
+    if value is None:
+        return None
+
+    def pair(v: Any, name: str) -> tuple[float, float]:
+        if not _is_list(v) or len(v) != 2:
+            raise ValueError(f"{name} must be a pair (beta1, beta2), got {v!r}")
+        return (V.real(f"{name}[0]", v[0]), V.real(f"{name}[1]", v[1]))
+
+    if _is_list(value) and value and all(_is_list(v) for v in value):
+        return [pair(v, f"betas[{i}]") for i, v in enumerate(value)]
+    return pair(value, "betas")
+
+
+def _group_count(config: Mapping[str, Any], sources: Sequence[tuple[str, Any]]) -> int | None:
+    """The number of param groups: ``num_param_groups``, else the length of the per-group lists
+    in ``sources`` (``(name, value)``), which must agree; None when neither gives one."""
+    n, origin = None, None
+    if config.get("num_param_groups") is not None:
+        n, origin = V.integer("num_param_groups", config["num_param_groups"], lo=1), "num_param_groups"
+    for name, value in sources:
+        if not _is_list(value):
+            continue
+        if len(value) == 0:
+            raise ValueError(f"{name} is an empty list: a per-group list needs one value per param group")
+        if n is None:
+            n, origin = len(value), name
+        elif len(value) != n:
+            if origin == "num_param_groups":
+                why = ("one per param group" if name in ("lr", "betas") else
+                       f"DeepSpeed raises the same for an optimizer with {n} param groups")
+                raise ValueError(f"expected {n} values for {name} (num_param_groups={n}), got {len(value)}: "
+                                 f"{value!r} ({why})")
+            raise ValueError(f"{name} has {len(value)} values but {origin} has {n}: DeepSpeed checks every "
+                             "per-group list against the optimizer's number of param groups, so lists of "
+                             "different lengths fail for any optimizer")
+    return n
+
+
+def _pick(value: Any, i: int) -> Any:
+    return value[i] if _is_list(value) else value
+
+
+def _fit(result: ScheduleSet | GroupSchedules, n: int | None, what: str) -> ScheduleSet | GroupSchedules:
+    """``result`` for ``n`` param groups (None: as it is)."""
+    if n is None:
+        return result
+    if isinstance(result, GroupSchedules):
+        if len(result) != n:
+            raise ValueError(f"num_param_groups is {n} but {what} gives {len(result)} per-group schedules")
+        return result
+    return GroupSchedules([result] * n)
+
+
+def _wrapped_optimizer(config: Mapping[str, Any]) -> str | None:
+    """The optimizer wrapper a whole DeepSpeed config puts between the engine and the torch
+    optimizer (ZeRO, fp16, bf16), or None when the engine's optimizer is the torch one."""
+    zero = config.get("zero_optimization")
+    if isinstance(zero, bool):  # DeepSpeed's deprecated form: true means stage 1
+        stage: Any = int(zero)
+    else:
+        stage = zero.get("stage", 0) if isinstance(zero, Mapping) else 0
+    if isinstance(stage, numbers.Integral) and stage > 0:
+        return f"ZeRO stage {stage} (DeepSpeedZeroOptimizer)"
+    fp16 = config.get("fp16")
+    if isinstance(fp16, Mapping) and fp16.get("enabled") is True:
+        return "fp16 (FP16_Optimizer)"
+    bf16 = config.get("bf16") if config.get("bf16") is not None else config.get("bfloat16")
+    if isinstance(bf16, Mapping) and bf16.get("enabled") is True:
+        return "bf16 (BF16_Optimizer)"
+    return None
+
+
+def _from_torch_type(config: Mapping[str, Any], stype: str, params: dict[str, Any],
+                     lr: Any) -> ScheduleSet | GroupSchedules:
+    """The engine's fallback: ``torch.optim.lr_scheduler.<stype>(optimizer, **params)``."""
+    where = f"DeepSpeed scheduler type {stype!r} (torch.optim.lr_scheduler.{stype}, DeepSpeed's fallback)"
+    if stype in _TORCH_UNUSABLE:
+        raise ValueError(f"{where} cannot run from a DeepSpeed config: {_TORCH_UNUSABLE[stype]}")
+    if "last_batch_iteration" in params:
+        raise ValueError(f"{where}: torch schedulers take last_epoch, not last_batch_iteration "
+                         "(torch raises TypeError on the unknown keyword)")
+    if "scheduler" in config:
+        wrapper = _wrapped_optimizer(config)
+        if wrapper is not None:
+            raise ValueError(f"{where}: with {wrapper} the engine hands the scheduler its wrapper, which is not a "
+                             "torch.optim.Optimizer, and torch raises TypeError; DeepSpeed's own types unwrap it")
+    if lr is None:
+        raise ValueError(f"{where} schedules the optimizer's 'lr', which the config does not give")
+    try:
+        result = from_torch({"lr": lr, "scheduler": stype, **params})
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    return _fit(result, _group_count(config, [("lr", lr)]), where)
+
+
+_LR_FROM = "(top-level 'lr', or optimizer.params.lr)"
+_BETAS_FROM = "(top-level 'betas', or optimizer.params.betas)"
+
+
+def _resumed(schedule: Schedule, last: int, start: Any, what: str, stype: str, where: str) -> Schedule:
+    """``schedule`` as DeepSpeed runs it from ``last_batch_iteration = last`` (``start``: the optimizer's
+    value, which the first update keeps when ``last >= 0``)."""
+    if last == -1:
+        return schedule
+    if start is None:
+        raise ValueError(f"DeepSpeed {stype} with last_batch_iteration={last} leaves the optimizer's {what} in "
+                         f"place for the first update (its constructor sets it only when last_batch_iteration "
+                         f"is -1): give the optimizer's {what!r} {where}")
+    return DeepSpeedResumed(schedule, last, start)
+
+
+def _deepspeed_group(stype: str, p: dict[str, Any], lr: Any, betas: tuple[float, float] | None,
+                     last: int) -> ScheduleSet:
+    """One param group's schedules for DeepSpeed's own ``stype``: ``p`` holds that group's
+    params (no lists), ``lr``/``betas`` the group's optimizer values (None: not given)."""
+    name = f"DeepSpeed {stype}"
+    if stype in ("WarmupLR", "WarmupDecayLR"):
+        if stype == "WarmupDecayLR":
+            require(name, p, "total_num_steps")
+        if p.get("warmup_max_lr", 0.001 if stype == "WarmupDecayLR" else None) is None:
+            # WarmupLR's default, or an explicit null in either class: each group's own lr
+            if lr is None:
+                raise ValueError(f"{name} without warmup_max_lr takes the optimizer 'lr', which the config "
+                                 "does not give")
+            p["warmup_max_lr"] = lr
+        sched: Schedule = DeepSpeedWarmupLR(**p)
+    elif stype == "WarmupCosineLR":
+        require(name, p, "total_num_steps")
+        if lr is None:
+            raise ValueError(f"{name} scales the optimizer 'lr', which the config does not give")
+        sched = DeepSpeedWarmupCosineLR(base_lr=lr, **p)
+    elif stype == "OneCycle":
+        require(name, p, "cycle_min_lr", "cycle_max_lr")
+        momentum = bool(p.pop("cycle_momentum", True))  # DeepSpeed tests its truth value
+        sched = DeepSpeedOneCycle(**p)
+        if momentum:
+            b1, b2 = (None, None) if betas is None else betas
+            return ScheduleSet(
+                lr=_resumed(sched, last, lr, "lr", stype, _LR_FROM),
+                beta1=_resumed(DeepSpeedOneCycle(**p, quantity="momentum"), last, b1, "betas", stype, _BETAS_FROM),
+                beta2=_resumed(Constant(0.99), last, b2, "betas", stype, _BETAS_FROM))
+    else:
+        size = p.get("lr_range_test_step_size", 2000)
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"lr_range_test_step_size must be a positive integer, got {size!r}")
+        sched = LRRangeTest(init=p.get("lr_range_test_min_lr", 1e-3), step_size=size,
+                            rate=p.get("lr_range_test_step_rate", 1.0),
+                            staircase=p.get("lr_range_test_staircase", False))
+    return ScheduleSet(lr=_resumed(sched, last, lr, "lr", stype, _LR_FROM))
+
+
+def from_deepspeed(config: Mapping[str, Any]) -> ScheduleSet | GroupSchedules:
+    """Build a DeepSpeed scheduler from ``{"type", "params"}`` plus the optimizer's ``"lr"``.
+
+    ``config`` is the scheduler block itself (``{"type":…, "params":…, "lr":…}``) or a whole
+    DeepSpeed config with ``"scheduler"`` and ``"optimizer"`` blocks. Beside DeepSpeed's own
+    keys npadam reads, at the top level:
+
+    - ``"lr"``: the optimizer's lr (default: ``optimizer.params.lr``); a list gives one per
+      param group (what DeepSpeed reads from ``param_groups[i]["lr"]``);
+    - ``"betas"``: the optimizer's ``(beta1, beta2)`` (default ``optimizer.params.betas``), or
+      one pair per group; read only for OneCycle with ``last_batch_iteration >= 0`` (its
+      first update keeps the optimizer's betas);
+    - ``"num_param_groups"``: the optimizer's number of param groups. Per-group lists must
+      have this length (DeepSpeed's check); without it they must all have one length, which
+      is then the number of groups. With either, the result is a ``GroupSchedules``.
+
+    ``"type"`` is one of DeepSpeed's ``WarmupLR``, ``WarmupDecayLR``, ``WarmupCosineLR``,
+    ``OneCycle``, ``LRRangeTest`` or, as the engine falls back to it, a
+    ``torch.optim.lr_scheduler`` class name with ``"params"`` its keyword arguments.
     """
     block = config["scheduler"] if "scheduler" in config else config
     if not isinstance(block, Mapping) or "type" not in block:
         raise ValueError("deepspeed config needs a scheduler block with a 'type'")
     stype = block["type"]
+    if stype not in _TYPES and stype not in TORCH_TYPES:
+        raise ValueError(f"unknown DeepSpeed scheduler type {stype!r}: neither deepspeed.runtime.lr_schedules "
+                         f"({', '.join(_TYPES)}) nor torch.optim.lr_scheduler has it")
+    if not isinstance(block.get("params"), Mapping):
+        raise ValueError(f"DeepSpeed scheduler {stype!r} needs a 'params' mapping ({{}} for the defaults): the "
+                         f"engine calls {stype}(optimizer, **params), got params={block.get('params')!r}")
+    params = dict(block["params"])
+    lr = _optimizer_value(config, "lr")
     if stype not in _TYPES:
-        raise ValueError(f"unknown DeepSpeed scheduler type {stype!r}; expected one of {', '.join(_TYPES)}")
-    params = dict(block.get("params") or {})
+        return _from_torch_type(config, stype, params, lr)
     check_keys(f"DeepSpeed {stype}", params, _PARAMS[stype])
-    if params.pop("last_batch_iteration", -1) != -1:
-        raise ValueError("last_batch_iteration must be -1 (resume by evaluating later steps instead)")
-    base_lr = _base_lr(config)
-    if stype in ("WarmupLR", "WarmupDecayLR"):
-        if stype == "WarmupDecayLR":
-            require(f"DeepSpeed {stype}", params, "total_num_steps")
-        if params.get("warmup_max_lr") is None:
-            if stype == "WarmupLR" and base_lr is None:
-                raise ValueError("DeepSpeed WarmupLR without warmup_max_lr takes the optimizer 'lr', "
-                                 "which the config does not give")
-            params["warmup_max_lr"] = base_lr if stype == "WarmupLR" else 0.001
-        return ScheduleSet(lr=DeepSpeedWarmupLR(**params))
     if stype == "WarmupCosineLR":
-        require(f"DeepSpeed {stype}", params, "total_num_steps")
-        if base_lr is None:
-            raise ValueError("DeepSpeed WarmupCosineLR scales the optimizer 'lr', which the config does not give")
-        return ScheduleSet(lr=DeepSpeedWarmupCosineLR(base_lr=base_lr, **params))
-    if stype == "OneCycle":
-        require(f"DeepSpeed {stype}", params, "cycle_min_lr", "cycle_max_lr")
-        momentum = bool(params.pop("cycle_momentum", True))
-        lr = DeepSpeedOneCycle(**params)
-        if not momentum:
-            return ScheduleSet(lr=lr)
-        return ScheduleSet(lr=lr, beta1=DeepSpeedOneCycle(**params, quantity="momentum"),
-                           beta2=Constant(0.99))
-    step_size = params.get("lr_range_test_step_size", 2000)
-    if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size <= 0:
-        raise ValueError(f"lr_range_test_step_size must be a positive integer, got {step_size!r}")
-    return ScheduleSet(lr=LRRangeTest(init=params.get("lr_range_test_min_lr", 1e-3), step_size=step_size,
-                                      rate=params.get("lr_range_test_step_rate", 1.0),
-                                      staircase=params.get("lr_range_test_staircase", False)))
+        for key, used in (("warmup_min_ratio", "during warmup"), ("cos_min_ratio", "after warmup")):
+            if _is_list(params.get(key)):
+                raise ValueError(f"DeepSpeed WarmupCosineLR takes one {key} for all param groups, got "
+                                 f"{params[key]!r}: its docstring says 'float or list', but get_lr_ratio() does "
+                                 f"scalar arithmetic with it and raises TypeError {used} (which the engine catches "
+                                 "and retries as step(train_batch_size), jumping the schedule back to that index)")
+    last = V.integer("last_batch_iteration", params.pop("last_batch_iteration", -1))
+    if last < -1 or last > MAX_LAST_BATCH_ITERATION:
+        raise ValueError(f"last_batch_iteration must be -1 (a fresh start) or the index of the last batch done "
+                         f"(0 .. 2**61), got {last}")
+    # only a resumed OneCycle reads the optimizer's betas (its first update keeps them)
+    betas = _betas(_optimizer_value(config, "betas")) if last != -1 and stype == "OneCycle" else None
+    sources = [("lr", lr)] + [(key, params.get(key)) for key in PER_GROUP[stype]]
+    n = _group_count(config, sources + ([("betas", betas)] if isinstance(betas, list) else []))
+    if n is None:
+        return _deepspeed_group(stype, params, lr, betas, last)  # type: ignore[arg-type]  # betas: a pair
+    return GroupSchedules(
+        _deepspeed_group(stype, {key: _pick(v, i) if key in PER_GROUP[stype] else v for key, v in params.items()},
+                         _pick(lr, i), _pick(betas, i) if isinstance(betas, list) else betas, last)
+        for i in range(n))
