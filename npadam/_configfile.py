@@ -248,7 +248,8 @@ def _scalar(text: str) -> Any:
 
 def parse_args_text(text: str, label: str) -> dict[str, Any]:
     """``--key value`` / ``--key=value`` / ``--flag`` tokens into a dict (words before the
-    first ``--`` option, such as ``python pretrain_gpt.py``, are skipped)."""
+    first ``--`` option, such as ``python pretrain_gpt.py``, are skipped; ``--key v1 v2 v3``
+    gives a list)."""
     try:
         tokens = shlex.split(text.replace("\\\n", " "), comments=True)
     except ValueError as exc:
@@ -266,8 +267,12 @@ def parse_args_text(text: str, label: str) -> dict[str, Any]:
         if eq:
             out[key] = _scalar(value)
         elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
-            out[key] = _scalar(tokens[i + 1])
-            i += 1
+            j = i + 1  # several values (nargs, e.g. --rampup-batch-size 16 8 300000) make a list
+            while j < len(tokens) and not tokens[j].startswith("--"):
+                j += 1
+            vals = [_scalar(t) for t in tokens[i + 1:j]]
+            out[key] = vals[0] if len(vals) == 1 else vals
+            i = j - 1
         else:
             out[key] = True
         i += 1

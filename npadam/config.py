@@ -2,8 +2,8 @@
 
 ``OptimizerConfig`` has exactly the fields of ``megatron.core.optimizer.OptimizerConfig``
 (names and defaults; dtypes as names such as ``"float32"``); ``SchedulerConfig`` has
-Megatron-Bridge's ``SchedulerConfig`` fields plus the three training arguments the
-schedule needs (``train_iters`` / ``train_samples``, ``global_batch_size``). Both are
+Megatron-Bridge's ``SchedulerConfig`` fields plus the training arguments the schedule
+needs (``train_iters`` / ``train_samples``, ``global_batch_size``, ``rampup_batch_size``). Both are
 validated when built: every invalid value or combination is a ValueError/TypeError
 naming the field. Fields that belong to features npadam does not have yet
 (``use_distributed_optimizer``, ``optimizer_cpu_offload``, ``optimizer_offload_fraction``,
@@ -13,9 +13,10 @@ their defaults and rejected with a clear message otherwise.
 Sources: ``load(path_or_mapping)`` reads YAML, JSON or TOML (a flat mapping, or
 sections ``optimizer``, ``scheduler`` and ``train`` as in Megatron-Bridge YAML);
 ``from_args(["--lr", "3e-4", "--bf16", ...])`` reads Megatron-LM argument lists.
-``build(params, opt_cfg, sched_cfg)`` returns the optimizer with Megatron's param
-groups (no weight decay for biases and 1-D params, ``decoupled_lr`` for the
-embedding/output params) and its schedules.
+``param_groups(params, opt_cfg)`` makes Megatron's param groups (no weight decay for
+biases and 1-D params, ``decoupled_lr`` for the embedding/output params; megatron-core's
+``_get_param_groups``), ``schedules_for(opt_cfg, sched_cfg, groups)`` their schedules, and
+``build(params, opt_cfg, sched_cfg)`` the optimizer with both.
 
 >>> import numpy as np
 >>> from npadam import config
@@ -34,8 +35,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -214,10 +215,14 @@ _WSD_STYLES = ("exponential", "linear", "cosine", "minus_sqrt")
 @dataclass
 class SchedulerConfig:
     """Megatron-Bridge's ``SchedulerConfig`` (Megatron-LM's argument names) plus ``train_iters``,
-    ``train_samples`` and ``global_batch_size`` (Megatron's training arguments the schedule needs).
+    ``train_samples``, ``global_batch_size`` and ``rampup_batch_size`` (Megatron's training
+    arguments the schedule needs) and the legacy ``warmup``.
 
     Steps are optimizer iterations; with ``global_batch_size`` > 1 Megatron counts samples
     (``steps()`` gives its derived counts in samples, as ``OptimizerParamScheduler`` gets them).
+    ``rampup_batch_size = [start, increment, ramp_samples]`` grows the global batch size from
+    ``start`` to ``global_batch_size`` over ``ramp_samples`` samples (sample-based training
+    only, as Megatron-LM asserts). ``warmup`` must stay None: Megatron-LM rejects it.
     """
 
     lr_decay_style: str = "linear"
@@ -238,6 +243,8 @@ class SchedulerConfig:
     train_iters: int | None = None
     train_samples: int | None = None
     global_batch_size: int = 1
+    rampup_batch_size: list[int] | None = None
+    warmup: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -255,6 +262,14 @@ class SchedulerConfig:
         for name in ("lr_warmup_iters", "lr_warmup_samples"):
             setattr(self, name, V.integer(name, getattr(self, name), lo=0))
         self.global_batch_size = V.integer("global_batch_size", self.global_batch_size, lo=1)
+        if self.warmup is not None:
+            raise ValueError(f"warmup={self.warmup!r}: Megatron-LM rejects the legacy --warmup ('--warmup argument "
+                             "is no longer valid, use --lr-warmup-fraction instead'); use lr_warmup_fraction, "
+                             "lr_warmup_iters or lr_warmup_samples")
+        if self.rampup_batch_size is not None:
+            from .schedules.frameworks._megatron_rampup import check_rampup
+
+            self.rampup_batch_size = list(check_rampup(self.rampup_batch_size, self.global_batch_size))
         self.lr_warmup_fraction = _opt_real("lr_warmup_fraction", self.lr_warmup_fraction, lo=0.0, hi=1.0)
         self.lr_warmup_init = V.real("lr_warmup_init", self.lr_warmup_init, lo=0.0)
         self.start_weight_decay = _opt_real("start_weight_decay", self.start_weight_decay, lo=0.0)
@@ -268,6 +283,9 @@ class SchedulerConfig:
             raise ValueError("train_iters (or train_samples) must be set: the schedule's length derives from it")
         if self.train_iters is not None and self.train_samples is not None:
             raise ValueError("train_iters and train_samples are both set; choose one")
+        if self.rampup_batch_size is not None and self.train_iters is not None:
+            raise ValueError("rampup_batch_size needs sample-based training (train_samples): Megatron-LM asserts "
+                             "'expected no batch-size rampup for iteration-based training'")
         iters = self.train_iters is not None
         unit = "iters" if iters else "samples"
         other = "samples" if iters else "iters"
@@ -301,22 +319,33 @@ class SchedulerConfig:
 
     def steps(self) -> dict[str, Any]:
         """Megatron's derived counts (``get_optimizer_param_scheduler``): ``lr_decay_steps``,
-        ``lr_warmup_steps``, ``wd_incr_steps``, ``wsd_decay_steps`` (samples when global_batch_size > 1)."""
+        ``lr_warmup_steps``, ``wd_incr_steps``, ``wsd_decay_steps`` (samples when global_batch_size > 1
+        or training is sample-based), and ``train_iters``: the iterations Megatron-LM runs
+        (``update_train_iters``: ``train_samples // global_batch_size``, or with a batch-size ramp-up
+        the ramp's iterations plus the full batches after it; a partial last batch is dropped)."""
         gbs = self.global_batch_size
         if self.train_iters is not None:
             decay = (self.lr_decay_iters or self.train_iters) * gbs
             wd = self.train_iters * gbs
             wsd = None if self.lr_wsd_decay_iters is None else self.lr_wsd_decay_iters * gbs
             warm = self.lr_warmup_iters * gbs
+            iters = self.train_iters
         else:
             decay = self.lr_decay_samples or self.train_samples
             wd = self.train_samples
             wsd = self.lr_wsd_decay_samples
             warm = self.lr_warmup_samples
+            if self.rampup_batch_size is None:
+                iters = self.train_samples // gbs
+            else:
+                from .schedules.frameworks._megatron_rampup import RampupTable
+
+                iters = RampupTable(gbs, self.rampup_batch_size).train_iters(self.train_samples)
         if self.lr_warmup_fraction is not None:
             warm = self.lr_warmup_fraction * decay
             warm = int(warm) if float(warm).is_integer() else warm
-        return {"lr_decay_steps": decay, "lr_warmup_steps": warm, "wd_incr_steps": wd, "wsd_decay_steps": wsd}
+        return {"lr_decay_steps": decay, "lr_warmup_steps": warm, "wd_incr_steps": wd, "wsd_decay_steps": wsd,
+                "train_iters": iters}
 
     def schedules(self, lr: float, min_lr: float | None, weight_decay: float) -> Any:
         """Megatron's lr and weight-decay schedules (``schedules.from_config("megatron", ...)``, a
@@ -331,8 +360,9 @@ class SchedulerConfig:
 # ---------------------------------------------------------------------- sources
 _OPT_FIELDS = {f.name for f in fields(OptimizerConfig)}
 _SCHED_FIELDS = {f.name for f in fields(SchedulerConfig)}
-_IGNORED_TRAIN = {"micro_batch_size"}
-_BOOL_FIELDS = {f.name for f in fields(OptimizerConfig) + fields(SchedulerConfig) if "bool" in str(f.type)}  # Megatron training arguments that do not change the optimizer
+_IGNORED_TRAIN = {"micro_batch_size"}  # Megatron training arguments that do not change the optimizer
+_NARGS = {"rampup_batch_size": 3}  # Megatron-LM arguments with nargs
+_BOOL_FIELDS = {f.name for f in fields(OptimizerConfig) + fields(SchedulerConfig) if "bool" in str(f.type)}
 
 
 def _suggest(key: str) -> str:
@@ -401,7 +431,7 @@ def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | N
     ``--name value`` or ``--name=value`` (dashes or underscores, Megatron's
     ``--override-opt_param-scheduler`` spelling too); a boolean field as ``--name``
     (true) or ``--no-name`` (false); numbers, ``true``/``false`` and ``None``/``null`` parsed,
-    anything else kept as text."""
+    anything else kept as text; ``--rampup-batch-size START INCREMENT RAMP_SAMPLES`` takes three."""
     from ._configfile import _scalar
 
     types = {f.name: f.type for f in fields(OptimizerConfig)}
@@ -428,6 +458,14 @@ def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | N
             out[key] = not neg
             i += 1
             continue
+        if key in _NARGS:  # Megatron's nargs=N options: --rampup-batch-size 16 8 300000
+            n = _NARGS[key]
+            values = ([value] if eq else []) + list(args[i + 1:i + 1 + n - bool(eq)])
+            if len(values) < n or any(not isinstance(v, str) or v.startswith("--") for v in values):
+                raise ValueError(f"--{name} needs {n} values, got {values[:n]!r}")
+            out[key] = [_scalar(v) for v in values]
+            i += 1 + n - bool(eq)
+            continue
         if not eq:
             if i + 1 >= len(args):
                 raise ValueError(f"--{name} needs a value")
@@ -440,152 +478,6 @@ def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | N
     except (ValueError, TypeError) as e:
         raise type(e)(str(e).replace("arguments: ", "")) from None
 
-
-
-# ---------------------------------------------------------------------- build
-@dataclass
-class Built:
-    """What ``build`` made: the optimizer, the lr/wd schedules of its first group, and (for
-    torch) an ``npadam.torch.LRScheduler`` to step after each optimizer step."""
-
-    optimizer: Any
-    schedules: Any
-    scheduler: Any = None
-    groups: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _no_wd(name: str, shape: tuple[int, ...], qk_layernorm: bool) -> bool:
-    """Megatron's default: no weight decay for biases and 1-D params (with
-    ``apply_wd_to_qk_layernorm``, q/k layernorm params do get it)."""
-    hit = len(shape) == 1 or name.endswith(".bias")
-    if qk_layernorm:
-        hit = hit and not ("q_layernorm." in name or "k_layernorm." in name)
-    return hit
-
-
-def build(params: Any, optimizer_config: OptimizerConfig, scheduler_config: SchedulerConfig | None = None, *,
-          decoupled: Iterable[str] | Callable[[str, Any], bool] | None = None,
-          no_weight_decay: Callable[[str, Any], bool] | None = None, **optimizer_kwargs: Any) -> Built:
-    """The optimizer and schedules a Megatron run with these configs uses.
-
-    ``params``: a torch module, ``named_parameters()``, or a dict / list of ``(name, array)``
-    pairs. Torch tensors give an ``npadam.torch`` optimizer and an ``LRScheduler``;
-    arrays give an ``npadam`` optimizer with the Schedules in its groups. Groups follow
-    Megatron's ``_get_param_groups``: ``no_weight_decay(name, param)`` (default: biases
-    and 1-D params) get weight decay 0; ``decoupled`` (names or a predicate; default: torch
-    params with ``is_embedding_or_output_parameter``) get ``decoupled_lr`` /
-    ``decoupled_min_lr``. ``optimizer_kwargs`` (``kernel``, ``num_threads``, ...) pass through.
-    """
-    from . import schedules as S
-
-    oc, sc = optimizer_config, scheduler_config
-    if not isinstance(oc, OptimizerConfig):
-        raise TypeError(f"optimizer_config must be a npadam.config.OptimizerConfig, got {type(oc).__name__}")
-    if sc is not None and not isinstance(sc, SchedulerConfig):
-        raise TypeError(f"scheduler_config must be a npadam.config.SchedulerConfig, got {type(sc).__name__}")
-    oc.validate()
-    if sc is not None:
-        sc.validate()
-    named = _named(params)
-    is_torch = type(named[0][1]).__module__.startswith("torch")
-    if callable(decoupled):
-        pick = decoupled
-    elif decoupled is not None:
-        chosen = {decoupled} if isinstance(decoupled, str) else set(decoupled)
-        missing = chosen - {n for n, _ in named}
-        if missing:
-            raise ValueError(f"decoupled names {sorted(missing)[:3]} are not params")
-        pick = lambda n, p: n in chosen  # noqa: E731
-    else:
-        pick = lambda n, p: bool(getattr(p, "is_embedding_or_output_parameter", False))  # noqa: E731
-    nowd = no_weight_decay or (lambda n, p: _no_wd(n, tuple(p.shape), oc.apply_wd_to_qk_layernorm))
-    for n, p in named:
-        dt = str(getattr(p, "dtype", "")).replace("torch.", "")
-        want = "float16" if oc.fp16 else "bfloat16" if oc.bf16 else None
-        if want and dt == "float32":
-            raise ValueError(f"{'fp16' if oc.fp16 else 'bf16'}=True but param {n!r} is float32: cast the model "
-                             f"first (Megatron trains {want} params with fp32 masters)")
-    buckets: dict[tuple[bool, bool], list[tuple[str, Any]]] = {}
-    for n, p in named:
-        key = (bool(oc.decoupled_lr is not None and pick(n, p)), bool(nowd(n, p)))
-        buckets.setdefault(key, []).append((n, p))
-    if oc.decoupled_lr is not None and not any(k[0] for k in buckets):
-        raise ValueError("decoupled_lr is set but no param is decoupled: pass decoupled=[names] (Megatron marks "
-                         "embedding/output params with is_embedding_or_output_parameter)")
-    groups, sets = [], []
-    for (dec, nw) in sorted(buckets):
-        max_lr = oc.decoupled_lr if dec else oc.lr
-        min_lr = (oc.decoupled_min_lr if oc.decoupled_min_lr is not None else oc.min_lr) if dec else oc.min_lr
-        if sc is None:
-            sset = S.ScheduleSet(lr=S.constant(max_lr), weight_decay=None)
-        else:
-            sset = sc.schedules(max_lr, min_lr, oc.weight_decay)
-        if nw:
-            sset = S.ScheduleSet(lr=sset.lr, weight_decay=None)
-        sets.append(sset)
-        groups.append({"names": [n for n, _ in buckets[(dec, nw)]], "params": [p for _, p in buckets[(dec, nw)]],
-                       "decoupled_lr": dec, "wd_mult": 0.0 if nw else 1.0})
-    scaler = None
-    if oc.fp16 or oc.bf16:
-        from .scaler import LossScaler
-
-        if oc.loss_scale:
-            scaler = LossScaler(init_scale=oc.loss_scale, dynamic=False)
-        elif oc.fp16:
-            scaler = LossScaler(init_scale=oc.initial_loss_scale, growth_factor=2.0, backoff_factor=0.5,
-                                growth_interval=oc.loss_scale_window, hysteresis=oc.hysteresis,
-                                min_scale=oc.min_loss_scale)
-    common = dict(max_grad_norm=oc.clip_grad if oc.clip_grad > 0 else None, loss_scaler=scaler,
-                  **optimizer_kwargs)
-    if is_torch:
-        return _build_torch(oc, groups, sets, common)
-    from . import optimizer as O
-
-    specs = []
-    for g, s in zip(groups, sets):
-        wd = s.weight_decay if s.weight_decay is not None else (0.0 if g["wd_mult"] == 0 else oc.weight_decay)
-        specs.append({"params": dict(zip(g["names"], g["params"])), "lr": s.lr, "weight_decay": wd})
-    if oc.optimizer == "sgd":
-        opt = O.SGD(specs, lr=oc.lr, momentum=oc.sgd_momentum, **common)
-    else:
-        cls = O.AdamW if oc.decoupled_weight_decay else O.Adam
-        opt = cls(specs, lr=oc.lr, betas=(oc.adam_beta1, oc.adam_beta2), eps=oc.adam_eps, **common)
-    return Built(opt, sets[0], None, groups)
-
-
-def _build_torch(oc: OptimizerConfig, groups: list[dict[str, Any]], sets: list[Any], common: dict[str, Any]) -> Built:
-    import npadam.torch as NT
-
-    specs = []
-    for g, s in zip(groups, sets):
-        wd = 0.0 if g["wd_mult"] == 0 else float(s.weight_decay(0)) if s.weight_decay is not None else oc.weight_decay
-        specs.append({"params": g["params"], "lr": float(s.lr(0)), "weight_decay": wd,
-                      "param_names": g["names"]})
-    if oc.optimizer == "sgd":
-        opt = NT.SGD(specs, lr=oc.lr, momentum=oc.sgd_momentum, **common)
-    else:
-        cls = NT.AdamW if oc.decoupled_weight_decay else NT.Adam
-        opt = cls(specs, lr=oc.lr, betas=(oc.adam_beta1, oc.adam_beta2), eps=oc.adam_eps, **common)
-    from .schedules import ScheduleSet
-
-    sched = NT.LRScheduler(opt, [s if g["wd_mult"] else ScheduleSet(lr=s.lr) for g, s in zip(groups, sets)])
-    return Built(opt, sets[0], sched, groups)
-
-
-def _named(params: Any) -> list[tuple[str, Any]]:
-    if hasattr(params, "named_parameters"):
-        params = params.named_parameters()
-    if isinstance(params, Mapping):
-        items = [(str(k), v) for k, v in params.items()]
-    else:
-        items = list(params)
-        if not all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in items):
-            raise TypeError("params must be a torch module, named_parameters(), a dict or (name, array) pairs: "
-                            "Megatron's param groups need the names")
-    items = [(n, p) for n, p in items if getattr(p, "requires_grad", True)]
-    if not items:
-        raise ValueError("params: no trainable parameters")
-    return items
 
 
 def to_dict(opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig | None = None) -> dict[str, Any]:
@@ -614,10 +506,27 @@ def describe(opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig | None = None)
         scale = "no loss scaling"
     lines = [f"{kind}: lr {oc.lr:g}" + (f" -> {oc.min_lr:g}" if oc.min_lr is not None else "")
              + f", weight decay {oc.weight_decay:g}, clip_grad {oc.clip_grad:g}, {prec}, {scale}"]
+    if oc.decoupled_lr is not None:
+        low = oc.decoupled_min_lr if oc.decoupled_min_lr is not None else oc.min_lr
+        lines.append(f"embedding/output params (decoupled): lr {oc.decoupled_lr:g}"
+                     + (f" -> {low:g}" if low is not None else ""))
     if sched_cfg is not None:
         s = sched_cfg.steps()
         lines.append(f"schedule: {sched_cfg.lr_decay_style}, warmup {s['lr_warmup_steps']} / decay "
                      f"{s['lr_decay_steps']} / wd increment {s['wd_incr_steps']}"
                      + (f" / WSD decay {s['wsd_decay_steps']}" if s["wsd_decay_steps"] is not None else "")
                      + (" samples" if sched_cfg.global_batch_size > 1 or sched_cfg.train_iters is None else " steps"))
+        if sched_cfg.rampup_batch_size is not None:
+            from .schedules.frameworks._megatron_rampup import RampupTable
+
+            start, inc, ramp = sched_cfg.rampup_batch_size
+            table = RampupTable(sched_cfg.global_batch_size, sched_cfg.rampup_batch_size)
+            lines.append(f"batch size ramp-up: {start} -> {sched_cfg.global_batch_size} by {inc} every "
+                         f"{table.samples_per_increment:g} samples (over {ramp} samples); full batches from "
+                         f"iteration {int(table.first_iteration[-1])}")
+        lines.append(f"train_iters: {s['train_iters']}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- build (npadam/_config_build.py)
+from ._config_build import Built, build, param_groups, schedules_for  # noqa: E402,F401  (needs the classes above)

@@ -102,10 +102,10 @@ def test_derived_steps_follow_megatron():
     s = C.SchedulerConfig(train_iters=1000, lr_warmup_fraction=0.01, lr_decay_iters=800, global_batch_size=4,
                           lr_decay_style="WSD", lr_wsd_decay_iters=100)
     assert s.steps() == {"lr_decay_steps": 3200, "lr_warmup_steps": 32, "wd_incr_steps": 4000,
-                         "wsd_decay_steps": 400}
-    s = C.SchedulerConfig(train_samples=5000, lr_warmup_samples=100)
+                         "wsd_decay_steps": 400, "train_iters": 1000}
+    s = C.SchedulerConfig(train_samples=5000, lr_warmup_samples=100, global_batch_size=3)
     assert s.steps() == {"lr_decay_steps": 5000, "lr_warmup_steps": 100, "wd_incr_steps": 5000,
-                         "wsd_decay_steps": None}
+                         "wsd_decay_steps": None, "train_iters": 1666}
 
 
 # ------------------------------------------------------------------ sources
@@ -204,10 +204,52 @@ def _arrays():
             "output_layer.weight": rng.standard_normal((10, 4)).astype(np.float32)}
 
 
-def test_build_matches_megatron_param_groups_and_scheduler():
-    """Group by group and step by step: the lr and weight decay npadam applies equal those Megatron's
-    OptimizerParamScheduler writes into the same param groups (max_lr/min_lr/wd_mult as
-    Megatron's _get_param_groups sets them)."""
+@pytest.fixture(scope="module")
+def megatron_groups(tmp_path_factory):
+    """megatron-core's ``_get_param_groups(model_chunks, config, None)`` (it all-gathers the group
+    keys, so a one-rank gloo process group is set up for it)."""
+    pytest.importorskip("megatron.core")
+    import torch.distributed as dist
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.optimizer import _get_param_groups
+    mine = not dist.is_initialized()
+    if mine:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path_factory.mktemp('dist') / 'init'}",
+                                rank=0, world_size=1)
+    yield lambda model, cfg: _get_param_groups([model], cfg, None)
+    if mine:
+        dist.destroy_process_group()
+
+
+def _megatron_model(torch):
+    """A module whose param names are those of ``_arrays()``, embedding and output marked as
+    Megatron marks them."""
+    m = torch.nn.Module()
+    m.embedding = torch.nn.Module()
+    m.embedding.word_embeddings = torch.nn.Embedding(10, 4)
+    m.decoder = torch.nn.Module()
+    m.decoder.layer = torch.nn.Module()
+    m.decoder.layer.linear = torch.nn.Linear(4, 4)
+    m.decoder.layer.norm = torch.nn.LayerNorm(4, bias=False)
+    m.output_layer = torch.nn.Linear(4, 10, bias=False)
+    m.embedding.word_embeddings.weight.is_embedding_or_output_parameter = True
+    m.output_layer.weight.is_embedding_or_output_parameter = True
+    return m
+
+
+def _mc_config(oc):
+    mc = _megatron_optimizer_config()
+    return mc(**{f.name: getattr(oc, f.name) for f in dataclasses.fields(mc)
+                 if f.name in ("lr", "min_lr", "decoupled_lr", "decoupled_min_lr", "weight_decay",
+                               "apply_wd_to_qk_layernorm")})
+
+
+def test_build_matches_megatron_param_groups_and_scheduler(megatron_groups):
+    """Group by group and step by step: the groups ``build`` makes are megatron-core's
+    ``_get_param_groups`` groups (same params, same order), and the lr and weight decay npadam
+    applies equal those Megatron's OptimizerParamScheduler writes into them."""
     torch = pytest.importorskip("torch")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -216,22 +258,18 @@ def test_build_matches_megatron_param_groups_and_scheduler():
     oc = C.OptimizerConfig(lr=1e-3, min_lr=1e-5, decoupled_lr=5e-3, decoupled_min_lr=5e-5, weight_decay=0.1)
     sc = C.SchedulerConfig(train_iters=60, lr_warmup_iters=6, lr_decay_style="cosine", start_weight_decay=0.02,
                            end_weight_decay=0.1, weight_decay_incr_style="cosine")
+    model = _megatron_model(torch)
+    names = {id(p): n for n, p in model.named_parameters()}
+    theirs = megatron_groups(model, _mc_config(oc))
     p = _arrays()
     built = C.build(p, oc, sc, decoupled=["embedding.word_embeddings.weight", "output_layer.weight"],
                     kernel="reference")
     opt = built.optimizer
-    names = [set(g["names"]) for g in opt.param_groups]
-    assert names == [{"decoder.layer.linear.weight"}, {"decoder.layer.linear.bias", "decoder.layer.norm.weight"},
-                     {"embedding.word_embeddings.weight", "output_layer.weight"}]
-    groups = []
-    for g in built.groups:
-        d = {"params": [torch.nn.Parameter(torch.zeros(1))], "wd_mult": g["wd_mult"], "lr_mult": 1.0}
-        if g["decoupled_lr"]:
-            d.update(max_lr=oc.decoupled_lr, min_lr=oc.decoupled_min_lr)
-        else:
-            d.update(max_lr=oc.lr, min_lr=oc.min_lr)
-        groups.append(d)
-    topt = torch.optim.AdamW(groups, lr=oc.lr)
+    assert [g["names"] for g in opt.param_groups] == [[names[id(t)] for t in g["params"]] for g in theirs]
+    assert [g["names"] for g in opt.param_groups] == [
+        ["decoder.layer.linear.weight"], ["embedding.word_embeddings.weight", "output_layer.weight"],
+        ["decoder.layer.linear.bias", "decoder.layer.norm.weight"]]            # Megatron's order
+    topt = torch.optim.AdamW(theirs, lr=oc.lr)
     s = sc.steps()
     meg = OptimizerParamScheduler(topt, init_lr=sc.lr_warmup_init, max_lr=oc.lr, min_lr=oc.min_lr,
                                   lr_warmup_steps=s["lr_warmup_steps"], lr_decay_steps=s["lr_decay_steps"],
@@ -250,6 +288,35 @@ def test_build_matches_megatron_param_groups_and_scheduler():
     assert len(seen) > 100
 
 
+@pytest.mark.parametrize("kw", [
+    dict(),
+    dict(decoupled_lr=2e-3),
+    dict(decoupled_lr=2e-3, decoupled_min_lr=1e-6, min_lr=None),
+    dict(apply_wd_to_qk_layernorm=True, decoupled_lr=0.0),
+])
+def test_param_groups_are_megatron_cores(megatron_groups, kw):
+    """``config.param_groups`` against megatron-core's ``_get_param_groups`` with its standard
+    overrides: the same dicts (keys, values, order), the same params in each."""
+    torch = pytest.importorskip("torch")
+    model = _megatron_model(torch)
+    model.decoder.layer.q_layernorm = torch.nn.LayerNorm(4)
+    model.decoder.layer.k_layernorm = torch.nn.LayerNorm(4, bias=False)
+    model.output_layer.bias = torch.nn.Parameter(torch.zeros(10))      # a decoupled 1-D param
+    model.output_layer.bias.is_embedding_or_output_parameter = True
+    model.decoder.layer.frozen = torch.nn.Parameter(torch.zeros(3), requires_grad=False)
+    oc = C.OptimizerConfig(**{"lr": 1e-3, "min_lr": 1e-5, **kw})
+    theirs = megatron_groups(model, _mc_config(oc))
+    ours = C.param_groups(model, oc)
+    assert len(ours) == len(theirs)
+    for o, t in zip(ours, theirs):
+        assert [id(x) for x in o["params"]] == [id(x) for x in t["params"]]
+        assert {k: v for k, v in o.items() if k not in ("params", "param_names")} == \
+            {k: v for k, v in t.items() if k != "params"}
+        assert list(o)[:len(t)] == list(t)       # Megatron's keys in Megatron's order, then param_names
+    named = dict(model.named_parameters())
+    assert all(named[n] is x for g in ours for n, x in zip(g["param_names"], g["params"]))
+
+
 def test_build_torch_model_marks_megatron_groups():
     torch = pytest.importorskip("torch")
     import npadam.torch  # noqa: F401
@@ -262,15 +329,15 @@ def test_build_torch_model_marks_megatron_groups():
     built = C.build(model, oc, sc)
     assert isinstance(built.optimizer, npadam.torch.AdamW) and built.optimizer.max_grad_norm is None
     names = [g["param_names"] for g in built.optimizer.param_groups]
-    assert names == [["1.weight", "1.bias", "2.bias"], ["0.weight", "2.weight"]]
-    assert [g["weight_decay"] for g in built.optimizer.param_groups] == [0.0, 0.01]
+    assert names == [["0.weight", "2.weight"], ["1.weight", "1.bias", "2.bias"]]   # Megatron's order
+    assert [g["weight_decay"] for g in built.optimizer.param_groups] == [0.01, 0.0]
     x = torch.randint(0, 10, (4, 3))
     for _ in range(3):
         model(x).sum().backward()
         built.optimizer.step()
         built.scheduler.step()
         built.optimizer.zero_grad()
-    assert built.optimizer.param_groups[1]["lr"] == pytest.approx(2e-3 * (1 - 0.0) * 1.0, rel=0.2)
+    assert built.optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * (1 - 0.0) * 1.0, rel=0.2)
 
 
 def test_build_rejects_inconsistent_models():
@@ -353,3 +420,117 @@ def test_huge_numbers_and_single_decoupled_name():
     built = C.build(p, C.OptimizerConfig(lr=1e-3, decoupled_lr=1e-2), decoupled="output_layer.weight",
                     kernel="reference")
     assert ["output_layer.weight"] in [g["names"] for g in built.optimizer.param_groups]
+
+
+# ------------------------------------------------------------------ decoupled lr, ramp-up, legacy --warmup
+_RAMP = {"lr": 3e-4, "min_lr": 3e-5, "decoupled_lr": 1e-3, "lr_decay_style": "cosine", "lr_warmup_samples": 2000,
+         "train_samples": 100_000, "global_batch_size": 64, "rampup_batch_size": [16, 16, 20_000]}
+
+
+def test_rampup_and_decoupled_from_every_source(tmp_path):
+    """YAML list, JSON, a Megatron argument list (``--rampup-batch-size 16 16 20000``, nargs=3, also
+    ``=16 16 20000``) and an argument file agree; the schedules are ``from_config``'s."""
+    import yaml
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(_RAMP))
+    (tmp_path / "r.json").write_text(json.dumps(_RAMP))
+    args = ["--lr", "3e-4", "--min-lr", "3e-5", "--decoupled-lr", "1e-3", "--lr-decay-style", "cosine",
+            "--lr-warmup-samples", "2000", "--train-samples", "100000", "--global-batch-size", "64",
+            "--rampup-batch-size", "16", "16", "20000"]
+    (tmp_path / "r.args").write_text("torchrun pretrain_gpt.py " + " ".join(args) + " --bf16\n")
+    ref = C.load(_RAMP)
+    assert ref[1].rampup_batch_size == [16, 16, 20_000]
+    eq = args[:-4] + ["--rampup-batch-size=16", "16", "20000"]
+    for src in (tmp_path / "r.yaml", tmp_path / "r.json", args, eq):
+        assert _same(C.load(src), ref), src
+    oc, sc = C.load(tmp_path / "r.args")
+    assert oc.bf16 and sc.rampup_batch_size == [16, 16, 20_000]
+    gs = C.schedules_for(*ref)
+    want = npadam.schedules.from_config("megatron", _RAMP)
+    assert isinstance(gs, npadam.schedules.GroupSchedules) and gs == want and len(gs) == 2
+    assert gs[1].lr.params["schedule"].params["max_lr"] == 1e-3
+    assert ref[1].steps()["train_iters"] == gs[0].lr.table.train_iters(100_000) == 2014
+    text = C.describe(*ref)
+    assert "embedding/output params (decoupled): lr 0.001 -> 3e-05" in text
+    assert "batch size ramp-up: 16 -> 64 by 16 every 6666.67 samples (over 20000 samples)" in text
+    assert "train_iters: 2014" in text
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--lr", "1e-3", "--train-samples", "100", "--rampup-batch-size", "16", "8"], "needs 3 values"),
+    (["--lr", "1e-3", "--train-samples", "100", "--rampup-batch-size", "16", "8", "--bf16"], "needs 3 values"),
+    (["--lr", "1e-3", "--train-samples", "100", "--global-batch-size", "32", "--rampup-batch-size", "16", "5",
+      "100"], "divisible by the rampup increment"),
+    (["--lr", "1e-3", "--train-iters", "100", "--global-batch-size", "32", "--rampup-batch-size", "16", "8", "100"],
+     "expected no batch-size rampup for iteration-based training"),
+    (["--lr", "1e-3", "--train-iters", "100", "--warmup", "10"], "use --lr-warmup-fraction instead"),
+])
+def test_rampup_and_warmup_rejected(args, match):
+    with pytest.raises(ValueError, match=match):
+        C.from_args(args)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(train_samples=100, global_batch_size=8, rampup_batch_size=[16, 8, 100]), ValueError, "must be >= the"),
+    (dict(train_samples=100, global_batch_size=16, rampup_batch_size=[16, 8, 100]), ValueError, "no increments"),
+    (dict(train_samples=100, global_batch_size=32, rampup_batch_size=[16, 8, 0]), ValueError, "must be > 0"),
+    (dict(train_samples=100, global_batch_size=32, rampup_batch_size=[16, 8]), ValueError, "3 values"),
+    (dict(train_samples=100, global_batch_size=32, rampup_batch_size="16 8 100"), TypeError, "must be a list"),
+    (dict(train_samples=100, global_batch_size=32, rampup_batch_size=[16, 8.5, 100]), ValueError, "increment"),
+    (dict(train_samples=100, global_batch_size=32, rampup_batch_size=[16, 8, 2**62]), ValueError, "< 2\\*\\*62"),
+    (dict(train_iters=100, warmup=0), ValueError, "legacy --warmup"),
+])
+def test_scheduler_config_rejects_rampup_and_warmup(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        C.SchedulerConfig(**kwargs)
+    assert C.SchedulerConfig(train_iters=100, warmup=None).warmup is None
+
+
+def test_param_groups_feed_from_config_and_reject_ambiguity():
+    oc = C.OptimizerConfig(lr=1e-3, min_lr=1e-5, decoupled_lr=4e-3)
+    sc = C.SchedulerConfig(train_iters=50, lr_warmup_iters=5, lr_decay_style="linear")
+    groups = C.param_groups(_arrays(), oc, decoupled=["output_layer.weight", "embedding.word_embeddings.weight"])
+    gs = C.schedules_for(oc, sc, groups)
+    assert [g["max_lr"] for g in groups] == [1e-3, 4e-3, 1e-3] and [g["wd_mult"] for g in groups] == [1.0, 1.0, 0.0]
+    assert [float(s.lr(5)) for s in gs] == [1e-3, 4e-3, 1e-3] and float(gs[2].weight_decay(5)) == 0.0
+    assert [s.lr for s in gs[:2]] == [s.lr for s in C.schedules_for(oc, sc)]     # decoupled without groups
+    flat = {"lr": 1e-3, "train_iters": 50, "decoupled_lr": 4e-3, "param_groups": groups}
+    with pytest.raises(ValueError, match="decoupled_lr / decoupled_min_lr and param_groups are both given"):
+        npadam.schedules.from_config("megatron", flat)
+    with pytest.raises(TypeError, match="optimizer_config must be"):
+        C.param_groups(_arrays(), {"lr": 1e-3})
+
+
+def test_cli_shows_groups_and_rampup(tmp_path, capsys):
+    """``npadam config`` prints lr[0] / lr[1] and the ramp-up; ``npadam schedule --framework megatron``
+    dumps per-group columns from a run config and from a flat config with ``param_groups``."""
+    import yaml
+    from npadam.cli import main
+
+    opt_keys = ("lr", "min_lr", "decoupled_lr")
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"optimizer": {k: _RAMP[k] for k in opt_keys},
+                                                     "scheduler": {k: v for k, v in _RAMP.items() if k not in opt_keys}}))
+    assert main(["config", str(tmp_path / "r.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "lr[0] at update k: 0: 0, 1: 2.4e-06" in out and "lr[1] at update k: 0: 0, 1: 8e-06" in out
+    assert "train_iters: 2014" in out and "full batches from iteration 765" in out
+    assert main(["config", str(tmp_path / "r.yaml"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["derived"]["train_iters"] == 2014
+    assert main(["schedule", "--framework", "megatron", "--config", str(tmp_path / "r.yaml"), "--format", "json",
+                 "--steps", "300"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    want = npadam.schedules.from_config("megatron", _RAMP)
+    cols = doc.get("columns", doc)
+    for i in range(2):
+        assert np.array_equal(np.asarray(cols[f"lr[{i}]"], np.float64), want[i].lr(np.arange(300)))
+    flat = {**{k: v for k, v in _RAMP.items() if k != "decoupled_lr"}, "weight_decay": 0.1,
+            "param_groups": [{}, {"max_lr": 1e-3, "min_lr": 1e-6}, {"wd_mult": 0.0}]}
+    (tmp_path / "flat.json").write_text(json.dumps(flat))
+    assert main(["schedule", "--framework", "megatron", "--config", str(tmp_path / "flat.json"), "--format", "json",
+                 "--steps", "50"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    cols = doc.get("columns", doc)
+    want = npadam.schedules.from_config("megatron", flat)
+    assert [c for c in cols if c.startswith(("lr", "weight"))] == [n for n, _ in want.items()]
+    assert np.array_equal(np.asarray(cols["weight_decay[2]"], np.float64), np.zeros(50))
+    assert np.array_equal(np.asarray(cols["lr[1]"], np.float64), want[1].lr(np.arange(50)))

@@ -4,7 +4,9 @@ Reads the files ``npadam.config.load`` reads (YAML, JSON, TOML; flat or with
 ``optimizer`` / ``scheduler`` / ``train`` sections) and Megatron argument files
 (``.args``/``.txt``, one ``--name value`` per line or all on one line), validates
 every field and combination, and prints the optimizer, the loss scaling, Megatron's
-derived step counts and a few lr values. ``--json`` prints the configs (fields that
+derived step counts (``train_iters`` included, batch-size ramp-up counted) and a few lr
+values, per group when ``decoupled_lr`` gives the embedding/output params their own
+(``lr[0]`` default, ``lr[1]`` decoupled). ``--json`` prints the configs (fields that
 differ from the defaults) and the derived counts as JSON instead.
 
     npadam config megatron.yaml
@@ -40,7 +42,7 @@ def main(argv: Sequence[str]) -> int:
         opt_cfg, sched_cfg = C.from_mapping(cfg, where=label)
         sset = None
         if sched_cfg is not None:
-            sset = sched_cfg.schedules(opt_cfg.lr, opt_cfg.min_lr, opt_cfg.weight_decay)
+            sset = C.schedules_for(opt_cfg, sched_cfg)
     except (ValueError, TypeError, ArithmeticError) as exc:
         msg = " ".join(str(exc).split())
         raise CLIError(msg if msg.startswith(label) else f"{label}: {msg}") from None
@@ -55,7 +57,9 @@ def main(argv: Sequence[str]) -> int:
     print(f"{label}: valid", file=out)
     print(C.describe(opt_cfg, sched_cfg), file=out)
     if sset is not None:
-        total = sched_cfg.train_iters if sched_cfg.train_iters is not None else sched_cfg.train_samples
+        total = sched_cfg.steps()["train_iters"]
         ks = sorted({0, 1, total // 4, total // 2, 3 * total // 4, max(total - 1, 0)})
-        print("lr at update k: " + ", ".join(f"{k}: {float(sset.lr(k)):.6g}" for k in ks), file=out)
+        for name, s in sset.items():
+            if name.startswith("lr"):
+                print(f"{name} at update k: " + ", ".join(f"{k}: {float(s(k)):.6g}" for k in ks), file=out)
     return 0

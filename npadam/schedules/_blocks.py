@@ -257,7 +257,8 @@ class Join(Schedule):
 
 @register
 class ScaleSteps(Schedule):
-    """``schedule(k * factor)``: run a schedule defined in other units (samples, tokens)."""
+    """``schedule(k * factor)``: run a schedule defined in other units (samples, tokens).
+    ``k * factor`` saturates at 2**62 (past the int64 range it would wrap)."""
 
     kind = "scale_steps"
 
@@ -275,7 +276,8 @@ class ScaleSteps(Schedule):
         return _ceil_div(self._params["schedule"].limit, self._params["factor"])
 
     def _values(self, k: np.ndarray) -> np.ndarray:
-        return self._params["schedule"]._values(k * self._params["factor"])
+        f = self._params["factor"]  # k * f saturates at 2**62 instead of wrapping past int64
+        return self._params["schedule"]._values(np.minimum(k, 2**62 // f) * f)
 
 
 @register
