@@ -230,7 +230,8 @@ REJECTED = [
     ({"lr_scheduler_type": "cosine", "learning_rate": 1e-3, "num_warmup_steps": 0, "num_training_steps": 10,
       "lr_scheduler_kwargs": {"power": 2.0}}, True),                         # kwarg of another scheduler
     ({"lr_scheduler_type": "no_such_schedule", "learning_rate": 1e-3}, True),
-    ({"lr_scheduler_type": "reduce_lr_on_plateau", "learning_rate": 1e-3}, False),  # depends on the loss
+    ({"lr_scheduler_type": "reduce_lr_on_plateau", "learning_rate": 1e-3,
+      "lr_scheduler_kwargs": {"factor": 2.0}}, True),                        # torch: factor must be < 1
     ({"lr_scheduler_type": "greedy", "learning_rate": 1e-3}, False),
     ({"lr_scheduler_type": "linear", "learning_rate": 1e-3, "num_warmup_steps": 0, "num_training_steps": 10,
       "num_warmup_step": 3}, False),                                         # misspelled key

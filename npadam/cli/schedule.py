@@ -92,7 +92,7 @@ def _megatron_schedules(cfg: Mapping[str, Any], origin: str) -> ScheduleSet | Gr
     if sched_cfg is None:
         raise ValueError("no scheduler fields (train_iters, lr_decay_style, ...): the lr is constant "
                          f"{opt_cfg.lr}; name a schedule instead")
-    return sched_cfg.schedules(opt_cfg.lr, opt_cfg.min_lr, opt_cfg.weight_decay)
+    return C.schedules_for(opt_cfg, sched_cfg)  # per group (lr[0], lr[1]) with decoupled_lr
 
 
 def _from_framework(framework: str, path: str, origin: str) -> Source:

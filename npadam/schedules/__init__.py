@@ -12,7 +12,8 @@ picklable and round-trip through ``to_dict()`` / ``from_dict()``.
 Building blocks (each class documents its formula): ``constant``, ``linear``,
 ``cosine``, ``polynomial``, ``exponential``, ``inverse_sqrt``, ``one_minus_sqrt``,
 ``warmup``, ``join``, ``scale_steps``, ``multiply``, ``wsd``, ``warmup_cosine``,
-``cosine_restarts``, ``one_cycle``, ``lr_range_test``, ``weight_decay``; μP in
+``cosine_restarts``, ``one_cycle``, ``lr_range_test``, ``weight_decay``,
+``from_callable`` (a Python callable of the step, evaluated per step); μP in
 ``schedules.mup``; framework parity in ``from_config``.
 """
 
@@ -20,7 +21,9 @@ from ._base import Schedule, as_steps, from_dict
 from ._blocks import (WSD, Constant, Cosine, CosineRestarts, Exponential, InverseSqrt, Join, Linear,
                       LRRangeTest, Multiply, OneCycle, OneMinusSqrt, Polynomial, ScaleSteps, Warmup,
                       WarmupCosine, WeightDecaySchedule)
+from ._callable import Lambda, from_callable
 from .frameworks import FRAMEWORKS, GroupSchedules, ScheduleSet, from_config
+from .plateau import Plateau  # a metric controller (torch's ReduceLROnPlateau): p.step(val_loss)
 from . import mup
 
 constant = Constant
@@ -54,8 +57,9 @@ __all__ = [
     "Schedule", "ScheduleSet", "GroupSchedules", "from_dict", "from_config", "as_steps", "FRAMEWORKS", "mup",
     "constant", "linear", "cosine", "polynomial", "exponential", "inverse_sqrt", "one_minus_sqrt",
     "warmup", "join", "scale_steps", "multiply", "wsd", "warmup_cosine", "cosine_restarts", "one_cycle",
-    "one_cycle_momentum", "lr_range_test", "weight_decay",
+    "one_cycle_momentum", "lr_range_test", "weight_decay", "from_callable",
     "Constant", "Linear", "Cosine", "Polynomial", "Exponential", "InverseSqrt", "OneMinusSqrt", "Warmup",
     "Join", "ScaleSteps", "Multiply", "WSD", "WarmupCosine", "CosineRestarts", "OneCycle", "LRRangeTest",
-    "WeightDecaySchedule",
+    "WeightDecaySchedule", "Lambda",
+    "Plateau",
 ]

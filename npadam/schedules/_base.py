@@ -12,12 +12,20 @@ that carries the parameters it was built from:
 
 Subclasses set ``kind`` (the registry name used by ``to_dict``), validate their
 arguments in ``__init__``, store them with ``_store`` and implement ``_values``.
+
+A *stateful* schedule (``stateful = True``; ``Plateau``) also holds state that changes
+as training runs (a metric controller). It implements ``state_dict()`` /
+``load_state_dict()`` and takes ``state=`` in its constructor; ``to_dict()`` then
+carries ``"state"`` (so a state dict or checkpoint restores it), ``config_dict()``
+leaves it out (what "the same schedule" means when a checkpoint is compared), and
+``load_state_from(other)`` copies the state of an equally configured schedule into
+this one in place, so the object a training loop holds stays the one in use.
 """
 
 from __future__ import annotations
 
 import numbers
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import numpy as np
 
@@ -69,16 +77,27 @@ def _first_bad(arr: np.ndarray, mask: np.ndarray) -> Any:
     return arr[mask].flat[0].item() if arr.ndim else arr.item()
 
 
-def _to_jsonable(value: Any) -> Any:
+def _to_jsonable(value: Any, config: bool = False) -> Any:
     if isinstance(value, Schedule):
-        return value.to_dict()
+        return value.config_dict() if config else value.to_dict()
     if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v) for v in value]
+        return [_to_jsonable(v, config) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _to_jsonable(v) for k, v in value.items()}
+        return {str(k): _to_jsonable(v, config) for k, v in value.items()}
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _schedules_in(value: Any) -> Iterator["Schedule"]:
+    """Every schedule in ``value`` (a schedule, or lists / mappings of them), depth first."""
+    if isinstance(value, Schedule):
+        yield from value._tree()
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _schedules_in(v)
+    elif isinstance(value, Mapping):
+        yield from _schedules_in(list(value.values()))
 
 
 def _from_jsonable(value: Any) -> Any:
@@ -95,6 +114,8 @@ class Schedule:
     """Base class of every schedule; see the module docstring for the contract."""
 
     kind: ClassVar[str] = ""
+    #: True when the schedule holds state beyond its params (see the module docstring)
+    stateful: ClassVar[bool] = False
 
     def _store(self, **params: Any) -> None:
         """Record the constructor arguments (what ``to_dict`` and ``repr`` show)."""
@@ -130,8 +151,44 @@ class Schedule:
         return float(out) if scalar else out.copy() if not out.flags.writeable else out
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able description: ``{"type": kind, **params}``."""
-        return {"type": self.kind, **_to_jsonable(self._params)}
+        """A JSON-able description: ``{"type": kind, **params}``, plus ``"state": state_dict()``
+        for a stateful schedule (nested schedules likewise)."""
+        d = {"type": self.kind, **_to_jsonable(self._params)}
+        if self.stateful:
+            d["state"] = self.state_dict()
+        return d
+
+    def config_dict(self) -> dict[str, Any]:
+        """``to_dict()`` without the state of any stateful schedule in it: the configuration."""
+        return {"type": self.kind, **_to_jsonable(self._params, config=True)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state of a stateful schedule; a pure function of the step has none."""
+        raise TypeError(f"a {type(self).__name__} schedule has no state (it is a function of the step)")
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()`` output (stateful schedules only)."""
+        raise TypeError(f"a {type(self).__name__} schedule has no state (it is a function of the step)")
+
+    def _tree(self) -> Iterator["Schedule"]:
+        """This schedule, then those in its params, depth first in params order."""
+        yield self
+        yield from _schedules_in(list(self._params.values()))
+
+    @property
+    def has_state(self) -> bool:
+        """Whether this schedule or one inside it is stateful."""
+        return any(s.stateful for s in self._tree())
+
+    def load_state_from(self, other: "Schedule") -> None:
+        """Copy the state of ``other``, a schedule with the same ``config_dict()``, into the stateful
+        schedules inside this one, in place (ValueError naming both configs otherwise)."""
+        if not isinstance(other, Schedule) or other.config_dict() != self.config_dict():
+            mine, theirs = self.config_dict(), other.config_dict() if isinstance(other, Schedule) else other
+            raise ValueError(f"cannot load the state of {theirs!r} into a schedule configured as {mine!r}")
+        for mine_s, theirs_s in zip(self._tree(), other._tree()):
+            if mine_s.stateful:
+                mine_s.load_state_dict(theirs_s.state_dict())
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())

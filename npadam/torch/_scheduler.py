@@ -9,11 +9,12 @@ and beta2. Works on ``npadam.torch`` optimizers and on ``torch.optim`` ones alik
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import weakref
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..schedules import Schedule, ScheduleSet
+from ..schedules import Schedule, ScheduleSet, from_dict
 
 
 def _as_set(s: Any, where: str) -> ScheduleSet:
@@ -24,6 +25,16 @@ def _as_set(s: Any, where: str) -> ScheduleSet:
     raise TypeError(f"{where} must be a npadam Schedule or ScheduleSet, got {type(s).__name__}")
 
 
+def _write_stateful_hook(ref: "weakref.ref[LRScheduler]") -> Any:
+    """An optimizer step pre-hook calling ``_write_stateful`` while the scheduler lives (a weak
+    reference: the optimizer does not keep its scheduler alive)."""
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        scheduler = ref()
+        if scheduler is not None:
+            scheduler._write_stateful()
+    return hook
+
+
 class LRScheduler(torch.optim.lr_scheduler.LRScheduler):
     """Drive ``optimizer``'s param groups with npadam schedules.
 
@@ -32,6 +43,13 @@ class LRScheduler(torch.optim.lr_scheduler.LRScheduler):
     after each ``optimizer.step()`` as with any torch scheduler. The schedules are not
     part of ``state_dict()`` (like torch's ``LambdaLR`` lambdas): rebuild the scheduler
     with the same schedules, then load the state dict.
+
+    Stateful schedules (``schedules.Plateau``, stepped by the training loop with
+    ``p.step(val_loss)``): ``state_dict()`` carries their state under ``"schedule_states"``
+    and ``load_state_dict`` loads it into this scheduler's objects (same configuration
+    required); their values are written into the groups again right before each
+    ``optimizer.step()``, so a reduction applies from the next update, as with torch's
+    ``ReduceLROnPlateau``.
 
     >>> import torch, npadam.torch
     >>> from npadam import schedules
@@ -55,6 +73,7 @@ class LRScheduler(torch.optim.lr_scheduler.LRScheduler):
             self.schedules = [self._single] * len(groups)
         self._check_groups(groups)
         super().__init__(optimizer, last_epoch)
+        self._stateful_hook = optimizer.register_step_pre_hook(_write_stateful_hook(weakref.ref(self)))
 
     def _check_groups(self, groups: Sequence[dict[str, Any]]) -> None:
         for i, (g, s) in enumerate(zip(groups, self.schedules)):
@@ -97,11 +116,61 @@ class LRScheduler(torch.optim.lr_scheduler.LRScheduler):
                 elif s.beta1 is not None:
                     g["momentum"] = float(s.beta1(k))
 
-    _NOT_STATE = ("optimizer", "schedules", "_single")
+    def _write_stateful(self) -> None:
+        """Before an optimizer step: the values of stateful schedules (a Plateau reduced since the
+        last ``step()``) for the current step, written into the groups."""
+        k = max(self.last_epoch, 0)
+        for g, s in zip(self.optimizer.param_groups, self.schedules):
+            for name, sch in s.items():
+                if not sch.has_state:
+                    continue
+                v = float(sch(k))
+                if name in ("lr", "weight_decay"):
+                    g[name] = v
+                    if name == "lr":
+                        self._last_lr = [float(h["lr"]) for h in self.optimizer.param_groups]
+                elif "betas" in g:
+                    i = 0 if name == "beta1" else 1
+                    g["betas"] = tuple(v if j == i else b for j, b in enumerate(g["betas"]))
+                elif name == "beta1":
+                    g["momentum"] = v
+
+    _NOT_STATE = ("optimizer", "schedules", "_single", "_stateful_hook")
+    STATES = "schedule_states"
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain values only (``torch.load(weights_only=True)`` reads it); the schedules are not in it."""
-        return {k: v for k, v in self.__dict__.items() if k not in self._NOT_STATE}
+        """Plain values only (``torch.load(weights_only=True)`` reads it); the schedules are not in it,
+        except the ``to_dict()`` (config and state) of stateful ones, per schedule set, under
+        ``"schedule_states"`` (present only when there are any)."""
+        sd = {k: v for k, v in self.__dict__.items() if k not in self._NOT_STATE}
+        states = [{n: s.to_dict() for n, s in sset.items() if s.has_state} for sset in self.schedules]
+        if any(states):
+            sd[self.STATES] = states
+        return sd
+
+    def _saved_states(self, saved: Any) -> list[tuple[Schedule, Schedule]]:
+        """``(this scheduler's stateful schedule, the saved one)`` pairs, checked: one entry per
+        schedule set, the same stateful quantities, equal configurations."""
+        if saved is None:
+            return []
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(self.schedules):
+            raise ValueError(f"{self.STATES} must list {len(self.schedules)} schedule sets, got {saved!r:.200}")
+        pairs = []
+        for i, (entry, sset) in enumerate(zip(saved, self.schedules)):
+            mine = {n: s for n, s in sset.items() if s.has_state}
+            if not isinstance(entry, Mapping) or set(entry) != set(mine):
+                raise ValueError(f"{self.STATES}[{i}] holds {sorted(entry) if isinstance(entry, Mapping) else entry!r}"
+                                 f"; this scheduler's stateful schedules there are {sorted(mine)}")
+            for n, d in entry.items():
+                loaded = from_dict(d)
+                if loaded.config_dict() != mine[n].config_dict():
+                    raise ValueError(f"{self.STATES}[{i}][{n!r}] is configured as {loaded.config_dict()}, this "
+                                     f"scheduler's as {mine[n].config_dict()}")
+                pairs.append((mine[n], loaded))
+        return pairs
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.__dict__.update({k: v for k, v in state_dict.items() if k not in self._NOT_STATE})
+        pairs = self._saved_states(state_dict.get(self.STATES))  # checked before anything changes
+        self.__dict__.update({k: v for k, v in state_dict.items() if k not in self._NOT_STATE + (self.STATES,)})
+        for mine, saved in pairs:
+            mine.load_state_from(saved)

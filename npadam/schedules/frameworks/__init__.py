@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from ._common import GroupSchedules, ScheduleSet
-from .colossalai import ColossalAICosineWarmup, from_colossalai
+from .colossalai import ColossalAICosineWarmup, ColossalAILinearWarmup, ColossalAIWarmup, from_colossalai
 from .deepspeed import DeepSpeedOneCycle, DeepSpeedWarmupCosineLR, DeepSpeedWarmupLR, from_deepspeed
 from .hf import HFSchedule, from_hf
 from .megatron import MegatronLR, from_megatron
@@ -41,4 +41,5 @@ def from_config(framework: str, config: Mapping[str, Any]) -> ScheduleSet | Grou
 
 
 __all__ = ["ScheduleSet", "GroupSchedules", "from_config", "FRAMEWORKS", "MegatronLR", "DeepSpeedWarmupLR",
-           "DeepSpeedWarmupCosineLR", "DeepSpeedOneCycle", "TorchLR", "ColossalAICosineWarmup", "HFSchedule"]
+           "DeepSpeedWarmupCosineLR", "DeepSpeedOneCycle", "TorchLR", "ColossalAICosineWarmup", "HFSchedule",
+           "ColossalAIWarmup", "ColossalAILinearWarmup"]

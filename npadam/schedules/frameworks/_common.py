@@ -105,6 +105,19 @@ class GroupSchedules(tuple):
         return out
 
 
+#: torch.optim.lr_scheduler.ReduceLROnPlateau's arguments (torch 2.13), besides the optimizer.
+PLATEAU_KEYS = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
+
+
+def plateau(where: str, lr: Any, kwargs: Mapping[str, Any]) -> ScheduleSet:
+    """torch's ``ReduceLROnPlateau(optimizer, **kwargs)`` on an optimizer with lr ``lr``, as a
+    ``schedules.Plateau`` (the training loop calls ``s.lr.step(metric)``)."""
+    from ..plateau import Plateau
+
+    check_keys(where, kwargs, PLATEAU_KEYS)
+    return ScheduleSet(lr=Plateau(lr, **kwargs))
+
+
 def check_keys(framework: str, cfg: Mapping[str, Any], known: Iterable[str]) -> None:
     """Raise ValueError naming any key the framework does not take (with a suggestion)."""
     known = tuple(known)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ... import _validate as V
 from .._base import Schedule, register
-from ._common import ScheduleSet, check_keys
+from ._common import ScheduleSet, check_keys, plateau
 
 _KWARGS = {
     "linear": (),
@@ -30,7 +30,7 @@ _KWARGS = {
     "warmup_stable_decay": ("num_decay_steps", "num_stable_steps", "warmup_type", "decay_type",
                             "min_lr_ratio", "num_cycles"),
 }
-_NOT_STEP_FUNCTIONS = ("reduce_lr_on_plateau", "greedy")
+_NOT_STEP_FUNCTIONS = ("reduce_lr_on_plateau", "greedy")  # from_hf builds a Plateau for the first
 
 
 @register
@@ -61,7 +61,8 @@ class HFSchedule(Schedule):
         name = lr_scheduler_type
         if name in _NOT_STEP_FUNCTIONS:
             raise ValueError(f"HF scheduler {name!r} depends on the training loss, not on the step; "
-                             "it cannot be evaluated as a schedule")
+                             + ("from_config('hf', ...) gives it as a schedules.Plateau" if name == _NOT_STEP_FUNCTIONS[0]
+                                else "it cannot be evaluated as a schedule"))
         V.choice("lr_scheduler_type", name, tuple(_KWARGS))
         kw = dict(lr_scheduler_kwargs or {})
         check_keys(f"HF {name} lr_scheduler_kwargs", kw, _KWARGS[name])
@@ -206,7 +207,9 @@ def from_hf(config: Mapping[str, Any]) -> ScheduleSet:
     float < 1 meaning a fraction of training, rounded up), ``num_training_steps`` (or ``max_steps``)
     and ``lr_scheduler_kwargs`` (a mapping, or a JSON object string: TrainingArguments' command-line
     form). ``warmup_ratio`` was removed in transformers 5 (TrainingArguments rejects it): a
-    ValueError naming the replacement."""
+    ValueError naming the replacement. ``reduce_lr_on_plateau`` is torch's ReduceLROnPlateau
+    with ``lr_scheduler_kwargs`` (no warmup, as in transformers): a ``schedules.Plateau`` as
+    ``lr``, stepped with the eval metric where the Trainer steps it."""
     check_keys("hf", config, _CONFIG_KEYS)
     total = config.get("num_training_steps", config.get("max_steps"))
     warm = config.get("num_warmup_steps")
@@ -230,6 +233,8 @@ def from_hf(config: Mapping[str, Any]) -> ScheduleSet:
             raise ValueError(f"lr_scheduler_kwargs is not valid JSON ({e}): {text!r}") from None
     if not isinstance(kwargs, Mapping):
         raise ValueError(f"lr_scheduler_kwargs must be a mapping, got {kwargs!r}")
+    if config.get("lr_scheduler_type") == "reduce_lr_on_plateau":  # transformers: ReduceLROnPlateau(**kwargs)
+        return plateau("HF reduce_lr_on_plateau lr_scheduler_kwargs", config.get("learning_rate", 5e-5), kwargs)
     return ScheduleSet(lr=HFSchedule(config.get("lr_scheduler_type", "linear"),
                                      config.get("learning_rate", 5e-5), 0 if warm is None else warm,
                                      total, kwargs))
