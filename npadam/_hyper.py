@@ -138,6 +138,48 @@ class Spec:
                     h[key] = tuple(pair)
         return h
 
+    def fill_unsaved(self, current: dict[str, Any], saved: dict[str, Any], where: str) -> dict[str, Any]:
+        """``saved`` (a state dict's group) with each ``{UNSAVED: names}`` replaced by the group's
+        ``current`` schedule (name -> Schedule) holding the same Python callables, as torch's
+        ``LambdaLR`` is rebuilt with its lambdas before ``load_state_dict``; ValueError otherwise."""
+        out = dict(saved)
+        for name, (key, idx) in self.scheduled.items():
+            if key not in saved:
+                continue
+            v = saved[key]
+            if idx is not None:
+                v = v[idx] if isinstance(v, (list, tuple)) and len(v) > idx else None
+            if not (isinstance(v, dict) and UNSAVED in v):
+                continue
+            old = current.get(name)
+            if not isinstance(old, Schedule) or python_callables(old) != v[UNSAVED].split(", "):
+                have = ("a plain value" if not isinstance(old, Schedule) else
+                        f"the schedule holding {', '.join(python_callables(old))}" if python_callables(old)
+                        else f"the schedule {old!r}")
+                raise ValueError(f"{where}{key}{'' if idx is None else f'[{idx}]'} was a schedule holding the Python "
+                                 f"callable {v[UNSAVED]}, which a state dict cannot hold; the optimizer has "
+                                 f"{have}: build it with the same callable schedule, then load")
+            if idx is None:
+                out[key] = old
+            else:
+                pair = list(out[key])
+                pair[idx] = old
+                out[key] = pair
+        return out
+
+    def keep_stateful(self, current: dict[str, Any], h: dict[str, Any]) -> dict[str, Any]:
+        """``h`` (a loaded group) with each stateful Schedule (``Plateau``) replaced by the group's
+        ``current`` one (name -> Schedule) of the same ``config_dict()``, the loaded state copied into
+        it: the object the training loop steps stays the one in use."""
+        keep = {}
+        for name, (key, idx) in self.scheduled.items():
+            new, old = h[key] if idx is None else h[key][idx], current.get(name)
+            if isinstance(new, Schedule) and isinstance(old, Schedule) and new.has_state \
+                    and new.config_dict() == old.config_dict():
+                old.load_state_from(new)
+                keep[name] = old
+        return self.with_schedules(h, keep)
+
 
 ADAM = Spec("adam", GROUP_KEYS, FLAGS, {"lr": ("lr", None), "beta1": ("betas", 0), "beta2": ("betas", 1),
                                         "weight_decay": ("weight_decay", None)}, check_group, values)
@@ -145,13 +187,43 @@ SGD = Spec("sgd", SGD_KEYS, SGD_FLAGS, {"lr": ("lr", None), "momentum": ("moment
                                         "weight_decay": ("weight_decay", None)}, check_sgd_group, sgd_values)
 
 
+#: The key that stands for a schedule holding Python code (``schedules.from_callable``, torch's
+#: ``LambdaLR``), which no state dict or checkpoint can hold: ``{UNSAVED: "<the callables' names>"}``.
+UNSAVED = "unsaved_schedule"
+
+
+def python_callables(s: Schedule) -> list[str]:
+    """The names of the Python callables inside ``s`` (none: ``s.to_dict()`` works)."""
+    from .schedules._callable import callables_in, describe
+
+    return [describe(f) for t in s._tree() for f in callables_in(list(t.params.values()))]
+
+
+def has_unsaved(x: Any) -> bool:
+    """Whether a ``dump`` output is (or holds, for betas) an ``{UNSAVED: ...}`` marker."""
+    if isinstance(x, (list, tuple)):
+        return any(has_unsaved(v) for v in x)
+    return isinstance(x, dict) and UNSAVED in x
+
+
 def dump(x: Any) -> Any:
-    """A hyperparameter as a plain (JSON/torch weights_only) value; a Schedule as {"schedule": to_dict()}."""
+    """A hyperparameter as a plain (JSON/torch weights_only) value; a Schedule as {"schedule": to_dict()},
+    one holding Python callables as ``{UNSAVED: names}`` (``fill_unsaved`` puts the live one back)."""
     if isinstance(x, Schedule):
-        return {"schedule": x.to_dict()}
+        names = python_callables(x)
+        return {UNSAVED: ", ".join(names)} if names else {"schedule": x.to_dict()}
     if isinstance(x, tuple):
         return [dump(v) for v in x]
     return x
+
+
+def dump_config(x: Any) -> Any:
+    """A ``dump`` output (or hyperparameter) with each schedule reduced to its ``config_dict()``: what
+    "the same schedule" means when a checkpoint is compared (a Plateau's state may differ)."""
+    x = load(x)
+    if isinstance(x, Schedule):
+        return dump(x) if python_callables(x) else {"schedule": x.config_dict()}
+    return [dump_config(v) for v in x] if isinstance(x, (list, tuple)) else x
 
 
 def load(x: Any) -> Any:

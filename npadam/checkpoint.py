@@ -729,6 +729,10 @@ def _schedules(path: Path, index: dict[str, Any], groups_now: list[dict[str, Any
         k = index["step"]
         for h in out:
             for key in _SCHEDULED:
+                if H.has_unsaved(h.get(key)):
+                    raise ValueError(f"checkpoint {path}: param group {key!r} was a schedule holding a Python "
+                                     "callable, which the checkpoint could not hold: load it into an npadam.AdamW "
+                                     "built with the same callable schedule")
                 v = H.load(h[key]) if key in h else None
                 if isinstance(v, list):
                     h[key] = [float(x(k)) if callable(x) else x for x in v]
@@ -741,7 +745,7 @@ def _schedules(path: Path, index: dict[str, Any], groups_now: list[dict[str, Any
             if key not in g and key not in h:
                 continue
             now, then = _jsonable(g.get(key)), h.get(key)
-            if now != then:
+            if H.dump_config(now) != H.dump_config(then):  # configurations: a Plateau's state may differ
                 diffs.append(f"param_groups[{gi}].{key}: checkpoint {_short(then)}, optimizer {_short(now)}")
                 if override:
                     h[key] = now
@@ -780,13 +784,29 @@ def _scheduler_state(path: Path, index: dict[str, Any], scheduler: Any, override
             ScheduleSet.from_dict(d)
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"checkpoint {path}: scheduler schedule {i} cannot be rebuilt: {e}") from None
+    def config(d: dict[str, Any]) -> dict[str, Any]:  # a Plateau's state may differ, its configuration not
+        return {n: s.config_dict() for n, s in ScheduleSet.from_dict(d).items()}
+
     diffs = [f"schedule[{i}]: checkpoint {_short(a)}, scheduler {_short(b)}"
-             for i, (a, b) in enumerate(zip(saved["schedules"], _jsonable(current["schedules"]))) if a != b]
+             for i, (a, b) in enumerate(zip(saved["schedules"], _jsonable(current["schedules"])))
+             if config(a) != config(b)]
     if diffs and not (override or use_checkpoint):
         raise ValueError(f"checkpoint {path}: the schedules differ from the scheduler's ({'; '.join(diffs[:3])}); "
                          "pass override_opt_param_scheduler=True to keep the scheduler's or "
                          "use_checkpoint_opt_param_scheduler=True to restore the saved ones")
-    return _check_scheduler_state(path, saved.get("state"), scheduler.state_dict())
+    # stateful schedules' state (Plateau) is checked apart: loaded when the configurations are the same;
+    # with use_checkpoint the saved schedules carry it, with override the scheduler keeps its own
+    key, state = getattr(scheduler, "STATES", "schedule_states"), saved.get("state")
+    states = state.get(key) if isinstance(state, dict) else None
+    state = {k: v for k, v in state.items() if k != key} if isinstance(state, dict) else state
+    checked = _check_scheduler_state(path, state, {k: v for k, v in scheduler.state_dict().items() if k != key})
+    if states is not None and not diffs:
+        try:
+            scheduler._saved_states(states)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"checkpoint {path}: scheduler state {key!r}: {e}") from None
+        checked[key] = states
+    return checked
 
 
 def _check_scheduler_state(path: Path, state: Any, template: dict[str, Any]) -> dict[str, Any]:
@@ -828,12 +848,12 @@ def _restore_scheduler(scheduler: Any, saved: dict[str, Any], state: dict[str, A
     """Megatron's rules for an ``npadam.torch.LRScheduler`` (checked by ``_scheduler_state``)."""
     from .schedules import ScheduleSet
 
-    scheduler.load_state_dict(state)
     if use_checkpoint:
         sets = [ScheduleSet.from_dict(d) for d in saved["schedules"]]
         scheduler.schedules = sets
         if getattr(scheduler, "_single", None) is not None:
             scheduler._single = sets[0]
+    scheduler.load_state_dict(state)  # after: the state of stateful schedules goes into the ones in use
     _apply_scheduler(scheduler)
 
 

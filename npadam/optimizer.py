@@ -472,16 +472,28 @@ class _Optimizer:
         self._rebind()
         return _state.export(self._engine, self._plain_groups(), type(self).__name__, self.loss_scaler)
 
+    def _fill_unsaved(self, sd: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``sd`` with the schedules it could not hold (Python callables) taken from this optimizer."""
+        saved = sd.get("param_groups") if isinstance(sd, Mapping) else None
+        if not isinstance(saved, (list, tuple)) or not any(
+                H.has_unsaved(x) for d in saved if isinstance(d, Mapping) for x in d.values()):
+            return sd
+        groups = [self._spec.fill_unsaved(self.param_groups[i]["schedules"], d, f"state dict param_groups[{i}].")
+                  if isinstance(d, Mapping) and i < len(self.param_groups) else d  # parse names a count mismatch
+                  for i, d in enumerate(saved)]
+        return {**sd, "param_groups": groups}
+
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         """Restore ``state_dict()`` output (or a ``torch.optim.Adam``/``AdamW`` state dict, params
         matched by position). Everything is checked first; nothing changes on error."""
         self._sync_groups()
         plain = self._plain_groups()
-
+        sd = self._fill_unsaved(sd)
         parsed = _state.parse(sd, self._engine, plain, type(self).__name__, self._spec.check_group,
                               self.loss_scaler)
         _state.apply(parsed, self._engine)
         for gi, (g, h) in enumerate(zip(self.param_groups, parsed.groups)):
+            h = self._spec.keep_stateful(g["schedules"], h)  # a Plateau the caller steps stays in use
             g.update({k: h[k] for k in self._spec.keys})
             g["schedules"] = {}
             self._written[gi] = {}

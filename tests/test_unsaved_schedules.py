@@ -1,0 +1,90 @@
+"""Schedules holding Python code (``from_callable``, torch's LambdaLR) in state dicts and checkpoints.
+
+No file can hold a lambda, so a state dict marks it ``{"unsaved_schedule": name}`` and loading takes
+the live schedule from the optimizer it loads into, as torch's LambdaLR is rebuilt before
+``load_state_dict``; any other optimizer is refused with nothing changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import npadam
+from npadam import checkpoint
+from npadam import schedules as S
+
+
+def decay(e: int) -> float:
+    return 0.9 ** e
+
+
+def _opt(lr, w=None):
+    w = np.linspace(-1, 1, 6, dtype=np.float32) if w is None else w
+    return npadam.AdamW([{"params": [w], "lr": lr, "betas": (S.from_callable(decay, scale=0.9, name="b1"), 0.99)}],
+                        weight_decay=0.1), w
+
+
+def _grad(i: int) -> list[np.ndarray]:
+    return [np.full(6, 0.1 * (i + 1), np.float32)]
+
+
+def test_state_dict_marks_and_loads_into_the_same_callables():
+    opt, w = _opt(S.from_callable(decay, scale=0.1))
+    for i in range(3):
+        opt.step(_grad(i))
+    sd = opt.state_dict()
+    g = sd["param_groups"][0]
+    assert g["lr"] == {"unsaved_schedule": "tests.test_unsaved_schedules.decay"} == g["betas"][0]
+    twin, w2 = _opt(S.from_callable(decay, scale=0.1), w.copy())
+    twin.load_state_dict(sd)
+    for i in range(3, 6):
+        assert opt.step(_grad(i)).lr == twin.step(_grad(i)).lr
+    assert w.tobytes() == w2.tobytes()
+
+
+@pytest.mark.parametrize("lr", [0.1, S.constant(0.1), S.from_callable(lambda e: 1.0)])
+def test_other_optimizers_are_refused_and_unchanged(lr):
+    opt, _ = _opt(S.from_callable(decay, scale=0.1))
+    opt.step(_grad(0))
+    sd = opt.state_dict()
+    other, w = _opt(lr)
+    other.step(_grad(0))
+    before = (w.tobytes(), repr(other.state_dict()))
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\.lr was a schedule holding the Python callable "
+                                         r"tests\.test_unsaved_schedules\.decay"):
+        other.load_state_dict(sd)
+    assert (w.tobytes(), repr(other.state_dict())) == before
+
+
+def test_checkpoint_round_trip(tmp_path):
+    opt, w = _opt(S.from_callable(decay, scale=0.1))
+    for i in range(2):
+        opt.step(_grad(i))
+    checkpoint.save(tmp_path / "ck", opt)
+    twin, w2 = _opt(S.from_callable(decay, scale=0.1), np.zeros(6, np.float32))
+    checkpoint.load(tmp_path / "ck", twin)
+    assert w.tobytes() == w2.tobytes()
+    for i in range(2, 4):
+        opt.step(_grad(i))
+        twin.step(_grad(i))
+    assert w.tobytes() == w2.tobytes()
+    plain, _ = _opt(0.1)
+    with pytest.raises(ValueError, match="schedules differ"):
+        checkpoint.load(tmp_path / "ck", plain)
+    with pytest.raises(ValueError, match="Python callable"):
+        checkpoint.load(tmp_path / "ck", plain, use_checkpoint_opt_param_scheduler=True)
+
+
+def test_torch_scheduler_with_a_callable_is_not_saved(tmp_path):
+    torch = pytest.importorskip("torch")
+    import npadam.torch
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = npadam.torch.AdamW([p], lr=1.0)
+    sched = npadam.torch.LRScheduler(opt, S.from_callable(decay, scale=0.1))
+    with pytest.raises(TypeError, match="cannot be serialised"):
+        checkpoint.save(tmp_path / "ck", opt, scheduler=sched)
+    assert not (tmp_path / "ck").exists()
+    checkpoint.save(tmp_path / "ck", opt)  # without the scheduler: the optimizer's plain values
+    assert checkpoint.read_index(tmp_path / "ck")["param_groups"][0]["lr"] == pytest.approx(0.1)
