@@ -13,9 +13,11 @@ False
 
 from . import checkpoint, functional, interop, schedules
 from .layout import FlatLayout, FlatStorage, flat_parameters, flat_storage
+from .lr_finder import LRFinderResult, lr_finder
 from .optimizer import SGD, Adam, AdamW, StepInfo
 from .scaler import LossScaler
 
 __version__ = "0.1.0"
-__all__ = ["Adam", "AdamW", "FlatLayout", "FlatStorage", "LossScaler", "SGD", "StepInfo", "flat_parameters",
-           "flat_storage", "checkpoint", "functional", "interop", "schedules", "__version__"]
+__all__ = ["Adam", "AdamW", "FlatLayout", "FlatStorage", "LRFinderResult", "LossScaler", "SGD", "StepInfo",
+           "flat_parameters", "flat_storage", "lr_finder", "checkpoint", "functional", "interop", "schedules",
+           "__version__"]

@@ -53,6 +53,9 @@ def export(engine: Engine, groups: Sequence[dict[str, Any]], kind: str, loss_sca
         st: dict[str, Any] = {"step": int(engine.steps[i])}
         for key, a in engine.slot_state(i).items():
             st[key] = array(a.reshape(slot.shape))
+        if groups[slot.group].get("amsgrad") and "max_exp_avg_sq" not in st:
+            # allocated at the first step; zero until then (parse requires it for amsgrad groups)
+            st["max_exp_avg_sq"] = array(np.zeros(slot.shape, np.float32))
         state[i] = st
     param_groups, start = [], 0
     for g in groups:

@@ -869,6 +869,14 @@ def test_every_bad_value_of_every_flag_names_the_flag(capsys, cfgs, monkeypatch,
     assert flag in line, line
 
 
+@pytest.mark.parametrize("value", HOSTILE_VALUES + ["1"])
+def test_demo_lr_find_bad_steps_name_the_flag(capsys, value):
+    """``npadam demo --lr-find`` takes its length from ``--steps`` (at least 2 updates): every
+    bad value is one line naming ``--steps``, before any work."""
+    rc, out, err = run(capsys, "demo", "--lr-find", "--steps", value, "--hidden", "4", "--batch", "8")
+    assert "--steps" in user_error(rc, err) and out == ""
+
+
 # -------- output files
 
 def test_output_is_not_replaced_without_force(capsys, tmp_path):

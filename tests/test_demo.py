@@ -131,3 +131,51 @@ def test_python_m_npadam_demo_runs():
                           "--no-plot"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "step 5/5" in out.stdout
+
+
+# -------- npadam demo --lr-find
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_demo_lr_find(capsys, dtype):
+    """The range test on the demo model: the sweep, the suggestion, the plot, and the check that
+    params, optimizer state, step count and schedule came back bit for bit."""
+    rc = main(["demo", "--lr-find", "--steps", "40", "--hidden", "16", "--batch", "32", "--dtype", dtype])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "lr range test: lr 1e-07 .. 10 (exponential) over 40 updates" in out
+    assert "step  1/40" in out and ("step 40/40" in out or "stopped at update" in out)
+    assert "suggestion: lr" in out or "suggestion: none" in out
+    assert "lr range test: smoothed loss vs lr" in out and "lr (log scale)" in out
+    assert "check: put back bit for bit: all 1,482 parameters, the optimizer state, the step count (0)" in out
+    assert "MISMATCH" not in err and "held-out accuracy" not in out      # no training run
+
+
+def test_demo_lr_find_options(capsys):
+    assert demo.parse([]).steps == 500 and demo.parse(["--lr-find"]).steps == 100
+    assert demo.parse(["--lr-find", "--steps", "7"]).steps == 7 and demo.parse(["--steps", "1"]).steps == 1
+    assert main(["demo", "--lr-find", "--steps", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == ("npadam: error: --steps: the lr range test (--lr-find) needs at least 2 "
+                                         "updates, got 1 (see 'npadam demo --help')")
+    rc = main(["demo", "--lr-find", "--steps", "12", "--hidden", "8", "--batch", "16", "--no-plot", "--no-check"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "suggestion: none (the curve needs at least 17 finite points" in out
+    assert "smoothed loss vs lr" not in out and "check:" not in out
+
+
+def test_demo_lr_find_check_can_fail(capsys, monkeypatch):
+    """The check is real: a range test that leaves one parameter changed is reported (exit 1)."""
+    import npadam
+
+    real = npadam.lr_finder
+
+    def leaky(step_fn, optimizer, **kwargs):
+        result = real(step_fn, optimizer, **kwargs)
+        optimizer.param_groups[0]["params"][0].reshape(-1)[0] += 1
+        return result
+
+    monkeypatch.setattr(npadam, "lr_finder", leaky)
+    rc = main(["demo", "--lr-find", "--steps", "5", "--hidden", "8", "--batch", "16", "--no-plot"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "check: MISMATCH: the lr range test did not put back the parameters" in err

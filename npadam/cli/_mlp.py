@@ -103,11 +103,31 @@ class Run:
     skipped: int = 0          # steps the optimizer skipped (non-finite gradients)
 
 
-def train(task: Task, *, hidden: int, classes: int, steps: int, batch: int, lr: Schedule, weight_decay: float,
-          dtype: str, kernel: str, seed: int, on_step: Callable[[int, float, float], None] | None = None) -> Run:
-    """Train the student for ``steps`` updates; ``on_step(k, loss, lr)`` is called after each."""
-    import time
+@dataclass
+class Model:
+    """The student in flat buffers with its optimizer: ``params``/``grads`` by name are views into
+    ``flats``/``gflats``; ``order`` is the optimizer's param order (weights, then biases)."""
 
+    params: dict[str, np.ndarray]
+    grads: dict[str, np.ndarray]
+    flats: list[np.ndarray]
+    gflats: list[np.ndarray]
+    opt: AdamW
+    order: list[str]
+    numel: int
+
+    def batch_grads(self, x: np.ndarray, y: np.ndarray) -> float:
+        """The loss of a batch; its gradients are written into ``grads``."""
+        compute = {n: v.astype(np.float32) for n, v in self.params.items()}
+        loss, g = loss_and_grads(compute, x, y)
+        for n, v in g.items():
+            self.grads[n][...] = v
+        return loss
+
+
+def build(task: Task, *, hidden: int, classes: int, lr: Schedule, weight_decay: float, dtype: str, kernel: str,
+          seed: int) -> Model:
+    """The student (He init from ``seed``) in flat buffers, and its AdamW (decay on the weights only)."""
     import ml_dtypes
 
     store = np.dtype(ml_dtypes.bfloat16) if dtype == "bf16" else np.dtype(np.float32)
@@ -119,17 +139,24 @@ def train(task: Task, *, hidden: int, classes: int, steps: int, batch: int, lr: 
              {"params": {n: params[n] for n in names if n.startswith("b")}, "weight_decay": 0.0}]
     opt = AdamW(decay, lr=lr, betas=(0.9, 0.95), kernel=kernel, max_grad_norm=1.0)
     _, gflats, gviews = flat_parameters({n: np.zeros(params[n].shape, store) for n in names})
-    grads = dict(zip(names, gviews))
     order = [n for g in opt.param_groups for n in g["names"]]
+    return Model(params, dict(zip(names, gviews)), flats, gflats, opt, order, layout.numel)
+
+
+def train(task: Task, *, hidden: int, classes: int, steps: int, batch: int, lr: Schedule, weight_decay: float,
+          dtype: str, kernel: str, seed: int, on_step: Callable[[int, float, float], None] | None = None) -> Run:
+    """Train the student for ``steps`` updates; ``on_step(k, loss, lr)`` is called after each."""
+    import time
+
+    model = build(task, hidden=hidden, classes=classes, lr=lr, weight_decay=weight_decay, dtype=dtype,
+                  kernel=kernel, seed=seed)
+    params, grads, flats, opt, order = model.params, model.grads, model.flats, model.opt, model.order
     rng = np.random.default_rng(seed + 2)
-    run = Run(numel=layout.numel)
+    run = Run(numel=model.numel)
     t_start = time.perf_counter()
     for k in range(steps):
         idx = rng.integers(0, task.x_train.shape[0], batch)
-        compute = {n: v.astype(np.float32) for n, v in params.items()}
-        loss, g = loss_and_grads(compute, task.x_train[idx], task.y_train[idx])
-        for n in names:
-            grads[n][...] = g[n]
+        loss = model.batch_grads(task.x_train[idx], task.y_train[idx])
         t0 = time.perf_counter()
         info = opt.step([grads[n] for n in order])
         run.optimizer_seconds += time.perf_counter() - t0
@@ -141,5 +168,4 @@ def train(task: Task, *, hidden: int, classes: int, steps: int, batch: int, lr: 
     run.total_seconds = time.perf_counter() - t_start
     run.params = {n: v.astype(np.float32) for n, v in params.items()}
     run.flat = [f.copy() for f in flats]
-    del gflats
     return run

@@ -12,6 +12,13 @@ diverged).
     npadam demo                      # fp32, 500 steps, a few seconds on 2 cores
     npadam demo --dtype bf16         # bfloat16 params and grads, fp32 masters
     npadam demo --steps 1000 --hidden 512 --kernel reference --no-check
+    npadam demo --lr-find            # the lr range test on this model: suggested lr and plot
+
+With ``--lr-find`` the demo runs the learning-rate range test (``npadam.lr_finder``,
+lr 1e-7 .. 10 over ``--steps`` updates, default 100) instead of training, prints the
+suggested lr and a terminal plot of the smoothed loss, and checks that the params,
+the optimizer state, the step count and the schedule were put back bit for bit
+(``--no-check`` skips the check; see ``npadam.cli._lrfind``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ if TYPE_CHECKING:
 HELP = "train a small NumPy MLP with npadam end to end (progress, loss, lr, check vs the reference)"
 N_TRAIN, N_TEST, D_IN, CLASSES = 20_000, 4_000, 64, 10
 DEFAULT_LR = 3e-3
+DEFAULT_STEPS, LR_FIND_STEPS = 500, 100
 
 
 def build_parser() -> Parser:
@@ -41,8 +49,9 @@ def build_parser() -> Parser:
     one is a one-line error naming the flag."""
     p = Parser(prog="npadam demo", description=__doc__.split("\n\n")[0],
                epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=integer(1, MAX_DEMO_STEPS), default=500, metavar="N",
-                   help=f"optimizer updates, 1 .. {MAX_DEMO_STEPS:,} (default 500)")
+    p.add_argument("--steps", type=integer(1, MAX_DEMO_STEPS), default=None, metavar="N",
+                   help=f"optimizer updates, 1 .. {MAX_DEMO_STEPS:,} (default {DEFAULT_STEPS}; with --lr-find: "
+                        f"the updates of the range test, at least 2, default {LR_FIND_STEPS})")
     p.add_argument("--hidden", type=integer(1, MAX_DEMO_HIDDEN), default=256, metavar="N",
                    help=f"hidden width of the MLP, 1 .. {MAX_DEMO_HIDDEN:,} (default 256)")
     p.add_argument("--batch", type=integer(1, MAX_DEMO_BATCH), default=256, metavar="N",
@@ -57,14 +66,25 @@ def build_parser() -> Parser:
                    help="AdamW weight decay on weights, finite and >= 0 (default 0.1)")
     p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, metavar="N",
                    help="seed of data, init and batches, a non-negative integer (default 0)")
-    p.add_argument("--no-check", action="store_true", help="skip the re-run with the reference kernel")
+    p.add_argument("--no-check", action="store_true", help="skip the re-run with the reference kernel "
+                   "(with --lr-find: the check that everything was put back)")
     p.add_argument("--no-plot", action="store_true", help="skip the terminal plot of the loss")
+    p.add_argument("--lr-find", action="store_true",
+                   help="run the learning-rate range test (npadam.lr_finder, lr 1e-7 .. 10) on the demo model "
+                        "instead of training: print the suggested lr and plot the loss against the lr")
     return p
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse and validate ``npadam demo`` flags."""
-    return build_parser().parse_args(list(argv))
+    """Parse and validate ``npadam demo`` flags (``--steps`` defaults to 500, or to
+    ``LR_FIND_STEPS`` with ``--lr-find``, which needs at least 2)."""
+    p = build_parser()
+    args = p.parse_args(list(argv))
+    if args.steps is None:
+        args.steps = LR_FIND_STEPS if args.lr_find else DEFAULT_STEPS
+    elif args.lr_find and args.steps < 2:
+        p.error(f"argument --steps: the lr range test (--lr-find) needs at least 2 updates, got {args.steps}")
+    return args
 
 
 class Progress:
@@ -157,6 +177,10 @@ def main(argv: Sequence[str]) -> int:
           f"on a generated {classes}-class task (chance {100 / classes:.0f}%)", file=out)
     print(f"optimizer: AdamW(betas=(0.9, 0.95), weight_decay={args.weight_decay} on weights, max_grad_norm=1.0), "
           f"kernel={kernel!r}{threads}", file=out)
+    if args.lr_find:
+        from . import _lrfind
+
+        return _lrfind.run(args, task, classes, kernel, lr, Progress(args.steps, out), out)
     print(f"schedule:  warmup_cosine(peak={args.lr:g}, warmup_steps={lr.params['warmup_steps']}, "
           f"total_steps={args.steps}, final={args.lr / 10:g})", file=out, flush=True)
 

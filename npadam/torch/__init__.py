@@ -11,7 +11,8 @@ Importing this module imports torch (``import npadam`` alone does not).
 1
 """
 
+from ._lr_finder import lr_finder
 from ._optimizer import SGD, Adam, AdamW
 from ._scheduler import LRScheduler
 
-__all__ = ["Adam", "AdamW", "LRScheduler", "SGD"]
+__all__ = ["Adam", "AdamW", "LRScheduler", "SGD", "lr_finder"]
