@@ -174,6 +174,8 @@ class Spec:
         keep = {}
         for name, (key, idx) in self.scheduled.items():
             new, old = h[key] if idx is None else h[key][idx], current.get(name)
+            if new is old:  # taken from this group (fill_unsaved): already the one in use, its state too
+                continue
             if isinstance(new, Schedule) and isinstance(old, Schedule) and new.has_state \
                     and new.config_dict() == old.config_dict():
                 old.load_state_from(new)

@@ -64,6 +64,8 @@ class Snapshot:
             from .checkpoint import _frontend, _host
 
             self.sd = optimizer.state_dict()
+            if hasattr(optimizer, "_fill_unsaved"):  # callable schedules: the live ones, the groups may drop them
+                self.sd = optimizer._fill_unsaved(self.sd)
             check_restorable(self.sd)
             self.values = [np.array(_host(x), dtype=np.float32).reshape(-1) for x in _frontend(optimizer)[1]]
         if kind != "npadam":

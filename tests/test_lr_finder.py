@@ -333,6 +333,22 @@ def test_a_float_lr_assigned_but_not_yet_adopted_stays_pending():
     assert opt.step([np.ones(3, np.float32)]).lr == 0.5 and "lr" not in opt.param_groups[0]["schedules"]
 
 
+def test_callable_schedules_are_put_back():
+    """Schedules holding Python code (torch's LambdaLR / MultiplicativeLR, from_callable) cannot
+    be written into a state dict; the test's lr floats replace them in the groups, so the restore
+    must not depend on finding them there (it raised in the finally, leaving the params trained)."""
+    w = np.full(4, 3.0, np.float32)
+    lr = S.from_callable(lambda e: 0.9 ** e, scale=1e-3)
+    b1 = S.from_callable(lambda e: 0.5, scale=0.9, product=True)
+    opt = npadam.AdamW([{"params": [w], "lr": lr, "betas": (b1, 0.99)}], weight_decay=0.0)
+    opt.step([2 * w])
+    sd, before, groups = _bits(opt.state_dict()), w.tobytes(), _groups(opt)
+    npadam.lr_finder(_quadratic(w), opt, start_lr=1e-4, end_lr=10, num_steps=30, progress=False)
+    assert w.tobytes() == before and _bits(opt.state_dict()) == sd and opt.step_count == 1
+    assert _groups(opt) == groups and opt.param_groups[0]["schedules"]["lr"] is lr
+    assert opt.step([2 * w]).lr == lr(1)
+
+
 # ---------------------------------------------------------------------- restore: torch optimizers
 torch_cases = [("torch.optim.AdamW", {}), ("torch.optim.Adam", {"amsgrad": True}), ("torch.optim.SGD",
                {"momentum": 0.9}), ("npadam.torch.AdamW", {}), ("npadam.torch.AdamW", {"flat_storage": True}),

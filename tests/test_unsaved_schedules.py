@@ -88,3 +88,20 @@ def test_torch_scheduler_with_a_callable_is_not_saved(tmp_path):
     assert not (tmp_path / "ck").exists()
     checkpoint.save(tmp_path / "ck", opt)  # without the scheduler: the optimizer's plain values
     assert checkpoint.read_index(tmp_path / "ck")["param_groups"][0]["lr"] == pytest.approx(0.1)
+
+
+def test_plateau_around_a_callable_round_trips_into_the_same_optimizer(tmp_path):
+    """A Plateau wrapping a callable schedule is marked unsaved too; loading it back into its own
+    optimizer keeps the live Plateau (and its state) instead of raising TypeError from comparing
+    configurations that cannot be written down."""
+    p = S.Plateau(S.from_callable(decay, scale=0.1), patience=0)
+    opt, w = _opt(p)
+    opt.step(_grad(0))
+    p.step(1.0), p.step(1.0)
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["lr"] == {"unsaved_schedule": "tests.test_unsaved_schedules.decay"}
+    opt.load_state_dict(sd)
+    assert opt.param_groups[0]["schedules"]["lr"] is p and p.num_reductions == 1
+    checkpoint.save(tmp_path / "ck", opt)
+    checkpoint.load(tmp_path / "ck", opt)
+    assert opt.param_groups[0]["schedules"]["lr"] is p and opt.step(_grad(1)).lr == p(1)

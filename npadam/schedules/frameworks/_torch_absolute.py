@@ -117,7 +117,8 @@ class CyclicLR(Leaf):
         if self.mode == "triangular":
             return factor, np.ones_like(tf)
         if self.mode == "triangular2":
-            return factor, 1 / (2.0 ** (cycle - 1))
+            with np.errstate(over="ignore"):  # past cycle 1025 the scale is 0 (torch's float pow raises there)
+                return factor, 1 / (2.0 ** (cycle - 1))
         return factor, np.power(self.gamma, tf)
 
     def value(self, t: np.ndarray, low: float | None = None) -> np.ndarray:
