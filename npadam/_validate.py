@@ -27,8 +27,13 @@ def real(name: str, value: Any, *, lo: float | None = None, hi: float | None = N
     return v
 
 
+#: The largest integer any npadam count (steps, sizes, batch sizes) may be: step arithmetic is int64.
+MAX_INT = 2**62
+
+
 def integer(name: str, value: Any, *, lo: int | None = None) -> int:
-    """Return ``value`` as an int (integral floats such as ``1e4`` are accepted)."""
+    """Return ``value`` as an int (integral floats such as ``1e4`` are accepted), at most ``MAX_INT``
+    in magnitude (beyond it int64 step arithmetic would overflow)."""
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if isinstance(value, numbers.Integral):
@@ -40,6 +45,8 @@ def integer(name: str, value: Any, *, lo: int | None = None) -> int:
             f"{name} must be an integer, got {value!r}")
     if lo is not None and v < lo:
         raise ValueError(f"{name} must be >= {lo}, got {value!r}")
+    if abs(v) > MAX_INT:
+        raise ValueError(f"{name} is too large: {value!r} (at most 2**62)")
     return v
 
 

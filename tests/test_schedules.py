@@ -249,3 +249,17 @@ def test_horizon_and_limit():
         assert S.from_config(fw, cfg).lr.horizon == h, fw
     assert S.from_config("torch", {"lr": 1e-3, "scheduler": "OneCycleLR", "max_lr": 1e-2,
                                    "total_steps": 20}).lr.limit == 21
+
+
+@pytest.mark.parametrize("framework,cfg", [
+    ("torch", {"lr": 0.1, "scheduler": "StepLR", "step_size": 10**30}),
+    ("torch", {"lr": 0.1, "scheduler": "MultiStepLR", "milestones": [10**30]}),
+    ("colossalai", {"type": "MultiStepLR", "lr": 0.1, "total_steps": 5, "milestones": [10**30]}),
+    ("megatron", {"lr": 1e-3, "train_iters": 10, "global_batch_size": 10**30}),
+    ("deepspeed", {"type": "WarmupDecayLR", "lr": 0.1, "params": {"total_num_steps": 10**30}}),
+    ("hf", {"lr_scheduler_type": "linear", "num_warmup_steps": 0, "num_training_steps": 10**30}),
+])
+def test_huge_integers_are_a_value_error_at_construction(framework, cfg):
+    """An integer past int64's step arithmetic is a ValueError naming it, not an OverflowError later."""
+    with pytest.raises(ValueError, match="too large|out of range"):
+        S.from_config(framework, cfg).lr(np.arange(4))

@@ -38,6 +38,8 @@ def from_config(framework: str, config: Mapping[str, Any]) -> ScheduleSet | Grou
         return FRAMEWORKS[framework](config)
     except TypeError as exc:  # a bad value type inside the config
         raise ValueError(f"bad {framework} config: {exc}") from None
+    except OverflowError as exc:  # an integer too large for int64 / float64 (step_size=10**30, ...)
+        raise ValueError(f"bad {framework} config: a number is out of range ({exc})") from None
 
 
 __all__ = ["ScheduleSet", "GroupSchedules", "from_config", "FRAMEWORKS", "MegatronLR", "DeepSpeedWarmupLR",
