@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 
 from . import _validate as V
 from .schedules import Schedule
@@ -138,10 +139,16 @@ class Spec:
                     h[key] = tuple(pair)
         return h
 
-    def fill_unsaved(self, current: dict[str, Any], saved: dict[str, Any], where: str) -> dict[str, Any]:
+    def fill_unsaved(self, current: dict[str, Any], saved: dict[str, Any], where: str,
+                     pending: list[tuple[Schedule, dict[str, Any]]]) -> dict[str, Any]:
         """``saved`` (a state dict's group) with each ``{UNSAVED: names}`` replaced by the group's
-        ``current`` schedule (name -> Schedule) holding the same Python callables, as torch's
-        ``LambdaLR`` is rebuilt with its lambdas before ``load_state_dict``; ValueError otherwise."""
+        ``current`` schedule (name -> Schedule) holding the same Python callables and configuration,
+        as torch's ``LambdaLR`` is rebuilt with its lambdas before ``load_state_dict``; ValueError
+        otherwise. The saved states of stateful schedules inside (a Plateau around the code) are
+        checked on a copy and appended to ``pending`` as (live schedule, state), to load once the
+        whole state dict is accepted."""
+        import copy
+
         out = dict(saved)
         for name, (key, idx) in self.scheduled.items():
             if key not in saved:
@@ -152,6 +159,11 @@ class Spec:
             if not (isinstance(v, dict) and UNSAVED in v):
                 continue
             old = current.get(name)
+            if isinstance(old, Schedule) and python_callables(old) == v[UNSAVED].split(", ") \
+                    and v.get("config", described(old)) != described(old):
+                raise ValueError(f"{where}{key}{'' if idx is None else f'[{idx}]'}: the saved schedule holding "
+                                 f"{v[UNSAVED]} differs from the optimizer's: saved {v['config']}, here "
+                                 f"{described(old)}")
             if not isinstance(old, Schedule) or python_callables(old) != v[UNSAVED].split(", "):
                 have = ("a plain value" if not isinstance(old, Schedule) else
                         f"the schedule holding {', '.join(python_callables(old))}" if python_callables(old)
@@ -159,6 +171,17 @@ class Spec:
                 raise ValueError(f"{where}{key}{'' if idx is None else f'[{idx}]'} was a schedule holding the Python "
                                  f"callable {v[UNSAVED]}, which a state dict cannot hold; the optimizer has "
                                  f"{have}: build it with the same callable schedule, then load")
+            live = [t for t in old._tree() if t.stateful]
+            states = v.get("states", [])
+            if not isinstance(states, list) or len(states) != len(live):
+                raise ValueError(f"{where}{key}: the saved schedule has {len(states) if isinstance(states, list) else states!r}"
+                                 f" controller states, the optimizer's {len(live)}")
+            for t, st in zip(live, states):
+                try:
+                    copy.deepcopy(t).load_state_dict(st)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{where}{key}: bad saved state of {type(t).__name__}: {e}") from None
+                pending.append((t, st))
             if idx is None:
                 out[key] = old
             else:
@@ -191,7 +214,7 @@ SGD = Spec("sgd", SGD_KEYS, SGD_FLAGS, {"lr": ("lr", None), "momentum": ("moment
 
 #: The key that stands for a schedule holding Python code (``schedules.from_callable``, torch's
 #: ``LambdaLR``), which no state dict or checkpoint can hold: ``{UNSAVED: "<the callables' names>"}``.
-UNSAVED = "unsaved_schedule"
+UNSAVED = "unsaved_schedule"  # {UNSAVED: names, "config": described(s)}
 
 
 def python_callables(s: Schedule) -> list[str]:
@@ -208,12 +231,34 @@ def has_unsaved(x: Any) -> bool:
     return isinstance(x, dict) and UNSAVED in x
 
 
+def described(s: Schedule) -> dict[str, Any]:
+    """``s.config_dict()`` with each Python callable written as ``{"python_callable": name}``: what a
+    state dict keeps of a schedule holding code (its base lr, scale, ... are compared on load)."""
+    from .schedules._callable import describe
+
+    def value(v: Any) -> Any:
+        if isinstance(v, Schedule):
+            return described(v)
+        if callable(v) and not isinstance(v, type):
+            return {"python_callable": describe(v)}
+        if isinstance(v, (list, tuple)):
+            return [value(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): value(x) for k, x in v.items()}
+        return v.item() if isinstance(v, np.generic) else v
+
+    return {"type": s.kind, **{k: value(v) for k, v in s.params.items() if not (s.stateful and k == "state")}}
+
+
 def dump(x: Any) -> Any:
     """A hyperparameter as a plain (JSON/torch weights_only) value; a Schedule as {"schedule": to_dict()},
     one holding Python callables as ``{UNSAVED: names}`` (``fill_unsaved`` puts the live one back)."""
     if isinstance(x, Schedule):
         names = python_callables(x)
-        return {UNSAVED: ", ".join(names)} if names else {"schedule": x.to_dict()}
+        if not names:
+            return {"schedule": x.to_dict()}
+        states = [t.state_dict() for t in x._tree() if t.stateful]  # a Plateau around the code: its state
+        return {UNSAVED: ", ".join(names), "config": described(x), **({"states": states} if states else {})}
     if isinstance(x, tuple):
         return [dump(v) for v in x]
     return x
@@ -224,7 +269,9 @@ def dump_config(x: Any) -> Any:
     "the same schedule" means when a checkpoint is compared (a Plateau's state may differ)."""
     x = load(x)
     if isinstance(x, Schedule):
-        return dump(x) if python_callables(x) else {"schedule": x.config_dict()}
+        x = dump(x) if python_callables(x) else {"schedule": x.config_dict()}
+    if has_unsaved(x) and isinstance(x, dict):  # the marker's configuration, not its controller states
+        return {k: v for k, v in x.items() if k != "states"}
     return [dump_config(v) for v in x] if isinstance(x, (list, tuple)) else x
 
 

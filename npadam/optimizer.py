@@ -472,13 +472,17 @@ class _Optimizer:
         self._rebind()
         return _state.export(self._engine, self._plain_groups(), type(self).__name__, self.loss_scaler)
 
-    def _fill_unsaved(self, sd: Mapping[str, Any]) -> Mapping[str, Any]:
-        """``sd`` with the schedules it could not hold (Python callables) taken from this optimizer."""
+    def _fill_unsaved(self, sd: Mapping[str, Any],
+                      pending: list[tuple[Schedule, dict[str, Any]]] | None = None) -> Mapping[str, Any]:
+        """``sd`` with the schedules it could not hold (Python callables) taken from this optimizer;
+        the saved controller states inside them go to ``pending`` (see ``Spec.fill_unsaved``)."""
         saved = sd.get("param_groups") if isinstance(sd, Mapping) else None
         if not isinstance(saved, (list, tuple)) or not any(
                 H.has_unsaved(x) for d in saved if isinstance(d, Mapping) for x in d.values()):
             return sd
-        groups = [self._spec.fill_unsaved(self.param_groups[i]["schedules"], d, f"state dict param_groups[{i}].")
+        pending = [] if pending is None else pending
+        groups = [self._spec.fill_unsaved(self.param_groups[i]["schedules"], d, f"state dict param_groups[{i}].",
+                                          pending)
                   if isinstance(d, Mapping) and i < len(self.param_groups) else d  # parse names a count mismatch
                   for i, d in enumerate(saved)]
         return {**sd, "param_groups": groups}
@@ -488,10 +492,13 @@ class _Optimizer:
         matched by position). Everything is checked first; nothing changes on error."""
         self._sync_groups()
         plain = self._plain_groups()
-        sd = self._fill_unsaved(sd)
+        pending: list[tuple[Schedule, dict[str, Any]]] = []
+        sd = self._fill_unsaved(sd, pending)
         parsed = _state.parse(sd, self._engine, plain, type(self).__name__, self._spec.check_group,
                               self.loss_scaler)
         _state.apply(parsed, self._engine)
+        for live, state in pending:  # a Plateau around a callable schedule: its saved state, now
+            live.load_state_dict(state)
         for gi, (g, h) in enumerate(zip(self.param_groups, parsed.groups)):
             h = self._spec.keep_stateful(g["schedules"], h)  # a Plateau the caller steps stays in use
             g.update({k: h[k] for k in self._spec.keys})

@@ -365,6 +365,21 @@ def test_cyclic_documented_example(mode):
     np.testing.assert_array_equal(schedules.from_config("torch", cfg).lr(k), want["lr"])
 
 
+def test_cyclic_triangular2_long_runs_are_quiet():
+    """triangular2 halves the amplitude each cycle: past cycle 1025, 2.0 ** (cycle - 1) overflows
+    float64 and the scale is exactly 0 (base_lr), without a NumPy overflow warning."""
+    import warnings
+
+    s = schedules.from_config("torch", {"lr": 0.1, "scheduler": "CyclicLR", "base_lr": 0.01, "max_lr": 0.1,
+                                        "step_size_up": 2, "mode": "triangular2", "cycle_momentum": False}).lr
+    k = np.arange(1_000_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v = s(k)
+        assert s(999_999) == v[-1] == 0.01
+    assert np.all(np.isfinite(v)) and v[4 * 1100] == 0.01
+
+
 REJECTED = [
     # (config, torch also raises)
     ({"lr": 0.1, "scheduler": "CyclicLR", "base_lr": 0.01, "max_lr": 0.1, "mode": "cosine"}, True),
@@ -995,3 +1010,23 @@ def test_cli_dumps_composites(tmp_path, capsys):
     np.testing.assert_allclose(got[:, 1], want[0]["lr"], rtol=CHAINED)
     np.testing.assert_allclose(got[:, 3], want[1]["lr"], rtol=CHAINED)
     np.testing.assert_allclose(got[:, 4], want[1]["beta1"], rtol=DIRECT)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"scheduler": "LinearLR", "start_factor": 0.1, "total_iters": 5},
+    {"scheduler": "LinearLR", "start_factor": 1.0, "end_factor": 0.0, "total_iters": 7},
+    {"scheduler": "LinearLR", "start_factor": 0.37, "end_factor": 0.91, "total_iters": 2000},
+    {"scheduler": "LinearLR", "total_iters": 0},
+    {"scheduler": "ExponentialLR", "gamma": 0.99},
+    {"scheduler": "StepLR", "step_size": 3, "gamma": 0.5},
+    {"scheduler": "ConstantLR", "factor": 0.5, "total_iters": 4},
+    {"scheduler": "MultiStepLR", "milestones": [2, 9, 9], "gamma": 0.3},
+    {"scheduler": "PolynomialLR", "total_iters": 6, "power": 1.7},
+], ids=lambda c: c["scheduler"])
+def test_chain_fast_path_is_the_general_span(cfg):
+    """A chain's spans from 1 (the vectorized fast path) equal ``span(1, b)`` bit for bit."""
+    from npadam.schedules.frameworks import _torch_compose as C
+
+    b = np.arange(1, 3000, dtype=np.int64)
+    for leaf in C.leaves(C.parse(cfg, 0.1, "torch", top=True)):
+        assert leaf.span_from_1(b).tobytes() == leaf.span(np.ones_like(b), b).tobytes()

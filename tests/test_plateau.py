@@ -609,11 +609,30 @@ def test_from_config_is_the_frameworks_reduce_lr_on_plateau(cfg_base, metrics, f
 
 @pytest.mark.parametrize("framework,cfg,match", [
     ("torch", {"lr": 0.1, "scheduler": "ReduceLROnPlateau", "patince": 2}, "did you mean 'patience'"),
-    ("torch", {"lr": [0.1, 0.2], "scheduler": "ReduceLROnPlateau"}, "one schedules.Plateau per param group"),
-    ("torch", {"lr": 0.1, "scheduler": "ReduceLROnPlateau", "min_lr": [0.0]}, "one schedules.Plateau per"),
+    ("torch", {"lr": [0.1, 0.2], "scheduler": "ReduceLROnPlateau", "min_lr": [0.0]}, "one value per group"),
+    ("torch", {"lr": [], "scheduler": "ReduceLROnPlateau"}, "one value per group"),
     ("hf", {"lr_scheduler_type": "reduce_lr_on_plateau", "lr_scheduler_kwargs": {"factor": 1.0}}, "factor"),
     ("hf", {"lr_scheduler_type": "reduce_lr_on_plateau", "lr_scheduler_kwargs": {"state": {}}}, "state"),
 ])
 def test_from_config_rejects(framework, cfg, match):
     with pytest.raises(ValueError, match=match):
         S.from_config(framework, cfg)
+
+
+def test_per_group_lrs_step_together_like_torchs_one_scheduler():
+    """``lr`` / ``min_lr`` lists: one Plateau per group, stepped together by ``GroupSchedules.step``;
+    every group's lr is torch's (one ReduceLROnPlateau over groups with different lrs and minimums)."""
+    kw = {"factor": 0.5, "patience": 1, "cooldown": 1}
+    gs = S.from_config("torch", {"lr": [0.1, 0.02, 1e-3], "scheduler": "ReduceLROnPlateau",
+                                 "min_lr": [0.0, 0.01, 5e-4], **kw})
+    assert isinstance(gs, S.GroupSchedules) and len(gs) == 3
+    ws = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    opt = torch.optim.SGD([{"params": [w], "lr": lr} for w, lr in zip(ws, [0.1, 0.02, 1e-3])])
+    real = ReduceLROnPlateau(opt, min_lr=[0.0, 0.01, 5e-4], **kw)
+    for k, m in enumerate([1.0, 1.0, 1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.1, 0.2, 0.3, 0.4]):
+        before = [g["lr"] for g in opt.param_groups]
+        real.step(m)
+        assert gs.step(m) is ([g["lr"] for g in opt.param_groups] != before)
+        assert [s.lr(k) for s in gs] == [g["lr"] for g in opt.param_groups], k
+    with pytest.raises(TypeError, match="no Plateau"):
+        S.from_config("torch", {"lr": [0.1], "scheduler": "StepLR", "step_size": 2}).step(1.0)

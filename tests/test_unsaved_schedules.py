@@ -35,7 +35,9 @@ def test_state_dict_marks_and_loads_into_the_same_callables():
         opt.step(_grad(i))
     sd = opt.state_dict()
     g = sd["param_groups"][0]
-    assert g["lr"] == {"unsaved_schedule": "tests.test_unsaved_schedules.decay"} == g["betas"][0]
+    assert g["lr"]["unsaved_schedule"] == "tests.test_unsaved_schedules.decay" == g["betas"][0]["unsaved_schedule"]
+    assert g["lr"]["config"] == {"type": "lambda", "fn": {"python_callable": "tests.test_unsaved_schedules.decay"},
+                                 "scale": 0.1, "shift": 0, "product": False, "first": 1, "name": "fn"}
     twin, w2 = _opt(S.from_callable(decay, scale=0.1), w.copy())
     twin.load_state_dict(sd)
     for i in range(3, 6):
@@ -99,9 +101,34 @@ def test_plateau_around_a_callable_round_trips_into_the_same_optimizer(tmp_path)
     opt.step(_grad(0))
     p.step(1.0), p.step(1.0)
     sd = opt.state_dict()
-    assert sd["param_groups"][0]["lr"] == {"unsaved_schedule": "tests.test_unsaved_schedules.decay"}
+    assert sd["param_groups"][0]["lr"]["unsaved_schedule"] == "tests.test_unsaved_schedules.decay"
+    assert sd["param_groups"][0]["lr"]["states"] == [p.state_dict()]
     opt.load_state_dict(sd)
     assert opt.param_groups[0]["schedules"]["lr"] is p and p.num_reductions == 1
     checkpoint.save(tmp_path / "ck", opt)
     checkpoint.load(tmp_path / "ck", opt)
     assert opt.param_groups[0]["schedules"]["lr"] is p and opt.step(_grad(1)).lr == p(1)
+
+
+def test_a_fresh_run_gets_the_saved_controller_state(tmp_path):
+    """Resuming in a new process: a new Plateau around the same callable schedule takes the saved
+    state (reductions, best, counters) from the marker, and the run continues as the saved one."""
+    p = S.Plateau(S.from_callable(decay, scale=0.1), patience=0, factor=0.5)
+    opt, w = _opt(p)
+    for i, m in enumerate([1.0, 1.0, 1.0, 0.5]):
+        opt.step(_grad(i))
+        p.step(m)
+    checkpoint.save(tmp_path / "ck", opt)
+    p2 = S.Plateau(S.from_callable(decay, scale=0.1), patience=0, factor=0.5)
+    opt2, w2 = _opt(p2, np.zeros(6, np.float32))
+    checkpoint.load(tmp_path / "ck", opt2)
+    assert p2.state_dict() == p.state_dict() and p2.num_reductions == 2
+    for i, m in enumerate([0.7, 0.7, 0.2]):
+        assert opt.step(_grad(i)).lr == opt2.step(_grad(i)).lr
+        p.step(m), p2.step(m)
+    assert w.tobytes() == w2.tobytes()
+    p3 = S.Plateau(S.from_callable(decay, scale=0.2), patience=0, factor=0.5)  # another base: refused
+    opt3, _ = _opt(p3)
+    with pytest.raises(ValueError, match="differ"):
+        checkpoint.load(tmp_path / "ck", opt3)
+    assert p3.num_reductions == 0

@@ -3,7 +3,7 @@
 
 For each schedule, 1,000,000 steps are evaluated in one call: npadam's ``s(np.arange(n))``
 (validation, dtype handling, the general code path) against a hand-written NumPy one-liner
-of the same closed form (no checks), in the same run. The target (issue 9) is npadam within
+of the same closed form (no checks), in the same run, interleaved call by call. The target (issue 9) is npadam within
 2x of the one-liner. The max relative difference of the two results is printed as a check
 that they compute the same thing.
 
@@ -16,6 +16,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import sys
 from typing import Callable
 
@@ -72,8 +73,59 @@ def cases(n: int) -> list[tuple[str, Callable[[np.ndarray], np.ndarray], Callabl
         c = 2 / (1 + np.cos(np.pi / (n - W)))
         return np.where(t < W, (t + 1) / W * peak, np.where(e <= n - W, c * cos, cos))
 
+    flat = S.from_config("colossalai", {"type": "FlatAnnealingWarmupLR", "lr": peak, "total_steps": n,
+                                        "warmup_steps": W, "pct_start": 0.5}).lr
+    F = int((n - W) * 0.5)
+
+    def flat_np(k):
+        t = k.astype(np.float64)
+        tmax = n - W - F
+        e = t - W - F
+        cos = peak * (1 + np.cos(np.pi * e / tmax)) / 2
+        c = 2 / (1 + np.cos(np.pi / tmax))
+        return np.where(t < W, (t + 1) / W * peak, np.where(t < W + F, peak, np.where(e <= tmax, c * cos, cos)))
+
+    chain = S.from_config("torch", {"lr": 0.1, "scheduler": "ChainedScheduler", "schedulers": [
+        {"scheduler": "LinearLR", "start_factor": 0.1, "total_iters": W},
+        {"scheduler": "ExponentialLR", "gamma": 0.999999}]}).lr
+
+    def chain_np(k):
+        t = k.astype(np.float64)
+        return 0.1 * (0.1 + 0.9 * (np.minimum(W, t) / W)) * 0.999999 ** t
+
+    seq = S.from_config("torch", {"lr": 0.1, "scheduler": "SequentialLR", "milestones": [W], "schedulers": [
+        {"scheduler": "LinearLR", "start_factor": 0.01, "total_iters": W},
+        {"scheduler": "CosineAnnealingLR", "T_max": n - W}]}).lr
+
+    def seq_np(k):
+        t = k.astype(np.float64)
+        return np.where(t < W, 0.1 * (0.01 + 0.99 * (t / W)), 0.1 * (1 + np.cos(np.pi * (t - W) / (n - W))) / 2)
+
+    gbs, ramp = 1024, [32, 32, 10_000_000]
+    ramped = S.from_config("megatron", {"lr": peak, "min_lr": final, "lr_decay_style": "cosine",
+                                        "lr_warmup_samples": W * gbs, "train_samples": n * gbs,
+                                        "global_batch_size": gbs, "rampup_batch_size": ramp}).lr
+    table = ramped.table  # the ramp's stages (first iteration, samples before it, batch size)
+
+    def ramped_np(k):
+        st = np.searchsorted(table.first_iteration, k, side="right") - 1
+        x = (table.consumed[st] + (k - table.first_iteration[st]) * table.batch[st]).astype(np.float64)
+        Wd, D = W * gbs, n * gbs
+        ratio = np.minimum(x - Wd, D - Wd) / (D - Wd)
+        return np.where(x <= Wd, peak * x / Wd, final + 0.5 * (np.cos(np.pi * ratio) + 1.0) * (peak - final))
+
+    plateau = S.Plateau(peak, factor=0.5, patience=0)
+    for m in (1.0, 2.0, 3.0, 4.0):  # three reductions
+        plateau.step(m)
+
+    def plateau_np(k):
+        return np.full(k.shape, peak * 0.5 * 0.5 * 0.5)
+
     return [("warmup_cosine", wc, wc_np), ("HF cosine", hf, hf_np), ("Megatron cosine", meg, meg_np),
-            ("torch CyclicLR triangular2", cyc, cyc_np), ("ColossalAI exact", colo, colo_np)]
+            ("torch CyclicLR triangular2", cyc, cyc_np), ("ColossalAI exact", colo, colo_np),
+            ("ColossalAI FlatAnnealingWarmupLR", flat, flat_np), ("torch ChainedScheduler", chain, chain_np),
+            ("torch SequentialLR", seq, seq_np), ("Megatron batch ramp-up", ramped, ramped_np),
+            ("Plateau (3 reductions)", plateau, plateau_np)]
 
 
 def main() -> int:
@@ -93,8 +145,11 @@ def main() -> int:
     k = np.arange(n, dtype=np.int64)
     worst = 0.0
     for name, s, ref in cases(n):
-        t_np, ours = median_time(lambda: s(k), a.repeats)
-        t_ref, theirs = median_time(lambda: ref(k), a.repeats)
+        # interleaved (one call of each per round), so that load on the machine hits both alike
+        rounds = [(median_time(lambda: s(k), 1), median_time(lambda: ref(k), 1)) for _ in range(a.repeats)]
+        (_, ours), (_, theirs) = rounds[-1]
+        t_np = statistics.median(r[0][0] for r in rounds)
+        t_ref = statistics.median(r[1][0] for r in rounds)
         scale = np.maximum(np.abs(theirs), np.max(np.abs(theirs)) * 1e-12)
         diff = float(np.max(np.abs(ours - theirs) / scale))
         worst = max(worst, t_np / t_ref)

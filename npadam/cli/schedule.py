@@ -78,15 +78,28 @@ _RUN_SECTIONS = ("optimizer", "scheduler", "train")
 def _megatron_run_config(cfg: Mapping[str, Any]) -> bool:
     """A config of ``npadam.config`` (Megatron's OptimizerConfig + SchedulerConfig fields, maybe in
     sections) rather than the flat argument mapping ``schedules.from_config("megatron")`` reads."""
+    return any(isinstance(cfg.get(s), Mapping) for s in _RUN_SECTIONS) or bool(_optimizer_only(cfg))
+
+
+def _optimizer_only(cfg: Mapping[str, Any]) -> list[Any]:
+    """The keys of ``cfg`` that are OptimizerConfig fields but not scheduler parameters."""
     from .. import config as C
 
-    keys = {str(k).replace("-", "_") for k in cfg}
-    opt_only = {f.name for f in dataclasses.fields(C.OptimizerConfig)} - {"lr", "min_lr", "weight_decay"}
-    return any(isinstance(cfg.get(s), Mapping) for s in _RUN_SECTIONS) or bool(keys & opt_only)
+    opt_only = ({f.name for f in dataclasses.fields(C.OptimizerConfig)}
+                - {"lr", "min_lr", "weight_decay", "decoupled_lr", "decoupled_min_lr"})
+    return [k for k in cfg if str(k).replace("-", "_") in opt_only]
 
 
 def _megatron_schedules(cfg: Mapping[str, Any], origin: str) -> ScheduleSet | GroupSchedules:
     from .. import config as C
+
+    if "param_groups" in cfg:  # a key of the flat scheduler form only: a run config builds its groups
+        if any(k in cfg for k in ("decoupled_lr", "decoupled_min_lr")):
+            return schedules.from_config("megatron", {k: cfg[k] for k in cfg if k not in _optimizer_only(cfg)})
+        extra = sorted(str(k) for k in _optimizer_only(cfg)) or [s for s in _RUN_SECTIONS if s in cfg]
+        raise ValueError(f"param_groups (the scheduler's per-group overrides) cannot go with the run-config fields "
+                         f"{', '.join(extra)}: a run config builds Megatron's groups itself; drop param_groups, "
+                         "or keep only the scheduler fields")
 
     opt_cfg, sched_cfg = C.from_mapping(cfg, where=origin)
     if sched_cfg is None:

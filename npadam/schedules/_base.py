@@ -139,7 +139,8 @@ class Schedule:
         return None
 
     def _values(self, k: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        """Return float64 values for the int64 step array ``k`` (any shape)."""
+        """Return float64 values for the int64 step array ``k`` (any shape): a new array (``s(k)``
+        hands it to the caller), or a scalar / broadcastable one."""
         raise NotImplementedError
 
     def __call__(self, step: Any) -> Any:
@@ -147,8 +148,10 @@ class Schedule:
         # always evaluate on a 1-d array: NumPy's scalar and SIMD array paths of
         # pow/log/cos can differ by an ulp, and s(k) must equal s(array)[i] bit for bit
         flat = np.asarray(self._values(k.reshape(-1)), dtype=np.float64)
-        out = np.broadcast_to(flat, (k.size,)).reshape(k.shape)
-        return float(out) if scalar else out.copy() if not out.flags.writeable else out
+        if flat.shape != (k.size,):  # a scalar or broadcastable result: a full array of its own
+            flat = np.array(np.broadcast_to(flat, (k.size,)))
+        out = flat.reshape(k.shape)
+        return float(out) if scalar else out if out.flags.writeable else out.copy()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description: ``{"type": kind, **params}``, plus ``"state": state_dict()``

@@ -268,5 +268,6 @@ class Plateau(Schedule):
 
     def _values(self, k: np.ndarray) -> np.ndarray:
         s = self._params["schedule"]
-        base = s._values(k) if isinstance(s, Schedule) else np.full(k.shape, s)
-        return self.reduce(np.asarray(base, dtype=np.float64), self._num_reductions)
+        if not isinstance(s, Schedule):  # a constant lr: reduce the one value, then fill
+            return np.full(k.shape, self.reduce(np.asarray([s], dtype=np.float64), self._num_reductions)[0])
+        return self.reduce(np.asarray(s._values(k), dtype=np.float64), self._num_reductions)

@@ -71,6 +71,16 @@ class GroupSchedules(tuple):
                                  f"with schedules[i].{name}")
         raise AttributeError(name)
 
+    def step(self, metric: Any) -> bool:
+        """Step every distinct stateful schedule in the groups (each group's ``Plateau``) once with
+        ``metric``, as torch's one ``ReduceLROnPlateau`` steps all its groups; True when any reduced.
+        With the same configuration and metrics the groups' controllers stay in step, so each
+        group's lr is torch's."""
+        live = {id(t): t for sset in self for _, s in sset.items() for t in s._tree() if t.stateful}
+        if not live:
+            raise TypeError("these schedules hold no Plateau: nothing in them steps on a metric")
+        return any([t.step(metric) for t in live.values()])  # a list: every controller steps
+
     def items(self) -> list[tuple[str, Schedule]]:
         """Every group's scheduled quantities, named ``lr[0]``, ``weight_decay[0]``, ``lr[1]``, ..."""
         return [(f"{n}[{i}]", s) for i, sset in enumerate(self) for n, s in sset.items()]
@@ -109,13 +119,24 @@ class GroupSchedules(tuple):
 PLATEAU_KEYS = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
 
 
-def plateau(where: str, lr: Any, kwargs: Mapping[str, Any]) -> ScheduleSet:
+def plateau(where: str, lr: Any, kwargs: Mapping[str, Any]) -> ScheduleSet | GroupSchedules:
     """torch's ``ReduceLROnPlateau(optimizer, **kwargs)`` on an optimizer with lr ``lr``, as a
-    ``schedules.Plateau`` (the training loop calls ``s.lr.step(metric)``)."""
+    ``schedules.Plateau`` (the training loop calls ``s.lr.step(metric)``). A list ``lr`` (each
+    group's) or ``min_lr`` gives one Plateau per group (``GroupSchedules.step(metric)`` steps them)."""
     from ..plateau import Plateau
 
     check_keys(where, kwargs, PLATEAU_KEYS)
-    return ScheduleSet(lr=Plateau(lr, **kwargs))
+    lists = {k: v for k, v in (("lr", lr), ("min_lr", kwargs.get("min_lr"))) if isinstance(v, (list, tuple))}
+    if not lists:
+        return ScheduleSet(lr=Plateau(lr, **kwargs))
+    sizes = {k: len(v) for k, v in lists.items()}
+    n = next(iter(sizes.values()))
+    if n == 0 or any(m != n for m in sizes.values()):
+        raise ValueError(f"{where}: per-param-group lists must have one value per group, got lengths {sizes}")
+    return GroupSchedules(ScheduleSet(lr=Plateau(lists["lr"][i] if "lr" in lists else lr,
+                                                 **{**kwargs, **({"min_lr": lists["min_lr"][i]}
+                                                                 if "min_lr" in lists else {})}))
+                          for i in range(n))
 
 
 def check_keys(framework: str, cfg: Mapping[str, Any], known: Iterable[str]) -> None:

@@ -132,6 +132,10 @@ class Leaf:
         """The product of the ratios ``step()`` applies at counters ``a .. b`` (``1 <= a <= b + 1``)."""
         raise NotImplementedError
 
+    def span_from_1(self, b: np.ndarray) -> np.ndarray:
+        """``span(1, b)``, the same bits; leaves with a cheaper expression of it override this."""
+        return self.span(np.ones(b.shape, dtype=np.int64), b)
+
     def factor(self, t: np.ndarray, mode: str) -> np.ndarray:  # pragma: no cover - abstract
         """``F(t)``: the product of every ratio up to ``t``, the first step's in ``mode``."""
         raise NotImplementedError
@@ -211,6 +215,12 @@ class LinearLR(Leaf):
         m = (t >= 1) & (t <= T)
         out[m] = x[m] * (1.0 + (e - s) / (T * s + (floats(t[m]) - 1) * (e - s)))
         return out
+
+    def span_from_1(self, b: np.ndarray) -> np.ndarray:
+        # _g(0.0) is start_factor exactly, so this is span(1, b) bit for bit
+        if self.T == 0:  # no step changes the lr
+            return np.ones(b.shape)
+        return self._g(np.minimum(floats(b), self.T)) / self.s
 
     def span(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         out = np.ones(a.shape)
@@ -324,6 +334,9 @@ class ExponentialLR(Leaf):
 
     def span(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.power(self.gamma, floats(b - a + 1))
+
+    def span_from_1(self, b: np.ndarray) -> np.ndarray:
+        return np.power(self.gamma, floats(b))
 
 
 class StepLR(Leaf):

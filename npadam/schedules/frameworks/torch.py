@@ -218,8 +218,6 @@ def from_torch(config: Mapping[str, Any]) -> ScheduleSet | GroupSchedules:
     if cfg["scheduler"] == "ReduceLROnPlateau":  # steps on a metric: a Plateau the loop steps
         lr = cfg.pop("lr")
         del cfg["scheduler"]
-        if isinstance(lr, (list, tuple)) or isinstance(cfg.get("min_lr"), (list, tuple)):
-            raise ValueError("ReduceLROnPlateau with per-group lists: build one schedules.Plateau per param group")
         return plateau("torch ReduceLROnPlateau", lr, cfg)
     n = group_count(cfg)
     if n is None:
