@@ -120,3 +120,18 @@ def test_torch_reduce_lr_on_plateau_with_per_group_lrs_matches_torch():
         for p in plateaus:
             p.step(metric)
         assert [gs[i].lr(0) for i in range(2)] == [g["lr"] for g in opt.param_groups]
+
+
+def test_reduce_lr_on_plateau_nested_says_why():
+    """Inside a composite it is refused with torch's reason (it steps on a metric), not as unknown."""
+    with pytest.raises(ValueError, match="cannot be inside ChainedScheduler / SequentialLR: it steps on a metric"):
+        schedules.from_config("torch", {"lr": 0.1, "scheduler": "SequentialLR", "milestones": [3], "schedulers": [
+            {"scheduler": "LinearLR"}, {"scheduler": "ReduceLROnPlateau"}]})
+
+
+def test_an_error_inside_the_users_callable_names_the_step():
+    s = schedules.from_callable(lambda e: 1 / (e - 3), name="lr_lambda")
+    with pytest.raises(ZeroDivisionError) as info:
+        s(np.arange(5))
+    if hasattr(info.value, "__notes__"):  # Python >= 3.11
+        assert any("called for step 3" in n for n in info.value.__notes__)

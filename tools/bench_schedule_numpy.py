@@ -114,18 +114,22 @@ def cases(n: int) -> list[tuple[str, Callable[[np.ndarray], np.ndarray], Callabl
         ratio = np.minimum(x - Wd, D - Wd) / (D - Wd)
         return np.where(x <= Wd, peak * x / Wd, final + 0.5 * (np.cos(np.pi * ratio) + 1.0) * (peak - final))
 
-    plateau = S.Plateau(peak, factor=0.5, patience=0)
-    for m in (1.0, 2.0, 3.0, 4.0):  # three reductions
+    plateau = S.Plateau(wc, factor=0.5, patience=0, min_lr=1e-6)
+    for m in (1.0, 2.0, 3.0, 4.0):  # three reductions of a warmup-cosine
         plateau.step(m)
 
     def plateau_np(k):
-        return np.full(k.shape, peak * 0.5 * 0.5 * 0.5)
+        x = wc_np(k)
+        for _ in range(3):  # torch's reduction, applied where it moves the lr by more than eps
+            new = np.maximum(x * 0.5, 1e-6)
+            x = np.where(x - new > 1e-8, new, x)
+        return x
 
     return [("warmup_cosine", wc, wc_np), ("HF cosine", hf, hf_np), ("Megatron cosine", meg, meg_np),
             ("torch CyclicLR triangular2", cyc, cyc_np), ("ColossalAI exact", colo, colo_np),
             ("ColossalAI FlatAnnealingWarmupLR", flat, flat_np), ("torch ChainedScheduler", chain, chain_np),
             ("torch SequentialLR", seq, seq_np), ("Megatron batch ramp-up", ramped, ramped_np),
-            ("Plateau (3 reductions)", plateau, plateau_np)]
+            ("Plateau of warmup_cosine, 3 reductions", plateau, plateau_np)]
 
 
 def main() -> int:

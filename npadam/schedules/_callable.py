@@ -95,7 +95,12 @@ class Lambda(Schedule):
     def _call(self, j: int) -> float:
         """``fn(j)``, checked."""
         p = self._params
-        v = p["fn"](j)
+        try:
+            v = p["fn"](j)
+        except Exception as e:  # the user's code failed: say at which step (same exception)
+            if hasattr(e, "add_note"):
+                e.add_note(f"in {p['name']} {describe(p['fn'])} called for step {j}")
+            raise
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
             raise TypeError(f"{p['name']} {describe(p['fn'])} returned {v!r} for step {j}: expected a real "
                             "number (int or float)")

@@ -84,6 +84,10 @@ def parse(cfg: Mapping[str, Any], lr: float, where: str, top: bool) -> Any:
     kw = dict(cfg)
     name = kw.pop("scheduler")
     if name not in SCHEDULERS:
+        if name == "ReduceLROnPlateau":  # top level only: from_torch makes it a schedules.Plateau
+            raise ValueError(f"{where}: ReduceLROnPlateau cannot be inside ChainedScheduler / SequentialLR: it steps "
+                             "on a metric, not with the others (torch: it is not an LRScheduler); wrap the schedule "
+                             "in a schedules.Plateau instead")
         raise ValueError(f"unknown torch scheduler {name!r}; supported: {', '.join(SCHEDULERS)}")
     label = f"{where} ({name})" if not top else f"torch {name}"
     known = KWARGS.get(name, ("schedulers", "milestones") if name == "SequentialLR" else ("schedulers",))
