@@ -30,6 +30,7 @@ from .kernels.threads import limited
 from .layout import FlatLayout
 from .reference import adamw as ref
 from .reference import sgd as sgd_ref
+from ._placement import DiskPlacement
 from .scaler import LossScaler
 
 
@@ -105,7 +106,7 @@ class Engine:
 
     def __init__(self, layout: FlatLayout, *, device: str = "cpu", device_id: int | None = None,
                  kernel: str = "cpu", decoupled: bool = True, num_threads: int | None = None,
-                 algorithm: str = "adam") -> None:
+                 algorithm: str = "adam", disk: DiskPlacement | None = None) -> None:
         if algorithm not in ("adam", "sgd"):
             raise ValueError(f"internal: unknown algorithm {algorithm!r}")
         self.device = device
@@ -120,6 +121,8 @@ class Engine:
         self.started = np.zeros(0, bool)  # SGD: the tensor's momentum buffer exists (torch's state)
         self.views_version = 0
         self.count = 0
+        self.placement = disk
+        self.disk: dict[int, tuple[int, Any]] = {}  # buffer -> (host elements, DiskState of the rest)
         self.extend(layout)
 
     # ------------------------------------------------------------------ structure
@@ -154,11 +157,16 @@ class Engine:
         xp = self.xp
         adam = self.algorithm == "adam"
         with self.on_device():
-            for b in layout.buffers[len(old.buffers):]:
+            for bi, b in enumerate(layout.buffers[len(old.buffers):], start=len(old.buffers)):
+                on_disk = self.placement.elements(b.size) if self.placement is not None else 0
+                n = b.size - on_disk  # the host part: state elements [0, n); the disk holds [n, size)
+                names = (["master"] if b.dtype != "float32" else []) + (["exp_avg", "exp_avg_sq"] if adam else [])
+                if on_disk:
+                    self.disk[bi] = (n, self.placement.store(on_disk, names))
                 self.bufs.append(K.BufferState(
-                    size=b.size, master=xp.zeros(b.size, np.float32) if b.dtype != "float32" else None,
-                    exp_avg=xp.zeros(b.size, np.float32) if adam else None,
-                    exp_avg_sq=xp.zeros(b.size, np.float32) if adam else None,
+                    size=b.size, master=xp.zeros(n, np.float32) if b.dtype != "float32" else None,
+                    exp_avg=xp.zeros(n, np.float32) if adam else None,
+                    exp_avg_sq=xp.zeros(n, np.float32) if adam else None,
                     max_exp_avg_sq=None, pdtype=b.dtype))
         self.sync()
         self.steps = np.concatenate([self.steps, np.zeros(len(layout.slots) - len(old.slots), np.int64)])
@@ -177,10 +185,10 @@ class Engine:
         buf = self.bufs[s.buffer]
         if buf.master is None:
             return
-        dst = buf.master[s.offset: s.offset + s.numel]
         if self.device == "cpu":
-            dst[...] = np.asarray(param).reshape(-1).astype(np.float32)
+            self._write_range(s.buffer, "master", s.offset, np.asarray(param).reshape(-1).astype(np.float32))
             return
+        dst = buf.master[s.offset: s.offset + s.numel]
         cp = self.xp
         with self.on_device():
             bits = param.reshape(-1).view(cp.uint16)
@@ -262,13 +270,11 @@ class Engine:
                 buf = self.bufs[bi]
                 if sgd:
                     if hyper[b.group]["momentum"] != 0 and buf.exp_avg is None:
-                        buf.exp_avg = self.xp.zeros(buf.size, np.float32)
-                        self.views_version += 1
+                        self._add_state(bi, "exp_avg")
                 elif hyper[b.group]["amsgrad"] and buf.max_exp_avg_sq is None:
-                    buf.max_exp_avg_sq = buf.exp_avg_sq.copy()
-                    self.views_version += 1
+                    self._add_state(bi, "max_exp_avg_sq", like="exp_avg_sq")
             for bi, batch, s, flags in calls:
-                (kern.sgd_step if sgd else kern.adam_step)(self.bufs[bi], batch, s, flags)
+                self._run(kern.sgd_step if sgd else kern.adam_step, bi, batch, s, flags)
         self.steps[active] += 1
         if self.algorithm == "sgd":
             with_momentum = np.asarray([h["momentum"] != 0 for h in hyper], bool)[self.slot_groups]
@@ -305,11 +311,31 @@ class Engine:
     def slot_state(self, slot: int) -> dict[str, np.ndarray]:
         """Host copies of one slot's state arrays (flat): exp_avg, exp_avg_sq[, max_exp_avg_sq][, master]
         (Adam) or [momentum_buffer][, master] (SGD: once the tensor's buffer has started)."""
+        s = self.layout.slots[slot]
+        if s.buffer in self.disk:
+            keys = self._state_keys(slot)
+            return {out: self._read_range(s.buffer, key, s.offset, s.offset + s.numel) for out, key in keys.items()}
         return {key: _host(view) for key, view in self.slot_views(slot).items()}
+
+    def _state_keys(self, slot: int) -> dict[str, str]:
+        """The slot's state entries: ``{name in state dicts: BufferState field}``."""
+        s = self.layout.slots[slot]
+        buf = self.bufs[s.buffer]
+        if self.algorithm == "sgd":
+            out = {"momentum_buffer": "exp_avg"} if self.started[slot] and buf.exp_avg is not None else {}
+        else:
+            out = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
+        if buf.max_exp_avg_sq is not None:
+            out["max_exp_avg_sq"] = "max_exp_avg_sq"
+        if buf.master is not None:
+            out["master"] = "master"
+        return out
 
     def slot_views(self, slot: int) -> dict[str, Any]:
         """Views (not copies) of one slot's state arrays, flat (for ``state[p]`` in npadam.torch)."""
         s = self.layout.slots[slot]
+        if s.buffer in self.disk:
+            raise RuntimeError("internal: a slot whose state is on disk has no views (use slot_state)")
         buf = self.bufs[s.buffer]
         sl = slice(s.offset, s.offset + s.numel)
         if self.algorithm == "sgd":
@@ -331,19 +357,86 @@ class Engine:
         with self.on_device():
             for bi in amsgrad_buffers:
                 if self.bufs[bi].max_exp_avg_sq is None:
-                    self.bufs[bi].max_exp_avg_sq = xp.zeros(self.bufs[bi].size, np.float32)
-                    self.views_version += 1
+                    self._add_state(bi, "max_exp_avg_sq")
             for slot, key, arr in updates:
                 s = self.layout.slots[slot]
                 buf = self.bufs[s.buffer]
                 if key == "momentum_buffer":
                     key = "exp_avg"
                     if buf.exp_avg is None:
-                        buf.exp_avg = xp.zeros(buf.size, np.float32)
-                        self.views_version += 1
+                        self._add_state(s.buffer, "exp_avg")
+                if s.buffer in self.disk:
+                    self._write_range(s.buffer, key, s.offset, np.asarray(arr, np.float32))
+                    continue
                 target = getattr(buf, key)
                 target[s.offset: s.offset + s.numel] = arr if xp is np else xp.asarray(arr)
         self.sync()
+
+
+    # ------------------------------------------------------------------ tiers
+    def _add_state(self, bi: int, key: str, like: str | None = None) -> None:
+        """A state array appears (SGD's momentum, amsgrad's max): zeros, or a copy of ``like``."""
+        buf, tier = self.bufs[bi], self.disk.get(bi)
+        n = tier[0] if tier is not None else buf.size
+        with self.on_device():
+            setattr(buf, key, getattr(buf, like).copy() if like else self.xp.zeros(n, np.float32))
+        if tier is not None:
+            tier[1].add(key)
+            if like:
+                with contextlib.closing(tier[1].stream([like], write_back=False)) as chunks:
+                    for a, _, arrs in chunks:
+                        tier[1].write(key, a, arrs[like])
+        self.views_version += 1
+
+    def _run(self, fn: Any, bi: int, batch: K.Batch, s: Any, flags: Any) -> None:
+        """One kernel call on buffer ``bi``: on its host state, and chunk by chunk on the part of its
+        state in files (read ahead, written behind; bit-identical: the update is elementwise)."""
+        buf, tier = self.bufs[bi], self.disk.get(bi)
+        if tier is None:
+            fn(buf, batch, s, flags)
+            return
+        n, store = tier
+        pdtype = self.layout.buffers[bi].dtype
+        host = K.sub_batch(batch, pdtype, 0, n)
+        if len(host):
+            fn(buf, host, s, flags)
+        ends = batch.offsets + batch.sizes
+        lo, hi = max(int(batch.offsets.min()), n) - n, int(ends.max()) - n
+        if hi <= lo:
+            return
+        names = [k for k in ("master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq") if getattr(buf, k) is not None]
+        with contextlib.closing(store.stream(names, [(lo, hi)])) as chunks:  # finished chunks written on any exit
+            for a, b, arrs in chunks:
+                part = K.sub_batch(batch, pdtype, n + a, n + b)
+                if len(part):
+                    fn(K.BufferState(size=b - a, master=arrs.get("master"), exp_avg=arrs.get("exp_avg"),
+                                     exp_avg_sq=arrs.get("exp_avg_sq"), max_exp_avg_sq=arrs.get("max_exp_avg_sq"),
+                                     pdtype=pdtype), part, s, flags)
+
+    def _read_range(self, bi: int, key: str, lo: int, hi: int) -> np.ndarray:
+        """State ``key`` of buffer ``bi``, flat elements ``[lo, hi)``, as a host copy (any tier)."""
+        arr = getattr(self.bufs[bi], key)
+        tier = self.disk.get(bi)
+        if tier is None or hi <= tier[0]:
+            return _host(arr[lo:hi])
+        n, store = tier
+        head = _host(arr[lo:n]) if lo < n else np.zeros(0, np.float32)
+        return np.concatenate([head, store.read(key, max(lo, n) - n, hi - n)])
+
+    def _write_range(self, bi: int, key: str, lo: int, values: np.ndarray) -> None:
+        """Write host float32 ``values`` into state ``key`` of buffer ``bi`` from flat element ``lo``."""
+        arr, tier = getattr(self.bufs[bi], key), self.disk.get(bi)
+        n = tier[0] if tier is not None else arr.size
+        head = values[: max(0, n - lo)]
+        if head.size:
+            arr[lo: lo + head.size] = head
+        if tier is not None and head.size < values.size:
+            tier[1].write(key, lo + head.size - n, values[head.size:])
+
+    def close(self) -> None:
+        """Delete the files of disk-resident state (the optimizer cannot step afterwards)."""
+        for _, store in self.disk.values():
+            store.close()
 
 
 def _sgd_calls(bi: int, parts: list[tuple[int, K.Batch]], h: dict[str, Any], scale: float,

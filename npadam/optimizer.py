@@ -29,6 +29,7 @@ current value), assigning a Schedule installs one.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -39,6 +40,7 @@ from . import _state
 from . import kernels as K
 from . import _params as P
 from ._engine import Engine, StepInfo, step_options
+from ._placement import disk_placement
 from .interop import import_array, is_read_only_producer
 from .layout import FlatLayout
 from .reference import adamw as ref
@@ -59,10 +61,13 @@ class _Optimizer:
 
     def __init__(self, params: Any, defaults: dict[str, Any], *, max_grad_norm: float | None = None,
                  loss_scaler: LossScaler | None = None, skip_nonfinite: bool = True, kernel: str | None = None,
-                 num_threads: int | None = None, offload_fraction: float = 0.0, comm: Any = None) -> None:
+                 num_threads: int | None = None, offload_fraction: float = 0.0, comm: Any = None,
+                 nvme_offload_fraction: float = 0.0, nvme_offload_dir: str | os.PathLike[str] | None = None,
+                 nvme_staging_bytes: int = 64 << 20) -> None:
         self._spec.check_group(defaults, "")
         self.defaults = defaults
         o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
+        self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes)
         self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
         self.num_threads, self.offload_fraction = o.num_threads, o.offload_fraction
         self._kernel_arg = kernel
@@ -144,9 +149,12 @@ class _Optimizer:
         P.check_no_overlap(starts, ends, names, "params")
         # everything checked: build
         if self._engine is None:
+            if self._disk is not None and device != "cpu":
+                raise ValueError("nvme_offload_fraction > 0 with params on a GPU is not available in this version "
+                                 "of npadam (the disk tier serves CPU params)")
             self._engine = Engine(layout, device=device, device_id=device_id, kernel=self.kernel,
                                   decoupled=self._decoupled, num_threads=self.num_threads,
-                                  algorithm=self._spec.algorithm)
+                                  algorithm=self._spec.algorithm, disk=self._disk)
         else:
             self._engine.extend(layout)
         eng = self._engine
@@ -421,8 +429,18 @@ class _Optimizer:
         self._engine.sync()
         self._versions = [P.version(o, bump=True) for o in self._objects]
 
+    def close(self) -> None:
+        """Delete the files of state kept on disk (``nvme_offload_fraction``); nothing else to do
+        for an optimizer without them. Idempotent; the files also go when the optimizer is
+        garbage-collected or the process exits. The optimizer cannot step after ``close()``."""
+        if self._engine is not None:
+            self._engine.close()
+
     def __getstate__(self) -> dict[str, Any]:
         """``copy.deepcopy`` and pickling: the state without this process's raw grad pointers."""
+        if self._engine is not None and self._engine.disk:
+            raise TypeError("an optimizer with state on disk (nvme_offload_fraction) cannot be copied or pickled: "
+                            "save it with npadam.checkpoint.save (or state_dict()) instead")
         state = dict(self.__dict__)
         n = len(self._objects)
         state.update(_last_grads=[None] * n, _last_imports=[None] * n, _gptrs=np.zeros(n, np.int64),
@@ -591,7 +609,8 @@ class SGD(_Optimizer):
                  dampening: float = 0.0, weight_decay: float | Schedule = 0.0, nesterov: bool = False,
                  maximize: bool = False, *, max_grad_norm: float | None = None, loss_scaler: LossScaler | None = None,
                  skip_nonfinite: bool = True, kernel: str | None = None, num_threads: int | None = None,
-                 offload_fraction: float = 0.0, comm: Any = None) -> None:
+                 offload_fraction: float = 0.0, comm: Any = None, nvme_offload_fraction: float = 0.0,
+                 nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20) -> None:
         if isinstance(lr, GroupSchedules):
             params, lr = _per_group(params, lr, _sgd_groups)
         if isinstance(lr, ScheduleSet):
@@ -605,7 +624,8 @@ class SGD(_Optimizer):
                         nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, loss_scaler=loss_scaler,
                          skip_nonfinite=skip_nonfinite, kernel=kernel, num_threads=num_threads,
-                         offload_fraction=offload_fraction, comm=comm)
+                         offload_fraction=offload_fraction, comm=comm, nvme_offload_fraction=nvme_offload_fraction,
+                         nvme_offload_dir=nvme_offload_dir, nvme_staging_bytes=nvme_staging_bytes)
 
 
 def _per_group(params: Any, gs: GroupSchedules, apply: Any) -> tuple[Any, Any]:

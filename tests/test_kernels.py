@@ -266,3 +266,45 @@ def test_eps_zero_with_zero_grads_gives_nan_like_torch_in_every_build(n, kernel)
     want.grad = torch.from_numpy(g)
     topt.step()
     assert np.array_equal(np.isnan(want.detach().numpy()), np.isnan(p))
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.sampled_from([0, 1, 5, 64, 65, 300, 1000]), min_size=1, max_size=4),
+       pdt=st.sampled_from(list(DTYPES)), gdt=st.sampled_from(list(DTYPES)), kernel=st.sampled_from(["cpu", "reference"]),
+       amsgrad=st.booleans(), cuts=st.lists(st.integers(1, 2400), max_size=4), seed=st.integers(0, 2**31))
+def test_a_buffer_stepped_chunk_by_chunk_is_bit_identical(sizes, pdt, gdt, kernel, amsgrad, cuts, seed):
+    """``sub_batch``: the state of a buffer in chunks (a disk or host tier streams it so) gives the same
+    params and state bits as the whole buffer in one call, whatever the chunk boundaries."""
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    total = int(sum(sizes))
+    params0 = [rng.standard_normal(n).astype(np.float32).astype(DTYPES[pdt]) for n in sizes]
+    grads = [(rng.standard_normal(n) * 2).astype(np.float32).astype(DTYPES[gdt]) for n in sizes]
+    state0 = {k: rng.random(total).astype(np.float32) for k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")}
+    master0 = np.concatenate([p.astype(np.float32) for p in params0]) if pdt != "float32" else None
+    s = R.host_scalars(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, step=3, decoupled=True,
+                       bias_correction=True, grad_scale=0.5)
+    flags = K.Flags(amsgrad=amsgrad)
+    kern = K.get(kernel)
+
+    def state(lo, hi):
+        return K.BufferState(size=hi - lo, master=None if master0 is None else whole_master[lo:hi].copy(),
+                             exp_avg=whole["exp_avg"][lo:hi].copy(), exp_avg_sq=whole["exp_avg_sq"][lo:hi].copy(),
+                             max_exp_avg_sq=whole["max_exp_avg_sq"][lo:hi].copy() if amsgrad else None, pdtype=pdt)
+
+    results = []
+    for bounds in ([0, total], sorted({0, total, *[c for c in cuts if c < total]})):
+        whole = {k: v.copy() for k, v in state0.items()}
+        whole_master = None if master0 is None else master0.copy()
+        params = [p.copy() for p in params0]
+        batch = K.Batch.of_arrays(params, grads, offsets, gdt)
+        for lo, hi in zip(bounds, bounds[1:]):
+            buf = state(lo, hi)
+            kern.adam_step(buf, K.sub_batch(batch, pdt, lo, hi), s, flags)
+            for k in ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ()):
+                whole[k][lo:hi] = getattr(buf, k)
+            if whole_master is not None:
+                whole_master[lo:hi] = buf.master
+        results.append((b"".join(p.tobytes() for p in params), {k: v.tobytes() for k, v in whole.items()},
+                        None if whole_master is None else whole_master.tobytes()))
+    assert results[0] == results[1]

@@ -80,6 +80,25 @@ class Batch:
                    np.asarray(offsets, np.int64).tobytes())
 
 
+def sub_batch(batch: Batch, pdtype: str, start: int, stop: int) -> Batch:
+    """The part of ``batch`` inside the buffer's flat elements ``[start, stop)``, for state arrays
+    that begin at ``start`` (a chunk of the buffer's state streamed from another tier).
+
+    Each tensor overlapping the range keeps the elements inside it: its param and grad pointers
+    advance by the skipped elements (``pdtype``'s storage size, the grad dtype's size) and its
+    offset becomes relative to ``start``. Every element sees the same arithmetic as in the whole
+    batch (the update is elementwise), so a buffer stepped chunk by chunk is bit-identical.
+    """
+    ends = batch.offsets + batch.sizes
+    m = (ends > start) & (batch.offsets < stop) & (batch.sizes > 0)
+    off = batch.offsets[m]
+    lo, hi = np.maximum(off, start), np.minimum(ends[m], stop)
+    skip = lo - off
+    pitem, gitem = storage_dtype(pdtype).itemsize, storage_dtype(batch.gdtype).itemsize
+    return Batch(batch.params[m] + skip * pitem, batch.grads[m] + skip * gitem, lo - start, hi - lo,
+                 batch.gdtype, batch.key + b"|%d:%d" % (start, stop))
+
+
 def pointers(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """The int64 pointer table of NumPy arrays; the caller keeps them alive while a kernel uses it."""
     return np.asarray([a.__array_interface__["data"][0] for a in arrays], dtype=np.int64)

@@ -1,0 +1,179 @@
+"""The disk tier (``nvme_offload_fraction``): the same run with any share of the state in files is
+bit-identical to the all-in-memory run (params, state, grad norms), on every path that touches state
+(steps, skipped steps, amsgrad, SGD momentum, state dicts, checkpoints, load_master); the files go
+away on close, and bad options are errors naming the value."""
+
+from __future__ import annotations
+
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import npadam
+from npadam import checkpoint
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+SIZES = [5, 300, 64, 4097, 1, 2000]
+
+
+def _params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n).astype(np.float32).astype(dtype) for n in SIZES]
+
+
+def _grads(k, dtype, bad=False):
+    rng = np.random.default_rng(100 + k)
+    g = [(rng.standard_normal(n) * 2).astype(np.float32).astype(dtype) for n in SIZES]
+    if bad:
+        g[3][7] = np.inf
+    return g
+
+
+def _run(cls, fraction, tmp_path, *, dtype=np.float32, steps=6, staging=1 << 16, groups=False, **kw):
+    params = _params(dtype)
+    spec = ([{"params": params[:3]}, {"params": params[3:], "weight_decay": 0.0}] if groups else params)
+    opt = cls(spec, nvme_offload_fraction=fraction, nvme_offload_dir=tmp_path if fraction else None,
+              nvme_staging_bytes=staging, **kw)
+    infos = []
+    for k in range(steps):
+        info = opt.step(_grads(k, dtype, bad=(k == 2)))
+        infos.append((info.skipped, info.grad_norm))
+    return opt, params, infos
+
+
+def _state_bytes(opt):
+    sd = opt.state_dict()
+    return {(i, k): np.asarray(v).tobytes() for i, st_ in sd["state"].items() for k, v in st_.items()}
+
+
+@pytest.mark.parametrize("cls,kw", [
+    (npadam.AdamW, {"lr": 1e-2, "max_grad_norm": 1.0}),
+    (npadam.AdamW, {"lr": 1e-2, "amsgrad": True}),
+    (npadam.Adam, {"lr": 1e-2, "weight_decay": 0.1}),
+    (npadam.SGD, {"lr": 1e-2, "momentum": 0.9, "nesterov": True}),
+], ids=["adamw-clip", "amsgrad", "adam-l2", "sgd-nesterov"])
+@pytest.mark.parametrize("dtype", [np.float32, BF16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("fraction", [0.3, 1.0])
+def test_placement_invariance(cls, kw, dtype, fraction, tmp_path):
+    base, p0, i0 = _run(cls, 0.0, tmp_path, dtype=dtype, groups=True, **kw)
+    disk, p1, i1 = _run(cls, fraction, tmp_path, dtype=dtype, groups=True, **kw)
+    assert disk._engine.disk and i0 == i1 and i0[2][0]  # the inf step was skipped in both
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(p0, p1))
+    assert _state_bytes(base) == _state_bytes(disk)
+    disk.close()
+
+
+@settings(max_examples=15, deadline=None)
+@given(fraction=st.floats(0.01, 1.0), staging=st.sampled_from([1 << 16, 1 << 17, 1 << 20]),
+       amsgrad_late=st.booleans())
+def test_any_fraction_and_staging(fraction, staging, amsgrad_late, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nvme")
+    runs = []
+    for f in (0.0, fraction):
+        params = _params(BF16, seed=1)
+        opt = npadam.AdamW(params, lr=1e-2, nvme_offload_fraction=f, nvme_offload_dir=tmp if f else None,
+                           nvme_staging_bytes=staging)
+        for k in range(4):
+            if amsgrad_late and k == 2:  # amsgrad switched on mid-run: max_exp_avg_sq starts as exp_avg_sq
+                opt.param_groups[0]["amsgrad"] = True
+            opt.step(_grads(k, BF16))
+        runs.append((b"".join(p.tobytes() for p in params), _state_bytes(opt)))
+        opt.close()
+    assert runs[0] == runs[1]
+    assert not any(tmp.iterdir())  # close() removed the files
+
+
+def test_state_dict_and_checkpoint_round_trip(tmp_path):
+    (tmp_path / "a").mkdir()
+    opt, params, _ = _run(npadam.AdamW, 0.5, tmp_path / "a", dtype=BF16, lr=1e-2)
+    sd = opt.state_dict()
+    checkpoint.save(tmp_path / "ck", opt)
+    # into an all-memory optimizer and into another disk one: the same continuation
+    twins = []
+    for f in (0.0, 0.7):
+        ps = [np.zeros_like(p) for p in params]
+        o = npadam.AdamW(ps, lr=1e-2, nvme_offload_fraction=f, nvme_offload_dir=tmp_path if f else None)
+        checkpoint.load(tmp_path / "ck", o)
+        twins.append((o, ps))
+    d2 = npadam.AdamW([p.copy() for p in params], lr=1e-2, nvme_offload_fraction=0.2, nvme_offload_dir=tmp_path)
+    d2.load_state_dict(sd)
+    assert _state_bytes(d2) == _state_bytes(opt)
+    for k in range(6, 9):
+        opt.step(_grads(k, BF16))
+        for o, _ in twins:
+            o.step(_grads(k, BF16))
+    for o, ps in twins:
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(params, ps))
+        assert _state_bytes(o) == _state_bytes(opt)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    ({"nvme_offload_fraction": 0.5}, ValueError, "needs nvme_offload_dir"),
+    ({"nvme_offload_fraction": 1.5, "nvme_offload_dir": "."}, ValueError, "nvme_offload_fraction"),
+    ({"nvme_offload_fraction": 0.5, "nvme_offload_dir": "/no/such/dir"}, ValueError, "not a directory"),
+    ({"nvme_offload_fraction": 0.5, "nvme_offload_dir": 3}, TypeError, "nvme_offload_dir must be a path"),
+    ({"nvme_offload_fraction": 0.5, "nvme_offload_dir": ".", "nvme_staging_bytes": 10}, ValueError,
+     "nvme_staging_bytes"),
+])
+def test_bad_options(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        npadam.AdamW([np.ones(4, np.float32)], **kw)
+
+
+def test_files_live_under_the_directory_and_go_on_close(tmp_path):
+    opt, _, _ = _run(npadam.AdamW, 1.0, tmp_path, lr=1e-2)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files and all(str(p).startswith(str(tmp_path)) for p in files)
+    with pytest.raises(TypeError, match="cannot be copied or pickled"):
+        import copy
+
+        copy.deepcopy(opt)
+    opt.close()
+    opt.close()
+    assert not any(tmp_path.iterdir())
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(OSError):
+            npadam.AdamW([np.ones(4, np.float32)], nvme_offload_fraction=1.0, nvme_offload_dir=ro)
+
+
+_RSS = r"""
+import sys, numpy as np, npadam
+n, f, d = 8_000_000, float(sys.argv[1]), sys.argv[2]
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+w, g = np.full(n, 0.5, np.float32), np.full(n, 0.1, np.float32)  # resident before the base line
+for m in (1_000, 300_000):  # compile the serial and parallel kernels first (~100 MB of JIT)
+    warm = npadam.AdamW([np.zeros(m, np.float32)], lr=1e-3)
+    warm.step([np.ones(m, np.float32)])
+base = hwm()
+opt = npadam.AdamW([w], lr=1e-3, nvme_offload_fraction=f, nvme_offload_dir=d if f else None,
+                   nvme_staging_bytes=4 << 20)
+for _ in range(2):
+    opt.step([g])
+print(hwm() - base, float(w[0]))
+opt.close()
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="peak RSS from /proc (Linux)")
+def test_disk_state_does_not_count_in_memory(tmp_path):
+    """8M params: 64 MB of exp_avg + exp_avg_sq. In memory the peak RSS grows by them; on disk by the
+    4 MiB of staging (plus the kernel's small tables), whatever the state's size."""
+    import subprocess
+    import sys
+
+    out = {}
+    for f in (0.0, 1.0):
+        r = subprocess.run([sys.executable, "-c", _RSS, str(f), str(tmp_path)], capture_output=True, text=True,
+                           timeout=120, check=True)
+        grow, w0 = r.stdout.split()
+        out[f] = (int(grow), w0)
+    assert out[0.0][1] == out[1.0][1]  # the same update
+    assert out[0.0][0] > 60e6 and out[1.0][0] < 20e6, out
