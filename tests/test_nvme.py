@@ -177,3 +177,27 @@ def test_disk_state_does_not_count_in_memory(tmp_path):
         out[f] = (int(grow), w0)
     assert out[0.0][1] == out[1.0][1]  # the same update
     assert out[0.0][0] > 60e6 and out[1.0][0] < 20e6, out
+
+
+def test_lr_finder_and_add_param_group_with_state_on_disk(tmp_path):
+    """The LR finder restores disk-resident state exactly; a group added later gets its own disk part."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((128, 300)).astype(np.float32)
+    y = X @ rng.standard_normal(300).astype(np.float32)
+    w = np.zeros(300, np.float32)
+    opt = npadam.AdamW([w], lr=1e-3, nvme_offload_fraction=1.0, nvme_offload_dir=tmp_path, nvme_staging_bytes=1 << 16)
+    opt.step([np.ones(300, np.float32)])
+    before = (w.tobytes(), _state_bytes(opt))
+
+    def step_fn():
+        r = X @ w - y
+        return float((r * r).mean()), [(2 * X.T @ r / len(y)).astype(np.float32)]
+
+    npadam.lr_finder(step_fn, opt, num_steps=20, progress=False)
+    assert (w.tobytes(), _state_bytes(opt)) == before
+    b = np.ones(200, np.float32)
+    opt.add_param_group({"params": [b], "weight_decay": 0.0})
+    opt.step([np.ones(300, np.float32), np.ones(200, np.float32)])
+    assert len(opt._engine.disk) == 2 and b[0] != 1.0
+    opt.close()
+    assert not any(tmp_path.iterdir())
