@@ -236,6 +236,7 @@ class Engine:
         (Adam, ``_hyper.values``) or ``lr, momentum, dampening, weight_decay`` and bools
         ``nesterov, maximize`` (SGD, ``_hyper.sgd_values``).
         """
+        self.check_disk()  # before anything is written: a closed or failed disk tier cannot take a step
         n = len(self.layout.slots)
         if not (len(active) == len(pptrs) == len(gptrs) == n and len(gdtypes) == len(self.layout.buffers)):
             raise RuntimeError(f"internal: a step got tables for {len(pptrs)} params and {len(gdtypes)} buffers, "
@@ -313,6 +314,7 @@ class Engine:
         (Adam) or [momentum_buffer][, master] (SGD: once the tensor's buffer has started)."""
         s = self.layout.slots[slot]
         if s.buffer in self.disk:
+            self.check_disk()
             keys = self._state_keys(slot)
             return {out: self._read_range(s.buffer, key, s.offset, s.offset + s.numel) for out, key in keys.items()}
         return {key: _host(view) for key, view in self.slot_views(slot).items()}
@@ -353,6 +355,7 @@ class Engine:
         ``amsgrad_buffers`` get a ``max_exp_avg_sq`` array first (zeros) if they have none. SGD's
         ``momentum_buffer`` goes to ``exp_avg`` (allocated if needed; the caller sets ``started``)."""
         self.sync()  # a step still running on another stream must not overwrite what is written
+        self.check_disk()
         xp = self.xp
         with self.on_device():
             for bi in amsgrad_buffers:
@@ -432,6 +435,17 @@ class Engine:
             arr[lo: lo + head.size] = head
         if tier is not None and head.size < values.size:
             tier[1].write(key, lo + head.size - n, values[head.size:])
+
+    def check_disk(self) -> None:
+        """RuntimeError when part of the state is in files that are gone (``close()``) or that a failed
+        write left undefined; nothing has been written then."""
+        for _, store in self.disk.values():
+            if store.closed:
+                raise RuntimeError(f"this optimizer was closed: close() deleted its state files ({store.path}); "
+                                   "it cannot step or export its state any more")
+            if store.failed is not None:
+                raise RuntimeError(f"a write to this optimizer's state files failed ({store.failed}); part of its "
+                                   "state is undefined: restore the last checkpoint") from store.failed
 
     def close(self) -> None:
         """Delete the files of disk-resident state (the optimizer cannot step afterwards)."""

@@ -201,3 +201,45 @@ def test_lr_finder_and_add_param_group_with_state_on_disk(tmp_path):
     assert len(opt._engine.disk) == 2 and b[0] != 1.0
     opt.close()
     assert not any(tmp_path.iterdir())
+
+
+def test_after_close_nothing_is_half_applied(tmp_path):
+    """A step (or state export) after close() is a RuntimeError that says so, before any param or
+    in-memory state is written (with half the state in memory a late failure would half-apply it)."""
+    w = np.zeros(1000, np.float32)
+    opt = npadam.AdamW([w], lr=1e-3, nvme_offload_fraction=0.5, nvme_offload_dir=tmp_path)
+    opt.step([np.ones(1000, np.float32)])
+    before = w.tobytes()
+    opt.close()
+    with pytest.raises(RuntimeError, match="this optimizer was closed"):
+        opt.step([np.ones(1000, np.float32)])
+    assert w.tobytes() == before and opt.step_count == 1
+    with pytest.raises(RuntimeError, match="closed"):
+        opt.state_dict()
+
+
+def test_a_failed_write_stops_the_optimizer(tmp_path, monkeypatch):
+    """An IO error while a step writes the disk part surfaces from step() as an OSError naming the
+    file; the optimizer then refuses to step (part of its state is undefined) until replaced."""
+    import errno
+
+    from npadam.tiers import DiskStateError
+
+    w = np.zeros(20_000, np.float32)
+    opt = npadam.AdamW([w], lr=1e-3, nvme_offload_fraction=1.0, nvme_offload_dir=tmp_path,
+                       nvme_staging_bytes=1 << 16)
+    opt.step([np.ones(20_000, np.float32)])
+    real = os.pwritev
+
+    def full(fd, bufs, off):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwritev", full)
+    with pytest.raises(DiskStateError) as info:
+        opt.step([np.ones(20_000, np.float32)])
+    assert info.value.errno == errno.ENOSPC and "npadam-state-" in str(info.value.filename)
+    monkeypatch.setattr(os, "pwritev", real)
+    with pytest.raises(RuntimeError, match="restore the last checkpoint"):
+        opt.step([np.ones(20_000, np.float32)])
+    opt.close()
+    assert not any(tmp_path.iterdir())
