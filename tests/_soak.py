@@ -77,6 +77,8 @@ def main(argv: list[str]) -> None:
     start = 0
     if (ckpt / C.INDEX).exists() or any(ckpt.parent.glob(f".{ckpt.name}.npadam-old-*")):
         start = C.load(ckpt, opt)["user"]["i"]
+    warm, wp = make()  # compile the kernels before the parent's kill clock starts: on a slow machine the
+    warm.step(grads(wp, 0, warm.loss_scaler.scale))  # first step's JIT alone can outlast every random delay
     print("loaded", start, flush=True)
     run(opt, p, start, steps, ckpt, every)
     print("digest", digest(opt, p), flush=True)

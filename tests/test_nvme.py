@@ -243,3 +243,102 @@ def test_a_failed_write_stops_the_optimizer(tmp_path, monkeypatch):
         opt.step([np.ones(20_000, np.float32)])
     opt.close()
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------- npadam.torch
+def _torch_run(cls, f, tmp_path, *, dtype=None, edit=None, **kw):
+    torch = pytest.importorskip("torch")
+    import npadam.torch
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.ReLU(), torch.nn.Linear(96, 4))
+    if dtype is not None:
+        m = m.to(dtype)
+    groups = [{"params": [m[0].weight, m[2].weight]}, {"params": [m[0].bias, m[2].bias], "weight_decay": 0.0}]
+    opt = getattr(npadam.torch, cls)(groups, nvme_offload_fraction=f, nvme_offload_dir=tmp_path if f else None,
+                                     nvme_staging_bytes=1 << 16, **kw)
+    x, y = torch.randn(16, 48), torch.randn(16, 4)
+    held = None
+    for k in range(5):
+        loss = ((m(x.to(m[0].weight.dtype)).float() - y) ** 2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if edit is not None and k == 1:
+            held = edit(opt, m)
+    return m, opt, held
+
+
+def _torch_same(a, b):
+    import torch
+
+    (m0, o0, h0), (m1, o1, h1) = a, b
+    assert all(torch.equal(p, q) for p, q in zip(m0.parameters(), m1.parameters()))
+    s0, s1 = o0.state_dict()["state"], o1.state_dict()["state"]
+    assert s0.keys() == s1.keys() and all(torch.equal(s0[i][k], s1[i][k]) for i in s0 for k in s0[i])
+    if h0 is not None:
+        assert torch.equal(h0, h1)
+
+
+@pytest.mark.parametrize("cls,kw,dtype", [
+    ("AdamW", {"lr": 1e-2, "max_grad_norm": 0.5}, None),
+    ("AdamW", {"lr": 1e-2, "amsgrad": True}, "bfloat16"),
+    ("SGD", {"lr": 1e-2, "momentum": 0.9}, None),
+])
+def test_torch_placement_invariance(cls, kw, dtype, tmp_path):
+    torch = pytest.importorskip("torch")
+    dt = getattr(torch, dtype) if dtype else None
+    base = _torch_run(cls, 0.0, tmp_path, dtype=dt, **kw)
+    disk = _torch_run(cls, 0.6, tmp_path, dtype=dt, **kw)
+    assert disk[1]._engine.disk
+    _torch_same(base, disk)
+    disk[1].close()
+    assert not any(tmp_path.iterdir())
+
+
+def test_torch_state_entries_behave_like_views(tmp_path):
+    """``state[p]`` of a disk-resident param: an in-place edit is taken in at the next step, a tensor
+    held across steps shows the new state, a replaced entry is adopted, an emptied one resets."""
+    def edit(opt, m):
+        p, b = m[0].weight, m[2].bias
+        opt.state[p]["exp_avg"].mul_(0.5)                      # in place
+        held = opt.state[p]["exp_avg_sq"]                     # kept across steps
+        opt.state[b] = {}                                     # reset: zero moments, step 0
+        return held
+
+    base = _torch_run("AdamW", 0.0, tmp_path, edit=edit, lr=1e-2)
+    disk = _torch_run("AdamW", 1.0, tmp_path, edit=edit, lr=1e-2)
+    _torch_same(base, disk)
+    m, opt, held = disk
+    assert held is opt.state[m[0].weight]["exp_avg_sq"]  # the same tensor, refreshed after each step
+    assert sorted(opt.state[m[0].weight]) == ["exp_avg", "exp_avg_sq", "step"]
+    opt.close()
+
+
+def test_torch_checkpoint_between_disk_and_memory(tmp_path):
+    torch = pytest.importorskip("torch")
+    import npadam.torch
+
+    m, opt, _ = _torch_run("AdamW", 0.5, tmp_path, lr=1e-2)
+    checkpoint.save(tmp_path / "ck", opt)
+    torch.manual_seed(1)
+    m2 = torch.nn.Sequential(torch.nn.Linear(48, 96), torch.nn.ReLU(), torch.nn.Linear(96, 4))
+    opt2 = npadam.torch.AdamW([{"params": [m2[0].weight, m2[2].weight]},
+                               {"params": [m2[0].bias, m2[2].bias], "weight_decay": 0.0}], lr=1e-2)
+    checkpoint.load(tmp_path / "ck", opt2)
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), m2.parameters()))
+    s0, s1 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert all(torch.equal(s0[i][k], s1[i][k]) for i in s0 for k in s0[i])
+    opt.close()
+
+
+def test_torch_copy_refused_and_files_cleaned(tmp_path):
+    import copy
+
+    _, opt, _ = _torch_run("AdamW", 1.0, tmp_path, lr=1e-2)
+    with pytest.raises(TypeError, match="cannot be copied"):
+        copy.deepcopy(opt)
+    opt.close()
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(RuntimeError, match="closed"):
+        opt.step()

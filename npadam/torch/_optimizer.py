@@ -18,9 +18,12 @@ bumps the params' version counters, as torch's own optimizers do.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import operator
+import os
 import warnings
+import weakref
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
@@ -34,6 +37,7 @@ from ..interop import import_array
 from ..layout import FlatLayout
 from .._params import check_apart, check_no_overlap
 from .._engine import Engine, StepInfo, step_options
+from .._placement import disk_placement
 from ..scaler import LossScaler
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -94,6 +98,68 @@ class _State(defaultdict):
         return (_State, (dict,), None, None, iter(self.items()))
 
 
+def _digest(t: torch.Tensor) -> bytes:
+    """A fingerprint of a tensor's bytes (in-place edits of handed-out disk state are found by it)."""
+    return hashlib.blake2b(t.detach().contiguous().view(-1).numpy().view(np.uint8), digest_size=16).digest()
+
+
+class _DiskEntry(dict):
+    """``state[p]`` for a param whose state lives in files (``nvme_offload_fraction``): ``step`` as
+    usual; ``exp_avg``, ``exp_avg_sq``, ... made on access from the disk (``_Base._hand_out``), then
+    kept in step with it like the views of memory slots. Keys the caller sets are taken in at the
+    next step, as a replaced entry is."""
+
+    def __init__(self, opt: Any, slot: int, base: dict[str, Any]) -> None:
+        super().__init__(base)
+        self._opt, self._slot, self._set = opt, slot, set()
+        self.changed = False
+
+    def _lazy(self) -> list[str]:
+        eng = self._opt._engine
+        return [k for k in eng._state_keys(self._slot) if k not in dict.keys(self)]
+
+    def __getitem__(self, key: str) -> Any:
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        if key in self._lazy():
+            return self._opt._hand_out(self._slot, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self._lazy()
+
+    def keys(self) -> Any:
+        return list(dict.keys(self)) + self._lazy()
+
+    def __iter__(self) -> Any:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def items(self) -> Any:
+        return [(k, self[k]) for k in self.keys()]
+
+    def values(self) -> Any:
+        return [self[k] for k in self.keys()]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        dict.__setitem__(self, key, value)
+        self._set.add(key)
+        self.changed = True
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("state entries of params whose state is on disk do not support deleting a key; "
+                        "replace the entry (optimizer.state[p] = {...}) or empty it to reset the param")
+
+    def assigned(self) -> dict[str, Any]:
+        """What the caller set in this entry (taken in by ``_adopt_state``), plus ``step``."""
+        return {k: dict.__getitem__(self, k) for k in self._set | {"step"} if dict.__contains__(self, k)}
+
+
 class _Base(torch.optim.Optimizer):
     """What ``AdamW``, ``Adam`` and ``SGD`` share; ``_spec`` (``npadam._hyper.ADAM``/``SGD``) names the
     algorithm and its group keys, ``defaults`` are torch's group defaults of the subclass."""
@@ -104,9 +170,13 @@ class _Base(torch.optim.Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any], *, max_grad_norm: float | None = None,
                  loss_scaler: LossScaler | None = None, skip_nonfinite: bool = True, kernel: str | None = None,
                  num_threads: int | None = None, flat_storage: bool = False, offload_fraction: float = 0.0,
-                 comm: Any = None) -> None:
+                 comm: Any = None, nvme_offload_fraction: float = 0.0,
+                 nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20) -> None:
         _check(defaults, "", self._spec)
         o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
+        self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes)
+        self._handed: dict[tuple[int, str], tuple[Any, bytes]] = {}  # disk slots' state tensors given out
+        self._held: dict[tuple[int, str], torch.Tensor] = {}  # ... and kept alive until the next step
         if o.offload_fraction > 0:
             raise ValueError("offload_fraction > 0 is not available in this version of npadam")
         self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
@@ -193,10 +263,13 @@ class _Base(torch.optim.Optimizer):
         nbytes = np.asarray([p.numel() * p.element_size() for p in params], dtype=np.int64)
         check_no_overlap(pptrs, pptrs + nbytes, layout.names, "params")  # before flat storage copies them
         # everything checked: change
+        if self._disk is not None and gpu:
+            raise ValueError("nvme_offload_fraction > 0 with params on a GPU is not available in this version of "
+                             "npadam (the disk tier serves CPU params)")
         if self._engine is None:
             self._engine = Engine(layout, device="gpu" if gpu else "cpu", device_id=device.index if gpu else None,
                                   kernel=kernel, decoupled=self._decoupled, num_threads=self.num_threads,
-                                  algorithm=self._spec.algorithm)
+                                  algorithm=self._spec.algorithm, disk=self._disk)
             self._device = device
             self._flat: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]] = []
         else:
@@ -251,7 +324,12 @@ class _Base(torch.optim.Optimizer):
         lay = eng.layout
         self._views_version = eng.views_version
         state = _State(dict)
+        if getattr(self, "_handed_engine", None) is not eng:  # slot numbers changed: forget what was given
+            self._handed, self._held, self._handed_engine = {}, {}, eng
         for i, p in enumerate(self._params):
+            if lay.slots[i].buffer in eng.disk:  # state in files: tensors made on access (see _DiskEntry)
+                dict.__setitem__(state, p, _DiskEntry(self, i, {"step": steps[i]}))
+                continue
             st = {"step": steps[i]}
             for key, view in eng.slot_views(i).items():
                 t = torch.from_numpy(view) if isinstance(view, np.ndarray) else torch.from_dlpack(view)
@@ -260,6 +338,58 @@ class _Base(torch.optim.Optimizer):
         self.state = state
         self._state_obj = state
         self._state_dicts = [state[p] for p in self._params]
+
+    def _hand_out(self, i: int, key: str) -> torch.Tensor:
+        """A disk slot's state tensor: a copy, remembered (weakly) with a digest so that in-place
+        changes are written back at the next step (``_flush_handed``) and the tensor is refreshed
+        after each step (``_refresh_handed``): the behaviour of the views memory slots hand out."""
+        got = self._handed.get((i, key))
+        if got is not None and got[0]() is not None:
+            t = got[0]()
+            self._held[(i, key)] = t
+            return t
+        arr = self._engine.slot_state(i)[key]
+        t = torch.from_numpy(arr).view(self._engine.layout.slots[i].shape)
+        self._handed[(i, key)] = (weakref.ref(t), _digest(t))
+        self._held[(i, key)] = t  # until the next step: an edit of a tensor nobody keeps still counts
+        return t
+
+    def _flush_handed(self) -> None:
+        """Write back disk slots' state tensors the caller changed in place since they were handed out."""
+        updates, alive = [], {}
+        for (i, key), (ref, digest) in self._handed.items():
+            t = ref()
+            if t is None:
+                continue
+            alive[(i, key)] = (ref, digest)
+            if _digest(t) != digest:
+                if not torch.isfinite(t).all() or t.numel() != self._engine.layout.slots[i].numel:
+                    raise ValueError(f"state of param {self._engine.layout.slots[i].name!r}: {key} was changed "
+                                     "in place to non-finite values or another size")
+                updates.append((i, key, t.detach().reshape(-1).numpy().astype(np.float32, copy=True)))
+                alive[(i, key)] = (ref, _digest(t))
+        self._handed = alive
+        self._held = {}  # from now on only the caller's references keep them
+        if updates:
+            self._engine.write_state(updates, [])
+
+    def _refresh_handed(self) -> None:
+        """After a step: the disk slots' state tensors handed out show the new state."""
+        for (i, key), (ref, _) in list(self._handed.items()):
+            t = ref()
+            if t is None:
+                del self._handed[(i, key)]
+                continue
+            fresh = self._engine.slot_state(i).get(key)
+            if fresh is not None:
+                t.copy_(torch.from_numpy(fresh).view(t.shape))
+                self._handed[(i, key)] = (ref, _digest(t))
+
+    def close(self) -> None:
+        """Delete the files of state kept on disk (``nvme_offload_fraction``); the optimizer cannot
+        step afterwards. Idempotent; the files also go at garbage collection or exit."""
+        if self._engine is not None:
+            self._engine.close()
 
     # ------------------------------------------------------------------ step
     def _sync(self) -> None:
@@ -277,7 +407,9 @@ class _Base(torch.optim.Optimizer):
         versions = [params[i]._version for i in self._low]
         if ptrs != self._pptr_list or versions != self._versions:
             self._follow(ptrs, versions)
-        if self.state is not self._state_obj or self.state.dirty:
+        self._flush_handed()
+        if self.state is not self._state_obj or self.state.dirty or any(
+                isinstance(st, _DiskEntry) and st.changed for st in self._state_dicts):
             self._adopt_state()
 
     def _adopt_state(self) -> None:
@@ -292,8 +424,10 @@ class _Base(torch.optim.Optimizer):
         updates, steps, started = [], {}, {}
         for i, p in enumerate(self._params):
             st = self.state.get(p)
-            if st is self._state_dicts[i] and self.state is self._state_obj:
+            if st is self._state_dicts[i] and self.state is self._state_obj and not getattr(st, "changed", False):
                 continue
+            if isinstance(st, _DiskEntry):  # only what the caller set in it is new
+                st = st.assigned()
             slot = eng.layout.slots[i]
             if not st:
                 steps[i] = 0
@@ -476,6 +610,7 @@ class _Base(torch.optim.Optimizer):
             eng.started[i] = "momentum_buffer" in st  # SGD: the param's buffer exists
         eng.write_state(updates, sorted(vmax))
         eng.count = old.count
+        old.close()  # its state files, if any: the new engine holds the state now
         self._state_views()
 
     def _flat_view(self, i: int) -> torch.Tensor:
@@ -534,6 +669,7 @@ class _Base(torch.optim.Optimizer):
                            skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
         del keep
         if not res.skipped:
+            self._refresh_handed()
             torch.autograd.graph.increment_version(self._params)
             self._versions = [self._params[i]._version for i in self._low]
             if eng.views_version != self._views_version:  # amsgrad's vmax, SGD's momentum buffers appeared
@@ -578,6 +714,9 @@ class _Base(torch.optim.Optimizer):
         if self.flat_storage:
             raise TypeError("an npadam.torch optimizer with flat_storage=True cannot be copied or pickled "
                             "(its params are views into its buffers); save and load its state_dict() instead")
+        if self._engine is not None and self._engine.disk:
+            raise TypeError("an npadam.torch optimizer with state on disk (nvme_offload_fraction) cannot be copied "
+                            "or pickled; save it with npadam.checkpoint.save (or state_dict()) instead")
         # like torch's own: no step hooks, no scheduler's per-instance step wrapper (it holds a weakref
         # to this optimizer: a copy would step the original), no profiling flag
         drop = {"_last_grads", "_grad_cache", "step", "_opt_called", "_optimizer_step_pre_hooks",
