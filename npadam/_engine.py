@@ -123,6 +123,7 @@ class Engine:
         self.count = 0
         self.placement = disk
         self.disk: dict[int, tuple[int, Any]] = {}  # buffer -> (host elements, DiskState of the rest)
+        self.host_left = disk.host_bytes if disk is not None and disk.host_bytes is not None else 0
         self.extend(layout)
 
     # ------------------------------------------------------------------ structure
@@ -158,9 +159,11 @@ class Engine:
         adam = self.algorithm == "adam"
         with self.on_device():
             for bi, b in enumerate(layout.buffers[len(old.buffers):], start=len(old.buffers)):
-                on_disk = self.placement.elements(b.size) if self.placement is not None else 0
-                n = b.size - on_disk  # the host part: state elements [0, n); the disk holds [n, size)
                 names = (["master"] if b.dtype != "float32" else []) + (["exp_avg", "exp_avg_sq"] if adam else [])
+                on_disk = 0
+                if self.placement is not None:
+                    on_disk, self.host_left = self.placement.split(b.size, 4 * len(names), self.host_left)
+                n = b.size - on_disk  # the host part: state elements [0, n); the disk holds [n, size)
                 if on_disk:
                     self.disk[bi] = (n, self.placement.store(on_disk, names))
                 self.bufs.append(K.BufferState(

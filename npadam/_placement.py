@@ -23,12 +23,20 @@ class DiskPlacement:
     fraction: float
     directory: str
     staging_bytes: int
+    host_bytes: int | None = None  # instead of a fraction: host memory for state, buffers in order
 
-    def elements(self, size: int) -> int:
-        """How many of a ``size``-element buffer's state elements live on disk."""
-        if self.fraction >= 1.0:
-            return size
-        return int(size * self.fraction) // 64 * 64
+    def split(self, size: int, bytes_per_element: int, host_left: int) -> tuple[int, int]:
+        """``(elements on disk, host budget left)`` for a ``size``-element buffer whose state takes
+        ``bytes_per_element`` bytes per element (with ``host_bytes``: the buffer keeps in memory
+        what the budget left covers, a multiple of 64 elements, and the rest goes to disk)."""
+        if self.host_bytes is None:
+            if self.fraction >= 1.0:
+                return size, host_left
+            return int(size * self.fraction) // 64 * 64, host_left
+        if size * bytes_per_element <= host_left:
+            return 0, host_left - size * bytes_per_element
+        host = host_left // max(bytes_per_element, 1) // 64 * 64
+        return size - host, host_left - host * bytes_per_element
 
     def store(self, size: int, names: Sequence[str]) -> Any:
         from .tiers import DiskState
@@ -39,17 +47,24 @@ class DiskPlacement:
         return DiskState(self.directory, size, names, chunk_elems=chunk, depth=depth)
 
 
-def disk_placement(fraction: Any, directory: Any, staging_bytes: Any) -> DiskPlacement | None:
-    """Check ``nvme_offload_fraction`` / ``nvme_offload_dir`` / ``nvme_staging_bytes``; None when
-    nothing goes to disk. ValueError/TypeError naming the bad value."""
+def disk_placement(fraction: Any, directory: Any, staging_bytes: Any,
+                   host_state_bytes: Any = None) -> DiskPlacement | None:
+    """Check ``nvme_offload_fraction`` / ``host_state_bytes`` / ``nvme_offload_dir`` /
+    ``nvme_staging_bytes``; None when nothing goes to disk. ValueError/TypeError naming the bad value."""
     fraction = V.real("nvme_offload_fraction", fraction, lo=0.0, hi=1.0)
     staging_bytes = V.integer("nvme_staging_bytes", staging_bytes, lo=1 << 16)
-    if fraction == 0:
+    if host_state_bytes is not None:
+        host_state_bytes = V.integer("host_state_bytes", host_state_bytes, lo=0)
+        if fraction:
+            raise ValueError(f"give nvme_offload_fraction ({fraction}) or host_state_bytes ({host_state_bytes}), "
+                             "not both: the budget chooses the fraction")
+    elif fraction == 0:
         return None
+    what = f"nvme_offload_fraction={fraction}" if host_state_bytes is None else f"host_state_bytes={host_state_bytes}"
     if directory is None:
-        raise ValueError(f"nvme_offload_fraction={fraction} needs nvme_offload_dir (a directory for the state files)")
+        raise ValueError(f"{what} needs nvme_offload_dir (a directory for the state files)")
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"nvme_offload_dir must be a path, got {type(directory).__name__} {directory!r}")
     if not os.path.isdir(directory):
         raise ValueError(f"nvme_offload_dir {os.fspath(directory)!r} is not a directory")
-    return DiskPlacement(fraction, os.fspath(directory), staging_bytes)
+    return DiskPlacement(fraction, os.fspath(directory), staging_bytes, host_state_bytes)

@@ -63,11 +63,11 @@ class _Optimizer:
                  loss_scaler: LossScaler | None = None, skip_nonfinite: bool = True, kernel: str | None = None,
                  num_threads: int | None = None, offload_fraction: float = 0.0, comm: Any = None,
                  nvme_offload_fraction: float = 0.0, nvme_offload_dir: str | os.PathLike[str] | None = None,
-                 nvme_staging_bytes: int = 64 << 20) -> None:
+                 nvme_staging_bytes: int = 64 << 20, host_state_bytes: int | None = None) -> None:
         self._spec.check_group(defaults, "")
         self.defaults = defaults
         o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
-        self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes)
+        self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes, host_state_bytes)
         self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
         self.num_threads, self.offload_fraction = o.num_threads, o.offload_fraction
         self._kernel_arg = kernel
@@ -610,7 +610,8 @@ class SGD(_Optimizer):
                  maximize: bool = False, *, max_grad_norm: float | None = None, loss_scaler: LossScaler | None = None,
                  skip_nonfinite: bool = True, kernel: str | None = None, num_threads: int | None = None,
                  offload_fraction: float = 0.0, comm: Any = None, nvme_offload_fraction: float = 0.0,
-                 nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20) -> None:
+                 nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20,
+                 host_state_bytes: int | None = None) -> None:
         if isinstance(lr, GroupSchedules):
             params, lr = _per_group(params, lr, _sgd_groups)
         if isinstance(lr, ScheduleSet):
@@ -625,7 +626,8 @@ class SGD(_Optimizer):
         super().__init__(params, defaults, max_grad_norm=max_grad_norm, loss_scaler=loss_scaler,
                          skip_nonfinite=skip_nonfinite, kernel=kernel, num_threads=num_threads,
                          offload_fraction=offload_fraction, comm=comm, nvme_offload_fraction=nvme_offload_fraction,
-                         nvme_offload_dir=nvme_offload_dir, nvme_staging_bytes=nvme_staging_bytes)
+                         nvme_offload_dir=nvme_offload_dir, nvme_staging_bytes=nvme_staging_bytes,
+                         host_state_bytes=host_state_bytes)
 
 
 def _per_group(params: Any, gs: GroupSchedules, apply: Any) -> tuple[Any, Any]:

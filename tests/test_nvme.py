@@ -342,3 +342,32 @@ def test_torch_copy_refused_and_files_cleaned(tmp_path):
     assert not any(tmp_path.iterdir())
     with pytest.raises(RuntimeError, match="closed"):
         opt.step()
+
+
+@pytest.mark.parametrize("budget", [0, 4 * 2 * 64 * 10, 10**9])
+def test_host_state_bytes_chooses_the_split(budget, tmp_path):
+    """``host_state_bytes``: buffers in order keep in memory what the budget covers (multiples of 64
+    elements), the rest goes to disk; the run is bit-identical to all-in-memory at any budget."""
+    base, p0, i0 = _run(npadam.AdamW, 0.0, tmp_path, lr=1e-2, groups=True)
+    params = _params(np.float32)
+    opt = npadam.AdamW([{"params": params[:3]}, {"params": params[3:], "weight_decay": 0.0}], lr=1e-2,
+                       host_state_bytes=budget, nvme_offload_dir=tmp_path, nvme_staging_bytes=1 << 16)
+    infos = [(i.skipped, i.grad_norm) for i in (opt.step(_grads(k, np.float32, bad=(k == 2))) for k in range(6))]
+    assert infos == i0 and all(a.tobytes() == b.tobytes() for a, b in zip(p0, params))
+    assert _state_bytes(opt) == _state_bytes(base)
+    eng = opt._engine
+    in_memory = sum(buf.exp_avg.size * 8 for buf in eng.bufs)  # exp_avg + exp_avg_sq, fp32 params
+    total = sum(b.size for b in eng.layout.buffers) * 8
+    assert in_memory <= budget and (budget >= total or budget - in_memory < 8 * 64)
+    assert bool(eng.disk) == (budget < 10**9)
+    opt.close()
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"host_state_bytes": 100}, "needs nvme_offload_dir"),
+    ({"host_state_bytes": -1, "nvme_offload_dir": "."}, "host_state_bytes"),
+    ({"host_state_bytes": 100, "nvme_offload_fraction": 0.5, "nvme_offload_dir": "."}, "not both"),
+])
+def test_host_state_bytes_rejected(kw, match):
+    with pytest.raises(ValueError, match=match):
+        npadam.AdamW([np.ones(4, np.float32)], **kw)

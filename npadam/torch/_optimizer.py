@@ -171,10 +171,11 @@ class _Base(torch.optim.Optimizer):
                  loss_scaler: LossScaler | None = None, skip_nonfinite: bool = True, kernel: str | None = None,
                  num_threads: int | None = None, flat_storage: bool = False, offload_fraction: float = 0.0,
                  comm: Any = None, nvme_offload_fraction: float = 0.0,
-                 nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20) -> None:
+                 nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20,
+                 host_state_bytes: int | None = None) -> None:
         _check(defaults, "", self._spec)
         o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
-        self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes)
+        self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes, host_state_bytes)
         self._handed: dict[tuple[int, str], tuple[Any, bytes]] = {}  # disk slots' state tensors given out
         self._held: dict[tuple[int, str], torch.Tensor] = {}  # ... and kept alive until the next step
         if o.offload_fraction > 0:
