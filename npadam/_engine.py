@@ -343,15 +343,7 @@ class Engine:
             raise RuntimeError("internal: a slot whose state is on disk has no views (use slot_state)")
         buf = self.bufs[s.buffer]
         sl = slice(s.offset, s.offset + s.numel)
-        if self.algorithm == "sgd":
-            out = {"momentum_buffer": buf.exp_avg[sl]} if self.started[slot] and buf.exp_avg is not None else {}
-        else:
-            out = {"exp_avg": buf.exp_avg[sl], "exp_avg_sq": buf.exp_avg_sq[sl]}
-        if buf.max_exp_avg_sq is not None:
-            out["max_exp_avg_sq"] = buf.max_exp_avg_sq[sl]
-        if buf.master is not None:
-            out["master"] = buf.master[sl]
-        return out
+        return {name: getattr(buf, key)[sl] for name, key in self._state_keys(slot).items()}
 
     def write_state(self, updates: Sequence[tuple[int, str, np.ndarray]], amsgrad_buffers: Sequence[int]) -> None:
         """Write checked host arrays into the state: ``(slot, key, flat float32 array)``;

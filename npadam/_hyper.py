@@ -16,10 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
-
 from . import _validate as V
 from .schedules import Schedule
+from .schedules._base import described
 
 GROUP_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "bias_correction")
 FLAGS = ("amsgrad", "maximize", "bias_correction")
@@ -229,25 +228,6 @@ def has_unsaved(x: Any) -> bool:
     if isinstance(x, (list, tuple)):
         return any(has_unsaved(v) for v in x)
     return isinstance(x, dict) and UNSAVED in x
-
-
-def described(s: Schedule) -> dict[str, Any]:
-    """``s.config_dict()`` with each Python callable written as ``{"python_callable": name}``: what a
-    state dict keeps of a schedule holding code (its base lr, scale, ... are compared on load)."""
-    from .schedules._callable import describe
-
-    def value(v: Any) -> Any:
-        if isinstance(v, Schedule):
-            return described(v)
-        if callable(v) and not isinstance(v, type):
-            return {"python_callable": describe(v)}
-        if isinstance(v, (list, tuple)):
-            return [value(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): value(x) for k, x in v.items()}
-        return v.item() if isinstance(v, np.generic) else v
-
-    return {"type": s.kind, **{k: value(v) for k, v in s.params.items() if not (s.stateful and k == "state")}}
 
 
 def dump(x: Any) -> Any:

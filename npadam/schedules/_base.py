@@ -77,16 +77,30 @@ def _first_bad(arr: np.ndarray, mask: np.ndarray) -> Any:
     return arr[mask].flat[0].item() if arr.ndim else arr.item()
 
 
-def _to_jsonable(value: Any, config: bool = False) -> Any:
+def _to_jsonable(value: Any, how: str = "dict") -> Any:
+    """``value`` as JSON; nested schedules by ``to_dict`` (``how="dict"``), ``config_dict``
+    (``"config"``) or ``described`` (``"described"``, where a Python callable becomes its name)."""
     if isinstance(value, Schedule):
-        return value.config_dict() if config else value.to_dict()
+        if how == "described":
+            return described(value)
+        return value.config_dict() if how == "config" else value.to_dict()
+    if how == "described" and callable(value) and not isinstance(value, type):
+        from ._callable import describe
+
+        return {"python_callable": describe(value)}
     if isinstance(value, (list, tuple)):
-        return [_to_jsonable(v, config) for v in value]
+        return [_to_jsonable(v, how) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _to_jsonable(v, config) for k, v in value.items()}
+        return {str(k): _to_jsonable(v, how) for k, v in value.items()}
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def described(s: "Schedule") -> dict[str, Any]:
+    """``s.config_dict()`` with each Python callable written as ``{"python_callable": name}``: what a
+    state dict keeps of a schedule holding code (its base lr, scale, ... are compared on load)."""
+    return {"type": s.kind, **_to_jsonable(s._params, "described")}
 
 
 def _schedules_in(value: Any) -> Iterator["Schedule"]:
@@ -163,7 +177,7 @@ class Schedule:
 
     def config_dict(self) -> dict[str, Any]:
         """``to_dict()`` without the state of any stateful schedule in it: the configuration."""
-        return {"type": self.kind, **_to_jsonable(self._params, config=True)}
+        return {"type": self.kind, **_to_jsonable(self._params, "config")}
 
     def state_dict(self) -> dict[str, Any]:
         """The state of a stateful schedule; a pure function of the step has none."""

@@ -362,13 +362,13 @@ class _Base(torch.optim.Optimizer):
             t = ref()
             if t is None:
                 continue
-            alive[(i, key)] = (ref, digest)
-            if _digest(t) != digest:
+            now = _digest(t)
+            alive[(i, key)] = (ref, now)
+            if now != digest:
                 if not torch.isfinite(t).all() or t.numel() != self._engine.layout.slots[i].numel:
                     raise ValueError(f"state of param {self._engine.layout.slots[i].name!r}: {key} was changed "
                                      "in place to non-finite values or another size")
                 updates.append((i, key, t.detach().reshape(-1).numpy().astype(np.float32, copy=True)))
-                alive[(i, key)] = (ref, _digest(t))
         self._handed = alive
         self._held = {}  # from now on only the caller's references keep them
         if updates:
