@@ -27,10 +27,10 @@ import numpy as np
 
 from . import kernels as K
 from .kernels.threads import limited
-from .layout import FlatLayout
+from .layout import FlatLayout, storage_dtype
 from .reference import adamw as ref
 from .reference import sgd as sgd_ref
-from ._placement import DiskPlacement
+from ._placement import DiskPlacement, OffloadPlacement
 from .scaler import LossScaler
 
 
@@ -62,11 +62,10 @@ class StepOptions:
     loss_scaler: LossScaler | None
     skip_nonfinite: bool
     num_threads: int | None
-    offload_fraction: float
 
 
 def step_options(max_grad_norm: Any, loss_scaler: Any, skip_nonfinite: Any, num_threads: Any,
-                 offload_fraction: Any, comm: Any) -> StepOptions:
+                 comm: Any) -> StepOptions:
     """Check the optimizer options that are not per-group hyperparameters; ValueError/TypeError
     naming the bad value."""
     from . import _validate as V
@@ -82,10 +81,9 @@ def step_options(max_grad_norm: Any, loss_scaler: Any, skip_nonfinite: Any, num_
         if num_threads > max_threads():
             raise ValueError(f"num_threads={num_threads} is more than Numba's {max_threads()} threads "
                              "(NUMBA_NUM_THREADS, set before Numba is imported)")
-    offload_fraction = V.real("offload_fraction", offload_fraction, lo=0.0, hi=1.0)
     if comm is not None:
         raise ValueError("comm: sharding across ranks is not available in this version of npadam")
-    return StepOptions(max_grad_norm, loss_scaler, bool(skip_nonfinite), num_threads, offload_fraction)
+    return StepOptions(max_grad_norm, loss_scaler, bool(skip_nonfinite), num_threads)
 
 
 @dataclass(frozen=True)
@@ -106,7 +104,8 @@ class Engine:
 
     def __init__(self, layout: FlatLayout, *, device: str = "cpu", device_id: int | None = None,
                  kernel: str = "cpu", decoupled: bool = True, num_threads: int | None = None,
-                 algorithm: str = "adam", disk: DiskPlacement | None = None) -> None:
+                 algorithm: str = "adam", disk: DiskPlacement | None = None,
+                 offload: OffloadPlacement | None = None) -> None:
         if algorithm not in ("adam", "sgd"):
             raise ValueError(f"internal: unknown algorithm {algorithm!r}")
         self.device = device
@@ -122,8 +121,15 @@ class Engine:
         self.views_version = 0
         self.count = 0
         self.placement = disk
-        self.disk: dict[int, tuple[int, Any]] = {}  # buffer -> (host elements, DiskState of the rest)
+        self.offload = offload
+        # buffer -> (first element on disk, DiskState of [first, size))
+        self.disk: dict[int, tuple[int, Any]] = {}
+        # GPU params: buffer -> (first element in host memory, BufferState of the host part up to the disk)
+        self.host: dict[int, tuple[int, K.BufferState]] = {}
         self.host_left = disk.host_bytes if disk is not None and disk.host_bytes is not None else 0
+        self.device_left = offload.device_bytes if offload is not None and offload.device_bytes is not None else 0
+        self._copier: Any = None
+        self._staging: Any = None
         self.extend(layout)
 
     # ------------------------------------------------------------------ structure
@@ -160,12 +166,27 @@ class Engine:
         with self.on_device():
             for bi, b in enumerate(layout.buffers[len(old.buffers):], start=len(old.buffers)):
                 names = (["master"] if b.dtype != "float32" else []) + (["exp_avg", "exp_avg_sq"] if adam else [])
+                # state elements [0, n0) with the params, [n0, n1) in host memory (GPU params), [n1, size) on disk
+                # budgets count the state every step has: SGD's momentum buffer too (made at its first step)
+                per_elem = 4 * (len(names) + (0 if adam else 1))
+                moved = 0
+                if self.offload is not None:
+                    moved, self.device_left = self.offload.split(b.size, per_elem, self.device_left)
                 on_disk = 0
                 if self.placement is not None:
-                    on_disk, self.host_left = self.placement.split(b.size, 4 * len(names), self.host_left)
-                n = b.size - on_disk  # the host part: state elements [0, n); the disk holds [n, size)
+                    base = moved if self.offload is not None else b.size
+                    on_disk, self.host_left = self.placement.split(base, per_elem, self.host_left)
+                n1 = b.size - on_disk
+                n = b.size - moved if self.offload is not None else n1
                 if on_disk:
-                    self.disk[bi] = (n, self.placement.store(on_disk, names))
+                    self.disk[bi] = (n1, self.placement.store(on_disk, names))
+                if n1 > n:
+                    low = b.dtype != "float32"
+                    self.host[bi] = (n, K.BufferState(  # pageable: the state never crosses the bus
+                        size=n1 - n, master=np.zeros(n1 - n, np.float32) if low else None,
+                        exp_avg=np.zeros(n1 - n, np.float32) if adam else None,
+                        exp_avg_sq=np.zeros(n1 - n, np.float32) if adam else None, max_exp_avg_sq=None,
+                        pdtype=b.dtype))
                 self.bufs.append(K.BufferState(
                     size=b.size, master=xp.zeros(n, np.float32) if b.dtype != "float32" else None,
                     exp_avg=xp.zeros(n, np.float32) if adam else None,
@@ -191,14 +212,14 @@ class Engine:
         if self.device == "cpu":
             self._write_range(s.buffer, "master", s.offset, np.asarray(param).reshape(-1).astype(np.float32))
             return
-        dst = buf.master[s.offset: s.offset + s.numel]
         cp = self.xp
         with self.on_device():
             bits = param.reshape(-1).view(cp.uint16)
             if s.dtype == "bfloat16":
-                dst[...] = (bits.astype(cp.uint32) << 16).view(cp.float32)
+                wide = (bits.astype(cp.uint32) << 16).view(cp.float32)
             else:
-                dst[...] = bits.view(cp.float16).astype(cp.float32)
+                wide = bits.view(cp.float16).astype(cp.float32)
+            self._write_range(s.buffer, "master", s.offset, wide)
 
     # ------------------------------------------------------------------ the step
     def _batches(self, bi: int, active: np.ndarray, pptrs: np.ndarray, gptrs: np.ndarray,
@@ -254,7 +275,7 @@ class Engine:
         loss_scale = scaler.scale if scaler is not None else 1.0
         inv = scaler.inv_scale if scaler is not None else 1.0
         norm = None
-        with self.on_device(), limited(self.num_threads if self.kernel == "cpu" else None):
+        with self.on_device(), limited(self.num_threads if self.kernel == "cpu" or self.host else None):
             if skip_nonfinite or max_grad_norm is not None or scaler is not None:
                 sums = [kern.block_sumsq(self.bufs[bi], whole, ref.NORM_BLOCK) for bi, whole, _ in plan]
                 if self.device == "gpu":  # one device-to-host copy per step: the block sums
@@ -277,8 +298,13 @@ class Engine:
                         self._add_state(bi, "exp_avg")
                 elif hyper[b.group]["amsgrad"] and buf.max_exp_avg_sq is None:
                     self._add_state(bi, "max_exp_avg_sq", like="exp_avg_sq")
+            name = "sgd_step" if sgd else "adam_step"
+            for bi, batch, s, flags in calls:  # the params' part first: on a GPU it runs while the host works
+                part = self._primary_batch(bi, batch)
+                if len(part):
+                    getattr(kern, name)(self.bufs[bi], part, s, flags)
             for bi, batch, s, flags in calls:
-                self._run(kern.sgd_step if sgd else kern.adam_step, bi, batch, s, flags)
+                self._run_rest(name, bi, batch, s, flags)
         self.steps[active] += 1
         if self.algorithm == "sgd":
             with_momentum = np.asarray([h["momentum"] != 0 for h in hyper], bool)[self.slot_groups]
@@ -316,7 +342,7 @@ class Engine:
         """Host copies of one slot's state arrays (flat): exp_avg, exp_avg_sq[, max_exp_avg_sq][, master]
         (Adam) or [momentum_buffer][, master] (SGD: once the tensor's buffer has started)."""
         s = self.layout.slots[slot]
-        if s.buffer in self.disk:
+        if self.offloaded(s.buffer):
             self.check_disk()
             keys = self._state_keys(slot)
             return {out: self._read_range(s.buffer, key, s.offset, s.offset + s.numel) for out, key in keys.items()}
@@ -339,8 +365,8 @@ class Engine:
     def slot_views(self, slot: int) -> dict[str, Any]:
         """Views (not copies) of one slot's state arrays, flat (for ``state[p]`` in npadam.torch)."""
         s = self.layout.slots[slot]
-        if s.buffer in self.disk:
-            raise RuntimeError("internal: a slot whose state is on disk has no views (use slot_state)")
+        if self.offloaded(s.buffer):
+            raise RuntimeError("internal: a slot whose state is in another tier has no views (use slot_state)")
         buf = self.bufs[s.buffer]
         sl = slice(s.offset, s.offset + s.numel)
         return {name: getattr(buf, key)[sl] for name, key in self._state_keys(slot).items()}
@@ -351,7 +377,6 @@ class Engine:
         ``momentum_buffer`` goes to ``exp_avg`` (allocated if needed; the caller sets ``started``)."""
         self.sync()  # a step still running on another stream must not overwrite what is written
         self.check_disk()
-        xp = self.xp
         with self.on_device():
             for bi in amsgrad_buffers:
                 if self.bufs[bi].max_exp_avg_sq is None:
@@ -363,21 +388,45 @@ class Engine:
                     key = "exp_avg"
                     if buf.exp_avg is None:
                         self._add_state(s.buffer, "exp_avg")
-                if s.buffer in self.disk:
-                    self._write_range(s.buffer, key, s.offset, np.asarray(arr, np.float32))
-                    continue
-                target = getattr(buf, key)
-                target[s.offset: s.offset + s.numel] = arr if xp is np else xp.asarray(arr)
+                self._write_range(s.buffer, key, s.offset, np.asarray(arr, np.float32))
         self.sync()
 
 
     # ------------------------------------------------------------------ tiers
+    def offloaded(self, bi: int) -> bool:
+        """Part of buffer ``bi``'s state is not with the params (in host memory for GPU params, or on disk)."""
+        return bi in self.disk or bi in self.host
+
+    @property
+    def tiered(self) -> bool:
+        """Some state is not with the params."""
+        return bool(self.disk or self.host)
+
+    def _bounds(self, bi: int) -> tuple[int, int]:
+        """``(n0, n1)``: buffer ``bi``'s state elements ``[0, n0)`` are with the params, ``[n0, n1)``
+        in host memory (GPU params; empty otherwise), ``[n1, size)`` on disk."""
+        size = self.layout.buffers[bi].size
+        n1 = self.disk[bi][0] if bi in self.disk else size
+        return (self.host[bi][0] if bi in self.host else n1), n1
+
+    def copier(self) -> Any:
+        """The ``npadam.tiers.transfer.Copier`` of the host part (made on first use)."""
+        if self._copier is None:
+            self._copier = self.offload.make_copier(self.device_id)
+        return self._copier
+
     def _add_state(self, bi: int, key: str, like: str | None = None) -> None:
         """A state array appears (SGD's momentum, amsgrad's max): zeros, or a copy of ``like``."""
         buf, tier = self.bufs[bi], self.disk.get(bi)
-        n = tier[0] if tier is not None else buf.size
+        n0, _ = self._bounds(bi)
         with self.on_device():
-            setattr(buf, key, getattr(buf, like).copy() if like else self.xp.zeros(n, np.float32))
+            setattr(buf, key, getattr(buf, like).copy() if like else self.xp.zeros(n0, np.float32))
+        if bi in self.host:
+            hp = self.host[bi][1]
+            arr = np.zeros(hp.size, np.float32)
+            if like:
+                arr[...] = getattr(hp, like)
+            setattr(hp, key, arr)
         if tier is not None:
             tier[1].add(key)
             if like:
@@ -386,50 +435,100 @@ class Engine:
                         tier[1].write(key, a, arrs[like])
         self.views_version += 1
 
-    def _run(self, fn: Any, bi: int, batch: K.Batch, s: Any, flags: Any) -> None:
-        """One kernel call on buffer ``bi``: on its host state, and chunk by chunk on the part of its
-        state in files (read ahead, written behind; bit-identical: the update is elementwise)."""
-        buf, tier = self.bufs[bi], self.disk.get(bi)
-        if tier is None:
-            fn(buf, batch, s, flags)
+    def _primary_batch(self, bi: int, batch: K.Batch) -> K.Batch:
+        """The part of ``batch`` whose state is with the params."""
+        n0, _ = self._bounds(bi)
+        return batch if n0 == self.layout.buffers[bi].size else K.sub_batch(batch, self.layout.buffers[bi].dtype, 0, n0)
+
+    def _run_rest(self, name: str, bi: int, batch: K.Batch, s: Any, flags: Any) -> None:
+        """Kernel ``name`` on the parts of buffer ``bi``'s state that are not with the params: host
+        memory of GPU params (params and grads staged to the host piece by piece, see
+        ``npadam.tiers.transfer``) and files (chunk by chunk, read ahead, written behind).
+        Bit-identical to one call on the whole buffer: the update is elementwise."""
+        if not self.offloaded(bi) or not len(batch):
             return
-        n, store = tier
+        n0, n1 = self._bounds(bi)
+        buf = self.bufs[bi]
         pdtype = self.layout.buffers[bi].dtype
-        host = K.sub_batch(batch, pdtype, 0, n)
-        if len(host):
-            fn(buf, host, s, flags)
-        ends = batch.offsets + batch.sizes
-        lo, hi = max(int(batch.offsets.min()), n) - n, int(ends.max()) - n
-        if hi <= lo:
+        lo_b, hi_b = int(batch.offsets.min()), int((batch.offsets + batch.sizes).max())
+        if hi_b <= n0:
             return
-        names = [k for k in ("master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq") if getattr(buf, k) is not None]
-        with contextlib.closing(store.stream(names, [(lo, hi)])) as chunks:  # finished chunks written on any exit
-            for a, b, arrs in chunks:
-                part = K.sub_batch(batch, pdtype, n + a, n + b)
-                if len(part):
-                    fn(K.BufferState(size=b - a, master=arrs.get("master"), exp_avg=arrs.get("exp_avg"),
-                                     exp_avg_sq=arrs.get("exp_avg_sq"), max_exp_avg_sq=arrs.get("max_exp_avg_sq"),
-                                     pdtype=pdtype), part, s, flags)
+        fn = getattr(K.get("cpu" if self.kernel == "gpu" else self.kernel), name)
+        names = [k for k in STATE_NAMES if getattr(buf, k) is not None]
+        tier = self.disk.get(bi)
+        disk_span = [(max(lo_b, n1) - n1, hi_b - n1)] if tier is not None and hi_b > n1 else []
+        disk_ranges = [(n1 + a, n1 + b) for a, b in tier[1].chunks(disk_span)] if disk_span else []
+
+        def state_of(arrs: dict[str, np.ndarray], size: int) -> K.BufferState:
+            return K.BufferState(size=size, master=arrs.get("master"), exp_avg=arrs.get("exp_avg"),
+                                 exp_avg_sq=arrs.get("exp_avg_sq"), max_exp_avg_sq=arrs.get("max_exp_avg_sq"),
+                                 pdtype=pdtype)
+
+        if bi not in self.host:  # host params: the disk part reads the params and grads in place
+            if not disk_span:
+                return
+            with contextlib.closing(tier[1].stream(names, disk_span)) as chunks:  # finished chunks written on any exit
+                for a, b, arrs in chunks:
+                    part = K.sub_batch(batch, pdtype, n1 + a, n1 + b)
+                    if len(part):
+                        fn(state_of(arrs, b - a), part, s, flags)
+            return
+        from .tiers.transfer import Piece, Staging
+
+        if self._staging is None:
+            self._staging = Staging(self.copier(), self.offload.piece_elems, self.offload.depth)
+        hp = self.host[bi][1]
+        host_ranges = self._staging.pieces(max(lo_b, n0), min(hi_b, n1)) if lo_b < n1 else []
+        pieces = []
+        for a, b in host_ranges + disk_ranges:
+            part = K.sub_batch(batch, pdtype, a, b)
+            pieces.append(Piece(a, b, part.params, part.grads, part.offsets + a, part.sizes))
+        pitem, gitem = storage_dtype(pdtype).itemsize, storage_dtype(batch.gdtype).itemsize
+
+        def update(p: Piece, staged: tuple[np.ndarray, np.ndarray], state: K.BufferState) -> None:
+            if p.offsets.size:
+                fn(state, K.Batch(staged[0], staged[1], p.offsets - p.lo, p.sizes, batch.gdtype, b"staged"), s, flags)
+
+        with contextlib.closing(self._staging.run(pieces, pitem, gitem)) as staged:
+            for p in pieces[: len(host_ranges)]:
+                update(p, next(staged), state_of({k: getattr(hp, k)[p.lo - n0: p.hi - n0] for k in names},
+                                                 p.hi - p.lo))
+            if disk_ranges:
+                with contextlib.closing(tier[1].stream(names, disk_span)) as chunks:
+                    for (a, b, arrs), p in zip(chunks, pieces[len(host_ranges):]):
+                        if (n1 + a, n1 + b) != (p.lo, p.hi):
+                            raise RuntimeError(f"internal: disk chunk [{a}, {b}) is not piece [{p.lo}, {p.hi})")
+                        update(p, next(staged), state_of(arrs, b - a))
+            next(staged, None)  # the last piece's params go back
 
     def _read_range(self, bi: int, key: str, lo: int, hi: int) -> np.ndarray:
         """State ``key`` of buffer ``bi``, flat elements ``[lo, hi)``, as a host copy (any tier)."""
-        arr = getattr(self.bufs[bi], key)
-        tier = self.disk.get(bi)
-        if tier is None or hi <= tier[0]:
-            return _host(arr[lo:hi])
-        n, store = tier
-        head = _host(arr[lo:n]) if lo < n else np.zeros(0, np.float32)
-        return np.concatenate([head, store.read(key, max(lo, n) - n, hi - n)])
+        n0, n1 = self._bounds(bi)
+        parts = []
+        if lo < n0:
+            parts.append(_host(getattr(self.bufs[bi], key)[lo: min(hi, n0)]))
+        if bi in self.host and lo < n1 and hi > n0:
+            parts.append(getattr(self.host[bi][1], key)[max(lo, n0) - n0: min(hi, n1) - n0].copy())
+        if bi in self.disk and hi > n1:
+            parts.append(self.disk[bi][1].read(key, max(lo, n1) - n1, hi - n1))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
-    def _write_range(self, bi: int, key: str, lo: int, values: np.ndarray) -> None:
-        """Write host float32 ``values`` into state ``key`` of buffer ``bi`` from flat element ``lo``."""
-        arr, tier = getattr(self.bufs[bi], key), self.disk.get(bi)
-        n = tier[0] if tier is not None else arr.size
-        head = values[: max(0, n - lo)]
-        if head.size:
-            arr[lo: lo + head.size] = head
-        if tier is not None and head.size < values.size:
-            tier[1].write(key, lo + head.size - n, values[head.size:])
+    def _write_range(self, bi: int, key: str, lo: int, values: Any) -> None:
+        """Write float32 ``values`` (host, or on the params' GPU) into state ``key`` of buffer ``bi``
+        from flat element ``lo``, whichever tiers that range spans."""
+        n0, n1 = self._bounds(bi)
+        hi = lo + int(values.size)
+        if lo < n0:
+            arr = getattr(self.bufs[bi], key)
+            head = values[: min(hi, n0) - lo]
+            arr[lo: lo + head.size] = head if isinstance(arr, np.ndarray) or not isinstance(head, np.ndarray) \
+                else self.xp.asarray(head)
+        if bi in self.host and lo < n1 and hi > n0:
+            a, b = max(lo, n0), min(hi, n1)
+            getattr(self.host[bi][1], key)[a - n0: b - n0] = _host(values[a - lo: b - lo])
+        if bi in self.disk and hi > n1:
+            a = max(lo, n1)
+            self.disk[bi][1].write(key, a - n1, _host(values[a - lo:]))
 
     def check_disk(self) -> None:
         """RuntimeError when part of the state is in files that are gone (``close()``) or that a failed
@@ -443,9 +542,11 @@ class Engine:
                                    "state is undefined: restore the last checkpoint") from store.failed
 
     def close(self) -> None:
-        """Delete the files of disk-resident state (the optimizer cannot step afterwards)."""
+        """Delete the files of disk-resident state (the optimizer cannot step afterwards) and drop the
+        host staging of GPU params."""
         for _, store in self.disk.values():
             store.close()
+        self._staging = None
 
 
 def _sgd_calls(bi: int, parts: list[tuple[int, K.Batch]], h: dict[str, Any], scale: float,
@@ -464,6 +565,8 @@ def _sgd_calls(bi: int, parts: list[tuple[int, K.Batch]], h: dict[str, Any], sca
                                       first=t == 1)) for t, batch in parts]
 
 
+#: the state arrays a tier may hold, in the kernels' order
+STATE_NAMES = ("master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 #: the float32 scalars of an Adam / SGD step that a large lr, weight decay or scale can overflow
 ADAM_SCALARS = ("decay", "step_size", "scale", "weight_decay")
 SGD_SCALARS = ("neg_lr", "momentum", "one_minus_dampening", "weight_decay", "scale")

@@ -1,17 +1,86 @@
-"""Where optimizer state lives besides host memory: the checked ``nvme_offload_*`` options.
+"""Where optimizer state lives besides the params' memory: the checked tier options.
 
-``DiskPlacement`` says which share of each flat buffer's state is kept in files and builds the
-``npadam.tiers.DiskState`` that holds it; the engine (``npadam._engine``) streams that part
-through the kernels.
+``OffloadPlacement`` (``offload_fraction`` / ``gpu_state_bytes`` / ``pin_memory``) says which share
+of each flat buffer's state of GPU params is kept in host memory; ``DiskPlacement``
+(``nvme_offload_*`` / ``host_state_bytes``) which share of the host-side state is kept in files,
+and builds the ``npadam.tiers.DiskState`` that holds it. The engine (``npadam._engine``) runs the
+kernels on each part: the GPU part in place, the host part through
+``npadam.tiers.transfer.Staging``, the disk part streamed chunk by chunk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import _validate as V
+
+
+def tail_split(size: int, bytes_per_element: int, fraction: float, budget: int | None,
+               left: int) -> tuple[int, int]:
+    """``(elements moved out, budget left)``: the tail of a ``size``-element buffer that goes to the
+    next tier, ``fraction`` of it (a multiple of 64 elements; all of it at 1.0), or with a byte
+    ``budget`` what the ``left`` part of it does not cover (buffers in order keep what is left,
+    a multiple of 64 elements)."""
+    if budget is None:
+        if fraction >= 1.0:
+            return size, left
+        return int(size * fraction) // 64 * 64, left
+    if size * bytes_per_element <= left:
+        return 0, left - size * bytes_per_element
+    keep = left // max(bytes_per_element, 1) // 64 * 64
+    return size - keep, left - keep * bytes_per_element
+
+
+@dataclass(frozen=True)
+class OffloadPlacement:
+    """State of GPU params in host memory: ``fraction`` of each buffer's state (its tail), or with
+    ``device_bytes`` what that GPU budget does not cover; ``pinned`` host memory; streamed through
+    ``npadam.tiers.transfer.Staging`` in pieces of ``piece_elems`` with ``depth`` in flight.
+    ``copier``: makes the ``Copier`` (None: CUDA streams on the params' GPU; tests pass
+    ``HostCopier``)."""
+
+    fraction: float
+    pinned: bool = True
+    device_bytes: int | None = None
+    piece_elems: int = 1 << 21
+    depth: int = 2
+    copier: Callable[[], Any] | None = None
+
+    def split(self, size: int, bytes_per_element: int, device_left: int) -> tuple[int, int]:
+        """``(elements in host memory, GPU budget left)`` for one buffer (see ``tail_split``)."""
+        return tail_split(size, bytes_per_element, self.fraction, self.device_bytes, device_left)
+
+    def make_copier(self, device_id: int | None) -> Any:
+        if self.copier is not None:
+            return self.copier()
+        from .tiers.transfer import CupyCopier
+
+        return CupyCopier(device_id or 0, self.pinned)
+
+
+def offload_placement(fraction: Any, pin_memory: Any, gpu_state_bytes: Any) -> OffloadPlacement | None:
+    """Check ``offload_fraction`` / ``pin_memory`` / ``gpu_state_bytes``; None when all state stays
+    with the params. ValueError/TypeError naming the bad value."""
+    V.flag("pin_memory", pin_memory)
+    fraction, gpu_state_bytes = _share_or_budget("offload_fraction", fraction, "gpu_state_bytes", gpu_state_bytes)
+    if fraction == 0 and gpu_state_bytes is None:
+        return None
+    return OffloadPlacement(fraction, bool(pin_memory), gpu_state_bytes)
+
+
+def _share_or_budget(fname: str, fraction: Any, bname: str, budget: Any) -> tuple[float, int | None]:
+    """A tier's share in [0, 1] or a byte budget (not both), checked."""
+    fraction = V.real(fname, fraction, lo=0.0, hi=1.0)
+    if budget is not None:
+        budget = V.integer(bname, budget, lo=0)
+        if fraction:
+            raise ValueError(f"give {fname} ({fraction}) or {bname} ({budget}), not both: the budget chooses "
+                             "the fraction")
+    return fraction, budget
 
 
 @dataclass(frozen=True)
@@ -29,14 +98,7 @@ class DiskPlacement:
         """``(elements on disk, host budget left)`` for a ``size``-element buffer whose state takes
         ``bytes_per_element`` bytes per element (with ``host_bytes``: the buffer keeps in memory
         what the budget left covers, a multiple of 64 elements, and the rest goes to disk)."""
-        if self.host_bytes is None:
-            if self.fraction >= 1.0:
-                return size, host_left
-            return int(size * self.fraction) // 64 * 64, host_left
-        if size * bytes_per_element <= host_left:
-            return 0, host_left - size * bytes_per_element
-        host = host_left // max(bytes_per_element, 1) // 64 * 64
-        return size - host, host_left - host * bytes_per_element
+        return tail_split(size, bytes_per_element, self.fraction, self.host_bytes, host_left)
 
     def store(self, size: int, names: Sequence[str]) -> Any:
         from .tiers import DiskState
@@ -51,14 +113,10 @@ def disk_placement(fraction: Any, directory: Any, staging_bytes: Any,
                    host_state_bytes: Any = None) -> DiskPlacement | None:
     """Check ``nvme_offload_fraction`` / ``host_state_bytes`` / ``nvme_offload_dir`` /
     ``nvme_staging_bytes``; None when nothing goes to disk. ValueError/TypeError naming the bad value."""
-    fraction = V.real("nvme_offload_fraction", fraction, lo=0.0, hi=1.0)
+    fraction, host_state_bytes = _share_or_budget("nvme_offload_fraction", fraction, "host_state_bytes",
+                                                  host_state_bytes)
     staging_bytes = V.integer("nvme_staging_bytes", staging_bytes, lo=1 << 16)
-    if host_state_bytes is not None:
-        host_state_bytes = V.integer("host_state_bytes", host_state_bytes, lo=0)
-        if fraction:
-            raise ValueError(f"give nvme_offload_fraction ({fraction}) or host_state_bytes ({host_state_bytes}), "
-                             "not both: the budget chooses the fraction")
-    elif fraction == 0:
+    if fraction == 0 and host_state_bytes is None:
         return None
     what = f"nvme_offload_fraction={fraction}" if host_state_bytes is None else f"host_state_bytes={host_state_bytes}"
     if directory is None:
@@ -68,3 +126,36 @@ def disk_placement(fraction: Any, directory: Any, staging_bytes: Any,
     if not os.path.isdir(directory):
         raise ValueError(f"nvme_offload_dir {os.fspath(directory)!r} is not a directory")
     return DiskPlacement(fraction, os.fspath(directory), staging_bytes, host_state_bytes)
+
+
+#: CI stand-in (``standin``): when set, host params take the GPU-params path with this placement
+_STANDIN: list[OffloadPlacement] = []
+
+
+@contextlib.contextmanager
+def standin(copier: Callable[[], Any], piece_elems: int = 1 << 21, depth: int = 2) -> Iterator[None]:
+    """Tests only: optimizers built inside treat host params as GPU params whose "device" is host
+    memory, so ``offload_fraction`` / ``gpu_state_bytes`` put their state behind ``copier`` (a
+    ``npadam.tiers.transfer.HostCopier``) and the whole GPU↔host orchestration runs without a GPU."""
+    _STANDIN.append(OffloadPlacement(0.0, False, None, piece_elems, depth, copier))
+    try:
+        yield
+    finally:
+        _STANDIN.pop()
+
+
+def engine_offload(offload: OffloadPlacement | None, disk: DiskPlacement | None,
+                   device: str) -> OffloadPlacement | None:
+    """The offload placement an engine on ``device`` gets: None for host params (their state is in
+    host memory already), except under ``standin``. ValueError for a disk tier on GPU params without
+    a host part (the disk holds a share of the host-side state)."""
+    if offload is not None and device == "cpu":
+        if not _STANDIN:
+            return None
+        s = _STANDIN[-1]
+        offload = dataclasses.replace(offload, piece_elems=s.piece_elems, depth=s.depth, copier=s.copier)
+    if disk is not None and device != "cpu" and offload is None:
+        what = ("nvme_offload_fraction" if disk.host_bytes is None else "host_state_bytes")
+        raise ValueError(f"{what} with params on a GPU needs offload_fraction > 0 (or gpu_state_bytes): the disk "
+                         "holds part of the state kept off the GPU")
+    return offload

@@ -40,7 +40,7 @@ from . import _state
 from . import kernels as K
 from . import _params as P
 from ._engine import Engine, StepInfo, step_options
-from ._placement import disk_placement
+from ._placement import disk_placement, engine_offload, offload_placement
 from .interop import import_array, is_read_only_producer
 from .layout import FlatLayout
 from .reference import adamw as ref
@@ -63,13 +63,17 @@ class _Optimizer:
                  loss_scaler: LossScaler | None = None, skip_nonfinite: bool = True, kernel: str | None = None,
                  num_threads: int | None = None, offload_fraction: float = 0.0, comm: Any = None,
                  nvme_offload_fraction: float = 0.0, nvme_offload_dir: str | os.PathLike[str] | None = None,
-                 nvme_staging_bytes: int = 64 << 20, host_state_bytes: int | None = None) -> None:
+                 nvme_staging_bytes: int = 64 << 20, host_state_bytes: int | None = None,
+                 pin_memory: bool = True, gpu_state_bytes: int | None = None) -> None:
         self._spec.check_group(defaults, "")
         self.defaults = defaults
-        o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
+        o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, comm)
+        self._offload = offload_placement(offload_fraction, pin_memory, gpu_state_bytes)
         self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes, host_state_bytes)
+        self.offload_fraction = self._offload.fraction if self._offload is not None else 0.0
+        self.pin_memory = bool(pin_memory)
         self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
-        self.num_threads, self.offload_fraction = o.num_threads, o.offload_fraction
+        self.num_threads = o.num_threads
         self._kernel_arg = kernel
         self.kernel = K.check_kernel(kernel)
         self.param_groups: list[dict[str, Any]] = []
@@ -149,12 +153,10 @@ class _Optimizer:
         P.check_no_overlap(starts, ends, names, "params")
         # everything checked: build
         if self._engine is None:
-            if self._disk is not None and device != "cpu":
-                raise ValueError("nvme_offload_fraction > 0 with params on a GPU is not available in this version "
-                                 "of npadam (the disk tier serves CPU params)")
+            offload = engine_offload(self._offload, self._disk, device)
             self._engine = Engine(layout, device=device, device_id=device_id, kernel=self.kernel,
                                   decoupled=self._decoupled, num_threads=self.num_threads,
-                                  algorithm=self._spec.algorithm, disk=self._disk)
+                                  algorithm=self._spec.algorithm, disk=self._disk, offload=offload)
         else:
             self._engine.extend(layout)
         eng = self._engine
@@ -207,9 +209,6 @@ class _Optimizer:
             return device, None
         if self._kernel_arg not in (None, "gpu"):
             raise ValueError(f"params are on a GPU: kernel must be 'gpu' (or None), got {self._kernel_arg!r}")
-        if self.offload_fraction > 0:
-            raise ValueError("offload_fraction > 0 (optimizer state in host memory for GPU params) is not "
-                             "available in this version of npadam")
         self.kernel = "gpu"
         return device, device_id
 
@@ -438,9 +437,10 @@ class _Optimizer:
 
     def __getstate__(self) -> dict[str, Any]:
         """``copy.deepcopy`` and pickling: the state without this process's raw grad pointers."""
-        if self._engine is not None and self._engine.disk:
-            raise TypeError("an optimizer with state on disk (nvme_offload_fraction) cannot be copied or pickled: "
-                            "save it with npadam.checkpoint.save (or state_dict()) instead")
+        if self._engine is not None and self._engine.tiered:
+            raise TypeError("an optimizer with state in another tier (offload_fraction for GPU params, or "
+                            "nvme_offload_fraction) cannot be copied or pickled: save it with npadam.checkpoint.save "
+                            "(or state_dict()) instead")
         state = dict(self.__dict__)
         n = len(self._objects)
         state.update(_last_grads=[None] * n, _last_imports=[None] * n, _gptrs=np.zeros(n, np.int64),
@@ -611,7 +611,8 @@ class SGD(_Optimizer):
                  skip_nonfinite: bool = True, kernel: str | None = None, num_threads: int | None = None,
                  offload_fraction: float = 0.0, comm: Any = None, nvme_offload_fraction: float = 0.0,
                  nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20,
-                 host_state_bytes: int | None = None) -> None:
+                 host_state_bytes: int | None = None, pin_memory: bool = True,
+                 gpu_state_bytes: int | None = None) -> None:
         if isinstance(lr, GroupSchedules):
             params, lr = _per_group(params, lr, _sgd_groups)
         if isinstance(lr, ScheduleSet):
@@ -627,7 +628,7 @@ class SGD(_Optimizer):
                          skip_nonfinite=skip_nonfinite, kernel=kernel, num_threads=num_threads,
                          offload_fraction=offload_fraction, comm=comm, nvme_offload_fraction=nvme_offload_fraction,
                          nvme_offload_dir=nvme_offload_dir, nvme_staging_bytes=nvme_staging_bytes,
-                         host_state_bytes=host_state_bytes)
+                         host_state_bytes=host_state_bytes, pin_memory=pin_memory, gpu_state_bytes=gpu_state_bytes)
 
 
 def _per_group(params: Any, gs: GroupSchedules, apply: Any) -> tuple[Any, Any]:

@@ -360,7 +360,7 @@ print(f"ok={ok} growth_MiB={grow / 2**20:.1f} control_MiB={control_grow / 2**20:
 
 
 def test_rss_bounded_by_staging_not_state(tmp_path):
-    r = run_py(RSS_SCRIPT, str(tmp_path), str(ROOT / "npadam" / "tiers.py"), timeout=120)
+    r = run_py(RSS_SCRIPT, str(tmp_path), str(ROOT / "npadam" / "tiers" / "disk.py"), timeout=120)
     assert r.returncode == 0, r.stderr
     fields = dict(kv.split("=") for kv in r.stdout.split())
     print(r.stdout)
@@ -644,12 +644,12 @@ def test_module_is_plain_numpy_and_its_doctest_runs():
     import ast
     import doctest
 
-    import npadam.tiers
+    import npadam.tiers.disk
 
-    tree = ast.parse((ROOT / "npadam" / "tiers.py").read_text())
+    tree = ast.parse((ROOT / "npadam" / "tiers" / "disk.py").read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))  # no npadam imports
     assert imported - set(sys.stdlib_module_names) == {"numpy"}
-    result = doctest.testmod(npadam.tiers)
+    result = doctest.testmod(npadam.tiers.disk)
     assert result.failed == 0 and result.attempted > 0

@@ -37,7 +37,7 @@ from ..interop import import_array
 from ..layout import FlatLayout
 from .._params import check_apart, check_no_overlap
 from .._engine import Engine, StepInfo, step_options
-from .._placement import disk_placement
+from .._placement import disk_placement, engine_offload, offload_placement
 from ..scaler import LossScaler
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -172,14 +172,16 @@ class _Base(torch.optim.Optimizer):
                  num_threads: int | None = None, flat_storage: bool = False, offload_fraction: float = 0.0,
                  comm: Any = None, nvme_offload_fraction: float = 0.0,
                  nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20,
-                 host_state_bytes: int | None = None) -> None:
+                 host_state_bytes: int | None = None, pin_memory: bool = True,
+                 gpu_state_bytes: int | None = None) -> None:
         _check(defaults, "", self._spec)
-        o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, offload_fraction, comm)
+        o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, comm)
+        self._offload = offload_placement(offload_fraction, pin_memory, gpu_state_bytes)
         self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes, host_state_bytes)
+        self.offload_fraction = self._offload.fraction if self._offload is not None else 0.0
+        self.pin_memory = bool(pin_memory)
         self._handed: dict[tuple[int, str], tuple[Any, bytes]] = {}  # disk slots' state tensors given out
         self._held: dict[tuple[int, str], torch.Tensor] = {}  # ... and kept alive until the next step
-        if o.offload_fraction > 0:
-            raise ValueError("offload_fraction > 0 is not available in this version of npadam")
         self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
         self.num_threads = o.num_threads
         self._kernel_arg = K.check_kernel(kernel) if kernel is not None else None
@@ -264,13 +266,11 @@ class _Base(torch.optim.Optimizer):
         nbytes = np.asarray([p.numel() * p.element_size() for p in params], dtype=np.int64)
         check_no_overlap(pptrs, pptrs + nbytes, layout.names, "params")  # before flat storage copies them
         # everything checked: change
-        if self._disk is not None and gpu:
-            raise ValueError("nvme_offload_fraction > 0 with params on a GPU is not available in this version of "
-                             "npadam (the disk tier serves CPU params)")
+        offload = engine_offload(self._offload, self._disk, "gpu" if gpu else "cpu")
         if self._engine is None:
             self._engine = Engine(layout, device="gpu" if gpu else "cpu", device_id=device.index if gpu else None,
                                   kernel=kernel, decoupled=self._decoupled, num_threads=self.num_threads,
-                                  algorithm=self._spec.algorithm, disk=self._disk)
+                                  algorithm=self._spec.algorithm, disk=self._disk, offload=offload)
             self._device = device
             self._flat: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]] = []
         else:
@@ -328,7 +328,7 @@ class _Base(torch.optim.Optimizer):
         if getattr(self, "_handed_engine", None) is not eng:  # slot numbers changed: forget what was given
             self._handed, self._held, self._handed_engine = {}, {}, eng
         for i, p in enumerate(self._params):
-            if lay.slots[i].buffer in eng.disk:  # state in files: tensors made on access (see _DiskEntry)
+            if eng.offloaded(lay.slots[i].buffer):  # state in another tier: tensors made on access (_DiskEntry)
                 dict.__setitem__(state, p, _DiskEntry(self, i, {"step": steps[i]}))
                 continue
             st = {"step": steps[i]}
@@ -715,9 +715,10 @@ class _Base(torch.optim.Optimizer):
         if self.flat_storage:
             raise TypeError("an npadam.torch optimizer with flat_storage=True cannot be copied or pickled "
                             "(its params are views into its buffers); save and load its state_dict() instead")
-        if self._engine is not None and self._engine.disk:
-            raise TypeError("an npadam.torch optimizer with state on disk (nvme_offload_fraction) cannot be copied "
-                            "or pickled; save it with npadam.checkpoint.save (or state_dict()) instead")
+        if self._engine is not None and self._engine.tiered:
+            raise TypeError("an npadam.torch optimizer with state in another tier (offload_fraction for GPU params, "
+                            "or nvme_offload_fraction) cannot be copied or pickled; save it with "
+                            "npadam.checkpoint.save (or state_dict()) instead")
         # like torch's own: no step hooks, no scheduler's per-instance step wrapper (it holds a weakref
         # to this optimizer: a copy would step the original), no profiling flag
         drop = {"_last_grads", "_grad_cache", "step", "_opt_called", "_optimizer_step_pre_hooks",

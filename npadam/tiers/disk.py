@@ -404,6 +404,10 @@ class DiskState:
             out.append((a, b))
         return out
 
+    def chunks(self, ranges: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+        """The ``(start, stop)`` chunks ``stream(names, ranges)`` yields, in order (checked like it)."""
+        return list(self._chunks(self._pieces(ranges)))
+
     def _chunks(self, ranges: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
         for a, b in ranges:
             for s in range(a, b, self.chunk_elems):
