@@ -6,9 +6,12 @@ Megatron-Bridge's ``SchedulerConfig`` fields plus the training arguments the sch
 needs (``train_iters`` / ``train_samples``, ``global_batch_size``, ``rampup_batch_size``). Both are
 validated when built: every invalid value or combination is a ValueError/TypeError
 naming the field. Fields that belong to features npadam does not have yet
-(``use_distributed_optimizer``, ``optimizer_cpu_offload``, ``optimizer_offload_fraction``,
-``use_precision_aware_optimizer``, non-fp32 ``exp_avg_dtype``, ...) are accepted at
-their defaults and rejected with a clear message otherwise.
+(``use_distributed_optimizer``, ``use_precision_aware_optimizer``, non-fp32
+``exp_avg_dtype``, ...) are accepted at their defaults and rejected with a clear message
+otherwise. The CPU-offload fields (``optimizer_cpu_offload``, ``optimizer_offload_fraction``,
+``pin_cpu_grads``, ``pin_cpu_params``, ``overlap_cpu_optimizer_d2h_h2d``) become npadam's
+memory-tier options (``offload_kwargs``; ``build`` passes them); ``deepspeed_offload_kwargs``
+does the same for a DeepSpeed config's ``zero_optimization.offload_optimizer``.
 
 Sources: ``load(path_or_mapping)`` reads YAML, JSON or TOML (a flat mapping, or
 sections ``optimizer``, ``scheduler`` and ``train`` as in Megatron-Bridge YAML);
@@ -41,6 +44,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import _validate as V
+from ._offload_config import check_megatron_offload, deepspeed_offload_kwargs, offload_kwargs  # noqa: F401
 
 _DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "uint8", "int8")
 
@@ -77,10 +81,6 @@ _LATER = {
     "use_distributed_optimizer": (False, "sharding across ranks (npadam.distributed)"),
     "overlap_param_gather": (False, "sharding across ranks (npadam.distributed)"),
     "overlap_param_gather_with_optimizer_step": (False, "sharding across ranks (npadam.distributed)"),
-    "optimizer_cpu_offload": (False, "GPU/host state tiers (offload)"),
-    "optimizer_offload_fraction": (0.0, "GPU/host state tiers (offload)"),
-    "use_torch_optimizer_for_cpu_offload": (False, "GPU/host state tiers (offload)"),
-    "overlap_cpu_optimizer_d2h_h2d": (False, "GPU/host state tiers (offload)"),
     "use_precision_aware_optimizer": (False, "precision-aware optimizer state"),
     "main_grads_dtype": ("float32", "precision-aware optimizer state"),
     "main_params_dtype": ("float32", "precision-aware optimizer state"),
@@ -100,7 +100,9 @@ class OptimizerConfig:
     lr) when ``decoupled_weight_decay``; ``clip_grad`` is the global-norm clip (0: none);
     ``loss_scale`` a constant scale, else with ``fp16`` a dynamic one starting at
     ``initial_loss_scale`` (``loss_scale_window`` good steps to grow, ``hysteresis``
-    overflows to back off, never below ``min_loss_scale``).
+    overflows to back off, never below ``min_loss_scale``). With ``optimizer_cpu_offload``,
+    ``optimizer_offload_fraction`` (0..1) is the share of the GPU params' optimizer state kept and
+    stepped in host memory (``offload_kwargs``); without it the offload fields change nothing.
     """
 
     lr: float | None = None
@@ -173,8 +175,9 @@ class OptimizerConfig:
             raise ValueError(f"decoupled_min_lr={self.decoupled_min_lr} is above decoupled_lr={self.decoupled_lr}")
         self.weight_decay = V.real("weight_decay", self.weight_decay, lo=0.0)
         for name in ("apply_wd_to_qk_layernorm", "fp16", "bf16", "store_param_remainders", "decoupled_weight_decay",
-                     "muon_split_qkv", "muon_use_nesterov", "pin_cpu_grads", "pin_cpu_params",
-                     "log_num_zeros_in_grad", "barrier_with_L1_time") + tuple(
+                     "muon_split_qkv", "muon_use_nesterov", "optimizer_cpu_offload",
+                     "use_torch_optimizer_for_cpu_offload", "overlap_cpu_optimizer_d2h_h2d", "pin_cpu_grads",
+                     "pin_cpu_params", "log_num_zeros_in_grad", "barrier_with_L1_time") + tuple(
                          k for k, (d, _) in _LATER.items() if isinstance(d, bool)):
             setattr(self, name, _bool(name, getattr(self, name)))
         if self.fp16 and self.bf16:
@@ -199,6 +202,7 @@ class OptimizerConfig:
         self.clip_grad = V.real("clip_grad", self.clip_grad, lo=0.0)
         self.optimizer_offload_fraction = V.real("optimizer_offload_fraction", self.optimizer_offload_fraction,
                                                  lo=0.0, hi=1.0)
+        check_megatron_offload(self)
         for name, (default, what) in _LATER.items():
             value = getattr(self, name)
             if value != default:
@@ -404,6 +408,15 @@ def from_mapping(cfg: Mapping[str, Any], where: str = "config") -> tuple[Optimiz
     return opt, sched
 
 
+def _megatron_lm_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """Where Megatron-LM's argument parser has another default than megatron-core's dataclass:
+    ``--optimizer-offload-fraction`` defaults to 1.0 there (0.0 in ``OptimizerConfig``), so
+    ``--optimizer-cpu-offload`` alone offloads all the state."""
+    if flat.get("optimizer_cpu_offload") is True and "optimizer_offload_fraction" not in flat:
+        flat = {**flat, "optimizer_offload_fraction": 1.0}
+    return flat
+
+
 def load(source: str | os.PathLike[str] | Mapping[str, Any] | Sequence[str]
          ) -> tuple[OptimizerConfig, SchedulerConfig | None]:
     """``(OptimizerConfig, SchedulerConfig | None)`` from a file, a mapping or a Megatron argument
@@ -411,9 +424,10 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any] | Sequence[str]
 
     Files are read as the CLI reads them (``npadam._configfile``): ``.json``, ``.yaml``/``.yml``
     (safe; ``3e-4`` is a number; aliases that expand to more than 100,000 nodes refused),
-    ``.toml``, ``.args``/``.txt`` (a launcher's ``--name value`` arguments), others sniffed;
-    ``-`` is stdin. A key given twice, nesting deeper than 100 levels, integers beyond 64 bits,
-    files over 256 MiB or not UTF-8: ValueError naming the file."""
+    ``.toml``, ``.args``/``.txt`` (a launcher's ``--name value`` arguments, read as ``from_args``
+    reads them, Megatron-LM's parser defaults included), others sniffed; ``-`` is stdin. A key
+    given twice, nesting deeper than 100 levels, integers beyond 64 bits, files over 256 MiB or
+    not UTF-8: ValueError naming the file."""
     if isinstance(source, Mapping):
         return from_mapping(source)
     if isinstance(source, (list, tuple)):
@@ -422,7 +436,10 @@ def load(source: str | os.PathLike[str] | Mapping[str, Any] | Sequence[str]
 
     path = os.fspath(source)
     label = f"config file {label_for(None, path)}"
-    return from_mapping(load_mapping(path, label), where=label)
+    mapping = load_mapping(path, label)
+    if os.path.splitext(path)[1].lower() in (".args", ".txt"):  # a Megatron-LM launch line: its parser's defaults
+        mapping = _megatron_lm_defaults(mapping)
+    return from_mapping(mapping, where=label)
 
 
 def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | None]:
@@ -431,7 +448,11 @@ def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | N
     ``--name value`` or ``--name=value`` (dashes or underscores, Megatron's
     ``--override-opt_param-scheduler`` spelling too); a boolean field as ``--name``
     (true) or ``--no-name`` (false); numbers, ``true``/``false`` and ``None``/``null`` parsed,
-    anything else kept as text; ``--rampup-batch-size START INCREMENT RAMP_SAMPLES`` takes three."""
+    anything else kept as text; ``--rampup-batch-size START INCREMENT RAMP_SAMPLES`` takes three.
+    Where Megatron-LM's parser defaults differ from ``OptimizerConfig``'s, its defaults apply:
+    ``--optimizer-cpu-offload`` without ``--optimizer-offload-fraction`` offloads all the state
+    (fraction 1.0). Megatron-LM spells the pinning flags ``--no-pin-cpu-grads`` /
+    ``--no-pin-cpu-params`` only; ``--pin-cpu-grads`` (the default) is accepted too."""
     from ._configfile import _scalar
 
     types = {f.name: f.type for f in fields(OptimizerConfig)}
@@ -474,7 +495,7 @@ def from_args(argv: Sequence[str]) -> tuple[OptimizerConfig, SchedulerConfig | N
         i += 1
         out[key] = _scalar(value)  # as argument files are read
     try:
-        return from_mapping(out, where="arguments")
+        return from_mapping(_megatron_lm_defaults(out), where="arguments")
     except (ValueError, TypeError) as e:
         raise type(e)(str(e).replace("arguments: ", "")) from None
 
@@ -506,6 +527,10 @@ def describe(opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig | None = None)
         scale = "no loss scaling"
     lines = [f"{kind}: lr {oc.lr:g}" + (f" -> {oc.min_lr:g}" if oc.min_lr is not None else "")
              + f", weight decay {oc.weight_decay:g}, clip_grad {oc.clip_grad:g}, {prec}, {scale}"]
+    if oc.optimizer_cpu_offload:
+        kw = offload_kwargs(oc)
+        lines.append(f"CPU offload: {100 * kw['offload_fraction']:g}% of the optimizer state of GPU params in "
+                     f"{'pinned' if kw['pin_memory'] else 'pageable'} host memory")
     if oc.decoupled_lr is not None:
         low = oc.decoupled_min_lr if oc.decoupled_min_lr is not None else oc.min_lr
         lines.append(f"embedding/output params (decoupled): lr {oc.decoupled_lr:g}"
