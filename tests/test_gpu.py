@@ -2,18 +2,27 @@
 
 Every test here skips cleanly without CuPy or without a CUDA device (CI has
 neither); ``tools/bench_gpu.py`` runs them on an H100/H200.
+
+The offload tests at the end put part or all of the GPU params' optimizer state in host memory
+(``offload_fraction`` / ``gpu_state_bytes``, with part of that in files) and check the promise
+that the placement never changes a bit: tests/test_offload.py checks the same orchestration in CI
+with host memory standing in for the GPU; here it runs on real CUDA streams and pinned memory.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
+from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 import npadam
+from npadam import checkpoint
 
 cupy = pytest.importorskip("cupy")
 try:
@@ -32,8 +41,15 @@ def _to_gpu(a: np.ndarray):
     return cupy.asarray(a)
 
 
+def _host(x) -> np.ndarray:
+    """A host copy of a param as ``_to_gpu`` made it (bfloat16 back as bfloat16; NumPy arrays as they are)."""
+    if isinstance(x, npadam.interop.Bfloat16):
+        return x.array.get().view(STORE["bfloat16"])
+    return x if isinstance(x, np.ndarray) else x.get()
+
+
 def _bytes(x) -> bytes:
-    return (x.array if isinstance(x, npadam.interop.Bfloat16) else x).get().tobytes()
+    return _host(x).tobytes()
 
 
 def _assert_same(copt, cpu_params, gopt, gpu_params):
@@ -142,10 +158,15 @@ def test_skip_on_nonfinite_on_gpu():
     assert info.skipped and opt.step_count == 0 and bool((p == 1).all())
 
 
-def test_torch_cuda_tensors_on_the_callers_stream():
+def _cuda_torch() -> Any:
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
+    return torch
+
+
+def test_torch_cuda_tensors_on_the_callers_stream():
+    torch = _cuda_torch()
     w = torch.randn(4096, 257, device="cuda")
     b16 = torch.randn(1000, device="cuda").to(torch.bfloat16)
     ref = [w.cpu().numpy().copy(), b16.view(torch.int16).cpu().numpy().view(ml_dtypes.bfloat16).copy()]
@@ -177,3 +198,221 @@ def test_buffer_past_2_31_elements():
     assert p[-4099:].get().tobytes() == host_p.tobytes()
     assert bool((p[: -4099] == 0).all())
     assert abs(info.grad_norm - ref_norm) <= 1e-12 * ref_norm
+
+
+# ---------------------------------------------------------------------- state in host memory (offload_fraction)
+
+#: odd sizes, a 2-D and a 3-D weight, a 1-D bias, one element, and a tensor of more than four staging pieces
+#: (the default piece is 2**21 elements), so that pieces end inside tensors and, with all of the state in
+#: host memory, the three staging slots are reused
+OFFLOAD_SHAPES = [(37, 129), (4099,), (1,), (3, 5, 7), ((1 << 23) + 4099,), (65,)]
+OFFLOAD_ALGOS = [
+    (npadam.AdamW, dict(lr=1e-2, weight_decay=0.1, max_grad_norm=1.0)),
+    (npadam.AdamW, dict(lr=1e-2, amsgrad=True, max_grad_norm=1e3)),
+    (npadam.Adam, dict(lr=1e-2, weight_decay=0.1)),
+    (npadam.SGD, dict(lr=1e-2, momentum=0.9, dampening=0.1, max_grad_norm=0.5)),
+]
+OFFLOAD_STEPS = 5  # step 2 has an inf grad (skipped), step 3 no grad for tensor 0 (its step count lags)
+#: where the state goes besides the params' GPU (the "gpu" run keeps it all there)
+PLACES = {
+    "gpu": {},
+    "half": dict(offload_fraction=0.5),
+    "host": dict(offload_fraction=1.0),
+    "budget": dict(gpu_state_bytes=-1),  # -1: two bytes per param element, set by _places
+    "half+nvme": dict(offload_fraction=0.5, nvme_offload_fraction=0.5, nvme_staging_bytes=1 << 18),
+}
+
+
+def _places(elements: int, nvme_dir: Path) -> dict[str, dict[str, Any]]:
+    """``PLACES`` with the budget (the first buffers keep their state on the GPU, the rest goes to
+    host memory; SGD's fp32 momentum is not counted) and the directory filled in."""
+    out = {}
+    for name, place in PLACES.items():
+        place = dict(place)
+        if place.get("gpu_state_bytes") == -1:
+            place["gpu_state_bytes"] = 2 * elements
+        if "nvme_offload_fraction" in place:
+            place["nvme_offload_dir"] = nvme_dir
+        out[name] = place
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _offload_data(pdt: str, gdt: str, seed: int = 7) -> tuple[list[np.ndarray], list[list[np.ndarray | None]]]:
+    """Host params and ``OFFLOAD_STEPS`` steps of host grads (see ``OFFLOAD_STEPS``); made once, never
+    written (runs copy them)."""
+    rng = np.random.default_rng(seed)
+    init = [rng.standard_normal(s).astype(np.float32).astype(STORE[pdt]) for s in OFFLOAD_SHAPES]
+    steps: list[list[np.ndarray | None]] = []
+    for k in range(OFFLOAD_STEPS):
+        grads: list[np.ndarray | None] = [(rng.standard_normal(s) * 3).astype(np.float32).astype(STORE[gdt])
+                                          for s in OFFLOAD_SHAPES]
+        if k == 2:
+            grads[4].flat[-5] = np.inf  # in the tail: the part in host memory (on disk with nvme)
+        if k == 3:
+            grads[0] = None
+        steps.append(grads)
+    return init, steps
+
+
+def _offload_run(cls, kw: dict[str, Any], params: list[Any], steps: list[list[np.ndarray | None]],
+                 place: dict[str, Any], to_dev=_to_gpu) -> tuple[Any, list[Any]]:
+    """An optimizer over ``params`` (two groups) placed by ``place``, stepped with ``steps`` (host
+    grads, each moved with ``to_dev``); returns it and the step infos."""
+    opt = cls([{"params": params[:3]}, {"params": params[3:], "weight_decay": 0.0}], **kw, **place)
+    infos = [opt.step([None if g is None else to_dev(g) for g in grads]) for grads in steps]
+    return opt, infos
+
+
+def _state_bytes(sd: dict[str, Any]) -> dict[tuple[int, str], bytes]:
+    """Every state entry of a state dict as bytes (NumPy arrays, torch CPU tensors, step counts)."""
+    return {(i, k): np.asarray(v).tobytes() for i, st in sd["state"].items() for k, v in st.items()}
+
+
+def _fingerprint(opt, params: list[Any], infos: list[Any]) -> dict[str, Any]:
+    sd = opt.state_dict()
+    return {"params": [_bytes(p) for p in params], "state": _state_bytes(sd), "count": sd["npadam"]["step"],
+            "infos": [(i.skipped, i.grad_norm) for i in infos]}
+
+
+def _assert_all_equal(runs: dict[str, dict[str, Any]], base: str) -> None:
+    for name, run in runs.items():
+        for key in run:
+            assert run[key] == runs[base][key], f"{name} differs from {base} in {key}"
+
+
+@pytest.mark.parametrize("pdt, gdt", [("float32", "float32"), ("float32", "bfloat16"), ("bfloat16", "bfloat16")])
+@pytest.mark.parametrize("cls, kw", OFFLOAD_ALGOS, ids=["adamw-clip", "amsgrad", "adam-l2", "sgd-momentum"])
+def test_offload_placements_are_bit_identical(cls, kw, pdt, gdt, tmp_path):
+    """GPU-only, half and all of the state in host memory, a GPU budget, and half in host memory of
+    which half in files: the same params, state, step counts and grad norms after every step kind
+    (clipped, skipped on inf, a tensor without grad); the all-in-host-memory run also equals the
+    CPU optimizer on the same data in NumPy arrays."""
+    init, steps = _offload_data(pdt, gdt)
+    runs = {}
+    for name, place in _places(sum(p.size for p in init), tmp_path).items():
+        params = [_to_gpu(p) for p in init]
+        opt, infos = _offload_run(cls, kw, params, steps, place)
+        eng = opt._engine
+        assert bool(eng.host) == ("offload_fraction" in place) or name == "budget", name
+        assert bool(eng.disk) == ("nvme_offload_fraction" in place), name
+        assert infos[2].skipped and not any(i.skipped for i in infos[:2] + infos[3:])
+        runs[name] = _fingerprint(opt, params, infos)
+        opt.close()
+    params = [p.copy() for p in init]
+    opt, infos = _offload_run(cls, dict(kw, kernel="cpu"), params, steps, {}, to_dev=np.copy)
+    runs["numpy"] = _fingerprint(opt, params, infos)
+    _assert_all_equal(runs, "gpu")
+
+
+def test_checkpoint_moves_between_placements(tmp_path):
+    """A checkpoint of a half-offloaded run (bfloat16: masters too) loads into every other placement:
+    params and state as saved, and the next steps bit-identical to the run that saved it."""
+    init, steps = _offload_data("bfloat16", "bfloat16", seed=8)
+    cls, kw = npadam.AdamW, dict(lr=1e-2, weight_decay=0.1, amsgrad=True, max_grad_norm=1.0)
+    places = _places(sum(p.size for p in init), tmp_path)
+    src_params = [_to_gpu(p) for p in init]
+    src, _ = _offload_run(cls, kw, src_params, steps[:3], places["half"])
+    checkpoint.save(tmp_path / "ck", src)
+    saved = _fingerprint(src, src_params, [])
+    runs = {"saved": _fingerprint(src, src_params, _offload_run_more(src, steps[3:]))}
+    fresh = _offload_data("bfloat16", "bfloat16", seed=9)[0]  # other values: the checkpoint must write them
+    for name, place in places.items():
+        params = [_to_gpu(p) for p in fresh]
+        opt, _ = _offload_run(cls, kw, params, [], place)
+        checkpoint.load(tmp_path / "ck", opt)
+        loaded = _fingerprint(opt, params, [])
+        assert loaded == saved, name
+        runs[name] = _fingerprint(opt, params, _offload_run_more(opt, steps[3:]))
+        opt.close()
+    src.close()
+    _assert_all_equal(runs, "saved")
+
+
+def _offload_run_more(opt, steps: list[list[np.ndarray | None]]) -> list[Any]:
+    return [opt.step([None if g is None else _to_gpu(g) for g in grads]) for grads in steps]
+
+
+def _mlp(torch, dtype: str, device: str = "cuda") -> Any:
+    """A small model, the same weights every time."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Linear(33, 257), nn.Tanh(), nn.Linear(257, 65, bias=False), nn.Tanh(), nn.Linear(65, 7))
+    return model.to(device=device, dtype=getattr(torch, dtype))
+
+
+def _train(torch, model, opt, first: int, steps: int) -> list[float]:
+    """Training steps on batches ``first, first + 1, ...``, on a side stream (torch's current stream
+    there) with no host synchronization between steps: a step whose copies did not wait for the
+    backward pass, or a forward pass that did not wait for the params coming back from the host,
+    changes the bits. Returns the losses."""
+    p0 = next(model.parameters())
+    batches = []
+    for k in range(first, first + steps):
+        gen = torch.Generator().manual_seed(k)
+        x, y = torch.randn(64, 33, generator=gen), torch.randn(64, 7, generator=gen)
+        batches.append((x.to(p0.device, p0.dtype), y.to(p0.device, p0.dtype)))
+    stream = torch.cuda.Stream(p0.device) if p0.is_cuda else None
+    if stream is not None:
+        stream.wait_stream(torch.cuda.current_stream(p0.device))
+    losses = []
+    with torch.cuda.stream(stream):
+        for x, y in batches:
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.detach())
+    if stream is not None:
+        stream.synchronize()
+    return [float(v) for v in losses]
+
+
+def _torch_fingerprint(torch, model, opt, losses: list[float]) -> dict[str, Any]:
+    return {"losses": losses, "state": _state_bytes(opt.state_dict()),
+            "params": [p.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes() for p in model.parameters()]}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_training_is_bit_identical_across_placements(dtype):
+    """npadam.torch on CUDA tensors: training with all state on the GPU, half and all of it in host
+    memory gives the same losses, params and state, bit for bit."""
+    torch = _cuda_torch()
+    from npadam.torch import AdamW
+
+    runs = {}
+    for name in ("gpu", "half", "host"):
+        place = PLACES[name]
+        model = _mlp(torch, dtype)
+        opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, max_grad_norm=1.0, **place)
+        losses = _train(torch, model, opt, 0, 6)
+        assert bool(opt._engine.host) == bool(place)
+        runs[name] = _torch_fingerprint(torch, model, opt, losses)
+    _assert_all_equal(runs, "gpu")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_state_dict_moves_between_placements(dtype, tmp_path):
+    """npadam.torch: a state dict saved (torch.save) from a half-offloaded run loads into every other
+    placement, reads back the same, and training goes on bit-identically to the run that saved it."""
+    torch = _cuda_torch()
+    from npadam.torch import AdamW
+
+    kw = dict(lr=1e-2, weight_decay=0.1, amsgrad=True)
+    model = _mlp(torch, dtype)
+    src = AdamW(model.parameters(), **kw, **PLACES["half"])
+    _train(torch, model, src, 0, 3)
+    torch.save({"model": model.state_dict(), "opt": src.state_dict()}, tmp_path / "ck.pt")
+    saved = _state_bytes(src.state_dict())
+    runs = {"saved": _torch_fingerprint(torch, model, src, _train(torch, model, src, 3, 3))}
+    elements = sum(p.numel() for p in model.parameters())
+    for name, place in _places(elements, tmp_path).items():
+        ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+        other = _mlp(torch, dtype)
+        other.load_state_dict(ck["model"])
+        opt = AdamW(other.parameters(), **kw, **place)
+        opt.load_state_dict(ck["opt"])
+        assert _state_bytes(opt.state_dict()) == saved, name
+        runs[name] = _torch_fingerprint(torch, other, opt, _train(torch, other, opt, 3, 3))
+        opt.close()
+    _assert_all_equal(runs, "saved")
