@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from . import kernels as K
@@ -31,7 +32,9 @@ from .layout import FlatLayout
 from .reference import adamw as ref
 from .reference import sgd as sgd_ref
 from ._placement import DiskPlacement, OffloadPlacement
-from ._tiered import TieredState, _host
+from ._precision import StatePrecision
+from ._tiered import STATE_NAMES, TieredState, _host
+from .reference import precision as prec
 from .scaler import LossScaler
 
 
@@ -106,9 +109,14 @@ class Engine(TieredState):
     def __init__(self, layout: FlatLayout, *, device: str = "cpu", device_id: int | None = None,
                  kernel: str = "cpu", decoupled: bool = True, num_threads: int | None = None,
                  algorithm: str = "adam", disk: DiskPlacement | None = None,
-                 offload: OffloadPlacement | None = None) -> None:
+                 offload: OffloadPlacement | None = None, precision: StatePrecision | None = None) -> None:
         if algorithm not in ("adam", "sgd"):
             raise ValueError(f"internal: unknown algorithm {algorithm!r}")
+        self.precision = precision if precision is not None else StatePrecision()
+        if disk is not None and not self.precision.default:
+            raise ValueError("nvme_offload_fraction / host_state_bytes with exp_avg_dtype, exp_avg_sq_dtype or "
+                             "store_param_remainders is not available in this version of npadam (the disk tier "
+                             "stores float32 state)")
         self.device = device
         self.device_id = device_id
         self.kernel = kernel
@@ -166,10 +174,11 @@ class Engine(TieredState):
         adam = self.algorithm == "adam"
         with self.on_device():
             for bi, b in enumerate(layout.buffers[len(old.buffers):], start=len(old.buffers)):
-                names = (["master"] if b.dtype != "float32" else []) + (["exp_avg", "exp_avg_sq"] if adam else [])
+                dtypes = self._dtypes(b.dtype)
+                names = [k for k in ("master", "exp_avg", "exp_avg_sq") if k in dtypes and (adam or k == "master")]
                 # state elements [0, n0) with the params, [n0, n1) in host memory (GPU params), [n1, size) on disk
                 # budgets count the state every step has: SGD's momentum buffer too (made at its first step)
-                per_elem = 4 * (len(names) + (0 if adam else 1))
+                per_elem = sum(dtypes[k].itemsize for k in names) + (0 if adam else 4)
                 moved = 0
                 if self.offload is not None:
                     moved, self.device_left = self.offload.split(b.size, per_elem, self.device_left)
@@ -181,18 +190,12 @@ class Engine(TieredState):
                 n = b.size - moved if self.offload is not None else n1
                 if on_disk:
                     self.disk[bi] = (n1, self.placement.store(on_disk, names))
-                if n1 > n:
-                    low = b.dtype != "float32"
-                    self.host[bi] = (n, K.BufferState(  # pageable: the state never crosses the bus
-                        size=n1 - n, master=np.zeros(n1 - n, np.float32) if low else None,
-                        exp_avg=np.zeros(n1 - n, np.float32) if adam else None,
-                        exp_avg_sq=np.zeros(n1 - n, np.float32) if adam else None, max_exp_avg_sq=None,
-                        pdtype=b.dtype))
-                self.bufs.append(K.BufferState(
-                    size=b.size, master=xp.zeros(n, np.float32) if b.dtype != "float32" else None,
-                    exp_avg=xp.zeros(n, np.float32) if adam else None,
-                    exp_avg_sq=xp.zeros(n, np.float32) if adam else None,
-                    max_exp_avg_sq=None, pdtype=b.dtype))
+                kinds = self._kinds(b.dtype)
+                if n1 > n:  # pageable: the state never crosses the bus
+                    self.host[bi] = (n, K.BufferState(n1 - n, *(np.zeros(n1 - n, dtypes[k]) if k in names else None
+                                                                for k in STATE_NAMES), b.dtype, **kinds))
+                self.bufs.append(K.BufferState(b.size, *(xp.zeros(n, dtypes[k]) if k in names else None
+                                                         for k in STATE_NAMES), b.dtype, **kinds))
         self.sync()
         self.steps = np.concatenate([self.steps, np.zeros(len(layout.slots) - len(old.slots), np.int64)])
         self.started = np.concatenate([self.started, np.zeros(len(layout.slots) - len(old.slots), bool)])
@@ -202,13 +205,37 @@ class Engine(TieredState):
         self.offsets = [layout.offsets(i) for i in range(len(layout.buffers))]
         self.sizes = [layout.sizes(i) for i in range(len(layout.buffers))]
 
+    def _dtypes(self, pdtype: str) -> dict[str, np.dtype]:
+        """The storage dtype of each state array a buffer of params ``pdtype`` has from the start
+        (``max_exp_avg_sq`` takes ``exp_avg_sq``'s; SGD's momentum buffer is float32)."""
+        pr = self.precision
+        out: dict[str, np.dtype] = {}
+        if pdtype != "float32":
+            out["master"] = np.dtype(np.int16 if pr.remainders and pdtype == "bfloat16" else np.float32)
+        if self.algorithm == "adam":
+            out["exp_avg"] = prec.storage(pr.m_kind)
+            out["exp_avg_sq"] = out["max_exp_avg_sq"] = prec.storage(pr.v_kind)
+        else:
+            out["exp_avg"] = np.dtype(np.float32)
+        return out
+
+    def _kinds(self, pdtype: str) -> dict[str, Any]:
+        """A buffer's ``BufferState`` storage fields (``npadam.kernels.BufferState``)."""
+        pr = self.precision
+        return dict(m_kind=pr.m_kind, v_kind=pr.v_kind, stochastic=pr.stochastic,
+                    remainders=pr.remainders and pdtype == "bfloat16")
+
     def load_master(self, slot: int, param: Any) -> None:
-        """Set a low-precision param's fp32 master from the param (widened exactly, on its device).
+        """Set a low-precision param's fp32 master from the param (widened exactly, on its device);
+        with remainders, zero its remainder (the master is then the param).
 
         ``param``: a 1-D NumPy array (bfloat16/float16) or CuPy ``uint16``/``float16`` array."""
         s = self.layout.slots[slot]
         buf = self.bufs[s.buffer]
         if buf.master is None:
+            return
+        if buf.remainders:
+            self._write_range(s.buffer, "master", s.offset, np.zeros(s.numel, np.int16))
             return
         if self.device == "cpu":
             self._write_range(s.buffer, "master", s.offset, np.asarray(param).reshape(-1).astype(np.float32))
@@ -329,7 +356,9 @@ class Engine(TieredState):
             if sgd:
                 calls += _sgd_calls(bi, parts, h, scale, group)
                 continue
-            flags = K.Flags(decoupled=self.decoupled, amsgrad=h["amsgrad"], maximize=h["maximize"])
+            key = prec.step_key(self.precision.seed, self.count + 1, bi) if self.precision.stochastic else (0, 0)
+            flags = K.Flags(decoupled=self.decoupled, amsgrad=h["amsgrad"], maximize=h["maximize"],
+                            key=(int(key[0]), int(key[1])))
             for t, batch in parts:
                 s = ref.host_scalars(lr=h["lr"], beta1=h["beta1"], beta2=h["beta2"], eps=h["eps"],
                                      weight_decay=h["weight_decay"], step=t, decoupled=self.decoupled,
@@ -346,8 +375,31 @@ class Engine(TieredState):
         if self.offloaded(s.buffer):
             self.check_disk()
             keys = self._state_keys(slot)
-            return {out: self._read_range(s.buffer, key, s.offset, s.offset + s.numel) for out, key in keys.items()}
-        return {key: _host(view) for key, view in self.slot_views(slot).items()}
+            raw = {out: self._read_range(s.buffer, key, s.offset, s.offset + s.numel) for out, key in keys.items()}
+        else:
+            raw = {key: _host(view) for key, view in self.slot_views(slot).items()}
+        return {key: a.view(self.state_dtype(slot, key)) for key, a in raw.items()}
+
+    def state_dtype(self, slot: int, name: str) -> np.dtype:
+        """The dtype state dicts hold entry ``name`` of ``slot`` in: float32, bfloat16 (ml_dtypes),
+        float16, or int16 (``param_remainder``); the engine stores 16-bit floats as uint16 bits."""
+        if name == "param_remainder":
+            return np.dtype(np.int16)
+        if name in ("master", "momentum_buffer") or self.algorithm != "adam":
+            return np.dtype(np.float32)
+        kind = self.precision.m_kind if name == "exp_avg" else self.precision.v_kind
+        return _PRESENT[kind]
+
+    def _stored(self, bi: int, key: str, arr: Any) -> np.ndarray:
+        """A checked host array in its state-dict dtype as the engine stores it (16-bit floats as
+        uint16 bits, float32 as float32, remainders as int16)."""
+        arr = np.asarray(arr)
+        if key == "exp_avg" and self.algorithm != "adam":
+            return arr.astype(np.float32, copy=False)
+        want = self._dtypes(self.layout.buffers[bi].dtype)[key]
+        if want == np.uint16:
+            return arr.view(np.uint16)
+        return arr.astype(want, copy=False)
 
     def _state_keys(self, slot: int) -> dict[str, str]:
         """The slot's state entries: ``{name in state dicts: BufferState field}``."""
@@ -360,7 +412,7 @@ class Engine(TieredState):
         if buf.max_exp_avg_sq is not None:
             out["max_exp_avg_sq"] = "max_exp_avg_sq"
         if buf.master is not None:
-            out["master"] = "master"
+            out["param_remainder" if buf.remainders else "master"] = "master"
         return out
 
     def slot_views(self, slot: int) -> dict[str, Any]:
@@ -385,14 +437,20 @@ class Engine(TieredState):
             for slot, key, arr in updates:
                 s = self.layout.slots[slot]
                 buf = self.bufs[s.buffer]
+                if key == "param_remainder":
+                    key = "master"
                 if key == "momentum_buffer":
                     key = "exp_avg"
                     if buf.exp_avg is None:
                         self._add_state(s.buffer, "exp_avg")
-                self._write_range(s.buffer, key, s.offset, np.asarray(arr, np.float32))
+                self._write_range(s.buffer, key, s.offset, self._stored(s.buffer, key, arr))
         self.sync()
 
 
+
+
+#: the state-dict dtype of each storage kind
+_PRESENT = {prec.F32: np.dtype(np.float32), prec.BF16: np.dtype(ml_dtypes.bfloat16), prec.F16: np.dtype(np.float16)}
 
 
 def _sgd_calls(bi: int, parts: list[tuple[int, K.Batch]], h: dict[str, Any], scale: float,

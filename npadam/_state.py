@@ -34,11 +34,12 @@ import numpy as np
 
 from . import _hyper as H
 from ._engine import Engine
+from .reference import precision as P
 from .scaler import LossScaler
 
 FORMAT = "npadam.optimizer/2"
 _OLD_FORMAT = "npadam.optimizer/1"
-STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master")
+STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master", "param_remainder")
 SGD_STATE_KEYS = ("momentum_buffer", "master")
 
 
@@ -55,7 +56,7 @@ def export(engine: Engine, groups: Sequence[dict[str, Any]], kind: str, loss_sca
             st[key] = array(a.reshape(slot.shape))
         if groups[slot.group].get("amsgrad") and "max_exp_avg_sq" not in st:
             # allocated at the first step; zero until then (parse requires it for amsgrad groups)
-            st["max_exp_avg_sq"] = array(np.zeros(slot.shape, np.float32))
+            st["max_exp_avg_sq"] = array(np.zeros(slot.shape, engine.state_dtype(i, "max_exp_avg_sq")))
         state[i] = st
     param_groups, start = [], 0
     for g in groups:
@@ -67,6 +68,8 @@ def export(engine: Engine, groups: Sequence[dict[str, Any]], kind: str, loss_sca
     meta = {"format": FORMAT, "kind": kind, "step": engine.count, "names": lay.names,
             "shapes": [list(s.shape) for s in lay.slots], "dtypes": [s.dtype for s in lay.slots],
             "loss_scaler": None if loss_scaler is None else loss_scaler.state_dict()}
+    if engine.algorithm == "adam":
+        meta["state_precision"] = engine.precision.describe()
     return {"state": state, "param_groups": param_groups, "npadam": meta}
 
 
@@ -82,6 +85,7 @@ class Parsed:
     amsgrad_buffers: list[int] = field(default_factory=list)
     loss_scaler: dict[str, Any] | None = None
     started: np.ndarray | None = None  # SGD: each param's momentum buffer exists
+    param_bits: list[tuple[int, np.ndarray]] = field(default_factory=list)  # bf16 params to rewrite (uint16 bits)
 
 
 def _float32(value: Any, what: str) -> np.ndarray:
@@ -120,9 +124,16 @@ def _int(value: Any, what: str) -> int:
 
 
 def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
-          check_group: Callable[[dict[str, Any], str], None], loss_scaler: LossScaler | None = None) -> Parsed:
+          check_group: Callable[[dict[str, Any], str], None], loss_scaler: LossScaler | None = None, *,
+          convert: bool = False, param_bits: Callable[[int], np.ndarray] | None = None) -> Parsed:
     """Check ``sd`` against the engine's layout and the current ``groups``; raise ValueError/TypeError
     naming the problem. Nothing is changed here.
+
+    State precision (``npadam.reference.precision``): an entry in the dtype this optimizer stores
+    it in is taken bit for bit; float32 (or wider) state is converted into bfloat16/float16 state,
+    an fp32 ``master`` into a ``param_remainder`` (the bf16 param then becomes the master's high
+    half, ``Parsed.param_bits``) and a remainder into an fp32 master (joined with the current param,
+    ``param_bits(slot)``) only with ``convert=True``: rounding state is never silent.
 
     ``loss_scaler``: the optimizer's. An npadam state dict must agree on having one (a
     saved scaler state is never dropped, a current one never silently kept); a torch
@@ -201,8 +212,22 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
         if missing:
             raise ValueError(f"{where} lacks {missing}")
         steps[i] = _int(st["step"], f"{where}: step")
+        remainders = slot.dtype == "bfloat16" and engine.precision.remainders
+        if "master" in st and "param_remainder" in st:
+            raise ValueError(f"{where} has both an fp32 master and a param_remainder")
         for k in STATE_KEYS:
             if k not in st:
+                continue
+            if k == "param_remainder":
+                rem = _remainder(st[k], slot, where)
+                if remainders:
+                    out.updates.append((i, k, rem))
+                elif slot.dtype == "bfloat16":
+                    if not convert:
+                        raise ValueError(f"{where} holds a param_remainder (store_param_remainders=True) and this "
+                                         "optimizer keeps fp32 masters: load_state_dict(sd, convert=True) joins it "
+                                         "with the current param")
+                    out.updates.append((i, "master", P.join_remainder(param_bits(i), rem)))
                 continue
             arr = _float32(st[k], f"{where}: {k}")
             if arr.size != slot.numel or (arr.ndim and arr.shape != slot.shape and arr.ndim != 1):
@@ -215,8 +240,17 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
                 continue
             if k == "max_exp_avg_sq" and not new_groups[slot.group]["amsgrad"]:
                 continue
-            out.updates.append((i, k, arr.reshape(-1)))
-        if slot.dtype != "float32" and "master" not in st:
+            if k == "master" and remainders:
+                if not convert:
+                    raise ValueError(f"{where} holds an fp32 master and this optimizer stores param remainders "
+                                     "(store_param_remainders=True): load_state_dict(sd, convert=True) splits it "
+                                     "(the bf16 param becomes the master's nearest, ties away from zero)")
+                bits, rem = P.split_remainder(arr.reshape(-1))
+                out.updates.append((i, "param_remainder", rem))
+                out.param_bits.append((i, bits))
+                continue
+            out.updates.append((i, k, _stored_as(st[k], arr, engine.state_dtype(i, k), convert, f"{where}: {k}")))
+        if slot.dtype != "float32" and "master" not in st and "param_remainder" not in st:
             if meta is not None:
                 raise ValueError(f"{where} lacks the fp32 master of the {slot.dtype} param")
             out.reload_masters.append(i)
@@ -244,6 +278,54 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
     else:
         out.count = int(steps.max()) if steps.size else 0
     return out
+
+
+def _stored_as(value: Any, wide: np.ndarray, dtype: np.dtype, convert: bool, what: str) -> np.ndarray:
+    """A state entry in the dtype the optimizer stores it in (``wide``: its float32 copy): the same
+    dtype bit for bit; float32 state from narrower (exact); narrower state only with ``convert``
+    (round to nearest even, ``reference.precision.narrow``)."""
+    have = _dtype_name(value)
+    if dtype == np.float32:
+        return wide.reshape(-1)
+    if have == dtype.name:
+        return _raw16(value).reshape(-1).view(dtype)
+    if not convert:
+        raise ValueError(f"{what} is {have} and this optimizer stores it as {dtype.name}: pass convert=True to "
+                         "load_state_dict to round it (to nearest even)")
+    kind = P.BF16 if dtype.name == "bfloat16" else P.F16
+    return P.narrow(wide.reshape(-1), kind).view(dtype)
+
+
+def _raw16(value: Any) -> np.ndarray:
+    """The uint16 bits of a 16-bit float array or tensor (NumPy / ml_dtypes, torch, CuPy), on the host."""
+    mod = type(value).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        return value.detach().to("cpu").contiguous().view(torch.int16).numpy().view(np.uint16).copy()
+    if mod.startswith("cupy"):
+        value = value.get()
+    return np.ascontiguousarray(value).view(np.uint16).copy()
+
+
+def _dtype_name(value: Any) -> str:
+    """The element dtype of a NumPy array, torch tensor or CuPy array, as a NumPy-style name."""
+    dt = getattr(value, "dtype", None)
+    return str(dt).replace("torch.", "") if type(value).__module__.startswith("torch") else np.dtype(dt).name
+
+
+def _remainder(value: Any, slot: Any, where: str) -> np.ndarray:
+    """A ``param_remainder`` entry: int16 values, the param's size, as a flat NumPy copy."""
+    if type(value).__module__.startswith("torch"):
+        value = value.detach().to("cpu").numpy()
+    elif type(value).__module__.startswith("cupy"):
+        value = value.get()
+    if not isinstance(value, np.ndarray) or value.dtype != np.int16:
+        raise TypeError(f"{where}: param_remainder must be an int16 array, got "
+                        f"{getattr(value, 'dtype', type(value).__name__)}")
+    if value.size != slot.numel:
+        raise ValueError(f"{where}: param_remainder has shape {value.shape}, expected {slot.shape}")
+    return value.reshape(-1).copy()
 
 
 def _saved_algorithm(meta: Mapping[str, Any] | None, state: Mapping[Any, Any],

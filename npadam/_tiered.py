@@ -52,11 +52,12 @@ class TieredState:
         """A state array appears (SGD's momentum, amsgrad's max): zeros, or a copy of ``like``."""
         buf, tier = self.bufs[bi], self.disk.get(bi)
         n0, _ = self._bounds(bi)
+        dtype = self._dtypes(self.layout.buffers[bi].dtype)[key]
         with self.on_device():
-            setattr(buf, key, getattr(buf, like).copy() if like else self.xp.zeros(n0, np.float32))
+            setattr(buf, key, getattr(buf, like).copy() if like else self.xp.zeros(n0, dtype))
         if bi in self.host:
             hp = self.host[bi][1]
-            arr = np.zeros(hp.size, np.float32)
+            arr = np.zeros(hp.size, dtype)
             if like:
                 arr[...] = getattr(hp, like)
             setattr(hp, key, arr)
@@ -92,10 +93,11 @@ class TieredState:
         disk_span = [(max(lo_b, n1) - n1, hi_b - n1)] if tier is not None and hi_b > n1 else []
         disk_ranges = [(n1 + a, n1 + b) for a, b in tier[1].chunks(disk_span)] if disk_span else []
 
-        def state_of(arrs: dict[str, np.ndarray], size: int) -> K.BufferState:
+        def state_of(arrs: dict[str, np.ndarray], size: int, base: int) -> K.BufferState:
             return K.BufferState(size=size, master=arrs.get("master"), exp_avg=arrs.get("exp_avg"),
                                  exp_avg_sq=arrs.get("exp_avg_sq"), max_exp_avg_sq=arrs.get("max_exp_avg_sq"),
-                                 pdtype=pdtype)
+                                 pdtype=pdtype, m_kind=buf.m_kind, v_kind=buf.v_kind, stochastic=buf.stochastic,
+                                 remainders=buf.remainders, base=base)
 
         if bi not in self.host:  # host params: the disk part reads the params and grads in place
             if not disk_span:
@@ -104,7 +106,7 @@ class TieredState:
                 for a, b, arrs in chunks:
                     part = K.sub_batch(batch, pdtype, n1 + a, n1 + b)
                     if len(part):
-                        fn(state_of(arrs, b - a), part, s, flags)
+                        fn(state_of(arrs, b - a, n1 + a), part, s, flags)
             return
         from .tiers.transfer import Piece, Staging
 
@@ -125,13 +127,13 @@ class TieredState:
         with contextlib.closing(self._staging.run(pieces, pitem, gitem)) as staged:
             for p in pieces[: len(host_ranges)]:
                 update(p, next(staged), state_of({k: getattr(hp, k)[p.lo - n0: p.hi - n0] for k in names},
-                                                 p.hi - p.lo))
+                                                 p.hi - p.lo, p.lo))
             if disk_ranges:
                 with contextlib.closing(tier[1].stream(names, disk_span)) as chunks:
                     for (a, b, arrs), p in zip(chunks, pieces[len(host_ranges):]):
                         if (n1 + a, n1 + b) != (p.lo, p.hi):
                             raise RuntimeError(f"internal: disk chunk [{a}, {b}) is not piece [{p.lo}, {p.hi})")
-                        update(p, next(staged), state_of(arrs, b - a))
+                        update(p, next(staged), state_of(arrs, b - a, p.lo))
             next(staged, None)  # the last piece's params go back
 
     def _read_range(self, bi: int, key: str, lo: int, hi: int) -> np.ndarray:

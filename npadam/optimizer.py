@@ -39,8 +39,11 @@ from . import _hyper as H
 from . import _state
 from . import kernels as K
 from . import _params as P
+from . import _validate as V
 from ._engine import Engine, StepInfo, step_options
 from ._placement import disk_placement, engine_offload, offload_placement
+from ._precision import state_precision
+from .reference import precision as prec
 from .interop import import_array, is_read_only_producer
 from .layout import FlatLayout
 from .reference import adamw as ref
@@ -64,8 +67,12 @@ class _Optimizer:
                  num_threads: int | None = None, offload_fraction: float = 0.0, comm: Any = None,
                  nvme_offload_fraction: float = 0.0, nvme_offload_dir: str | os.PathLike[str] | None = None,
                  nvme_staging_bytes: int = 64 << 20, host_state_bytes: int | None = None,
-                 pin_memory: bool = True, gpu_state_bytes: int | None = None) -> None:
+                 pin_memory: bool = True, gpu_state_bytes: int | None = None, exp_avg_dtype: Any = "float32",
+                 exp_avg_sq_dtype: Any = "float32", store_param_remainders: bool = False, rounding: str = "nearest",
+                 seed: int = 0) -> None:
         self._spec.check_group(defaults, "")
+        self._precision = state_precision(exp_avg_dtype, exp_avg_sq_dtype, store_param_remainders, rounding, seed,
+                                          self._spec.algorithm)
         self.defaults = defaults
         o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, comm)
         self._offload = offload_placement(offload_fraction, pin_memory, gpu_state_bytes)
@@ -156,7 +163,8 @@ class _Optimizer:
             offload = engine_offload(self._offload, self._disk, device)
             self._engine = Engine(layout, device=device, device_id=device_id, kernel=self.kernel,
                                   decoupled=self._decoupled, num_threads=self.num_threads,
-                                  algorithm=self._spec.algorithm, disk=self._disk, offload=offload)
+                                  algorithm=self._spec.algorithm, disk=self._disk, offload=offload,
+                                  precision=self._precision)
         else:
             self._engine.extend(layout)
         eng = self._engine
@@ -413,14 +421,32 @@ class _Optimizer:
         for i, a in enumerate(self._arrays):
             self._engine.load_master(i, a)
 
+    def _param_bits(self, i: int) -> np.ndarray:
+        """Param ``i``'s storage bits on the host (uint16 for a 16-bit param), flat."""
+        a = self._arrays[i]
+        host = a if isinstance(a, np.ndarray) else a.get()
+        return np.ascontiguousarray(host).reshape(-1).view(np.uint16).copy()
+
+    def _write_bits(self, i: int, bits: np.ndarray) -> None:
+        """Write uint16 storage bits into 16-bit param ``i``."""
+        a = self._arrays[i]
+        if isinstance(a, np.ndarray):
+            a.reshape(-1).view(np.uint16)[...] = bits
+        else:
+            a.reshape(-1).view(self._engine.xp.uint16)[...] = self._engine.xp.asarray(bits)
+
     def _checkpoint_write_params(self, values: Sequence[np.ndarray]) -> None:
         """Write flat fp32 ``values`` (one per param, checked by ``npadam.checkpoint``) into the params,
-        rounded to each param's dtype (round to nearest even, as a step writes them). The masters
-        were restored by ``load_state_dict`` first: the written params are their rounding."""
+        rounded to each param's dtype (round to nearest even, as a step writes them; with param
+        remainders the master's high half, ties away from zero). The masters were restored by
+        ``load_state_dict`` first: the written params are their rounding."""
         self._engine.sync()
         for i, (a, v) in enumerate(zip(self._arrays, values)):
             dtype = self._engine.layout.slots[i].dtype
-            host = ref.to_storage(np.asarray(v, np.float32), _storage_dtype(dtype))
+            if dtype == "bfloat16" and self._precision.remainders:
+                host = prec.split_remainder(np.asarray(v, np.float32).reshape(-1))[0].view(_storage_dtype(dtype))
+            else:
+                host = ref.to_storage(np.asarray(v, np.float32), _storage_dtype(dtype))
             if isinstance(a, np.ndarray):
                 a.reshape(-1)[...] = host.view(a.dtype)
             else:  # CuPy (bfloat16 as uint16 bits)
@@ -505,16 +531,25 @@ class _Optimizer:
                   for i, d in enumerate(saved)]
         return {**sd, "param_groups": groups}
 
-    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+    def load_state_dict(self, sd: Mapping[str, Any], convert: bool = False) -> None:
         """Restore ``state_dict()`` output (or a ``torch.optim.Adam``/``AdamW`` state dict, params
-        matched by position). Everything is checked first; nothing changes on error."""
+        matched by position). Everything is checked first; nothing changes on error.
+
+        ``convert=True``: state in another precision than this optimizer's (an fp32-state dict
+        into ``exp_avg_dtype="bfloat16"``, fp32 masters into ``store_param_remainders``, ...) is
+        converted (see docs/PRECISION.md); without it such a dict is a ValueError."""
+        V.flag("convert", convert)
         self._sync_groups()
         plain = self._plain_groups()
         pending: list[tuple[Schedule, dict[str, Any]]] = []
         sd = self._fill_unsaved(sd, pending)
         parsed = _state.parse(sd, self._engine, plain, type(self).__name__, self._spec.check_group,
-                              self.loss_scaler)
+                              self.loss_scaler, convert=bool(convert), param_bits=self._param_bits)
         _state.apply(parsed, self._engine)
+        for i, bits in parsed.param_bits:
+            self._write_bits(i, bits)
+        if parsed.param_bits:
+            self._versions = [P.version(o, bump=True) for o in self._objects]
         for live, state in pending:  # a Plateau around a callable schedule: its saved state, now
             live.load_state_dict(state)
         for gi, (g, h) in enumerate(zip(self.param_groups, parsed.groups)):

@@ -1,5 +1,7 @@
 """The CUDA source without a GPU: it compiles for sm_90 with the exact flags, and its
-element math, built for the host, is bit-identical to the reference (Adam and SGD)."""
+element math, built for the host, is bit-identical to the reference (Adam and SGD), including the
+precision-aware state of reference/precision.py (16-bit moments, stochastic rounding with the
+Threefry generator, param remainders)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import itertools
 import re
 import shutil
 import subprocess
+import zlib
 
 import ml_dtypes
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 
 from npadam.kernels import gpu
 from npadam.reference import adamw as R
+from npadam.reference import precision as P
 from npadam.reference import sgd as RS
 
 NVCC = shutil.which("nvcc")
@@ -63,7 +67,7 @@ def _check_fused_operations(ptx: str) -> None:
 @needs_nvcc
 def test_every_instantiation_compiles_for_sm90(ptx):
     entries = re.findall(r"\.entry\s+(\S+)\(", ptx)
-    assert len(entries) == len(gpu.all_names()) == 75 + 27
+    assert len(entries) == len(gpu.all_names()) == 3 + 72 + 27 + 54 + 26
 
 
 @needs_nvcc
@@ -88,9 +92,15 @@ def host_lib(tmp_path_factory):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lib = ctypes.CDLL(str(so))
+    vp, u32, i64 = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int64
     lib.adam_host.restype = ctypes.c_int
-    lib.adam_host.argtypes = [ctypes.c_int] * 5 + [ctypes.c_int64] + [ctypes.c_void_p] * 7
-    lib.convert_host.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.adam_host.argtypes = [ctypes.c_int] * 9 + [i64] + [vp] * 7 + [u32, u32, i64]
+    lib.convert_host.argtypes = [ctypes.c_int, i64, vp, vp, vp]
+    lib.threefry_host.argtypes = [i64] + [vp] * 6
+    lib.random_words_host.argtypes = [u32, u32, i64, vp, vp, vp]
+    lib.moment_host.restype = ctypes.c_int
+    lib.moment_host.argtypes = [ctypes.c_int, ctypes.c_int, i64, vp, vp, vp, vp]
+    lib.remainder_host.argtypes = [i64, vp, vp, vp, vp]
     return lib
 
 
@@ -117,8 +127,8 @@ def test_host_build_of_element_math_is_bit_identical(host_lib, pk, gk):
                                decoupled=decoupled, grad_scale=0.5)
             sc = np.array([s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,
                            s.decay, s.step_size, s.bc2_sqrt, s.eps], np.float32)
-            rc = host_lib.adam_host(pk, gk, amsgrad, decoupled, maximize, n, _ptr(param), _ptr(g), _ptr(master),
-                                    _ptr(m), _ptr(v), _ptr(x), _ptr(sc))
+            rc = host_lib.adam_host(pk, gk, amsgrad, decoupled, maximize, 0, 0, 0, 0, n, _ptr(param), _ptr(g),
+                                    _ptr(master), _ptr(m), _ptr(v), _ptr(x), _ptr(sc), 0, 0, 0)
             assert rc == 0
             R.apply_step(ref_p, g, rm, rv, rx if amsgrad else None, s, decoupled=decoupled, amsgrad=amsgrad,
                          maximize=maximize)
@@ -211,8 +221,9 @@ def emulator(tmp_path_factory):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     lib = ctypes.CDLL(str(so))
-    lib.emu_adam.argtypes = [ctypes.c_int] * 5 + [ctypes.c_uint, ctypes.c_uint] + [ctypes.c_void_p] * 6 + \
-        [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 5
+    lib.emu_adam.restype = ctypes.c_int
+    lib.emu_adam.argtypes = [ctypes.c_int] * 9 + [ctypes.c_uint, ctypes.c_uint] + [ctypes.c_void_p] * 6 + \
+        [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 5 + [ctypes.c_uint32, ctypes.c_uint32, ctypes.c_int64]
     lib.emu_norm.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint] + [ctypes.c_void_p] * 3 + \
         [ctypes.c_int64] * 3 + [ctypes.c_void_p]
     lib.emu_sgd.argtypes = [ctypes.c_int] * 3 + [ctypes.c_uint, ctypes.c_uint] + [ctypes.c_void_p] * 6 + \
@@ -260,9 +271,9 @@ def test_emulated_kernels_match_the_reference(emulator, pk, gk):
             pptr, ct, cs = _tables(params, sizes, chunk)
             gptr, _, _ = _tables(grads, sizes, chunk)
             sz = np.asarray(sizes, np.int64)
-            assert emulator.emu_adam(pk, gk, amsgrad, decoupled, maximize, 3, 128, _ptr(pptr), _ptr(gptr),
-                                     _ptr(offsets), _ptr(sz), _ptr(ct), _ptr(cs), ct.size, chunk, _ptr(master),
-                                     _ptr(m), _ptr(v), _ptr(x), _ptr(sc)) == 0
+            assert emulator.emu_adam(pk, gk, amsgrad, decoupled, maximize, 0, 0, 0, 0, 3, 128, _ptr(pptr),
+                                     _ptr(gptr), _ptr(offsets), _ptr(sz), _ptr(ct), _ptr(cs), ct.size, chunk,
+                                     _ptr(master), _ptr(m), _ptr(v), _ptr(x), _ptr(sc), 0, 0, 0) == 0
             for i, (g, off) in enumerate(zip(grads, offsets)):
                 sl = slice(off, off + sizes[i])
                 R.apply_step(ref_p[i], g, rm[sl], rv[sl], rx[sl] if amsgrad else None, s, decoupled=decoupled,
@@ -315,15 +326,23 @@ class _EmulatedLaunch:
     def __call__(self, grid, block, args):
         ptr = lambda a: a.ctypes.data  # noqa: E731
         if self.name.startswith("adam_multi"):
-            assert len(args) == 22, len(args)
+            assert len(args) == 25, len(args)
             *arrays, nchunks, chunk, w, m, v, x = args[:12]
             assert all(isinstance(a, np.ndarray) for a in (*arrays, w, m, v, x))
             assert [a.dtype for a in arrays] == [np.uint64, np.uint64, np.int64, np.int64, np.int64, np.int64]
             assert isinstance(nchunks, np.int64) and isinstance(chunk, np.int64)
-            sc = np.asarray(args[12:], np.float32)
-            assert all(isinstance(s, np.float32) for s in args[12:])
+            sc = np.asarray(args[12:22], np.float32)
+            assert all(isinstance(s, np.float32) for s in args[12:22])
+            k0, k1, base = args[22:]
+            assert isinstance(k0, np.uint32) and isinstance(k1, np.uint32) and isinstance(base, np.int64)
+            # the state arrays' element types are the kernel's (16-bit kinds as 2-byte words)
+            mk, vk, rem = self.opts[5], self.opts[6], self.opts[8]
+            want = [np.dtype(np.int16) if rem else np.dtype(np.float32)] + \
+                [np.dtype(np.float32) if k == 0 else np.dtype(np.uint16) for k in (mk, vk, vk)]
+            for a, dt in zip((w, m, v, x), want):
+                assert a.size <= 1 or a.dtype.itemsize == dt.itemsize, (a.dtype, dt)
             rc = self.lib.emu_adam(*self.opts, grid[0], block[0], *map(ptr, arrays), int(nchunks), int(chunk),
-                                   ptr(w), ptr(m), ptr(v), ptr(x), ptr(sc))
+                                   ptr(w), ptr(m), ptr(v), ptr(x), ptr(sc), int(k0), int(k1), int(base))
         elif self.name.startswith("sgd_multi"):
             assert len(args) == 18, len(args)
             *arrays, nchunks, chunk, w, buf = args[:10]
@@ -476,3 +495,379 @@ def test_gpu_sgd_launch_code_runs_through_the_emulated_kernels(emulator, pdt, gd
                                                       first=step == 1))
         results.append(([p.tobytes() for p in params], buf.exp_avg.tobytes()))
     assert results[0] == results[1]
+
+
+# ---------------------------------------------------------------------- precision-aware state (issue 11)
+#
+# The contract is reference/precision.py: moments stored as float32 / bfloat16 / float16 (16-bit kinds
+# as uint16 bits), widened to float32, stepped by reference.adamw.apply_step, narrowed back (nearest, or
+# stochastic for bfloat16 with Threefry-2x32-20 words of the element's flat buffer index); bfloat16
+# params with int16 remainders instead of fp32 masters. `_contract_step` restates it in NumPy; the CUDA
+# source (adam_math.cuh's adam_update, adam.cu's adam_multi) must equal it bit for bit.
+
+#: every valid (mk, vk, sr, rem) of bfloat16 params (28)
+PRECISION_OPTIONS = gpu.precision_options(P.BF16)
+#: fp32 bit patterns the random data mixes in: zeros, subnormals, the smallest normals, the largest
+#: finite values (round to inf in 16 bits), values at bf16 / fp16 ties, fp16's limits, infs, NaNs
+SPECIAL_BITS = np.array([0x00000000, 0x80000000, 0x00000001, 0x807FFFFF, 0x00800000, 0x7F7FFFFF, 0xFF7FFFFF,
+                         0x7F7F8000, 0x3F808000, 0x3F818000, 0x477FE000, 0x477FF000, 0x33000000, 0x387FC000,
+                         0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFC00001, 0x7FFFFFFF], np.uint32)
+
+
+def _sprinkle(rng: np.random.Generator, x: np.ndarray, frac: float = 0.05, nan: bool = True) -> np.ndarray:
+    """float32 ``x`` with a fraction of its elements replaced by ``SPECIAL_BITS`` (NaNs only the
+    canonical one unless ``nan``: float32 state never holds another)."""
+    bits = SPECIAL_BITS if nan else SPECIAL_BITS[~np.isnan(SPECIAL_BITS.view(np.float32))]
+    bits = np.concatenate([bits, [0x7FC00000]]).astype(np.uint32)
+    x = np.array(x, np.float32)
+    where = rng.random(x.size) < frac
+    x.view(np.uint32)[where] = rng.choice(bits, int(where.sum()))
+    return x
+
+
+def _grad(rng: np.random.Generator, x: np.ndarray, kind: int) -> np.ndarray:
+    """A grad of storage ``kind`` from values ``x`` with specials (NaNs with payloads among them)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _sprinkle(rng, x).astype(STORE[kind])
+
+
+def _random_moment(rng: np.random.Generator, n: int, kind: int, scale: float) -> np.ndarray:
+    """Stored moments of ``kind``: float32 values with specials (canonical NaN only), or 16-bit words
+    that are mostly the narrowed values and partly arbitrary bit patterns (NaN payloads, negative NaNs)."""
+    x = _sprinkle(rng, np.abs(rng.standard_normal(n) * scale), nan=False)
+    if kind == P.F32:
+        return x
+    with np.errstate(over="ignore"):
+        out = P.narrow(x, kind)
+    where = rng.random(n) < 0.03
+    out[where] = rng.integers(0, 1 << 16, int(where.sum()), dtype=np.uint16)
+    return out
+
+
+def _contract_step(param: np.ndarray, grad: np.ndarray, master: np.ndarray | None, m: np.ndarray, v: np.ndarray,
+                   x: np.ndarray | None, s: R.HostScalars, index: np.ndarray, key: tuple[int, int], *, pk: int,
+                   mk: int, vk: int, sr: bool, rem: bool, amsgrad: bool, decoupled: bool = True,
+                   maximize: bool = False) -> None:
+    """One Adam step of the contract on one tensor, in place, built from reference.precision: the
+    value stepped is the param (float32), its current_master (16-bit params), or join_remainder (rem,
+    ``master`` holding int16 remainders); moments widened, reference.adamw.apply_step on float32 copies,
+    narrowed with random_words(key, index) (r0: exp_avg, r1: exp_avg_sq and max_exp_avg_sq).
+    ``param``: the param as stored (float32, ml_dtypes.bfloat16, float16); ``index``: each element's
+    flat buffer index."""
+    if rem:
+        p32 = P.join_remainder(param.view(np.uint16), master)
+    elif pk == P.F32:
+        p32 = param.copy()
+    else:
+        with np.errstate(over="ignore"):
+            p32 = R.current_master(master.copy(), param)
+    mw, vw = P.widen(m, mk).copy(), P.widen(v, vk).copy()
+    xw = P.widen(x, vk).copy() if amsgrad else None
+    with np.errstate(all="ignore"):
+        R.apply_step(p32, grad, mw, vw, xw, s, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize)
+    r0, r1 = P.random_words(key, index)
+
+    def rounding(kind: int) -> str:
+        return "stochastic" if sr and kind == P.BF16 else "nearest"
+
+    with np.errstate(over="ignore", invalid="ignore"):  # float16 overflows to inf, like the kernels
+        m[...] = P.narrow(mw, mk, rounding(mk), r0)
+        v[...] = P.narrow(vw, vk, rounding(vk), r1)
+        if amsgrad:
+            x[...] = P.narrow(xw, vk, rounding(vk), r1)
+        if rem:
+            hi, low = P.split_remainder(p32)
+            param.view(np.uint16)[...] = hi
+            master[...] = low
+        elif pk == P.F32:
+            param[...] = p32
+        else:
+            master[...] = p32
+            param[...] = R.to_storage(p32, param.dtype)
+
+
+def _sc(s: R.HostScalars) -> np.ndarray:
+    return np.array([s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay, s.decay,
+                     s.step_size, s.bc2_sqrt, s.eps], np.float32)
+
+
+def _initial_params(rng: np.random.Generator, n: int, pk: int, rem: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """A param as stored (with specials) and its ``master`` array: None (float32), fp32 masters, or
+    int16 remainders (rem: split_remainder of random masters)."""
+    p0 = _sprinkle(rng, rng.standard_normal(n) * 2)
+    p0[:4] = np.array([0.0, -0.0, 1e-30, 6.1e-5], np.float32)[: min(4, n)]
+    if rem:
+        hi, low = P.split_remainder(p0)
+        return hi.view(STORE[P.BF16]), low
+    if pk == P.F32:
+        return p0, None
+    with np.errstate(over="ignore"):
+        return R.to_storage(R.canonical_nan(p0), STORE[pk]), R.canonical_nan(p0)
+
+
+@needs_nvcc
+def test_host_threefry_is_the_reference_generator(host_lib):
+    """adam_math.cuh's threefry2x32 (host build) against reference.precision.threefry2x32 on random keys
+    and counters, the Random123 known answer, and random_words on 64-bit indices."""
+    rng = np.random.default_rng(11)
+    n = 100_000
+    k0, k1, c0, c1 = (rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32) for _ in range(4))
+    # Random123's kat_vectors (counter, key): zeros, all ones, the digits of pi
+    k0[:3], k1[:3] = [0, 0xFFFFFFFF, 0x13198A2E], [0, 0xFFFFFFFF, 0x03707344]
+    c0[:3], c1[:3] = [0, 0xFFFFFFFF, 0x243F6A88], [0, 0xFFFFFFFF, 0x85A308D3]
+    r0, r1 = np.empty(n, np.uint32), np.empty(n, np.uint32)
+    host_lib.threefry_host(n, _ptr(k0), _ptr(k1), _ptr(c0), _ptr(c1), _ptr(r0), _ptr(r1))
+    w0, w1 = P.threefry2x32(k0, k1, c0, c1)
+    assert r0.tobytes() == w0.tobytes() and r1.tobytes() == w1.tobytes()
+    assert [(r0[i], r1[i]) for i in range(3)] == [(0x6B200159, 0x99BA4EFE), (0x1CB996FC, 0xBB002BE7),
+                                                  (0xC4923A9C, 0x483DF7A0)]
+    key = P.step_key(0xDEADBEEF12345678, 1000, 3)
+    index = np.concatenate([np.arange(1000, dtype=np.uint64), rng.integers(0, 1 << 63, 1000, dtype=np.uint64),
+                            np.array([(1 << 32) - 1, 1 << 32, (1 << 64) - 1], np.uint64)])
+    r0, r1 = np.empty(index.size, np.uint32), np.empty(index.size, np.uint32)
+    host_lib.random_words_host(int(key[0]), int(key[1]), index.size, _ptr(index), _ptr(r0), _ptr(r1))
+    w0, w1 = P.random_words(key, index)
+    assert r0.tobytes() == w0.tobytes() and r1.tobytes() == w1.tobytes()
+
+
+@needs_nvcc
+@pytest.mark.parametrize("kind, sr", [(P.BF16, False), (P.BF16, True), (P.F16, False), (P.F16, True)])
+def test_host_moment_storage_is_the_reference_narrow(host_lib, kind, sr):
+    """Moment<kind, sr>::narrow / widen: every 16-bit pattern round-trips (NaNs to the kind's positive
+    canonical NaN), and random fp32 patterns, ties and specials narrow as reference.precision.narrow
+    (float16 rounds to nearest whatever sr says)."""
+    rng = np.random.default_rng(12 + kind + 4 * sr)
+    rounding = "stochastic" if sr and kind == P.BF16 else "nearest"
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    wide = P.widen(every, kind)
+    bits = rng.integers(0, 1 << 32, 300_000, dtype=np.uint64).astype(np.uint32)
+    ties = np.arange(0x33000000, 0x47800000, 0x1000, dtype=np.uint64) | (0x8000 if kind == P.BF16 else 0x1000)
+    x = np.concatenate([wide, bits.view(np.float32), ties.astype(np.uint32).view(np.float32),
+                        SPECIAL_BITS.view(np.float32)])
+    r = rng.integers(0, 1 << 32, x.size, dtype=np.uint64).astype(np.uint32)
+    r[1 << 16: (1 << 16) + 1000] = 0xFFFF  # the largest offsets: round up from anything above the grid
+    out, back = np.empty(x.size, np.uint16), np.empty(x.size, np.float32)
+    assert host_lib.moment_host(kind, sr, x.size, _ptr(x), _ptr(r), _ptr(out), _ptr(back)) == 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = P.narrow(x, kind, rounding, r)
+    assert out.tobytes() == want.tobytes()
+    assert back.tobytes() == P.widen(want, kind).tobytes()
+    nan = np.isnan(wide)
+    canonical = 0x7FC0 if kind == P.BF16 else 0x7E00
+    assert out[: 1 << 16].tobytes() == np.where(nan, np.uint16(canonical), every).tobytes()
+
+
+@needs_nvcc
+def test_host_param_remainders_are_the_reference_split_and_join(host_lib):
+    """split_remainder / join_remainder: as reference.precision on random fp32 patterns and specials,
+    and the join gives back every master exactly (NaN payloads included)."""
+    rng = np.random.default_rng(13)
+    bits = np.concatenate([rng.integers(0, 1 << 32, 400_000, dtype=np.uint64).astype(np.uint32), SPECIAL_BITS,
+                           np.array([0x7F7FFFFF, 0xFFFF8000, 0x0000FFFF, 0x80008000, 0xFFFFFFFF], np.uint32)])
+    master = bits.view(np.float32)
+    param, rem, back = np.empty(master.size, np.uint16), np.empty(master.size, np.int16), np.empty_like(master)
+    host_lib.remainder_host(master.size, _ptr(master), _ptr(param), _ptr(rem), _ptr(back))
+    hi, low = P.split_remainder(master)
+    assert param.tobytes() == hi.tobytes() and rem.tobytes() == low.tobytes()
+    assert back.tobytes() == master.tobytes() == P.join_remainder(hi, low).tobytes()
+
+
+#: the host library's precision builds (tests/cuda/adam_host.cu: precision_build): bfloat16 params and
+#: grads with every option and amsgrad; a few other param / grad kinds with amsgrad and options whose
+#: moments are of two different kinds
+HOST_PRECISION_CASES = [(1, 1, amsgrad, *opt) for amsgrad in (False, True) for opt in PRECISION_OPTIONS] + \
+    [(pk, gk, True, mk, vk, P.BF16 in (mk, vk), pk == P.BF16) for pk, gk in ((1, 2), (0, 0), (2, 1))
+     for mk, vk in itertools.permutations((P.F32, P.BF16, P.F16), 2)]
+
+def _ids(case: tuple) -> str:
+    pk, gk, amsgrad, mk, vk, sr, rem = case
+    return f"p{pk}g{gk}{'-ams' if amsgrad else ''}-m{mk}v{vk}{'-sr' if sr else ''}{'-rem' if rem else ''}"
+
+
+@needs_nvcc
+@pytest.mark.parametrize("case", HOST_PRECISION_CASES, ids=_ids)
+def test_host_build_of_precision_element_math_is_the_contract(host_lib, case):
+    """adam_update (the kernel's element) with precision options, built for the host, against
+    ``_contract_step`` over three steps of random data with NaN, inf, subnormal and extreme values in
+    params, grads and the stored state, a 64-bit random counter base and, for 16-bit params, stale
+    masters (params written behind the optimizer's back)."""
+    pk, gk, amsgrad, mk, vk, sr, rem = case
+    rng = np.random.default_rng(zlib.crc32(_ids(case).encode()))
+    n = 3_000
+    base = (1 << 33) + 12_345  # the counter's high word is not zero
+    index = (base + np.arange(n)).astype(np.uint64)
+    param, master = _initial_params(rng, n, pk, rem)
+    m, v = _random_moment(rng, n, mk, 0.1), _random_moment(rng, n, vk, 0.01)
+    x = _random_moment(rng, n, vk, 0.02) if amsgrad else np.zeros(1, np.float32)
+    ref = [a.copy() if a is not None else None for a in (param, master, m, v, x)]
+    for step in range(1, 4):
+        if step == 3 and pk != P.F32 and not rem:
+            param[::7] = (rng.standard_normal(param[::7].size) * 5).astype(np.float32).astype(STORE[pk])
+            ref[0][::7] = param[::7]
+        g = _grad(rng, rng.standard_normal(n) * 10.0 ** rng.integers(-6, 3, n), gk)
+        s = R.host_scalars(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=step, grad_scale=0.5)
+        key = P.step_key(0x1234_5678_9ABC_DEF0, step, 2)
+        rc = host_lib.adam_host(pk, gk, amsgrad, True, False, mk, vk, sr, rem, n, _ptr(param), _ptr(g), _ptr(master),
+                                _ptr(m), _ptr(v), _ptr(x), _ptr(_sc(s)), int(key[0]), int(key[1]), base)
+        assert rc == 0, "not built (tests/cuda/adam_host.cu: precision_build)"
+        _contract_step(ref[0], g, ref[1], ref[2], ref[3], ref[4] if amsgrad else None, s, index, key, pk=pk, mk=mk,
+                       vk=vk, sr=sr, rem=rem, amsgrad=amsgrad)
+        for name, got, want in zip(("param", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+                                   (param, master, m, v, x), ref):
+            if want is not None:
+                assert got.tobytes() == want.tobytes(), (name, step)
+
+
+def _stored_state(rng: np.random.Generator, total: int, mk: int, vk: int, amsgrad: bool) -> list[np.ndarray]:
+    """exp_avg, exp_avg_sq, max_exp_avg_sq of a buffer (random stored values; a 1-element placeholder
+    for max_exp_avg_sq without amsgrad, as the runtime passes)."""
+    x = _random_moment(rng, total, vk, 0.02) if amsgrad else np.zeros(1, np.float32)
+    return [_random_moment(rng, total, mk, 0.1), _random_moment(rng, total, vk, 0.01), x]
+
+
+#: the emulator's precision builds (tests/cuda/emulate.cpp: precision_build)
+EMU_PRECISION_CASES = [(1, 1, True, *opt) for opt in PRECISION_OPTIONS] + \
+    [(0, 0, False, *opt) for opt in ((P.BF16, P.BF16, True, False), (P.F32, P.F16, False, False),
+                                     (P.F16, P.F32, False, False))]
+
+
+@pytest.mark.parametrize("case", EMU_PRECISION_CASES, ids=_ids)
+def test_emulated_precision_kernels_match_the_contract(emulator, case):
+    """adam_multi with precision options (multi-tensor chunks, a grid smaller than the chunk count, an
+    unaligned view, float32 params where the float4 path would be) on a piece of a buffer whose state
+    starts at flat index `base` (past 2**32: the random counter's high word), against ``_contract_step``."""
+    pk, gk, amsgrad, mk, vk, sr, rem = case
+    rng = np.random.default_rng(zlib.crc32(_ids(case).encode()))
+    sizes = [1, 63, 64, 4099, 9_001, 5]
+    offsets = np.cumsum([0] + [-(-n // 64) * 64 for n in sizes[:-1]]).astype(np.int64)
+    total = int(offsets[-1] + -(-sizes[-1] // 64) * 64)
+    base, chunk = 3 * (1 << 31) + 4096, 4096
+    params, masters = zip(*(_initial_params(rng, n + 1, pk, rem) for n in sizes))
+    params = [p[1:] if i == 4 else p[:-1] for i, p in enumerate(params)]  # tensor 4: not 16-byte aligned
+    master = None
+    if pk != P.F32:
+        master = np.zeros(total, np.int16 if rem else np.float32)
+        for mst, off, n, i in zip(masters, offsets, sizes, itertools.count()):
+            master[off: off + n] = mst[1:] if i == 4 else mst[:-1]
+    m, v, x = _stored_state(rng, total, mk, vk, amsgrad)
+    ref_p, ref_w = [p.copy() for p in params], None if master is None else master.copy()
+    rm, rv, rx = m.copy(), v.copy(), x.copy()
+    sz = np.asarray(sizes, np.int64)
+    for step in (1, 2):
+        grads = [_grad(rng, rng.standard_normal(n) * 3, gk) for n in sizes]
+        s = R.host_scalars(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=step, grad_scale=0.7)
+        key = P.step_key(99, step, 1)
+        pptr, ct, cs = _tables(params, sizes, chunk)
+        gptr, _, _ = _tables(grads, sizes, chunk)
+        assert emulator.emu_adam(pk, gk, amsgrad, True, False, mk, vk, sr, rem, 3, 128, _ptr(pptr), _ptr(gptr),
+                                 _ptr(offsets), _ptr(sz), _ptr(ct), _ptr(cs), ct.size, chunk, _ptr(master), _ptr(m),
+                                 _ptr(v), _ptr(x), _ptr(_sc(s)), int(key[0]), int(key[1]), base) == 0
+        for i, (g, off, n) in enumerate(zip(grads, offsets, sizes)):
+            sl = slice(off, off + n)
+            _contract_step(ref_p[i], g, None if ref_w is None else ref_w[sl], rm[sl], rv[sl],
+                           rx[sl] if amsgrad else None, s, (base + off + np.arange(n)).astype(np.uint64), key,
+                           pk=pk, mk=mk, vk=vk, sr=sr, rem=rem, amsgrad=amsgrad)
+    for i, p in enumerate(params):
+        assert p.tobytes() == ref_p[i].tobytes(), i
+    for name, got, want in (("master", master, ref_w), ("exp_avg", m, rm), ("exp_avg_sq", v, rv),
+                            ("max_exp_avg_sq", x, rx)):
+        assert got is None or got.tobytes() == want.tobytes(), name
+
+
+@pytest.mark.parametrize("pdt, gdt, amsgrad, opt", [
+    ("bfloat16", "bfloat16", True, (P.BF16, P.BF16, True, True)),
+    ("bfloat16", "bfloat16", True, (P.F32, P.BF16, True, False)),
+    ("bfloat16", "bfloat16", True, (P.F16, P.F32, False, True)),
+    ("float32", "float32", False, (P.BF16, P.BF16, True, False)),
+], ids=["bf16-sr-rem", "bf16-m32-vbf16-sr", "bf16-m16-rem", "fp32-bf16-moments-sr"])
+def test_gpu_precision_launch_code_runs_through_the_emulated_kernels(emulator, pdt, gdt, amsgrad, opt):
+    """gpu.GpuKernels.adam_step's precision options through the emulated adam_multi: it reads
+    ``m_kind``, ``v_kind``, ``stochastic``, ``remainders``, ``base`` from the buffer and ``key`` from the
+    flags (set as attributes here, so this runs before and after npadam.kernels declares them), and a
+    buffer stepped in pieces (``sub_batch`` with each piece's state and ``base`` = its start, as the
+    offload pipeline streams it) is bit-identical to the whole buffer and to ``_contract_step``."""
+    from types import SimpleNamespace
+
+    from npadam import kernels as K
+    from npadam.layout import KINDS
+
+    mk, vk, sr, rem = opt
+    pk, gk = KINDS[pdt], KINDS[gdt]
+    kern = _emulated_gpu_kernels(emulator)
+    sizes, lay, size = _sizes_and_layout(pdt)
+    offsets = lay.offsets(0)
+    rng = np.random.default_rng(21)
+    init = [_initial_params(rng, n, pk, rem) for n in sizes]
+    master0 = None
+    if pk != P.F32:
+        master0 = np.zeros(size, np.int16 if rem else np.float32)
+        for (_, mst), off in zip(init, offsets):
+            master0[off: off + mst.size] = mst
+    state0 = _stored_state(rng, size, mk, vk, amsgrad)
+    if not amsgrad:
+        state0[2] = None
+    steps = [[_grad(rng, rng.standard_normal(n), gk) for n in sizes] for _ in range(2)]
+    u16 = lambda a: a if a.dtype == np.float32 else a.view(np.uint16)  # noqa: E731
+    scalars = [R.host_scalars(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step=k) for k in (1, 2)]
+    keys = [P.step_key(5, k, 0) for k in (1, 2)]
+
+    def fresh() -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """Copies of the params and of (master, exp_avg, exp_avg_sq, max_exp_avg_sq)."""
+        return [p.copy() for p, _ in init], [None if a is None else a.copy() for a in (master0, *state0)]
+
+    def snapshot(params: list[np.ndarray], arrays: list[np.ndarray | None]) -> list[bytes | None]:
+        return [p.tobytes() for p in params] + [None if a is None else a.tobytes() for a in arrays]
+
+    results = {}
+    for name, cuts in {"whole": [(0, size)], "pieces": [(0, 1000), (1000, 70_100), (70_100, size)]}.items():
+        params, arrays = fresh()
+        for grads, s, key in zip(steps, scalars, keys):
+            batch = K.Batch.of_arrays([u16(p) for p in params], [u16(g) for g in grads], offsets, gdt)
+            flags = SimpleNamespace(decoupled=True, amsgrad=amsgrad, maximize=False, key=key)
+            for start, stop in cuts:
+                w, m, v, x = (None if a is None else a[start:stop] for a in arrays)
+                buf = K.BufferState(size=stop - start, master=w, exp_avg=m, exp_avg_sq=v, max_exp_avg_sq=x,
+                                    pdtype=pdt)
+                buf.m_kind, buf.v_kind, buf.stochastic, buf.remainders, buf.base = mk, vk, sr, rem, start
+                kern.adam_step(buf, K.sub_batch(batch, pdt, start, stop), s, flags)
+        results[name] = snapshot(params, arrays)
+    params, (w, m, v, x) = fresh()
+    for grads, s, key in zip(steps, scalars, keys):
+        for p, g, off in zip(params, grads, offsets):
+            sl = slice(off, off + p.size)
+            _contract_step(p, g, None if w is None else w[sl], m[sl], v[sl], x[sl] if amsgrad else None, s,
+                           (off + np.arange(p.size)).astype(np.uint64), key, pk=pk, mk=mk, vk=vk, sr=sr, rem=rem,
+                           amsgrad=amsgrad)
+    want = snapshot(params, [w, m, v, x])
+    assert results["whole"] == want
+    assert results["pieces"] == want
+    if "m_kind" in getattr(K.BufferState, "__dataclass_fields__", {}) and "key" in K.Flags.__dataclass_fields__:
+        # npadam.kernels has the precision fields: its reference kernel is the same contract
+        params, (w, m, v, x) = fresh()
+        buf = K.BufferState(size=size, master=w, exp_avg=m, exp_avg_sq=v, max_exp_avg_sq=x, pdtype=pdt, m_kind=mk,
+                            v_kind=vk, stochastic=sr, remainders=rem)
+        for grads, s, key in zip(steps, scalars, keys):
+            batch = K.Batch.of_arrays([u16(p) for p in params], [u16(g) for g in grads], offsets, gdt)
+            with np.errstate(all="ignore"):
+                K.get("reference").adam_step(buf, batch, s, K.Flags(decoupled=True, amsgrad=amsgrad, key=key))
+        assert snapshot(params, [w, m, v, x]) == want
+
+
+def test_all_names_cover_every_precision_option():
+    """all_names() (the compile checks' subset) holds every value of every template parameter, every
+    valid (mk, vk, sr, rem) (with and without amsgrad), each once, and no invalid combination."""
+    opts = [re.findall(r"<(.*)>", n)[0].split(", ") for n in gpu.all_names() if n.startswith("adam_multi")]
+    assert all(len(o) == 9 for o in opts) and len({tuple(o) for o in opts}) == len(opts)
+    parsed = [(int(p), int(g), a == "true", d == "true", x == "true", int(mk), int(vk), sr == "true", rem == "true")
+              for p, g, a, d, x, mk, vk, sr, rem in opts]
+    assert {o[:5] for o in parsed} == set(itertools.product(range(3), range(3), *[(False, True)] * 3))
+    assert {(o[2], *o[5:]) for o in parsed} == {(a, *opt) for a in (False, True) for opt in PRECISION_OPTIONS}
+    assert all(not o[8] or o[0] == P.BF16 for o in parsed)  # remainders: bfloat16 params only
+    assert all(not o[7] or P.BF16 in o[5:7] for o in parsed)  # stochastic: a bfloat16 moment
+    assert len(PRECISION_OPTIONS) == 28 and len(gpu.precision_options(P.F32)) == 14
+    with pytest.raises(ValueError):
+        gpu.adam_name(0, 0, False, True, False, rem=True)
+    with pytest.raises(ValueError):
+        gpu.adam_name(1, 1, False, True, False, mk=3)
+    assert gpu.adam_name(1, 0, True, False, True, 2, 1, True, True) == \
+        "adam_multi<1, 0, true, false, true, 2, 1, true, true>"

@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..reference import adamw as ref
+from ..reference import precision as prec
 from ..reference import sgd as sgd_ref
 
 from ..layout import KINDS, storage_dtype, work_items
@@ -28,10 +29,16 @@ KERNELS = ("reference", "cpu", "gpu")
 
 @dataclass
 class BufferState:
-    """One flat buffer's optimizer state (float32 arrays of ``size`` elements, NumPy or CuPy).
+    """One flat buffer's optimizer state (arrays of ``size`` elements, NumPy or CuPy).
 
     Adam: ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq`` with amsgrad). SGD: the momentum
-    buffer in ``exp_avg`` (None until a step with momentum), no ``exp_avg_sq``."""
+    buffer in ``exp_avg`` (None until a step with momentum), no ``exp_avg_sq``. Storage
+    (``npadam.reference.precision``): ``m_kind`` / ``v_kind`` the kinds of ``exp_avg`` and of
+    ``exp_avg_sq``/``max_exp_avg_sq`` (0 float32 arrays, 1 bfloat16 / 2 float16 as uint16 bits),
+    ``stochastic`` their bf16 rounding, ``remainders``: ``master`` holds int16 remainders of bf16
+    params instead of float32 masters. ``base``: the flat buffer index of element 0 of these
+    arrays (a streamed piece of a buffer starts further in; the random words of stochastic
+    rounding are keyed on the buffer index)."""
 
     size: int
     master: np.ndarray | None
@@ -40,6 +47,11 @@ class BufferState:
     max_exp_avg_sq: np.ndarray | None
     pdtype: str = "float32"
     cache: dict = field(default_factory=dict)
+    m_kind: int = 0
+    v_kind: int = 0
+    stochastic: bool = False
+    remainders: bool = False
+    base: int = 0
 
     @property
     def pkind(self) -> int:
@@ -106,9 +118,13 @@ def pointers(arrays: Sequence[np.ndarray]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Flags:
+    """An Adam pass's options; ``key``: the step's uint32 key pair for stochastic rounding
+    (``npadam.reference.precision.step_key`` of the update, the buffer and the seed)."""
+
     decoupled: bool = True
     amsgrad: bool = False
     maximize: bool = False
+    key: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,7 @@ class _Cpu:
 
         self.cpu = cpu
         self._empty = np.zeros(0, dtype=np.float32)
+        self._empty16 = np.zeros(0, dtype=np.uint16)
 
     def block_sumsq(self, buf: BufferState, batch: Batch, block: int) -> np.ndarray:
         nblocks = -(-buf.size // block)
@@ -171,11 +188,13 @@ class _Cpu:
             return
         e = self._empty
         kernel = self.cpu.adam_pass(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled,
-                                    buf.size >= self.cpu.PARALLEL_MIN)
+                                    buf.size >= self.cpu.PARALLEL_MIN, buf.m_kind, buf.v_kind, buf.stochastic,
+                                    buf.remainders)
+        vmax = buf.max_exp_avg_sq
         kernel(batch.params, batch.grads, batch.offsets, *_work(buf, batch, self.cpu.CHUNK),
                e if buf.master is None else buf.master, buf.exp_avg, buf.exp_avg_sq,
-               e if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq, flags.maximize,
-               s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,
+               (e if buf.v_kind == 0 else self._empty16) if vmax is None else vmax, flags.maximize,
+               s.scale, np.uint32(flags.key[0]), np.uint32(flags.key[1]), np.int64(buf.base), s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,
                s.decay, s.step_size, s.bc2_sqrt, s.eps)
 
     def sgd_step(self, buf: BufferState, batch: Batch, s: sgd_ref.HostScalars, flags: SgdFlags) -> None:
@@ -185,7 +204,7 @@ class _Cpu:
         kernel = self.cpu.sgd_pass(buf.pkind, batch.gkind, flags.momentum, buf.size >= self.cpu.PARALLEL_MIN)
         kernel(batch.params, batch.grads, batch.offsets, *_work(buf, batch, self.cpu.CHUNK),
                e if buf.master is None else buf.master, e if flags.momentum == sgd_ref.PLAIN else buf.exp_avg,
-               e, e, flags.maximize, s.scale, s.weight_decay, s.momentum, s.one_minus_dampening, s.neg_lr,
+               e, e, flags.maximize, s.scale, np.uint32(0), np.uint32(0), np.int64(0), s.weight_decay, s.momentum, s.one_minus_dampening, s.neg_lr,
                flags.weight_decay, flags.first)
 
 
@@ -217,23 +236,41 @@ class _Reference:
 
     def _updates(self, buf: BufferState, batch: Batch) -> Iterator[tuple[np.ndarray, np.ndarray, slice]]:
         """Each tensor of the batch as ``(value to update, grad, slice of the flat state)``: the value
-        is the param, or the fp32 master (``current_master``) of a low-precision param, which is
-        written back rounded after the caller's update."""
+        is the param, or the fp32 master (``current_master``, or joined from the param and its
+        remainder) of a low-precision param, which is written back rounded (or split) after the
+        caller's update."""
         low = buf.master is not None
         grads = self._views(batch, batch.grads, batch.gdtype)
         for p, g, off in zip(self._views(batch, batch.params, buf.pdtype), grads, batch.offsets):
             sl = slice(off, off + p.size)
-            param = ref.current_master(buf.master[sl], p) if low else p
+            if buf.remainders:
+                param = prec.join_remainder(p.view(np.uint16), buf.master[sl])
+            else:
+                param = ref.current_master(buf.master[sl], p) if low else p
             yield param, g, sl
-            if low:
+            if buf.remainders:
+                param = ref.canonical_nan(param)
+                p.view(np.uint16)[...], buf.master[sl] = prec.split_remainder(param)
+            elif low:
                 p[...] = ref.to_storage(param, p.dtype)
 
     def adam_step(self, buf: BufferState, batch: Batch, s: ref.HostScalars, flags: Flags) -> None:
+        rounding = "stochastic" if buf.stochastic else "nearest"
         for param, g, sl in self._updates(buf, batch):
-            vmax = None if buf.max_exp_avg_sq is None else buf.max_exp_avg_sq[sl]
+            m = prec.widen(buf.exp_avg[sl], buf.m_kind)
+            v = prec.widen(buf.exp_avg_sq[sl], buf.v_kind)
+            vmax = prec.widen(buf.max_exp_avg_sq[sl], buf.v_kind) if flags.amsgrad else None
             with np.errstate(invalid="ignore", divide="ignore"):  # eps = 0 with a zero grad: 0/0 like the kernels
-                ref.apply_step(param, g, buf.exp_avg[sl], buf.exp_avg_sq[sl], vmax, s,
+                ref.apply_step(param, g, m, v, vmax, s,
                                decoupled=flags.decoupled, amsgrad=flags.amsgrad, maximize=flags.maximize)
+            r0 = r1 = None
+            if buf.stochastic:
+                r0, r1 = prec.random_words(flags.key, np.arange(sl.start, sl.stop, dtype=np.uint64) + buf.base)
+            buf.exp_avg[sl] = prec.narrow(m, buf.m_kind, rounding if buf.m_kind == prec.BF16 else "nearest", r0)
+            vr = rounding if buf.v_kind == prec.BF16 else "nearest"
+            buf.exp_avg_sq[sl] = prec.narrow(v, buf.v_kind, vr, r1)
+            if vmax is not None:
+                buf.max_exp_avg_sq[sl] = prec.narrow(vmax, buf.v_kind, vr, r1)
 
     def sgd_step(self, buf: BufferState, batch: Batch, s: sgd_ref.HostScalars, flags: SgdFlags) -> None:
         for param, g, sl in self._updates(buf, batch):

@@ -3,6 +3,11 @@
 // One templated source; the options are template parameters:
 //   PK, GK      storage kind of params / grads (0 float32, 1 bfloat16, 2 float16)
 //   AMSGRAD, DECOUPLED, MAXIMIZE (Adam);  MOMENTUM (SGD: 0 none, 1 heavy ball, 2 Nesterov)
+//   MK, VK      (Adam) storage kind of exp_avg / of exp_avg_sq and max_exp_avg_sq (16-bit kinds as
+//               uint16 bits; reference/precision.py)
+//   SR          (Adam) stochastic rounding of the bfloat16 moments (counter-based: Threefry-2x32-20
+//               of the step key (k0, k1) and the element's buffer index base + i)
+//   REM         (Adam, bfloat16 params only) `master` holds int16 param remainders, not fp32 masters
 // Compile with -fmad=false (and NVRTC's default IEEE division and square root) so
 // that the result is bit-identical to reference/adamw.py and the Numba kernel.
 //
@@ -11,7 +16,7 @@
 // tensors of a flat buffer: the host cuts them into chunks of CHUNK elements
 // (chunk_tensor, chunk_start) and each thread block takes chunks in a grid-stride
 // loop; indices are 64-bit throughout. Where every pointer of a chunk is 16-byte
-// aligned the float32 arrays are read and written as float4.
+// aligned the float32 arrays are read and written as float4 (all-float32 Adam without amsgrad only).
 #include "adam_math.cuh"
 
 using namespace npadam;
@@ -32,65 +37,62 @@ __device__ __forceinline__ Chunk chunk_at(int64_t c, const int64_t* chunk_tensor
     return {t, lo, hi};
 }
 
-template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE>
-__device__ __forceinline__ void adam_one(typename Storage<PK>::T* P, const typename Storage<GK>::T* G,
-                                         float* W, float* M, float* V, float* X, int64_t j, int64_t i,
-                                         const Scalars& s) {
-    float p = (PK == F32) ? Storage<PK>::load(P[j]) : current_master<PK>(W[i], P[j]);
-    float m = M[i], v = V[i];
-    float vmax = AMSGRAD ? X[i] : 0.0f;
-    adam_element<AMSGRAD, DECOUPLED, MAXIMIZE>(p, Storage<GK>::load(G[j]), m, v, vmax, s);
-    M[i] = m;
-    V[i] = v;
-    if (AMSGRAD) X[i] = vmax;
-    if (PK != F32) W[i] = p;
-    P[j] = Storage<PK>::store(p);
-}
-
-template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE>
+// One Adam pass over a flat buffer's tensors. master, m, v, vmax: the buffer's state arrays (or a piece
+// of them) indexed by offsets[t] + j; `master` is unused for float32 params, holds the fp32 masters of
+// 16-bit params, or their int16 remainders (REM); vmax is unused without AMSGRAD. (k0, k1): the step
+// key of reference.precision.step_key, `base`: the buffer index of state element 0, so that element i
+// draws its random words from counter base + i (used only when SR rounds a bfloat16 moment).
+template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE, int MK, int VK, bool SR, bool REM>
 __global__ void adam_multi(const uint64_t* __restrict__ param_ptrs, const uint64_t* __restrict__ grad_ptrs,
                            const int64_t* __restrict__ offsets, const int64_t* __restrict__ sizes,
                            const int64_t* __restrict__ chunk_tensor, const int64_t* __restrict__ chunk_start,
-                           int64_t nchunks, int64_t chunk, float* __restrict__ master, float* __restrict__ m,
-                           float* __restrict__ v, float* __restrict__ vmax, float scale, float beta1,
+                           int64_t nchunks, int64_t chunk, typename Master<REM>::T* __restrict__ master,
+                           typename Moment<MK, SR>::T* __restrict__ m, typename Moment<VK, SR>::T* __restrict__ v,
+                           typename Moment<VK, SR>::T* __restrict__ vmax, float scale, float beta1,
                            float one_minus_beta1, float beta2, float one_minus_beta2, float weight_decay,
-                           float decay, float step_size, float bc2_sqrt, float eps) {
+                           float decay, float step_size, float bc2_sqrt, float eps, uint32_t k0, uint32_t k1,
+                           int64_t base) {
     const Scalars s = {scale, beta1, one_minus_beta1, beta2, one_minus_beta2, weight_decay, decay, step_size,
                        bc2_sqrt, eps};
     typedef typename Storage<PK>::T PT;
     typedef typename Storage<GK>::T GT;
+    // the float4 path: every array float32, no max_exp_avg_sq, no remainders
+    constexpr bool FLOAT4 = PK == F32 && GK == F32 && MK == F32 && VK == F32 && !AMSGRAD && !REM;
     for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
         const Chunk k = chunk_at(c, chunk_tensor, chunk_start, sizes, chunk);
         const int64_t t = k.t, lo = k.lo, hi = k.hi;
         PT* P = reinterpret_cast<PT*>(param_ptrs[t]);
         const GT* G = reinterpret_cast<const GT*>(grad_ptrs[t]);
-        const int64_t base = offsets[t];
-        bool vec = (PK == F32) && (GK == F32) && !AMSGRAD && ((lo & 3) == 0) &&
-                   ((reinterpret_cast<uint64_t>(P) | reinterpret_cast<uint64_t>(G)) & 15) == 0 &&
-                   (((base + lo) & 3) == 0) &&
-                   ((reinterpret_cast<uint64_t>(m) | reinterpret_cast<uint64_t>(v)) & 15) == 0;
+        const int64_t off = offsets[t];
         int64_t j0 = lo;
-        if (vec) {
-            const int64_t nvec = (hi - lo) / 4;
-            for (int64_t q = threadIdx.x; q < nvec; q += blockDim.x) {
-                const int64_t j = lo + 4 * q, i = base + j;
-                float4 pp = *reinterpret_cast<float4*>(reinterpret_cast<float*>(P) + j);
-                const float4 gg = *reinterpret_cast<const float4*>(reinterpret_cast<const float*>(G) + j);
-                float4 mm = *reinterpret_cast<float4*>(m + i);
-                float4 vv = *reinterpret_cast<float4*>(v + i);
-                float unused = 0.0f;
-                adam_element<false, DECOUPLED, MAXIMIZE>(pp.x, gg.x, mm.x, vv.x, unused, s);
-                adam_element<false, DECOUPLED, MAXIMIZE>(pp.y, gg.y, mm.y, vv.y, unused, s);
-                adam_element<false, DECOUPLED, MAXIMIZE>(pp.z, gg.z, mm.z, vv.z, unused, s);
-                adam_element<false, DECOUPLED, MAXIMIZE>(pp.w, gg.w, mm.w, vv.w, unused, s);
-                *reinterpret_cast<float4*>(reinterpret_cast<float*>(P) + j) = pp;
-                *reinterpret_cast<float4*>(m + i) = mm;
-                *reinterpret_cast<float4*>(v + i) = vv;
+        if constexpr (FLOAT4) {
+            const bool vec = ((lo & 3) == 0) &&
+                             ((reinterpret_cast<uint64_t>(P) | reinterpret_cast<uint64_t>(G)) & 15) == 0 &&
+                             (((off + lo) & 3) == 0) &&
+                             ((reinterpret_cast<uint64_t>(m) | reinterpret_cast<uint64_t>(v)) & 15) == 0;
+            if (vec) {
+                const int64_t nvec = (hi - lo) / 4;
+                for (int64_t q = threadIdx.x; q < nvec; q += blockDim.x) {
+                    const int64_t j = lo + 4 * q, i = off + j;
+                    float4 pp = *reinterpret_cast<float4*>(P + j);
+                    const float4 gg = *reinterpret_cast<const float4*>(G + j);
+                    float4 mm = *reinterpret_cast<float4*>(m + i);
+                    float4 vv = *reinterpret_cast<float4*>(v + i);
+                    float unused = 0.0f;
+                    adam_element<false, DECOUPLED, MAXIMIZE>(pp.x, gg.x, mm.x, vv.x, unused, s);
+                    adam_element<false, DECOUPLED, MAXIMIZE>(pp.y, gg.y, mm.y, vv.y, unused, s);
+                    adam_element<false, DECOUPLED, MAXIMIZE>(pp.z, gg.z, mm.z, vv.z, unused, s);
+                    adam_element<false, DECOUPLED, MAXIMIZE>(pp.w, gg.w, mm.w, vv.w, unused, s);
+                    *reinterpret_cast<float4*>(P + j) = pp;
+                    *reinterpret_cast<float4*>(m + i) = mm;
+                    *reinterpret_cast<float4*>(v + i) = vv;
+                }
+                j0 = lo + 4 * nvec;
             }
-            j0 = lo + 4 * nvec;
         }
         for (int64_t j = j0 + threadIdx.x; j < hi; j += blockDim.x) {
-            adam_one<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE>(P, G, master, m, v, vmax, j, base + j, s);
+            adam_update<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE, MK, VK, SR, REM>(P, G, master, m, v, vmax, j, off + j,
+                                                                               s, k0, k1, base);
         }
     }
 }

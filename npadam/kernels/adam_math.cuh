@@ -24,6 +24,19 @@
 // Storage kinds: 0 float32, 1 bfloat16, 2 float16 (16-bit kinds as raw uint16 bits,
 // converted with round-to-nearest-even exactly as ml_dtypes / NumPy do, NaN payloads
 // included, so the GPU writes the same bits as the CPU kernel and the reference).
+//
+// Precision-aware state (reference/precision.py; adam_update below):
+//   - the moments exp_avg (kind MK), exp_avg_sq and max_exp_avg_sq (kind VK) are widened to float32
+//     (exact), the float32 adam_element runs unchanged (the param update uses the float32 m and vh),
+//     then they are narrowed back: float32 as computed; float16 nearest-even with NaN -> 0x7E00;
+//     bfloat16 nearest-even, or stochastic ((bits + (r & 0xFFFF)) >> 16) when SR, NaN -> 0x7FC0
+//     (16-bit NaNs are always the POSITIVE canonical NaN of the kind).
+//   - the random words of state element `index` (the element's flat index in its buffer) are
+//     threefry2x32-20(key (k0, k1), counter (lo32(index), hi32(index))): r0 rounds exp_avg, r1
+//     exp_avg_sq and max_exp_avg_sq; (k0, k1) is reference.precision.step_key(seed, step, buffer).
+//   - REM (store_param_remainders, bf16 params only): the fp32 master is not stored; an int16
+//     remainder holds its low 16 bits (join_remainder / split_remainder), the bf16 param its high
+//     16 bits rounded to nearest, ties away from zero.
 #pragma once
 
 #ifndef __CUDACC_RTC__
@@ -33,6 +46,7 @@
 #else
 typedef unsigned int uint32_t;
 typedef unsigned short uint16_t;
+typedef short int16_t;
 typedef long long int64_t;
 typedef unsigned long long uint64_t;
 #endif
@@ -136,6 +150,110 @@ template <> struct Storage<F16> {
     static NPADAM_HD T store(float x) { return f32_to_f16(x); }
 };
 
+// ---------------------------------------------------------------- precision-aware state
+
+// True for every NaN bit pattern (a bit test: no floating-point comparison to be optimized away).
+NPADAM_HD bool is_nan(float x) { return (f32_bits(x) & 0x7FFFFFFFu) > 0x7F800000u; }
+
+// reference.precision.narrow(x, BF16, "nearest"): round to nearest even, NaN -> 0x7FC0 (positive).
+NPADAM_HD uint16_t bf16_nearest(float x) { return is_nan(x) ? (uint16_t)0x7FC0u : f32_to_bf16(x); }
+
+// reference.precision.narrow(x, BF16, "stochastic", r): (bits + (r & 0xFFFF)) >> 16, i.e. the
+// magnitude rounds up with probability equal to the discarded fraction; NaN -> 0x7FC0. No overflow
+// in uint32: the largest non-NaN pattern is 0xFF800000 (-inf).
+NPADAM_HD uint16_t bf16_stochastic(float x, uint32_t r) {
+    return is_nan(x) ? (uint16_t)0x7FC0u : (uint16_t)((f32_bits(x) + (r & 0xFFFFu)) >> 16);
+}
+
+// reference.precision.narrow(x, F16): round to nearest even (NumPy's conversion), NaN -> 0x7E00.
+NPADAM_HD uint16_t f16_nearest(float x) { return is_nan(x) ? (uint16_t)0x7E00u : f32_to_f16(x); }
+
+// A moment's storage (kind KIND; SR: stochastic rounding, used by bfloat16 only): widen to float32
+// (exact) and narrow back (reference.precision.widen / narrow). float32 is stored as computed, as
+// without the precision options (m and v come out of canonical_nan; reference.precision.narrow
+// copies float32).
+template <int KIND, bool SR> struct Moment {
+    typedef float T;
+    static NPADAM_HD float widen(T x) { return x; }
+    static NPADAM_HD T narrow(float x, uint32_t) { return x; }
+};
+template <bool SR> struct Moment<BF16, SR> {
+    typedef uint16_t T;
+    static NPADAM_HD float widen(T x) { return bf16_to_f32(x); }
+    static NPADAM_HD T narrow(float x, uint32_t r) { return SR ? bf16_stochastic(x, r) : bf16_nearest(x); }
+};
+template <bool SR> struct Moment<F16, SR> {  // always nearest: stochastic rounding is bfloat16's only
+    typedef uint16_t T;
+    static NPADAM_HD float widen(T x) { return f16_to_f32(x); }
+    static NPADAM_HD T narrow(float x, uint32_t) { return f16_nearest(x); }
+};
+
+// The random words of one element: r0 rounds exp_avg, r1 exp_avg_sq and max_exp_avg_sq.
+struct Words {
+    uint32_t r0, r1;
+};
+
+NPADAM_HD uint32_t rotl32(uint32_t x, int r) { return (x << r) | (x >> (32 - r)); }
+
+// One Threefry-2x32 round: x0 += x1; x1 = rotl(x1, r) ^ x0 (uint32 arithmetic, modulo 2**32).
+NPADAM_HD void threefry_round(uint32_t& x0, uint32_t& x1, int r) {
+    x0 += x1;
+    x1 = rotl32(x1, r) ^ x0;
+}
+
+// Threefry-2x32 with 20 rounds (Salmon et al., SC'11; Random123's threefry2x32_20, jax.random's
+// generator) of counter (c0, c1) under key (k0, k1): reference.precision.threefry2x32. Rotations
+// 13 15 26 6 | 17 29 16 24, alternating per block of 4 rounds; the key schedule (k0, k1,
+// k0 ^ k1 ^ 0x1BD11BDA) is injected before the first round and after each of the 5 blocks (the
+// block's number added to the second word). Random123's known answer: key 0, counter 0 ->
+// (0x6b200159, 0x99ba4efe).
+NPADAM_HD Words threefry2x32(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1) {
+    const uint32_t k2 = k0 ^ k1 ^ 0x1BD11BDAu;
+    uint32_t x0 = c0 + k0, x1 = c1 + k1;
+    threefry_round(x0, x1, 13); threefry_round(x0, x1, 15); threefry_round(x0, x1, 26); threefry_round(x0, x1, 6);
+    x0 += k1; x1 += k2 + 1u;
+    threefry_round(x0, x1, 17); threefry_round(x0, x1, 29); threefry_round(x0, x1, 16); threefry_round(x0, x1, 24);
+    x0 += k2; x1 += k0 + 2u;
+    threefry_round(x0, x1, 13); threefry_round(x0, x1, 15); threefry_round(x0, x1, 26); threefry_round(x0, x1, 6);
+    x0 += k0; x1 += k1 + 3u;
+    threefry_round(x0, x1, 17); threefry_round(x0, x1, 29); threefry_round(x0, x1, 16); threefry_round(x0, x1, 24);
+    x0 += k1; x1 += k2 + 4u;
+    threefry_round(x0, x1, 13); threefry_round(x0, x1, 15); threefry_round(x0, x1, 26); threefry_round(x0, x1, 6);
+    x0 += k2; x1 += k0 + 5u;
+    return {x0, x1};
+}
+
+// reference.precision.random_words: the words of flat buffer element `index` under the step key
+// (k0, k1) = reference.precision.step_key(seed, step, buffer); counter (lo32(index), hi32(index)).
+NPADAM_HD Words random_words(uint32_t k0, uint32_t k1, uint64_t index) {
+    return threefry2x32(k0, k1, (uint32_t)(index & 0xFFFFFFFFu), (uint32_t)(index >> 32));
+}
+
+// reference.precision.join_remainder: (bf16 param bits, int16 remainder) -> the fp32 master, exactly.
+// The param holds the master's high 16 bits plus one when the remainder is negative (bit 15 set).
+NPADAM_HD float join_remainder(uint16_t param, int16_t rem) {
+    const uint32_t low = (uint16_t)rem;
+    const uint32_t hi = (uint16_t)(param - ((low & 0x8000u) ? 1u : 0u));  // wraps like uint16
+    return bits_f32((hi << 16) | low);
+}
+
+// reference.precision.split_remainder: the fp32 master -> bf16 param bits (the high half rounded to
+// nearest, ties away from zero) and the int16 remainder (the low half).
+NPADAM_HD void split_remainder(float master, uint16_t& param, int16_t& rem) {
+    const uint32_t b = f32_bits(master);
+    const uint32_t low = b & 0xFFFFu;
+    param = (uint16_t)((b >> 16) + ((low & 0x8000u) ? 1u : 0u));  // wraps like uint16
+    rem = (int16_t)(low >= 0x8000u ? (int)low - 0x10000 : (int)low);
+}
+
+// What a buffer's `master` array holds: the fp32 masters, or (REM) the int16 remainders.
+template <bool REM> struct Master {
+    typedef float T;
+};
+template <> struct Master<true> {
+    typedef int16_t T;
+};
+
 // The fp32 value a low-precision param's update starts from (reference.adamw.current_master):
 // the master, unless the param's stored bits are not its rounding (the param was written since).
 template <int PK>
@@ -166,6 +284,44 @@ NPADAM_HD void adam_element(float& p, float grad, float& m, float& v, float& vma
     }
     if (DECOUPLED) p = p * s.decay;
     p = canonical_nan(p - s.step_size * mi / (sqrtf(vh) / s.bc2_sqrt + s.eps));
+}
+
+// One element of a flat buffer's Adam pass on stored state (the body of adam.cu's adam_multi; the
+// host tests run it too). P[j], G[j]: the param and grad (storage kinds PK, GK); W[i]: the fp32 master
+// (PK != F32), or with REM the int16 remainder (the master is join_remainder(P[j], W[i]), no
+// current_master check); M[i], V[i], X[i]: exp_avg (kind MK), exp_avg_sq and, with AMSGRAD,
+// max_exp_avg_sq (kind VK). The moments are widened, adam_element runs in float32 (the param update
+// uses the float32 m and vh), then they are narrowed (Moment). SR: bfloat16 moments round
+// stochastically with random_words(k0, k1, base + i), i.e. `base` is the buffer index of state
+// element 0 (the host passes a piece of the buffer's state starting there).
+template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE, int MK, int VK, bool SR, bool REM>
+NPADAM_HD void adam_update(typename Storage<PK>::T* P, const typename Storage<GK>::T* G,
+                           typename Master<REM>::T* W, typename Moment<MK, SR>::T* M,
+                           typename Moment<VK, SR>::T* V, typename Moment<VK, SR>::T* X, int64_t j, int64_t i,
+                           const Scalars& s, uint32_t k0, uint32_t k1, int64_t base) {
+    static_assert(!REM || PK == BF16, "param remainders need bfloat16 params");
+    float p;
+    if constexpr (REM) {
+        p = join_remainder(P[j], W[i]);
+    } else if constexpr (PK == F32) {
+        p = Storage<PK>::load(P[j]);
+    } else {
+        p = current_master<PK>(W[i], P[j]);
+    }
+    float m = Moment<MK, SR>::widen(M[i]), v = Moment<VK, SR>::widen(V[i]);
+    float vmax = AMSGRAD ? Moment<VK, SR>::widen(X[i]) : 0.0f;
+    adam_element<AMSGRAD, DECOUPLED, MAXIMIZE>(p, Storage<GK>::load(G[j]), m, v, vmax, s);
+    Words r = {0u, 0u};
+    if constexpr (SR && (MK == BF16 || VK == BF16)) r = random_words(k0, k1, (uint64_t)(base + i));
+    M[i] = Moment<MK, SR>::narrow(m, r.r0);
+    V[i] = Moment<VK, SR>::narrow(v, r.r1);
+    if (AMSGRAD) X[i] = Moment<VK, SR>::narrow(vmax, r.r1);
+    if constexpr (REM) {
+        split_remainder(p, P[j], W[i]);
+    } else {
+        if constexpr (PK != F32) W[i] = p;
+        P[j] = Storage<PK>::store(p);
+    }
 }
 
 // a * b + c with one rounding (IEEE fusedMultiplyAdd).

@@ -142,6 +142,76 @@ def encode(x, kind):
     return f32_to_f16(x)
 
 
+@njit(inline="always", cache=True)
+def narrow(x, kind, stochastic, r):
+    """``reference.precision.narrow`` for one float32: float32 (returned as is), or the uint16
+    bits of bfloat16 (nearest even, or stochastic with the low 16 bits of ``r``) or float16
+    (nearest even); a NaN becomes the kind's canonical NaN."""
+    if kind == BF16:
+        if x != x:
+            return np.uint16(0x7FC0)
+        b = np.float32(x).view(np.uint32)
+        if stochastic:
+            return np.uint16(np.uint32(b + (np.uint32(r) & np.uint32(0xFFFF))) >> np.uint32(16))
+        lsb = (b >> np.uint32(16)) & np.uint32(1)
+        return np.uint16(np.uint32(b + np.uint32(0x7FFF) + lsb) >> np.uint32(16))
+    if x != x:
+        return np.uint16(0x7E00)
+    return f32_to_f16(x)
+
+
+@njit(inline="always", cache=True)
+def _rotl(x, r):
+    return np.uint32(np.uint32(x << np.uint32(r)) | np.uint32(x >> np.uint32(32 - r)))
+
+
+@njit(inline="always", cache=True)
+def _mix(x0, x1, r):
+    """One Threefry round: ``x0 += x1; x1 = rotl(x1, r) ^ x0`` in uint32 (Numba widens uint32 sums:
+    every result is truncated back)."""
+    x0 = np.uint32(x0 + x1)
+    return x0, np.uint32(_rotl(x1, r) ^ x0)
+
+
+_ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)  # reference.precision._ROT
+
+
+@njit(inline="always", cache=True)
+def threefry2x32(k0, k1, c0, c1):
+    """``reference.precision.threefry2x32`` (Threefry-2x32-20) of one counter pair: five blocks of
+    four rounds, each followed by a key injection (LLVM unrolls the constant loops)."""
+    ks = (np.uint32(k0), np.uint32(k1), np.uint32(k0 ^ k1 ^ np.uint32(0x1BD11BDA)))
+    x0 = np.uint32(c0 + ks[0])
+    x1 = np.uint32(c1 + ks[1])
+    for block in range(5):
+        for r in range(4):
+            x0, x1 = _mix(x0, x1, _ROTATIONS[(block % 2) * 4 + r])
+        x0 = np.uint32(x0 + ks[(block + 1) % 3])
+        x1 = np.uint32(x1 + ks[(block + 2) % 3] + np.uint32(block + 1))
+    return x0, x1
+
+
+@njit(inline="always", cache=True)
+def join_remainder(bits, rem):
+    """``reference.precision.join_remainder`` for one bf16 param (uint16 bits) and int16 remainder."""
+    r = np.uint16(rem)
+    hi = np.uint32(bits) - np.uint32(1) if rem < 0 else np.uint32(bits)
+    return np.uint32(np.uint32(hi << np.uint32(16)) | np.uint32(r)).view(np.float32)
+
+
+@njit(inline="always", cache=True)
+def split_high(x):
+    """The bf16 param bits of ``reference.precision.split_remainder`` (ties away from zero)."""
+    b = np.float32(x).view(np.uint32)
+    return np.uint16(np.uint32(b >> np.uint32(16)) + np.uint32((b >> np.uint32(15)) & np.uint32(1)))
+
+
+@njit(inline="always", cache=True)
+def split_low(x):
+    """The int16 remainder of ``reference.precision.split_remainder``."""
+    return np.int16(np.uint16(np.float32(x).view(np.uint32) & np.uint32(0xFFFF)))
+
+
 ADAM, SGD = 0, 1  # the algorithm of a fused pass
 _CANONICAL_NAN = np.float32(np.nan)  # 0x7FC00000
 
@@ -172,11 +242,16 @@ def fma(typingctx, a, b, c):
     return types.float32(types.float32, types.float32, types.float32), codegen
 
 
-def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool):
+def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int = F32, VK: int = F32,
+               SR: bool = False, REM: bool = False):
     """Build the fused pass of one algorithm for one combination of compile-time options.
 
     ``ALGO == ADAM``: ``OPT1`` = amsgrad, ``OPT2`` = decoupled (``reference.adamw``);
     ``ALGO == SGD``: ``OPT1`` = the momentum mode (``reference.sgd``), ``OPT2`` unused.
+    Adam's state storage (``reference.precision``): ``MK``/``VK`` the kinds of ``m`` and of ``v``
+    and ``vmax`` (uint16 arrays for bf16/fp16), ``SR`` stochastic rounding of bf16 moments with
+    random words of element ``base + flat index`` under the key ``(k0, k1)``, ``REM`` param
+    remainders (bf16 params; ``master`` is then the int16 remainder array).
 
     One source for both: the work items, pointer tables, the fp32 master select and
     the write-back are shared; only the element update differs. The closure constants
@@ -186,7 +261,7 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool):
     serially (``prange`` is ``range``).
 
     Arguments: ``(params, grads, offsets, work_t, work_lo, work_hi, master, s1, s2, s3,
-    maximize, scale, *c)`` with the state arrays ``s1, s2, s3`` = ``m, v, vmax`` (Adam) or
+    maximize, scale, k0, k1, base, *c)`` with the state arrays ``s1, s2, s3`` = ``m, v, vmax`` (Adam) or
     ``momentum_buffer`` and two unused arrays (SGD), and the scalars ``c`` of
     ``adam_pass`` / ``sgd_pass``.
     """
@@ -201,12 +276,18 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool):
     MODE = 0 if IS_ADAM else int(OPT1)  # SGD: 0 plain, 1 momentum, 2 Nesterov (reference.sgd)
     USE_S1 = IS_ADAM or MODE != 0
     USE_S2 = IS_ADAM
+    # float32 state the NaN loop canonicalizes (16-bit kinds are written canonical); plain constants,
+    # since Numba prunes ``if CONST:`` but not ``if A and B:``
+    CANON1 = USE_S1 and MK == F32
+    CANON2 = USE_S2 and VK == F32
+    CANON3 = AMSGRAD and VK == F32
 
     # error_model="numpy": a division by zero gives inf/NaN like the reference, torch and the parallel
     # build (Python's model raises ZeroDivisionError mid-pass, with the pass half written), and the
     # division vectorizes (serial pass 4.5 -> 0.6 ns per cached element)
     @njit(parallel=PARALLEL, cache=True, error_model="numpy")
-    def fused_pass(params, grads, offsets, work_t, work_lo, work_hi, master, s1, s2, s3, maximize, scale, *c):
+    def fused_pass(params, grads, offsets, work_t, work_lo, work_hi, master, s1, s2, s3, maximize, scale, k0, k1,
+                   base, *c):
         _cache_key = PARALLEL  # noqa: F841 - PARALLEL must be a closure variable: Numba keys its disk cache on those
         for w in prange(work_t.shape[0]):
             t = work_t[w]
@@ -227,6 +308,8 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool):
                     g = -g
                 if PK == F32:
                     p = load(P, j, F32)
+                elif REM:
+                    p = join_remainder(P[j], W[j])
                 else:
                     w = W[j]
                     stored = P[j]
@@ -236,16 +319,31 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool):
                 if IS_ADAM:  # c = (b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)
                     if not DECOUPLED:
                         g = g + c[4] * p
-                    mi = c[0] * S1[j] + c[1] * g
-                    vi = c[2] * S2[j] + c[3] * (g * g)
-                    S1[j] = mi
-                    S2[j] = vi
+                    mi = c[0] * load(S1, j, MK) + c[1] * g
+                    vi = c[2] * load(S2, j, VK) + c[3] * (g * g)
+                    r0 = np.uint32(0)
+                    r1 = np.uint32(0)
+                    if SR:
+                        idx = np.uint64(base + a + j)
+                        r0, r1 = threefry2x32(k0, k1, np.uint32(idx & np.uint64(0xFFFFFFFF)),
+                                              np.uint32(idx >> np.uint64(32)))
+                    if MK == F32:  # statements, not conditional expressions: Numba prunes these
+                        S1[j] = mi
+                    else:
+                        S1[j] = narrow(mi, MK, SR, r0)
+                    if VK == F32:
+                        S2[j] = vi
+                    else:
+                        S2[j] = narrow(vi, VK, SR, r1)
                     vh = vi
                     if AMSGRAD:
-                        vo = S3[j]
+                        vo = load(S3, j, VK)
                         if not (vi > vo or vi != vi):
                             vh = vo
-                        S3[j] = vh
+                        if VK == F32:
+                            S3[j] = vh
+                        else:
+                            S3[j] = narrow(vh, VK, SR, r1)
                     if DECOUPLED:
                         p = p * c[5]
                     p = p - c[6] * mi / (np.sqrt(vh) / c[7] + c[8])
@@ -263,19 +361,26 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool):
                 nan |= p != p
                 if PK == F32:
                     P[j] = p
+                elif REM:
+                    P[j] = split_high(p)
+                    W[j] = split_low(p)
                 else:
                     W[j] = p
                     P[j] = encode(p, PK)
             if nan:  # rare: make every NaN written the canonical one (reference.adamw.canonical_nan)
-                for j in range(P.shape[0]):
-                    if USE_S1:
+                for j in range(P.shape[0]):  # (16-bit moments were written canonical by narrow)
+                    if CANON1:
                         S1[j] = canonical_nan(S1[j])
-                    if USE_S2:
+                    if CANON2:
                         S2[j] = canonical_nan(S2[j])
-                    if AMSGRAD:
+                    if CANON3:
                         S3[j] = canonical_nan(S3[j])
                     if PK == F32:
                         P[j] = canonical_nan(P[j])
+                    elif REM:
+                        q = canonical_nan(join_remainder(P[j], W[j]))
+                        P[j] = split_high(q)
+                        W[j] = split_low(q)
                     else:
                         W[j] = canonical_nan(W[j])
                         P[j] = encode(W[j], PK)
@@ -292,18 +397,24 @@ def _fused_pass(*key):
     return _PASSES[key]
 
 
-def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, parallel: bool = True):
+def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, parallel: bool = True, mkind: int = F32,
+              vkind: int = F32, stochastic: bool = False, remainders: bool = False):
     """The compiled fused AdamW/Adam pass for these options (built on first use).
 
     ``parallel=False`` gives the serial build of the same source, for small buffers
     where starting threads costs more than the work (results are identical).
 
     Call it as ``kernel(params, grads, offsets, work_t, work_lo, work_hi, master, m, v,
-    vmax, maximize, scale, b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)``
-    with ``params``/``grads`` int64 pointer tables (``pointers``) and float32 scalars
-    from ``npadam.reference.adamw.host_scalars``.
+    vmax, maximize, scale, k0, k1, base, b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2),
+    eps)`` with ``params``/``grads`` int64 pointer tables (``pointers``), float32 scalars
+    from ``npadam.reference.adamw.host_scalars``, the uint32 step key ``k0, k1``
+    (``reference.precision.step_key``; used with ``stochastic``) and ``base``, the flat
+    index of element 0 of the state arrays. ``mkind``/``vkind``/``stochastic``/``remainders``:
+    the state storage (``_make_pass``).
     """
-    return _fused_pass(ADAM, int(pkind), int(gkind), bool(amsgrad), bool(decoupled), bool(parallel))
+    stochastic = bool(stochastic) and BF16 in (int(mkind), int(vkind))
+    return _fused_pass(ADAM, int(pkind), int(gkind), bool(amsgrad), bool(decoupled), bool(parallel), int(mkind),
+                       int(vkind), stochastic, bool(remainders))
 
 
 def sgd_pass(pkind: int, gkind: int, momentum: int, parallel: bool = True):
@@ -311,7 +422,7 @@ def sgd_pass(pkind: int, gkind: int, momentum: int, parallel: bool = True):
     2 Nesterov), built on first use; ``parallel`` as in ``adam_pass``.
 
     Call it as ``kernel(params, grads, offsets, work_t, work_lo, work_hi, master, buf, empty,
-    empty, maximize, scale, wd, momentum, 1 - dampening, -lr, wd != 0, first)`` with float32
+    empty, maximize, scale, 0, 0, 0, wd, momentum, 1 - dampening, -lr, wd != 0, first)`` with float32
     scalars from ``npadam.reference.sgd.host_scalars`` and ``first`` the tensors' first step
     with momentum (the buffer starts as the gradient).
     """

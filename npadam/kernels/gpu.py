@@ -3,8 +3,9 @@
 Importing this module imports CuPy; nothing here compiles until a kernel is
 first used. The CUDA source (``adam.cu`` + ``adam_math.cuh``, package data) holds
 one templated kernel per algorithm; each (param kind, grad kind, amsgrad,
-decoupled, maximize) Adam combination and each (param kind, grad kind, momentum
-mode) SGD combination is instantiated by name on first use and cached per device. Options:
+decoupled, maximize, exp_avg kind, exp_avg_sq kind, stochastic rounding, param
+remainders) Adam combination and each (param kind, grad kind, momentum mode) SGD
+combination is instantiated by name on first use and cached per device. Options:
 ``-fmad=false``, IEEE division and square root and no flush-to-zero, so results
 are bit-identical to ``reference.adamw`` and the Numba kernel.
 
@@ -21,6 +22,7 @@ float64 back per step (the total), which is its only host synchronisation.
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 from typing import Any, Sequence
 
@@ -41,16 +43,48 @@ def source() -> str:
     return (SOURCE_DIR / "adam.cu").read_text().replace('#include "adam_math.cuh"', math_h)
 
 
-def adam_name(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, maximize: bool) -> str:
-    b = lambda x: "true" if x else "false"  # noqa: E731
-    return f"adam_multi<{pkind}, {gkind}, {b(amsgrad)}, {b(decoupled)}, {b(maximize)}>"
+#: storage kinds (``npadam.layout.KINDS``, ``reference.precision``): float32, bfloat16, float16
+F32, BF16, F16 = 0, 1, 2
+
+
+def _b(x: bool) -> str:
+    return "true" if x else "false"
+
+
+def adam_name(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, maximize: bool, mk: int = F32,
+              vk: int = F32, sr: bool = False, rem: bool = False) -> str:
+    """The name expression of one ``adam_multi`` instantiation.
+
+    ``mk``/``vk``: storage kind of exp_avg / of exp_avg_sq and max_exp_avg_sq; ``sr``: stochastic
+    rounding of the bfloat16 moments (no effect unless ``mk`` or ``vk`` is bfloat16: ``adam_step``
+    passes False then, so that such a kernel is never compiled twice); ``rem``: the ``master`` array
+    holds int16 param remainders (bfloat16 params only)."""
+    if not all(k in (F32, BF16, F16) for k in (pkind, gkind, mk, vk)):
+        raise ValueError(f"storage kinds are 0, 1, 2; got {(pkind, gkind, mk, vk)}")
+    if rem and pkind != BF16:
+        raise ValueError("param remainders need bfloat16 params (pkind 1)")
+    return (f"adam_multi<{pkind}, {gkind}, {_b(amsgrad)}, {_b(decoupled)}, {_b(maximize)}, {mk}, {vk}, {_b(sr)}, "
+            f"{_b(rem)}>")
+
+
+def precision_options(pkind: int) -> list[tuple[int, int, bool, bool]]:
+    """Every valid ``(mk, vk, sr, rem)`` for params of kind ``pkind``: stochastic rounding only with a
+    bfloat16 moment, remainders only with bfloat16 params (28 for bfloat16 params, else 14)."""
+    out = []
+    for mk, vk in itertools.product((F32, BF16, F16), repeat=2):
+        for sr in (False, True) if BF16 in (mk, vk) else (False,):
+            for rem in (False, True) if pkind == BF16 else (False,):
+                out.append((mk, vk, sr, rem))
+    return out
 
 
 def sgd_name(pkind: int, gkind: int, momentum: int) -> str:
+    """The name expression of one ``sgd_multi`` instantiation."""
     return f"sgd_multi<{pkind}, {gkind}, {momentum}>"
 
 
 def norm_name(gkind: int) -> str:
+    """The name expression of one ``block_sumsq`` instantiation."""
     return f"block_sumsq<{gkind}>"
 
 
@@ -96,7 +130,25 @@ def target(compute_capability: int) -> tuple[int, bool]:
 
 
 def all_names() -> list[str]:
-    """Every template instantiation the runtime may ask for (for compile checks)."""
+    """The template instantiations compile checks build (tests/test_gpu_source.py): a subset.
+
+    The runtime compiles each kernel it uses on first use, so any valid combination may be asked
+    for; the full cross product has 1,344 Adam kernels (bfloat16 params: 3 grad kinds * 8 flag
+    combinations * 28 ``(mk, vk, sr, rem)``; float32 / float16 params: 2 * 3 * 8 * 14), minutes of
+    compilation. This subset instantiates every value of every template parameter and every valid
+    ``(mk, vk, sr, rem)`` (``precision_options``) with and without amsgrad:
+
+    - the norm and SGD kernels (3 + 27), and every (param kind, grad kind, amsgrad, decoupled,
+      maximize) Adam kernel with all-float32 state (72; the float4 path among them);
+    - bfloat16 params and grads (the mixed-precision case), AdamW, with and without amsgrad, with
+      every valid ``(mk, vk, sr, rem)`` (2 * 28 less the two all-float32 ones above: 54);
+    - float32 params and grads, and float16 params and grads: AdamW with amsgrad and every other
+      valid ``(mk, vk, sr)`` (2 * 13: 16-bit moments beside 32-bit and 16-bit params, the float4
+      path compiled out).
+
+    182 kernels: ``nvcc -ptx`` for sm_90 takes ~7 s and NVRTC ~8 s on two CPU cores (the 102 kernels
+    before the precision options: ~3.5 s each).
+    """
     names = [norm_name(g) for g in range(3)]
     for p in range(3):
         for g in range(3):
@@ -105,6 +157,10 @@ def all_names() -> list[str]:
                     for m in (False, True):
                         names.append(adam_name(p, g, a, d, m))
             names += [sgd_name(p, g, mode) for mode in range(3)]
+    default = (F32, F32, False, False)
+    for kind, amsgrad in ((BF16, False), (BF16, True), (F32, True), (F16, True)):
+        names += [adam_name(kind, kind, amsgrad, True, False, *opt) for opt in precision_options(kind)
+                  if opt != default]
     return names
 
 
@@ -189,12 +245,24 @@ class GpuKernels:
                               *arrays, *scalars))
 
     def adam_step(self, buf: Any, batch: Any, s: Any, flags: Any) -> None:
+        """One fused Adam pass over the batch (``npadam.kernels``).
+
+        Reads the precision options of ``buf`` (``m_kind``, ``v_kind``, ``stochastic``, ``remainders``,
+        ``base``: the buffer index of the state arrays' element 0) and the step key of ``flags``
+        (``key``), with the defaults of an all-float32 state where an object lacks them."""
         if not len(batch):
             return
+        mk, vk = int(getattr(buf, "m_kind", F32)), int(getattr(buf, "v_kind", F32))
+        sr = bool(getattr(buf, "stochastic", False)) and BF16 in (mk, vk)  # only bfloat16 rounds stochastically
+        rem = bool(getattr(buf, "remainders", False))
+        if rem and (buf.pkind != BF16 or buf.master is None):
+            raise ValueError("param remainders need bfloat16 params and an int16 remainder array in buf.master")
+        k0, k1 = getattr(flags, "key", (0, 0))
         scalars = tuple(np.float32(x) for x in (s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2,
                                                 s.weight_decay, s.decay, s.step_size, s.bc2_sqrt, s.eps))
-        self._launch(buf, batch, adam_name(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled, flags.maximize),
-                     (buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq), scalars)
+        scalars += (np.uint32(k0), np.uint32(k1), np.int64(getattr(buf, "base", 0)))
+        name = adam_name(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled, flags.maximize, mk, vk, sr, rem)
+        self._launch(buf, batch, name, (buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq), scalars)
 
     def sgd_step(self, buf: Any, batch: Any, s: Any, flags: Any) -> None:
         if not len(batch):

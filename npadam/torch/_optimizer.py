@@ -27,6 +27,7 @@ import weakref
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Sequence
 
+import ml_dtypes
 import numpy as np
 import torch
 
@@ -38,6 +39,8 @@ from ..layout import FlatLayout
 from .._params import check_apart, check_no_overlap
 from .._engine import Engine, StepInfo, step_options
 from .._placement import disk_placement, engine_offload, offload_placement
+from .._precision import state_precision
+from ..reference import precision as prec
 from ..scaler import LossScaler
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -173,8 +176,11 @@ class _Base(torch.optim.Optimizer):
                  comm: Any = None, nvme_offload_fraction: float = 0.0,
                  nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20,
                  host_state_bytes: int | None = None, pin_memory: bool = True,
-                 gpu_state_bytes: int | None = None) -> None:
+                 gpu_state_bytes: int | None = None, exp_avg_dtype: Any = "float32", exp_avg_sq_dtype: Any = "float32",
+                 store_param_remainders: bool = False, rounding: str = "nearest", seed: int = 0) -> None:
         _check(defaults, "", self._spec)
+        self._precision = state_precision(exp_avg_dtype, exp_avg_sq_dtype, store_param_remainders, rounding, seed,
+                                          self._spec.algorithm)
         o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, comm)
         self._offload = offload_placement(offload_fraction, pin_memory, gpu_state_bytes)
         self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes, host_state_bytes)
@@ -270,7 +276,8 @@ class _Base(torch.optim.Optimizer):
         if self._engine is None:
             self._engine = Engine(layout, device="gpu" if gpu else "cpu", device_id=device.index if gpu else None,
                                   kernel=kernel, decoupled=self._decoupled, num_threads=self.num_threads,
-                                  algorithm=self._spec.algorithm, disk=self._disk, offload=offload)
+                                  algorithm=self._spec.algorithm, disk=self._disk, offload=offload,
+                                  precision=self._precision)
             self._device = device
             self._flat: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]] = []
         else:
@@ -334,6 +341,8 @@ class _Base(torch.optim.Optimizer):
             st = {"step": steps[i]}
             for key, view in eng.slot_views(i).items():
                 t = torch.from_numpy(view) if isinstance(view, np.ndarray) else torch.from_dlpack(view)
+                if view.dtype == np.uint16:  # a 16-bit float moment, stored as its bits
+                    t = t.view(torch.int16).view(_TORCH16[eng.state_dtype(i, key).name])
                 st[key] = t.view(lay.slots[i].shape)
             dict.__setitem__(state, p, st)  # params no longer in any group are left out
         self.state = state
@@ -350,7 +359,7 @@ class _Base(torch.optim.Optimizer):
             self._held[(i, key)] = t
             return t
         arr = self._engine.slot_state(i)[key]
-        t = torch.from_numpy(arr).view(self._engine.layout.slots[i].shape)
+        t = _tensor(arr).view(self._engine.layout.slots[i].shape)
         self._handed[(i, key)] = (weakref.ref(t), _digest(t))
         self._held[(i, key)] = t  # until the next step: an edit of a tensor nobody keeps still counts
         return t
@@ -368,7 +377,7 @@ class _Base(torch.optim.Optimizer):
                 if not torch.isfinite(t).all() or t.numel() != self._engine.layout.slots[i].numel:
                     raise ValueError(f"state of param {self._engine.layout.slots[i].name!r}: {key} was changed "
                                      "in place to non-finite values or another size")
-                updates.append((i, key, t.detach().reshape(-1).numpy().astype(np.float32, copy=True)))
+                updates.append((i, key, _numpy(t.detach().reshape(-1)).copy()))
         self._handed = alive
         self._held = {}  # from now on only the caller's references keep them
         if updates:
@@ -383,7 +392,7 @@ class _Base(torch.optim.Optimizer):
                 continue
             fresh = self._engine.slot_state(i).get(key)
             if fresh is not None:
-                t.copy_(torch.from_numpy(fresh).view(t.shape))
+                t.copy_(_tensor(fresh).view(t.shape))
                 self._handed[(i, key)] = (ref, _digest(t))
 
     def close(self) -> None:
@@ -602,7 +611,7 @@ class _Base(torch.optim.Optimizer):
             st, n, dtype = saved[id(p)]
             slot = eng.layout.slots[i]
             for k, a in st.items():
-                if k == "master" and (dtype != slot.dtype or slot.dtype == "float32"):
+                if k in ("master", "param_remainder") and (dtype != slot.dtype or slot.dtype == "float32"):
                     continue  # dtype changed: the master is the param's value now (load_master did it)
                 updates.append((i, k, a))
                 if k == "max_exp_avg_sq":
@@ -690,13 +699,22 @@ class _Base(torch.optim.Optimizer):
             stack.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, self._device.index))
         return stack
 
+    def _param_bits(self, i: int) -> np.ndarray:
+        """Param ``i``'s uint16 storage bits on the host, flat (16-bit params)."""
+        return self._params[i].detach().reshape(-1).view(torch.int16).cpu().numpy().view(np.uint16).copy()
+
     def _checkpoint_write_params(self, values: Sequence[np.ndarray]) -> None:
         """Write flat fp32 ``values`` (one per param, checked by ``npadam.checkpoint``) into the params,
-        rounded to each param's dtype by torch's round-to-nearest-even copy. The masters were restored
+        rounded to each param's dtype by torch's round-to-nearest-even copy (with param remainders: the
+        master's high half, ties away from zero). The masters were restored
         by ``load_state_dict`` first: the params are their rounding, so they are not re-read."""
         self._engine.sync()
         with torch.no_grad():
             for p, v in zip(self._params, values):
+                if p.dtype == torch.bfloat16 and self._precision.remainders:  # the master's high half
+                    bits = prec.split_remainder(np.asarray(v, np.float32).reshape(-1))[0].view(np.int16)
+                    p.view(-1).view(torch.int16).copy_(torch.from_numpy(bits).to(p.device))
+                    continue
                 p.copy_(torch.from_numpy(np.asarray(v, np.float32)).view(p.shape).to(p.device))
         self._versions = [self._params[i]._version for i in self._low]
 
@@ -759,7 +777,7 @@ class _Base(torch.optim.Optimizer):
             hook(self)
         self._sync()
         sd = _state.export(self._engine, self._plain_groups(), type(self).__name__, self.loss_scaler,
-                           array=lambda a: torch.from_numpy(np.ascontiguousarray(a)))
+                           array=lambda a: _tensor(np.ascontiguousarray(a)))
         for st in sd["state"].values():
             n = st["step"]
             st["step"] = torch.tensor(float(n), dtype=torch.float32 if n < 2**24 else torch.float64)
@@ -769,9 +787,12 @@ class _Base(torch.optim.Optimizer):
                 sd = result
         return sd
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], convert: bool = False) -> None:
         """Load a state dict of this class or of ``torch.optim.AdamW``/``Adam`` (params by position,
-        shapes checked). Everything is checked first; nothing changes on error."""
+        shapes checked). Everything is checked first; nothing changes on error. ``convert=True``:
+        state in another precision than this optimizer's is converted (``npadam.AdamW.load_state_dict``)."""
+        if not isinstance(convert, bool):
+            raise TypeError(f"convert must be a bool, got {convert!r}")
         self._sync()  # groups appended, params re-bound or edited: absorbed first, so the dict's masters win
         sd = state_dict
         for hook in self._optimizer_load_state_dict_pre_hooks.values():
@@ -779,10 +800,15 @@ class _Base(torch.optim.Optimizer):
             if result is not None:
                 sd = result
         parsed = _state.parse(sd, self._engine, self._plain_groups(), type(self).__name__,
-                              lambda g, where: _check(g, where, self._spec), self.loss_scaler)
+                              lambda g, where: _check(g, where, self._spec), self.loss_scaler, convert=convert,
+                              param_bits=self._param_bits)
         with torch.no_grad():
             self._engine.sync()
             _state.apply(parsed, self._engine)
+            for i, bits in parsed.param_bits:
+                self._params[i].view(-1).view(torch.int16).copy_(torch.from_numpy(bits.view(np.int16)))
+            if parsed.param_bits:
+                self._versions = [self._params[i]._version for i in self._low]
             for g, h in zip(self.param_groups, parsed.groups):
                 keep = {k: g[k] for k in ("params", "param_names") if k in g}
                 g.clear()
@@ -884,3 +910,22 @@ class SGD(_Base):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                         maximize=maximize, foreach=foreach, differentiable=False, fused=fused)
         super().__init__(params, defaults, **options)
+
+
+#: torch's dtype of each 16-bit state dtype
+_TORCH16 = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A host state array as a CPU tensor sharing its memory (bfloat16 through int16 bits: torch's
+    ``from_numpy`` does not take ml_dtypes' bfloat16)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a NumPy array of its dtype (bfloat16 as ml_dtypes' bfloat16), sharing memory."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()

@@ -22,11 +22,18 @@ static std::barrier<>* emu_barrier = nullptr;
 #define __syncthreads() emu_barrier->arrive_and_wait()
 struct alignas(16) float4 { float x, y, z, w; };
 #include "adam.cu"
+#include "dispatch.h"
 
-template <class F> static void run_grid(unsigned grid, unsigned block, bool threads, F f) {
+using npadam_test::with_bool;
+using npadam_test::with_kind;
+
+// Runs f as every thread of every block; THREADS: as real threads with a barrier (the norm kernel's
+// __syncthreads), else one after another (a compile-time choice: std::thread code is instantiated
+// only for the kernels that need it, which keeps this file's compile time down).
+template <bool THREADS, class F> static void run_grid(unsigned grid, unsigned block, F f) {
     gridDim.x = grid; blockDim.x = block;
     for (unsigned b = 0; b < grid; ++b) {
-        if (threads) {
+        if constexpr (THREADS) {
             std::barrier<> bar(block);
             emu_barrier = &bar;
             std::vector<std::thread> ts;
@@ -38,50 +45,70 @@ template <class F> static void run_grid(unsigned grid, unsigned block, bool thre
     }
 }
 
-template <int P, int G, bool A, bool D, bool M>
+template <int P, int G, bool A, bool D, bool M, int MK, int VK, bool SR, bool REM>
 static void adam_launch(unsigned grid, unsigned block, const uint64_t* pp, const uint64_t* gp, const int64_t* off,
                         const int64_t* sz, const int64_t* ct, const int64_t* cs, int64_t nchunks, int64_t chunk,
-                        float* master, float* m, float* v, float* vmax, const float* s) {
-    run_grid(grid, block, false, [=] {
-        adam_multi<P, G, A, D, M>(pp, gp, off, sz, ct, cs, nchunks, chunk, master, m, v, vmax, s[0], s[1], s[2], s[3],
-                                  s[4], s[5], s[6], s[7], s[8], s[9]);
+                        void* master, void* m, void* v, void* vmax, const float* s, uint32_t k0, uint32_t k1,
+                        int64_t base) {
+    typedef typename Moment<MK, SR>::T MT;
+    typedef typename Moment<VK, SR>::T VT;
+    run_grid<false>(grid, block, [=] {
+        adam_multi<P, G, A, D, M, MK, VK, SR, REM>(pp, gp, off, sz, ct, cs, nchunks, chunk,
+                                                   static_cast<typename Master<REM>::T*>(master), static_cast<MT*>(m),
+                                                   static_cast<VT*>(v), static_cast<VT*>(vmax), s[0], s[1], s[2], s[3],
+                                                   s[4], s[5], s[6], s[7], s[8], s[9], k0, k1, base);
     });
 }
 
-typedef void (*adam_fn)(unsigned, unsigned, const uint64_t*, const uint64_t*, const int64_t*, const int64_t*,
-                        const int64_t*, const int64_t*, int64_t, int64_t, float*, float*, float*, float*, const float*);
-
-template <int P, int G> static adam_fn pick(int f) {
-    switch (f) {
-        case 0: return adam_launch<P, G, false, false, false>;
-        case 1: return adam_launch<P, G, false, false, true>;
-        case 2: return adam_launch<P, G, false, true, false>;
-        case 3: return adam_launch<P, G, false, true, true>;
-        case 4: return adam_launch<P, G, true, false, false>;
-        case 5: return adam_launch<P, G, true, false, true>;
-        case 6: return adam_launch<P, G, true, true, false>;
-        default: return adam_launch<P, G, true, true, true>;
-    }
+// The precision builds (every (pk, gk, a, d, mx) is built with the all-float32 state): bfloat16 params
+// and grads, AdamW with amsgrad, every valid (mk, vk, sr, rem); float32 params and grads, AdamW without
+// amsgrad (where the float4 path would be), moments (bf16, bf16) stochastic, (fp32, fp16), (fp16, fp32).
+template <int P, int G, bool A, bool D, bool M> constexpr bool precision_pair() {
+    return D && !M && ((P == 1 && G == 1 && A) || (P == 0 && G == 0 && !A));
+}
+template <int P, int G, bool A, bool D, bool M, int MK, int VK, bool SR, bool REM> constexpr bool precision_build() {
+    if ((SR && MK != 1 && VK != 1) || (REM && P != 1) || !precision_pair<P, G, A, D, M>()) return false;
+    return P == 1 || (MK + VK == 2 && SR == (MK == 1));
 }
 
-extern "C" int emu_adam(int pk, int gk, int a, int d, int mx, unsigned grid, unsigned block, const uint64_t* pp,
-                        const uint64_t* gp, const int64_t* off, const int64_t* sz, const int64_t* ct,
-                        const int64_t* cs, int64_t nchunks, int64_t chunk, float* master, float* m, float* v,
-                        float* vmax, const float* s) {
-    int f = a * 4 + d * 2 + mx;
-    adam_fn fn = nullptr;
-#define C(P_, G_) if (pk == P_ && gk == G_) fn = pick<P_, G_>(f);
-    C(0, 0) C(0, 1) C(0, 2) C(1, 0) C(1, 1) C(1, 2) C(2, 0) C(2, 1) C(2, 2)
-    if (!fn) return 1;
-    fn(grid, block, pp, gp, off, sz, ct, cs, nchunks, chunk, master, m, v, vmax, s);
-    return 0;
+// One emulated adam_multi launch; returns 0, or 1 for a combination this library does not build.
+extern "C" int emu_adam(int pk, int gk, int a, int d, int mx, int mk, int vk, int sr, int rem, unsigned grid,
+                        unsigned block, const uint64_t* pp, const uint64_t* gp, const int64_t* off, const int64_t* sz,
+                        const int64_t* ct, const int64_t* cs, int64_t nchunks, int64_t chunk, void* master, void* m,
+                        void* v, void* vmax, const float* s, uint32_t k0, uint32_t k1, int64_t base) {
+    const bool precision = mk != 0 || vk != 0 || sr || rem;
+    return with_kind(pk, [&](auto P) { return with_kind(gk, [&](auto G) {
+        return with_bool(a, [&](auto A) { return with_bool(d, [&](auto D) { return with_bool(mx, [&](auto X) {
+            if (!precision) {
+                adam_launch<P(), G(), A(), D(), X(), 0, 0, false, false>(grid, block, pp, gp, off, sz, ct, cs, nchunks,
+                                                                         chunk, master, m, v, vmax, s, k0, k1, base);
+                return 0;
+            }
+            if constexpr (!precision_pair<P(), G(), A(), D(), X()>()) {
+                return 1;  // (tested first: no nested instantiations for the pairs not built)
+            } else {
+                return with_kind(mk, [&](auto MK) { return with_kind(vk, [&](auto VK) {
+                    return with_bool(sr, [&](auto SR) { return with_bool(rem, [&](auto REM) {
+                        if constexpr (!precision_build<P(), G(), A(), D(), X(), MK(), VK(), SR(), REM()>()) {
+                            return 1;
+                        } else {
+                            adam_launch<P(), G(), A(), D(), X(), MK(), VK(), SR(), REM()>(
+                                grid, block, pp, gp, off, sz, ct, cs, nchunks, chunk, master, m, v, vmax, s, k0, k1,
+                                base);
+                            return 0;
+                        }
+                    }); });
+                }); });
+            }
+        }); }); });
+    }); });
 }
 
 template <int P, int G, int MODE>
 static void sgd_launch(unsigned grid, unsigned block, const uint64_t* pp, const uint64_t* gp, const int64_t* off,
                        const int64_t* sz, const int64_t* ct, const int64_t* cs, int64_t nchunks, int64_t chunk,
                        float* master, float* buf, const float* s, int maximize, int decay, int first) {
-    run_grid(grid, block, false, [=] {
+    run_grid<false>(grid, block, [=] {
         sgd_multi<P, G, MODE>(pp, gp, off, sz, ct, cs, nchunks, chunk, master, buf, s[0], s[1], s[2], s[3], s[4],
                               maximize, decay, first);
     });
@@ -108,8 +135,8 @@ extern "C" int emu_sgd(int pk, int gk, int mode, unsigned grid, unsigned block, 
 
 extern "C" int emu_norm(int gk, unsigned grid, unsigned block, const uint64_t* gp, const int64_t* off,
                         const int64_t* sz, int64_t nt, int64_t nb, int64_t bl, double* out) {
-    if (gk == 0) run_grid(grid, block, true, [=] { block_sumsq<0>(gp, off, sz, nt, nb, bl, out); });
-    else if (gk == 1) run_grid(grid, block, true, [=] { block_sumsq<1>(gp, off, sz, nt, nb, bl, out); });
-    else run_grid(grid, block, true, [=] { block_sumsq<2>(gp, off, sz, nt, nb, bl, out); });
+    if (gk == 0) run_grid<true>(grid, block, [=] { block_sumsq<0>(gp, off, sz, nt, nb, bl, out); });
+    else if (gk == 1) run_grid<true>(grid, block, [=] { block_sumsq<1>(gp, off, sz, nt, nb, bl, out); });
+    else run_grid<true>(grid, block, [=] { block_sumsq<2>(gp, off, sz, nt, nb, bl, out); });
     return 0;
 }

@@ -1,0 +1,91 @@
+"""The precision-aware state options, checked: ``exp_avg_dtype``, ``exp_avg_sq_dtype``,
+``store_param_remainders``, ``rounding``, ``seed`` (``npadam.reference.precision`` is the contract).
+
+Dtypes may be given as names (``"float32"``/``"fp32"``, ``"bfloat16"``/``"bf16"``,
+``"float16"``/``"fp16"``/``"half"``), NumPy / ml_dtypes dtypes or torch dtypes (recognised by
+name: torch is never imported here).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _validate as V
+from .reference import precision as prec
+
+_NAMES = {"float32": prec.F32, "fp32": prec.F32, "float": prec.F32, "bfloat16": prec.BF16, "bf16": prec.BF16,
+          "float16": prec.F16, "fp16": prec.F16, "half": prec.F16}
+_FP8 = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3", "fp8", "float8", "uint8")
+#: the storage dtype of a state entry of each kind, as state dicts hold it
+STATE_DTYPES = {prec.F32: "float32", prec.BF16: "bfloat16", prec.F16: "float16"}
+
+
+def kind_of(name: str, value: Any) -> int:
+    """The storage kind (``reference.precision.F32/BF16/F16``) of a dtype option; ValueError/TypeError
+    naming the option and the value."""
+    if isinstance(value, str):
+        key = value.lower()
+    elif type(value).__module__.startswith("torch") or isinstance(value, (np.dtype, type)):
+        try:
+            key = str(value).replace("torch.", "") if type(value).__module__.startswith("torch") \
+                else np.dtype(value).name
+        except TypeError:
+            raise TypeError(f"{name} must be a dtype or its name, got {value!r}") from None
+    else:
+        raise TypeError(f"{name} must be a dtype or its name ('float32', 'bfloat16', 'float16'), got {value!r}")
+    if key in _NAMES:
+        return _NAMES[key]
+    if key in _FP8 or key.startswith("float8"):
+        raise ValueError(f"{name}={value!r}: fp8 optimizer state is not available in this version of npadam "
+                         "(float32, bfloat16 and float16 are)")
+    raise ValueError(f"{name} must be float32, bfloat16 or float16, got {value!r}")
+
+
+@dataclass(frozen=True)
+class StatePrecision:
+    """How Adam's state is stored: the kinds of ``exp_avg`` and of ``exp_avg_sq``/``max_exp_avg_sq``,
+    the rounding of bf16 moments, ``remainders`` (bf16 params keep an int16 remainder instead of an
+    fp32 master) and the ``seed`` of stochastic rounding."""
+
+    m_kind: int = prec.F32
+    v_kind: int = prec.F32
+    rounding: str = "nearest"
+    remainders: bool = False
+    seed: int = 0
+
+    @property
+    def stochastic(self) -> bool:
+        return self.rounding == "stochastic" and prec.BF16 in (self.m_kind, self.v_kind)
+
+    @property
+    def default(self) -> bool:
+        return self.m_kind == self.v_kind == prec.F32 and not self.remainders
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-able summary state dicts carry (``npadam.state_precision``)."""
+        return {"exp_avg_dtype": STATE_DTYPES[self.m_kind], "exp_avg_sq_dtype": STATE_DTYPES[self.v_kind],
+                "rounding": self.rounding, "store_param_remainders": self.remainders, "seed": self.seed}
+
+
+def state_precision(exp_avg_dtype: Any, exp_avg_sq_dtype: Any, store_param_remainders: Any, rounding: Any,
+                    seed: Any, algorithm: str) -> StatePrecision:
+    """Check the options (see the module docstring); ValueError/TypeError naming the bad value."""
+    m = kind_of("exp_avg_dtype", exp_avg_dtype)
+    v = kind_of("exp_avg_sq_dtype", exp_avg_sq_dtype)
+    V.flag("store_param_remainders", store_param_remainders)
+    if rounding not in prec.ROUNDINGS:
+        raise ValueError(f"rounding must be one of {', '.join(map(repr, prec.ROUNDINGS))}, got {rounding!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    if rounding == "stochastic" and prec.BF16 not in (m, v):
+        raise ValueError(f"rounding='stochastic' rounds bfloat16 moments; exp_avg_dtype is {STATE_DTYPES[m]} and "
+                         f"exp_avg_sq_dtype {STATE_DTYPES[v]} (float16 and float32 state round to nearest)")
+    out = StatePrecision(m, v, rounding, bool(store_param_remainders), int(seed))
+    if algorithm != "adam" and not out.default:
+        raise ValueError("exp_avg_dtype / exp_avg_sq_dtype / store_param_remainders are options of Adam and AdamW "
+                         "in this version of npadam (SGD keeps float32 state)")
+    return out
