@@ -192,3 +192,204 @@ def _compare(m_kind, v_kind, sr, rem, amsgrad, decoupled, maximize, gkind, sizes
         outs.append(([p.tobytes() for p in ps], *(None if a is None else a.tobytes() for a in
                                                    (buf.master, buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq))))
     assert outs[0] == outs[1]
+
+
+# ---------------------------------------------------------------------- the optimizers
+import npadam  # noqa: E402
+from npadam import _placement  # noqa: E402
+from npadam.tiers.transfer import HostCopier  # noqa: E402
+
+SIZES = [37, 300, 4097, 1, 2000]
+
+
+def _run(kernel="cpu", dtype=BF16, steps=6, groups=True, tier=None, sizes=SIZES, threads=None, **kw):
+    """A few steps with grads that do not depend on the params (so runs of different precision see the
+    same grads): an inf step (skipped), a step where one param has no grad, amsgrad off/on per group."""
+    r = np.random.default_rng(0)
+    ps = [r.standard_normal(n).astype(np.float32).astype(dtype) for n in sizes]
+    spec = [{"params": ps[:2]}, {"params": ps[2:], "weight_decay": 0.0, "amsgrad": True}] if groups else ps
+    if tier is not None:
+        with _placement.standin(HostCopier, piece_elems=tier):
+            opt = npadam.AdamW(spec, lr=1e-2, kernel=kernel, offload_fraction=1.0, num_threads=threads, **kw)
+    else:
+        opt = npadam.AdamW(spec, lr=1e-2, kernel=kernel, num_threads=threads, **kw)
+    for k in range(steps):
+        g = [(np.random.default_rng(100 + k).standard_normal(n) * 3).astype(np.float32).astype(dtype) for n in sizes]
+        if k == 2:
+            g[0][5] = np.inf
+        if k == 4:
+            g[1] = None
+        opt.step(g)
+    return ps, opt
+
+
+def _bits(ps, opt):
+    sd = opt.state_dict()
+    return ([p.tobytes() for p in ps],
+            {(i, k): np.asarray(v).tobytes() for i, st_ in sd["state"].items() for k, v in st_.items()})
+
+
+OPTIONS = [dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16"),
+           dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16", rounding="stochastic", seed=11),
+           dict(exp_avg_dtype="float16", exp_avg_sq_dtype="bfloat16", rounding="stochastic"),
+           dict(store_param_remainders=True),
+           dict(store_param_remainders=True, exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16",
+                rounding="stochastic", seed=2**63 + 5)]
+
+
+@pytest.mark.parametrize("kw", OPTIONS, ids=["bf16", "bf16-sr", "fp16-bf16sr", "rem", "rem-bf16-sr"])
+def test_optimizer_on_the_numba_kernel_equals_the_reference(kw):
+    """Groups, per-param step counts, an inf step, amsgrad: the optimizer on the Numba kernel and on the
+    NumPy reference agree bit for bit, state dicts included."""
+    assert _bits(*_run("reference", **kw)) == _bits(*_run("cpu", **kw))
+
+
+@pytest.mark.parametrize("kw", [OPTIONS[1], OPTIONS[4]], ids=["bf16-sr", "rem-bf16-sr"])
+def test_stochastic_rounding_does_not_depend_on_threads_or_placement(kw):
+    """The random words are keyed on (seed, update, buffer, element): a parallel build on 1 or 2
+    threads, and the state streamed through the offload pipeline in small pieces, give the same bits."""
+    big = [300_001, 64, 5]
+    base = _bits(*_run(sizes=big, threads=1, steps=3, **kw))
+    assert _bits(*_run(sizes=big, threads=2, steps=3, **kw)) == base
+    assert _bits(*_run(sizes=big, tier=4096, steps=3, **kw)) == base
+
+
+def test_seeds_change_only_the_rounding():
+    a = _bits(*_run(**OPTIONS[1]))
+    assert _bits(*_run(**OPTIONS[1])) == a
+    b = _bits(*_run(**{**OPTIONS[1], "seed": 12}))
+    assert a != b and a[0] != b[0]
+
+
+def test_remainders_follow_the_fp32_master_run_bit_for_bit():
+    """With the same grads, the master a bf16 param and its remainder reconstruct is the fp32-master run's
+    master at every step, and the param is that master's nearest bf16 (ties away from zero)."""
+    r = np.random.default_rng(5)
+    a = [r.standard_normal(n).astype(np.float32).astype(BF16) for n in SIZES]
+    b = [x.copy() for x in a]
+    oa = npadam.AdamW(a, lr=1e-2)
+    ob = npadam.AdamW(b, lr=1e-2, store_param_remainders=True)
+    for k in range(8):
+        g = [(np.random.default_rng(k).standard_normal(n) * 2).astype(np.float32).astype(BF16) for n in SIZES]
+        oa.step(g)
+        ob.step(g)
+        sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+        for i, (pa, pb) in enumerate(zip(a, b)):
+            master = P.join_remainder(pb.view(np.uint16), sb[i]["param_remainder"])
+            assert master.tobytes() == sa[i]["master"].tobytes()
+            assert np.array_equal(pb.view(np.uint16), P.split_remainder(sa[i]["master"])[0])
+            assert sa[i]["exp_avg"].tobytes() == sb[i]["exp_avg"].tobytes()
+
+
+def test_state_takes_the_bytes_it_says():
+    """bf16 param + remainder + bf16 m and v: 6 bytes of state per param (8 with the param)."""
+    ps, opt = _run(groups=False, store_param_remainders=True, exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16",
+                   steps=1)
+    buf = opt._engine.bufs[0]
+    assert (buf.master.dtype, buf.exp_avg.dtype, buf.exp_avg_sq.dtype) == (np.int16, np.uint16, np.uint16)
+    assert buf.master.nbytes + buf.exp_avg.nbytes + buf.exp_avg_sq.nbytes == 6 * buf.size
+
+
+def test_state_dicts_keep_their_dtypes_and_convert_only_when_asked():
+    kw = dict(store_param_remainders=True, exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16")
+    ps, opt = _run(**kw)
+    sd = opt.state_dict()
+    st0 = sd["state"][0]
+    assert st0["exp_avg"].dtype == BF16 and st0["param_remainder"].dtype == np.int16 and "master" not in st0
+    assert sd["npadam"]["state_precision"] == {"exp_avg_dtype": "bfloat16", "exp_avg_sq_dtype": "bfloat16",
+                                               "rounding": "nearest", "store_param_remainders": True, "seed": 0}
+    # the same precision: bit for bit, and the runs continue identically
+    ps2, opt2 = _run(steps=0, **kw)
+    for p, q in zip(ps2, ps):
+        p[...] = q
+    opt2.load_state_dict(sd)
+    assert _bits(ps2, opt2) == _bits(ps, opt)
+    # fp32 state into bf16 moments + remainders: refused, then converted on request
+    full, ofull = _run()
+    with pytest.raises(ValueError, match="exp_avg is float32 and this optimizer stores it as bfloat16"):
+        opt2.load_state_dict(ofull.state_dict())
+    assert _bits(ps2, opt2) == _bits(ps, opt)  # nothing changed
+    opt2.load_state_dict(ofull.state_dict(), convert=True)
+    sd2 = opt2.state_dict()["state"]
+    for i, p in enumerate(ps2):
+        master = ofull.state_dict()["state"][i]["master"]
+        bits, rem = P.split_remainder(master)
+        assert np.array_equal(p.view(np.uint16), bits) and np.array_equal(sd2[i]["param_remainder"], rem)
+        assert np.array_equal(sd2[i]["exp_avg"].view(np.uint16), P.narrow(ofull.state_dict()["state"][i]["exp_avg"],
+                                                                          P.BF16))
+    # remainders into fp32 masters: refused, then joined with the param
+    with pytest.raises(ValueError, match="param_remainder"):
+        ofull.load_state_dict(sd)
+    with pytest.raises(ValueError, match="convert=True"):
+        ofull.load_state_dict(sd)
+    for p, q in zip(full, ps):
+        p[...] = q
+    ofull.load_state_dict(sd, convert=True)
+    for i, p in enumerate(ps):
+        want = P.join_remainder(p.view(np.uint16), sd["state"][i]["param_remainder"])
+        assert ofull.state_dict()["state"][i]["master"].tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("kw,err,match", [
+    (dict(exp_avg_dtype="int8"), ValueError, "exp_avg_dtype must be float32, bfloat16 or float16"),
+    (dict(exp_avg_sq_dtype="float8_e4m3fn"), ValueError, "fp8 optimizer state is not available"),
+    (dict(exp_avg_dtype=3), TypeError, "exp_avg_dtype must be a dtype"),
+    (dict(rounding="up"), ValueError, "rounding must be one of"),
+    (dict(rounding="stochastic"), ValueError, "rounds bfloat16 moments"),
+    (dict(exp_avg_dtype="fp16", rounding="stochastic"), ValueError, "rounds bfloat16 moments"),
+    (dict(seed=-1), ValueError, "seed must be an integer"),
+    (dict(seed=2**64), ValueError, "seed must be an integer"),
+    (dict(seed=1.5), ValueError, "seed must be an integer"),
+    (dict(store_param_remainders="yes"), TypeError, "store_param_remainders"),
+])
+def test_bad_precision_options_are_named(kw, err, match):
+    with pytest.raises(err, match=match):
+        npadam.AdamW([np.ones(4, np.float32)], **kw)
+
+
+def test_unsupported_combinations_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="exp_avg_dtype"):  # not an SGD option
+        npadam.SGD([np.ones(4, np.float32)], momentum=0.9, exp_avg_dtype="bfloat16")
+    torch = pytest.importorskip("torch")
+    import npadam.torch as nt
+
+    with pytest.raises(ValueError, match="Adam and AdamW"):
+        nt.SGD([torch.nn.Parameter(torch.ones(4))], momentum=0.9, exp_avg_dtype="bfloat16")
+    with pytest.raises(ValueError, match="disk tier stores float32"):
+        npadam.AdamW([np.ones(4, np.float32)], exp_avg_dtype="bfloat16", nvme_offload_fraction=0.5,
+                     nvme_offload_dir=tmp_path)
+
+
+def test_torch_front_end_with_bf16_moments_and_remainders():
+    torch = pytest.importorskip("torch")
+    import npadam.torch as nt
+
+    def train(kernel, edit=False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 33), torch.nn.GELU(), torch.nn.Linear(33, 5)).to(torch.bfloat16)
+        opt = nt.AdamW(model.parameters(), lr=1e-2, kernel=kernel, exp_avg_dtype=torch.bfloat16,
+                       exp_avg_sq_dtype="bf16", store_param_remainders=True, rounding="stochastic", seed=1)
+        x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+        y = torch.randn(64, 5, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+        for k in range(4):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            if edit and k == 1:
+                opt.state[model[0].weight]["exp_avg"].zero_()  # a view of npadam's bf16 state
+        return model, opt
+
+    m0, o0 = train("reference")
+    m1, o1 = train("cpu")
+    for a, b in zip(m0.parameters(), m1.parameters()):
+        assert torch.equal(a, b)
+    st = o1.state[m1[0].weight]
+    assert st["exp_avg"].dtype == torch.bfloat16 and st["param_remainder"].dtype == torch.int16
+    m2, o2 = train("cpu", edit=True)
+    assert not torch.equal(m2[0].weight, m1[0].weight)  # the edit of the view reached the state
+    sd = o1.state_dict()
+    assert sd["state"][0]["exp_avg"].dtype == torch.bfloat16
+    m3, o3 = train("cpu")
+    o3.load_state_dict(sd)
+    assert all(torch.equal(o3.state[p3]["exp_avg"], o1.state[p1]["exp_avg"])
+               for p1, p3 in zip(m1.parameters(), m3.parameters()))
