@@ -179,9 +179,10 @@ class Engine(TieredState):
                 # state elements [0, n0) with the params, [n0, n1) in host memory (GPU params), [n1, size) on disk
                 # budgets count the state every step has: SGD's momentum buffer too (made at its first step)
                 per_elem = sum(dtypes[k].itemsize for k in names) + (0 if adam else 4)
+                align = self.precision.align
                 moved = 0
                 if self.offload is not None:
-                    moved, self.device_left = self.offload.split(b.size, per_elem, self.device_left)
+                    moved, self.device_left = self.offload.split(b.size, per_elem, self.device_left, align)
                 on_disk = 0
                 if self.placement is not None:
                     base = moved if self.offload is not None else b.size
@@ -193,9 +194,10 @@ class Engine(TieredState):
                 kinds = self._kinds(b.dtype)
                 if n1 > n:  # pageable: the state never crosses the bus
                     self.host[bi] = (n, K.BufferState(n1 - n, *(np.zeros(n1 - n, dtypes[k]) if k in names else None
-                                                                for k in STATE_NAMES), b.dtype, **kinds))
+                                                                for k in STATE_NAMES), b.dtype, **kinds,
+                                                      **self._scales(np, n1 - n)))
                 self.bufs.append(K.BufferState(b.size, *(xp.zeros(n, dtypes[k]) if k in names else None
-                                                         for k in STATE_NAMES), b.dtype, **kinds))
+                                                         for k in STATE_NAMES), b.dtype, **kinds, **self._scales(xp, n)))
         self.sync()
         self.steps = np.concatenate([self.steps, np.zeros(len(layout.slots) - len(old.slots), np.int64)])
         self.started = np.concatenate([self.started, np.zeros(len(layout.slots) - len(old.slots), bool)])
@@ -215,8 +217,19 @@ class Engine(TieredState):
         if self.algorithm == "adam":
             out["exp_avg"] = prec.storage(pr.m_kind)
             out["exp_avg_sq"] = out["max_exp_avg_sq"] = prec.storage(pr.v_kind)
+            out["m_scale"] = out["v_scale"] = out["vmax_scale"] = np.dtype(np.float32)  # fp8 block scales
         else:
             out["exp_avg"] = np.dtype(np.float32)
+        return out
+
+    def _scales(self, xp: Any, n: int) -> dict[str, Any]:
+        """The fp8 block-scale arrays of ``n`` state elements (``n`` a multiple of the block)."""
+        pr, nb = self.precision, -(-n // prec.FP8_BLOCK)
+        out = {}
+        if pr.m_kind in prec.FP8:
+            out["m_scale"] = xp.zeros(nb, np.float32)
+        if pr.v_kind in prec.FP8:
+            out["v_scale"] = xp.zeros(nb, np.float32)
         return out
 
     def _kinds(self, pdtype: str) -> dict[str, Any]:
@@ -375,7 +388,7 @@ class Engine(TieredState):
         if self.offloaded(s.buffer):
             self.check_disk()
             keys = self._state_keys(slot)
-            raw = {out: self._read_range(s.buffer, key, s.offset, s.offset + s.numel) for out, key in keys.items()}
+            raw = {out: self._read_range(s.buffer, key, *self.slot_range(slot, key)) for out, key in keys.items()}
         else:
             raw = {key: _host(view) for key, view in self.slot_views(slot).items()}
         return {key: a.view(self.state_dtype(slot, key)) for key, a in raw.items()}
@@ -385,7 +398,7 @@ class Engine(TieredState):
         float16, or int16 (``param_remainder``); the engine stores 16-bit floats as uint16 bits."""
         if name == "param_remainder":
             return np.dtype(np.int16)
-        if name in ("master", "momentum_buffer") or self.algorithm != "adam":
+        if name in ("master", "momentum_buffer") or name.endswith("_scale") or self.algorithm != "adam":
             return np.dtype(np.float32)
         kind = self.precision.m_kind if name == "exp_avg" else self.precision.v_kind
         return _PRESENT[kind]
@@ -397,8 +410,8 @@ class Engine(TieredState):
         if key == "exp_avg" and self.algorithm != "adam":
             return arr.astype(np.float32, copy=False)
         want = self._dtypes(self.layout.buffers[bi].dtype)[key]
-        if want == np.uint16:
-            return arr.view(np.uint16)
+        if want in (np.uint16, np.uint8):  # bf16/fp16 bits, fp8 codes
+            return arr.view(want)
         return arr.astype(want, copy=False)
 
     def _state_keys(self, slot: int) -> dict[str, str]:
@@ -411,9 +424,20 @@ class Engine(TieredState):
             out = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
         if buf.max_exp_avg_sq is not None:
             out["max_exp_avg_sq"] = "max_exp_avg_sq"
+        for name, field in list(out.items()):  # fp8 moments: their block scales
+            scale = K.SCALE_FIELDS.get(field)
+            if scale is not None and getattr(buf, scale) is not None:
+                out[name + "_scale"] = scale
         if buf.master is not None:
             out["param_remainder" if buf.remainders else "master"] = "master"
         return out
+
+    def slot_range(self, slot: int, field: str) -> tuple[int, int]:
+        """The slot's range in state array ``field``: its elements, or its fp8 blocks (``*_scale``)."""
+        s = self.layout.slots[slot]
+        if field.endswith("_scale"):
+            return s.offset // prec.FP8_BLOCK, -(-(s.offset + s.numel) // prec.FP8_BLOCK)
+        return s.offset, s.offset + s.numel
 
     def slot_views(self, slot: int) -> dict[str, Any]:
         """Views (not copies) of one slot's state arrays, flat (for ``state[p]`` in npadam.torch)."""
@@ -421,8 +445,8 @@ class Engine(TieredState):
         if self.offloaded(s.buffer):
             raise RuntimeError("internal: a slot whose state is in another tier has no views (use slot_state)")
         buf = self.bufs[s.buffer]
-        sl = slice(s.offset, s.offset + s.numel)
-        return {name: getattr(buf, key)[sl] for name, key in self._state_keys(slot).items()}
+        return {name: getattr(buf, key)[slice(*self.slot_range(slot, key))]
+                for name, key in self._state_keys(slot).items()}
 
     def write_state(self, updates: Sequence[tuple[int, str, np.ndarray]], amsgrad_buffers: Sequence[int]) -> None:
         """Write checked host arrays into the state: ``(slot, key, flat float32 array)``;
@@ -437,20 +461,19 @@ class Engine(TieredState):
             for slot, key, arr in updates:
                 s = self.layout.slots[slot]
                 buf = self.bufs[s.buffer]
-                if key == "param_remainder":
-                    key = "master"
-                if key == "momentum_buffer":
-                    key = "exp_avg"
-                    if buf.exp_avg is None:
-                        self._add_state(s.buffer, "exp_avg")
-                self._write_range(s.buffer, key, s.offset, self._stored(s.buffer, key, arr))
+                key = {"param_remainder": "master", "momentum_buffer": "exp_avg"}.get(key, key)
+                key = {f"{m}_scale": q for m, q in K.SCALE_FIELDS.items()}.get(key, key)
+                if self.algorithm == "sgd" and key == "exp_avg" and buf.exp_avg is None:
+                    self._add_state(s.buffer, "exp_avg")
+                self._write_range(s.buffer, key, self.slot_range(slot, key)[0], self._stored(s.buffer, key, arr))
         self.sync()
 
 
 
 
 #: the state-dict dtype of each storage kind
-_PRESENT = {prec.F32: np.dtype(np.float32), prec.BF16: np.dtype(ml_dtypes.bfloat16), prec.F16: np.dtype(np.float16)}
+_PRESENT = {prec.F32: np.dtype(np.float32), prec.BF16: np.dtype(ml_dtypes.bfloat16), prec.F16: np.dtype(np.float16),
+            prec.F8E4M3: np.dtype(ml_dtypes.float8_e4m3fn), prec.F8E5M2: np.dtype(ml_dtypes.float8_e5m2)}
 
 
 def _sgd_calls(bi: int, parts: list[tuple[int, K.Batch]], h: dict[str, Any], scale: float,

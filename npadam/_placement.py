@@ -20,18 +20,18 @@ from . import _validate as V
 
 
 def tail_split(size: int, bytes_per_element: int, fraction: float, budget: int | None,
-               left: int) -> tuple[int, int]:
+               left: int, align: int = 64) -> tuple[int, int]:
     """``(elements moved out, budget left)``: the tail of a ``size``-element buffer that goes to the
-    next tier, ``fraction`` of it (a multiple of 64 elements; all of it at 1.0), or with a byte
-    ``budget`` what the ``left`` part of it does not cover (buffers in order keep what is left,
-    a multiple of 64 elements)."""
+    next tier, ``fraction`` of it (a multiple of ``align`` elements; all of it at 1.0), or with a
+    byte ``budget`` what the ``left`` part of it does not cover (buffers in order keep what is
+    left, a multiple of ``align`` elements). ``size`` is a multiple of ``align`` (the layout's)."""
     if budget is None:
         if fraction >= 1.0:
             return size, left
-        return int(size * fraction) // 64 * 64, left
+        return int(size * fraction) // align * align, left
     if size * bytes_per_element <= left:
         return 0, left - size * bytes_per_element
-    keep = left // max(bytes_per_element, 1) // 64 * 64
+    keep = left // max(bytes_per_element, 1) // align * align
     return size - keep, left - keep * bytes_per_element
 
 
@@ -50,9 +50,9 @@ class OffloadPlacement:
     depth: int = 2
     copier: Callable[[], Any] | None = None
 
-    def split(self, size: int, bytes_per_element: int, device_left: int) -> tuple[int, int]:
+    def split(self, size: int, bytes_per_element: int, device_left: int, align: int = 64) -> tuple[int, int]:
         """``(elements in host memory, GPU budget left)`` for one buffer (see ``tail_split``)."""
-        return tail_split(size, bytes_per_element, self.fraction, self.device_bytes, device_left)
+        return tail_split(size, bytes_per_element, self.fraction, self.device_bytes, device_left, align)
 
     def make_copier(self, device_id: int | None) -> Any:
         if self.copier is not None:

@@ -18,10 +18,11 @@ from . import _validate as V
 from .reference import precision as prec
 
 _NAMES = {"float32": prec.F32, "fp32": prec.F32, "float": prec.F32, "bfloat16": prec.BF16, "bf16": prec.BF16,
-          "float16": prec.F16, "fp16": prec.F16, "half": prec.F16}
-_FP8 = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3", "fp8", "float8", "uint8")
+          "float16": prec.F16, "fp16": prec.F16, "half": prec.F16, "float8_e4m3fn": prec.F8E4M3,
+          "fp8_e4m3": prec.F8E4M3, "e4m3": prec.F8E4M3, "float8_e5m2": prec.F8E5M2, "fp8_e5m2": prec.F8E5M2,
+          "e5m2": prec.F8E5M2}
 #: the storage dtype of a state entry of each kind, as state dicts hold it
-STATE_DTYPES = {prec.F32: "float32", prec.BF16: "bfloat16", prec.F16: "float16"}
+STATE_DTYPES = dict(prec.KIND_NAMES)
 
 
 def kind_of(name: str, value: Any) -> int:
@@ -39,10 +40,8 @@ def kind_of(name: str, value: Any) -> int:
         raise TypeError(f"{name} must be a dtype or its name ('float32', 'bfloat16', 'float16'), got {value!r}")
     if key in _NAMES:
         return _NAMES[key]
-    if key in _FP8 or key.startswith("float8"):
-        raise ValueError(f"{name}={value!r}: fp8 optimizer state is not available in this version of npadam "
-                         "(float32, bfloat16 and float16 are)")
-    raise ValueError(f"{name} must be float32, bfloat16 or float16, got {value!r}")
+    raise ValueError(f"{name} must be float32, bfloat16, float16, float8_e4m3fn or float8_e5m2, got {value!r}"
+                     + (" (fp8 needs its format: float8_e4m3fn or float8_e5m2)" if "8" in key else ""))
 
 
 @dataclass(frozen=True)
@@ -60,6 +59,15 @@ class StatePrecision:
     @property
     def stochastic(self) -> bool:
         return self.rounding == "stochastic" and prec.BF16 in (self.m_kind, self.v_kind)
+
+    @property
+    def fp8(self) -> bool:
+        return self.m_kind in prec.FP8 or self.v_kind in prec.FP8
+
+    @property
+    def align(self) -> int:
+        """The layout alignment (elements): fp8 state is scaled per block, which must not span tensors."""
+        return prec.FP8_BLOCK if self.fp8 else 64
 
     @property
     def default(self) -> bool:

@@ -40,6 +40,7 @@ from .scaler import LossScaler
 FORMAT = "npadam.optimizer/2"
 _OLD_FORMAT = "npadam.optimizer/1"
 STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "master", "param_remainder")
+MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # may be fp8 codes with a "<name>_scale" beside
 SGD_STATE_KEYS = ("momentum_buffer", "master")
 
 
@@ -53,7 +54,7 @@ def export(engine: Engine, groups: Sequence[dict[str, Any]], kind: str, loss_sca
     for i, slot in enumerate(lay.slots):
         st: dict[str, Any] = {"step": int(engine.steps[i])}
         for key, a in engine.slot_state(i).items():
-            st[key] = array(a.reshape(slot.shape))
+            st[key] = array(a if key.endswith("_scale") else a.reshape(slot.shape))  # fp8 scales: per block
         if groups[slot.group].get("amsgrad") and "max_exp_avg_sq" not in st:
             # allocated at the first step; zero until then (parse requires it for amsgrad groups)
             st["max_exp_avg_sq"] = array(np.zeros(slot.shape, engine.state_dtype(i, "max_exp_avg_sq")))
@@ -229,7 +230,8 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
                                          "with the current param")
                     out.updates.append((i, "master", P.join_remainder(param_bits(i), rem)))
                 continue
-            arr = _float32(st[k], f"{where}: {k}")
+            fp8 = k in MOMENTS and _dtype_name(st[k]).startswith("float8")
+            arr = _fp8_values(st, k, slot, where) if fp8 else _float32(st[k], f"{where}: {k}")
             if arr.size != slot.numel or (arr.ndim and arr.shape != slot.shape and arr.ndim != 1):
                 raise ValueError(f"{where}: {k} has shape {arr.shape}, expected {slot.shape}")
             if k in ("exp_avg_sq", "max_exp_avg_sq") and not (np.isfinite(arr).all() and (arr >= 0).all()):
@@ -249,7 +251,18 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
                 out.updates.append((i, "param_remainder", rem))
                 out.param_bits.append((i, bits))
                 continue
-            out.updates.append((i, k, _stored_as(st[k], arr, engine.state_dtype(i, k), convert, f"{where}: {k}")))
+            want = engine.state_dtype(i, k)
+            if want.name.startswith("float8"):  # fp8 state: codes and block scales
+                if fp8 and _dtype_name(st[k]) == want.name:
+                    codes, scales = _raw8(st[k]).reshape(-1), _float32(st[k + "_scale"], "").reshape(-1)
+                elif not convert:
+                    raise ValueError(f"{where}: {k} is {_dtype_name(st[k])} and this optimizer stores it as "
+                                     f"{want.name}: pass convert=True to load_state_dict to quantize it")
+                else:
+                    codes, scales = P.quantize(arr.reshape(-1), P.F8E4M3 if want.name == "float8_e4m3fn" else P.F8E5M2)
+                out.updates += [(i, k, codes.view(want)), (i, k + "_scale", scales)]
+                continue
+            out.updates.append((i, k, _stored_as(st[k], arr, want, convert, f"{where}: {k}")))
         if slot.dtype != "float32" and "master" not in st and "param_remainder" not in st:
             if meta is not None:
                 raise ValueError(f"{where} lacks the fp32 master of the {slot.dtype} param")
@@ -294,6 +307,36 @@ def _stored_as(value: Any, wide: np.ndarray, dtype: np.dtype, convert: bool, wha
                          "load_state_dict to round it (to nearest even)")
     kind = P.BF16 if dtype.name == "bfloat16" else P.F16
     return P.narrow(wide.reshape(-1), kind).view(dtype)
+
+
+def _raw8(value: Any) -> np.ndarray:
+    """The uint8 codes of an fp8 array or tensor (ml_dtypes, torch, CuPy), on the host."""
+    mod = type(value).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        return value.detach().to("cpu").contiguous().view(torch.uint8).numpy().copy()
+    if mod.startswith("cupy"):
+        value = value.get()
+    return np.ascontiguousarray(value).view(np.uint8).copy()
+
+
+def _fp8_values(st: Mapping[str, Any], k: str, slot: Any, where: str) -> np.ndarray:
+    """An fp8 moment of a state dict as float32 values (``reference.precision.dequantize`` with the
+    block scales beside it, ``<k>_scale``), shaped like the saved array."""
+    scale_key = k + "_scale"
+    if st.get(scale_key) is None:
+        raise ValueError(f"{where}: {k} holds fp8 codes but the state has no {scale_key} (their block scales)")
+    scales = _float32(st[scale_key], f"{where}: {scale_key}").reshape(-1)
+    blocks = -(-slot.numel // P.FP8_BLOCK)
+    if scales.size != blocks:
+        raise ValueError(f"{where}: {scale_key} has {scales.size} block scales, expected {blocks} (one per "
+                         f"{P.FP8_BLOCK} elements)")
+    if not (np.isfinite(scales).all() and (scales >= 0).all()):
+        raise ValueError(f"{where}: {scale_key} must be finite and >= 0")
+    kind = P.F8E4M3 if _dtype_name(st[k]) == "float8_e4m3fn" else P.F8E5M2
+    codes = _raw8(st[k])
+    return P.dequantize(codes, scales, kind).reshape(codes.shape)
 
 
 def _raw16(value: Any) -> np.ndarray:

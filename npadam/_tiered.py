@@ -18,6 +18,7 @@ import numpy as np
 
 from . import kernels as K
 from .layout import storage_dtype
+from .reference import precision as prec
 
 #: the state arrays a tier may hold, in the kernels' order
 STATE_NAMES = ("master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -35,12 +36,16 @@ class TieredState:
         """Some state is not with the params."""
         return bool(self.disk or self.host)
 
-    def _bounds(self, bi: int) -> tuple[int, int]:
+    def _bounds(self, bi: int, key: str = "") -> tuple[int, int]:
         """``(n0, n1)``: buffer ``bi``'s state elements ``[0, n0)`` are with the params, ``[n0, n1)``
-        in host memory (GPU params; empty otherwise), ``[n1, size)`` on disk."""
+        in host memory (GPU params; empty otherwise), ``[n1, size)`` on disk; in fp8 blocks for a
+        scale field ``key`` (``*_scale``; the tier boundaries are on block boundaries then)."""
         size = self.layout.buffers[bi].size
         n1 = self.disk[bi][0] if bi in self.disk else size
-        return (self.host[bi][0] if bi in self.host else n1), n1
+        n0 = self.host[bi][0] if bi in self.host else n1
+        if key.endswith("_scale"):
+            return -(-n0 // prec.FP8_BLOCK), -(-n1 // prec.FP8_BLOCK)
+        return n0, n1
 
     def copier(self) -> Any:
         """The ``npadam.tiers.transfer.Copier`` of the host part (made on first use)."""
@@ -61,6 +66,12 @@ class TieredState:
             if like:
                 arr[...] = getattr(hp, like)
             setattr(hp, key, arr)
+        if key == "max_exp_avg_sq" and buf.v_scale is not None:  # fp8: its block scales too
+            for part in [buf] + ([self.host[bi][1]] if bi in self.host else []):
+                q = part.v_scale.copy()
+                if not like:
+                    q[...] = 0
+                part.vmax_scale = q
         if tier is not None:
             tier[1].add(key)
             if like:
@@ -97,7 +108,8 @@ class TieredState:
             return K.BufferState(size=size, master=arrs.get("master"), exp_avg=arrs.get("exp_avg"),
                                  exp_avg_sq=arrs.get("exp_avg_sq"), max_exp_avg_sq=arrs.get("max_exp_avg_sq"),
                                  pdtype=pdtype, m_kind=buf.m_kind, v_kind=buf.v_kind, stochastic=buf.stochastic,
-                                 remainders=buf.remainders, base=base)
+                                 remainders=buf.remainders, base=base, m_scale=arrs.get("m_scale"),
+                                 v_scale=arrs.get("v_scale"), vmax_scale=arrs.get("vmax_scale"))
 
         if bi not in self.host:  # host params: the disk part reads the params and grads in place
             if not disk_span:
@@ -113,7 +125,7 @@ class TieredState:
         if self._staging is None:
             self._staging = Staging(self.copier(), self.offload.piece_elems, self.offload.depth)
         hp = self.host[bi][1]
-        host_ranges = self._staging.pieces(max(lo_b, n0), min(hi_b, n1)) if lo_b < n1 else []
+        host_ranges = self._staging.pieces(max(lo_b, n0), min(hi_b, n1), self.precision.align) if lo_b < n1 else []
         pieces = []
         for a, b in host_ranges + disk_ranges:
             part = K.sub_batch(batch, pdtype, a, b)
@@ -125,9 +137,12 @@ class TieredState:
                 fn(state, K.Batch(staged[0], staged[1], p.offsets - p.lo, p.sizes, batch.gdtype, b"staged"), s, flags)
 
         with contextlib.closing(self._staging.run(pieces, pitem, gitem)) as staged:
+            blk = prec.FP8_BLOCK
+            scales = [q for q in K.SCALE_FIELDS.values() if getattr(hp, q) is not None]
             for p in pieces[: len(host_ranges)]:
-                update(p, next(staged), state_of({k: getattr(hp, k)[p.lo - n0: p.hi - n0] for k in names},
-                                                 p.hi - p.lo, p.lo))
+                arrs = {k: getattr(hp, k)[p.lo - n0: p.hi - n0] for k in names}
+                arrs.update({q: getattr(hp, q)[(p.lo - n0) // blk: -(-(p.hi - n0) // blk)] for q in scales})
+                update(p, next(staged), state_of(arrs, p.hi - p.lo, p.lo))
             if disk_ranges:
                 with contextlib.closing(tier[1].stream(names, disk_span)) as chunks:
                     for (a, b, arrs), p in zip(chunks, pieces[len(host_ranges):]):
@@ -137,8 +152,9 @@ class TieredState:
             next(staged, None)  # the last piece's params go back
 
     def _read_range(self, bi: int, key: str, lo: int, hi: int) -> np.ndarray:
-        """State ``key`` of buffer ``bi``, flat elements ``[lo, hi)``, as a host copy (any tier)."""
-        n0, n1 = self._bounds(bi)
+        """State ``key`` of buffer ``bi``, flat elements (fp8 blocks for ``*_scale``) ``[lo, hi)``, as a
+        host copy (any tier)."""
+        n0, n1 = self._bounds(bi, key)
         parts = []
         if lo < n0:
             parts.append(_host(getattr(self.bufs[bi], key)[lo: min(hi, n0)]))
@@ -149,9 +165,10 @@ class TieredState:
         return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def _write_range(self, bi: int, key: str, lo: int, values: Any) -> None:
-        """Write float32 ``values`` (host, or on the params' GPU) into state ``key`` of buffer ``bi``
-        from flat element ``lo``, whichever tiers that range spans."""
-        n0, n1 = self._bounds(bi)
+        """Write ``values`` in ``key``'s storage dtype (host, or on the params' GPU) into state ``key``
+        of buffer ``bi`` from flat element (fp8 block for ``*_scale``) ``lo``, whichever tiers that
+        range spans."""
+        n0, n1 = self._bounds(bi, key)
         hi = lo + int(values.size)
         if lo < n0:
             arr = getattr(self.bufs[bi], key)

@@ -150,7 +150,7 @@ class _Optimizer:
         old = self._engine.layout if self._engine is not None else FlatLayout([])
         specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
         specs += [(n, a.shape, d, gi) for n, (a, d) in zip(gnames, imported)]
-        layout = FlatLayout(specs)  # ValueError on duplicate names
+        layout = FlatLayout(specs, self._precision.align)  # ValueError on duplicate names
         readonly = [not getattr(a.flags, "writeable", True) or is_read_only_producer(o)
                     for a, o in zip(arrays, items)]
         all_arrays = self._arrays + arrays

@@ -15,6 +15,13 @@ values before rounding), then rounds the new values back to their storage kind:
   fraction (unbiased: ``E[widen(sr(x))] = x``); inf stays inf, a value within one bf16 ulp of
   the largest finite bf16 may round to inf, NaN becomes ``0x7FC0``.
 
+**fp8 moments** (kind 3 float8_e4m3fn, kind 4 float8_e5m2, as uint8 codes) carry one float32
+scale per block of ``FP8_BLOCK`` (256) elements of the flat buffer; a layout holding fp8 state
+starts every tensor on a block boundary, so a block belongs to one tensor (its last block may
+be partial). A step dequantizes (``code * scale``), runs the float32 update, and re-quantizes each
+block with a fresh scale from its largest magnitude (``quantize``: scale = amax / FP8_MAX, codes
+rounded to nearest even, torchao's blockwise scheme). Stochastic rounding is for bf16 only.
+
 **Random bits** come from a counter-based generator, so that they depend only on *what* is
 rounded, never on *where* or *by which thread*: Threefry-2x32 with 20 rounds (Salmon et al.,
 SC'11; the generator of ``jax.random``, tested against it). For optimizer update ``step`` (the
@@ -42,8 +49,16 @@ from __future__ import annotations
 
 import numpy as np
 
-F32, BF16, F16 = 0, 1, 2
-KIND_NAMES = {F32: "float32", BF16: "bfloat16", F16: "float16"}
+F32, BF16, F16, F8E4M3, F8E5M2 = 0, 1, 2, 3, 4
+KIND_NAMES = {F32: "float32", BF16: "bfloat16", F16: "float16", F8E4M3: "float8_e4m3fn", F8E5M2: "float8_e5m2"}
+FP8 = (F8E4M3, F8E5M2)
+#: fp8 state is scaled per block of this many elements of the flat buffer (tensors start on block
+#: boundaries when a layout holds fp8 state, so a block never spans two tensors)
+FP8_BLOCK = 256
+#: the largest finite value of each fp8 kind
+FP8_MAX = {F8E4M3: np.float32(448.0), F8E5M2: np.float32(57344.0)}
+#: the canonical (positive) NaN code of each fp8 kind
+FP8_NAN = {F8E4M3: np.uint8(0x7F), F8E5M2: np.uint8(0x7E)}
 ROUNDINGS = ("nearest", "stochastic")
 
 _M32 = np.uint64(0xFFFFFFFF)
@@ -87,8 +102,50 @@ def random_words(key: tuple[np.uint32, np.uint32], index: np.ndarray) -> tuple[n
 
 
 def storage(kind: int) -> np.dtype:
-    """The NumPy dtype a kind is stored as: float32, or uint16 bits."""
+    """The NumPy dtype a kind is stored as: float32, uint16 bits (bf16, fp16) or uint8 codes (fp8)."""
+    if kind in FP8:
+        return np.dtype(np.uint8)
     return np.dtype(np.float32) if kind == F32 else np.dtype(np.uint16)
+
+
+def fp8_dtype(kind: int) -> np.dtype:
+    """The ml_dtypes dtype of an fp8 kind (imported here only: the rest of the reference is NumPy)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.float8_e4m3fn if kind == F8E4M3 else ml_dtypes.float8_e5m2)
+
+
+def quantize(x: np.ndarray, kind: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``x`` (one tensor's elements from a block boundary) to ``(uint8 codes, float32 scales)``,
+    one scale per ``FP8_BLOCK`` elements (the last block may be partial)::
+
+        amax  = max |x| over the block              (a NaN makes it NaN)
+        scale = amax / FP8_MAX                      (one float32 division)
+        q     = x / scale  (x itself when scale == 0: the block is all zeros)
+        code  = fp8(clamp(q, -FP8_MAX, FP8_MAX))    (round to nearest even; NaN -> FP8_NAN)
+    """
+    x = np.asarray(x, np.float32).reshape(-1)
+    nb = -(-x.size // FP8_BLOCK)
+    padded = np.zeros(nb * FP8_BLOCK, np.float32)
+    padded[: x.size] = x
+    blocks = padded.reshape(nb, FP8_BLOCK)
+    last = x.size - (nb - 1) * FP8_BLOCK
+    amax = np.abs(blocks).max(axis=1) if nb else np.zeros(0, np.float32)
+    if nb and last < FP8_BLOCK:  # the partial block's max over its own elements (padding is zero: no change)
+        amax[-1] = np.abs(blocks[-1, :last]).max()
+    scale = (amax / FP8_MAX[kind]).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = np.where(scale[:, None] == 0, blocks, blocks / scale[:, None])
+    q = np.clip(q, -FP8_MAX[kind], FP8_MAX[kind]).reshape(-1)[: x.size]
+    codes = q.astype(fp8_dtype(kind)).view(np.uint8)
+    return np.where(np.isnan(q), FP8_NAN[kind], codes), scale
+
+
+def dequantize(codes: np.ndarray, scales: np.ndarray, kind: int) -> np.ndarray:
+    """``quantize``'s inverse up to rounding: ``float32(fp8(code)) * scale`` of its block."""
+    codes = np.asarray(codes).view(np.uint8).reshape(-1)
+    per = np.repeat(np.asarray(scales, np.float32), FP8_BLOCK)[: codes.size]
+    return codes.view(fp8_dtype(kind)).astype(np.float32) * per
 
 
 def widen(stored: np.ndarray, kind: int) -> np.ndarray:

@@ -198,7 +198,7 @@ def test_indexing_past_2_31_elements(tmp_path):
     offsets = np.array([off], dtype=np.int64)
     kernel = cpu.adam_pass(cpu.F32, cpu.F32, amsgrad=False, decoupled=True)
     kernel(K.pointers([p]), K.pointers([g]), offsets, t, lo, hi, np.zeros(0, np.float32), m, v,
-                  np.zeros(0, np.float32), False, s.scale, np.uint32(0), np.uint32(0), np.int64(0), s.beta1,
+                  np.zeros(0, np.float32), *[np.zeros(0, np.float32)] * 3, False, s.scale, np.uint32(0), np.uint32(0), np.int64(0), s.beta1,
                   s.one_minus_beta1, s.beta2,
                   s.one_minus_beta2, s.weight_decay, s.decay, s.step_size, s.bc2_sqrt, s.eps)
     R.apply_step(rp, g, rm, rv, None, s)

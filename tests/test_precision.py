@@ -100,21 +100,22 @@ def test_remainders_reconstruct_every_master_exactly():
 
 
 # ---------------------------------------------------------------------- kernel == reference
+def _stored(x, kind):
+    """``(stored array, fp8 scales or None)`` of float32 values ``x`` (fp8: quantized from index 0)."""
+    if kind in P.FP8:
+        return P.quantize(x, kind)
+    return (x.copy() if kind == P.F32 else P.narrow(x, kind)), None
+
+
 def _state(n, m_kind, v_kind, amsgrad, rem, pdtype, rng, base):
-    def moment(kind, scale):
-        x = (rng.standard_normal(n) * scale).astype(np.float32)
-        if kind == P.F32:
-            return x
-        return P.narrow(x, kind)
-    v = np.abs(moment(P.F32, 1e-3)) if v_kind == P.F32 else P.narrow(np.abs(rng.standard_normal(n) * 1e-3)
-                                                                       .astype(np.float32), v_kind)
-    vmax = None
-    if amsgrad:
-        vmax = P.narrow(P.widen(v, v_kind) * np.float32(1.5), v_kind) if v_kind else P.widen(v, 0) * np.float32(1.5)
+    m, mq = _stored((rng.standard_normal(n) * 1e-2).astype(np.float32), m_kind)
+    v32 = np.abs(rng.standard_normal(n) * 1e-3).astype(np.float32)
+    v, vq = _stored(v32, v_kind)
+    vmax, xq = _stored(v32 * np.float32(1.5), v_kind) if amsgrad else (None, None)
     master = None
     if pdtype != "float32":
         master = rng.integers(-2**15, 2**15, n).astype(np.int16) if rem else None
-    return dict(m=moment(m_kind, 1e-2), v=v, vmax=vmax, master=master)
+    return dict(m=m, v=v, vmax=vmax, master=master, mq=mq, vq=vq, xq=xq)
 
 
 def _buffers(st_, n, pdtype, m_kind, v_kind, sr, rem, base):
@@ -122,7 +123,8 @@ def _buffers(st_, n, pdtype, m_kind, v_kind, sr, rem, base):
         return None if a is None else a.copy()
     return K.BufferState(size=n, master=cp(st_["master"]), exp_avg=cp(st_["m"]), exp_avg_sq=cp(st_["v"]),
                          max_exp_avg_sq=cp(st_["vmax"]), pdtype=pdtype, m_kind=m_kind, v_kind=v_kind,
-                         stochastic=sr, remainders=rem, base=base)
+                         stochastic=sr, remainders=rem, base=base, m_scale=cp(st_["mq"]), v_scale=cp(st_["vq"]),
+                         vmax_scale=cp(st_["xq"]))
 
 
 #: (m_kind, v_kind, stochastic, remainders, amsgrad, decoupled, grad dtype): every storage option value
@@ -131,7 +133,9 @@ def _buffers(st_, n, pdtype, m_kind, v_kind, sr, rem, base):
 COVER = [(1, 1, False, False, False, True, "float32"), (1, 1, True, False, True, True, "bfloat16"),
          (2, 2, False, False, False, False, "float16"), (1, 0, True, False, False, True, "float32"),
          (0, 2, False, False, True, True, "bfloat16"), (0, 0, False, True, False, True, "bfloat16"),
-         (1, 1, True, True, False, True, "bfloat16"), (2, 1, True, True, True, False, "float32")]
+         (1, 1, True, True, False, True, "bfloat16"), (2, 1, True, True, True, False, "float32"),
+         (3, 4, False, False, True, True, "float32"), (3, 3, False, True, False, True, "bfloat16"),
+         (4, 1, True, False, True, False, "bfloat16")]
 
 
 @pytest.mark.parametrize("m_kind,v_kind,sr,rem,amsgrad,decoupled,gkind", COVER)
@@ -146,8 +150,8 @@ def test_cpu_kernel_matches_the_reference(m_kind, v_kind, sr, rem, amsgrad, deco
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("m_kind", [0, 1, 2])
-@pytest.mark.parametrize("v_kind", [0, 1, 2])
+@pytest.mark.parametrize("m_kind", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("v_kind", [0, 1, 2, 3, 4])
 @pytest.mark.parametrize("sr", [False, True])
 @pytest.mark.parametrize("rem", [False, True])
 @pytest.mark.parametrize("amsgrad", [False, True])
@@ -163,7 +167,8 @@ def _compare(m_kind, v_kind, sr, rem, amsgrad, decoupled, maximize, gkind, sizes
              specials):
     rng = np.random.default_rng([m_kind, v_kind, sr, rem, *sizes])
     pdtype = "bfloat16" if rem or m_kind == 2 else "float32"  # one param dtype per combination: one compilation
-    offsets = np.cumsum([0] + [-(-s // 64) * 64 for s in sizes])[:-1].astype(np.int64)
+    align = P.FP8_BLOCK if (m_kind in P.FP8 or v_kind in P.FP8) else 64  # fp8: tensors start on blocks
+    offsets = np.cumsum([0] + [-(-s // align) * align for s in sizes])[:-1].astype(np.int64)
     n = int(offsets[-1] + sizes[-1])
     params = [rng.standard_normal(s).astype(np.float32).astype(STORE[1] if pdtype == "bfloat16" else np.float32)
               for s in sizes]
@@ -190,7 +195,8 @@ def _compare(m_kind, v_kind, sr, rem, amsgrad, decoupled, maximize, gkind, sizes
         with limited(min(threads, max_threads())):
             K.get(kernel).adam_step(buf, batch, s, flags)
         outs.append(([p.tobytes() for p in ps], *(None if a is None else a.tobytes() for a in
-                                                   (buf.master, buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq))))
+                                                   (buf.master, buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq,
+                                                    buf.m_scale, buf.v_scale, buf.vmax_scale))))
     assert outs[0] == outs[1]
 
 
@@ -229,7 +235,9 @@ def _bits(ps, opt):
             {(i, k): np.asarray(v).tobytes() for i, st_ in sd["state"].items() for k, v in st_.items()})
 
 
-OPTIONS = [dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16"),
+OPTIONS = [dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e5m2"),
+           dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e4m3fn", store_param_remainders=True),
+           dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16"),
            dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16", rounding="stochastic", seed=11),
            dict(exp_avg_dtype="float16", exp_avg_sq_dtype="bfloat16", rounding="stochastic"),
            dict(store_param_remainders=True),
@@ -237,14 +245,21 @@ OPTIONS = [dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16"),
                 rounding="stochastic", seed=2**63 + 5)]
 
 
-@pytest.mark.parametrize("kw", OPTIONS, ids=["bf16", "bf16-sr", "fp16-bf16sr", "rem", "rem-bf16-sr"])
+SLOW = pytest.mark.slow  # every option set compiles its own kernels: CI runs a covering few (each ~5 s cold)
+
+
+@pytest.mark.parametrize("kw", [OPTIONS[0], pytest.param(OPTIONS[1], marks=SLOW), pytest.param(OPTIONS[2], marks=SLOW),
+                                pytest.param(OPTIONS[3], marks=SLOW), OPTIONS[4], pytest.param(OPTIONS[5], marks=SLOW),
+                                OPTIONS[6]],
+                         ids=["fp8", "fp8-rem", "bf16", "bf16-sr", "fp16-bf16sr", "rem", "rem-bf16-sr"])
 def test_optimizer_on_the_numba_kernel_equals_the_reference(kw):
     """Groups, per-param step counts, an inf step, amsgrad: the optimizer on the Numba kernel and on the
     NumPy reference agree bit for bit, state dicts included."""
     assert _bits(*_run("reference", **kw)) == _bits(*_run("cpu", **kw))
 
 
-@pytest.mark.parametrize("kw", [OPTIONS[1], OPTIONS[4]], ids=["bf16-sr", "rem-bf16-sr"])
+@pytest.mark.parametrize("kw", [pytest.param(OPTIONS[3], marks=SLOW), OPTIONS[6], pytest.param(OPTIONS[0], marks=SLOW)],
+                         ids=["bf16-sr", "rem-bf16-sr", "fp8"])
 def test_stochastic_rounding_does_not_depend_on_threads_or_placement(kw):
     """The random words are keyed on (seed, update, buffer, element): a parallel build on 1 or 2
     threads, and the state streamed through the offload pipeline in small pieces, give the same bits."""
@@ -255,9 +270,9 @@ def test_stochastic_rounding_does_not_depend_on_threads_or_placement(kw):
 
 
 def test_seeds_change_only_the_rounding():
-    a = _bits(*_run(**OPTIONS[1]))
-    assert _bits(*_run(**OPTIONS[1])) == a
-    b = _bits(*_run(**{**OPTIONS[1], "seed": 12}))
+    a = _bits(*_run(**OPTIONS[3]))
+    assert _bits(*_run(**OPTIONS[3])) == a
+    b = _bits(*_run(**{**OPTIONS[3], "seed": 12}))
     assert a != b and a[0] != b[0]
 
 
@@ -331,8 +346,8 @@ def test_state_dicts_keep_their_dtypes_and_convert_only_when_asked():
 
 
 @pytest.mark.parametrize("kw,err,match", [
-    (dict(exp_avg_dtype="int8"), ValueError, "exp_avg_dtype must be float32, bfloat16 or float16"),
-    (dict(exp_avg_sq_dtype="float8_e4m3fn"), ValueError, "fp8 optimizer state is not available"),
+    (dict(exp_avg_dtype="int8"), ValueError, "exp_avg_dtype must be float32, bfloat16, float16, float8_e4m3fn"),
+    (dict(exp_avg_sq_dtype="float8"), ValueError, "fp8 needs its format"),
     (dict(exp_avg_dtype=3), TypeError, "exp_avg_dtype must be a dtype"),
     (dict(rounding="up"), ValueError, "rounding must be one of"),
     (dict(rounding="stochastic"), ValueError, "rounds bfloat16 moments"),
@@ -393,3 +408,76 @@ def test_torch_front_end_with_bf16_moments_and_remainders():
     o3.load_state_dict(sd)
     assert all(torch.equal(o3.state[p3]["exp_avg"], o1.state[p1]["exp_avg"])
                for p1, p3 in zip(m1.parameters(), m3.parameters()))
+
+
+# ---------------------------------------------------------------------- fp8
+def test_fp8_codes_match_ml_dtypes_in_the_kernel():
+    """The Numba kernel's fp8 conversions: every code decodes as ml_dtypes does, and encoding random,
+    subnormal, tie (midpoint) and representable values in range rounds as ml_dtypes does."""
+    from numba import njit
+
+    from npadam.kernels import cpu
+
+    @njit
+    def decode(kind):
+        out = np.empty(256, np.float32)
+        for c in range(256):
+            out[c] = cpu.fp8_decode(np.uint8(c), kind)
+        return out
+
+    @njit
+    def encode(x, kind):
+        out = np.empty(x.size, np.uint8)
+        for i in range(x.size):
+            out[i] = cpu.fp8_encode(x[i], kind)
+        return out
+
+    for kind in P.FP8:
+        ref = np.arange(256, dtype=np.uint8).view(P.fp8_dtype(kind)).astype(np.float32)
+        got = decode(kind)
+        assert np.array_equal(np.isnan(got), np.isnan(ref))
+        assert np.array_equal(got[~np.isnan(ref)].view(np.uint32), ref[~np.isnan(ref)].view(np.uint32))
+        m = float(P.FP8_MAX[kind])
+        vals = np.unique(ref[np.isfinite(ref)])
+        rng = np.random.default_rng(kind)
+        x = np.concatenate([rng.uniform(-m, m, 50_000), rng.standard_normal(50_000) * 1e-3,
+                            rng.standard_normal(50_000) * 1e-7, vals[np.abs(vals) <= m],
+                            (vals[1:].astype(np.float64) + vals[:-1]) / 2, [np.nan, -np.nan, 0.0, -0.0]])
+        x = x.astype(np.float32)
+        x = x[np.isnan(x) | (np.abs(x) <= m)]
+        want = np.where(np.isnan(x), P.FP8_NAN[kind], x.astype(P.fp8_dtype(kind)).view(np.uint8))
+        assert np.array_equal(encode(x, kind), want)
+
+
+def test_quantize_blocks_and_scales():
+    """One scale per 256 elements; a zero block stays zero; a block's largest magnitude maps to the
+    format's largest value; the error is within half a step of the block's grid."""
+    x = np.random.default_rng(3).standard_normal(600).astype(np.float32)
+    x[256:512] = 0
+    codes, scales = P.quantize(x, P.F8E4M3)
+    assert scales.shape == (3,) and scales[1] == 0 and not codes[256:512].any()
+    assert scales[0] == np.float32(np.abs(x[:256]).max() / np.float32(448))
+    assert scales[2] == np.float32(np.abs(x[512:]).max() / np.float32(448))  # the partial block's own max
+    y = P.dequantize(codes, scales, P.F8E4M3)
+    assert np.abs(y - x).max() <= np.abs(x).max() / 448 * 16  # e4m3: 3 mantissa bits near the top
+
+
+def test_fp8_state_is_a_byte_per_moment_and_converts():
+    ps, opt = _run(groups=False, exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e5m2", steps=2)
+    buf = opt._engine.bufs[0]
+    assert buf.exp_avg.dtype == np.uint8 and buf.m_scale.size == buf.size // 256
+    assert all(s.offset % 256 == 0 for s in opt._engine.layout.slots)  # blocks never span tensors
+    sd = opt.state_dict()
+    st0 = sd["state"][2]
+    assert st0["exp_avg"].dtype.name == "float8_e4m3fn" and st0["exp_avg_scale"].shape == (-(-4097 // 256),)
+    full, ofull = _run(groups=False, steps=2)
+    with pytest.raises(ValueError, match="convert=True"):
+        opt.load_state_dict(ofull.state_dict())
+    opt.load_state_dict(ofull.state_dict(), convert=True)
+    codes, scales = P.quantize(ofull.state_dict()["state"][2]["exp_avg"], P.F8E4M3)
+    st = opt.state_dict()["state"][2]
+    assert np.array_equal(st["exp_avg"].view(np.uint8), codes) and np.array_equal(st["exp_avg_scale"], scales)
+    ofull.load_state_dict(sd)  # fp8 into float32 state: widening, no convert needed
+    bad = {**sd, "state": {**sd["state"], 0: {k: v for k, v in sd["state"][0].items() if k != "exp_avg_scale"}}}
+    with pytest.raises(ValueError, match="no exp_avg_scale"):
+        opt.load_state_dict(bad)

@@ -174,7 +174,7 @@ def test_serial_and_parallel_builds_agree_and_cache_apart(mode):
             s = R.host_scalars(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.01, grad_scale=0.5)
             t, lo, hi = npadam.layout.work_items(np.array([n]), cpu.CHUNK)
             kernel(K.pointers([p.view(np.uint16)]), K.pointers([g]), np.zeros(1, np.int64), t, lo, hi, master, buf,
-                   buf, buf, step == 1, s.scale, np.uint32(0), np.uint32(0), np.int64(0), s.weight_decay, s.momentum, s.one_minus_dampening, s.neg_lr, True,
+                   buf, buf, buf, buf, buf, step == 1, s.scale, np.uint32(0), np.uint32(0), np.int64(0), s.weight_decay, s.momentum, s.one_minus_dampening, s.neg_lr, True,
                    step == 0)
         out.append((p.tobytes(), master.tobytes(), buf.tobytes()))
     assert out[0] == out[1]

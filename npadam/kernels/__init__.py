@@ -34,7 +34,9 @@ class BufferState:
     Adam: ``exp_avg``, ``exp_avg_sq`` (and ``max_exp_avg_sq`` with amsgrad). SGD: the momentum
     buffer in ``exp_avg`` (None until a step with momentum), no ``exp_avg_sq``. Storage
     (``npadam.reference.precision``): ``m_kind`` / ``v_kind`` the kinds of ``exp_avg`` and of
-    ``exp_avg_sq``/``max_exp_avg_sq`` (0 float32 arrays, 1 bfloat16 / 2 float16 as uint16 bits),
+    ``exp_avg_sq``/``max_exp_avg_sq`` (0 float32 arrays, 1 bfloat16 / 2 float16 as uint16 bits,
+    3 float8_e4m3fn / 4 float8_e5m2 as uint8 codes with a float32 scale per block in ``*_scale``;
+    the arrays then start on a block boundary),
     ``stochastic`` their bf16 rounding, ``remainders``: ``master`` holds int16 remainders of bf16
     params instead of float32 masters. ``base``: the flat buffer index of element 0 of these
     arrays (a streamed piece of a buffer starts further in; the random words of stochastic
@@ -52,6 +54,9 @@ class BufferState:
     stochastic: bool = False
     remainders: bool = False
     base: int = 0
+    m_scale: np.ndarray | None = None     # fp8 moments: float32 scale per block of FP8_BLOCK elements
+    v_scale: np.ndarray | None = None
+    vmax_scale: np.ndarray | None = None
 
     @property
     def pkind(self) -> int:
@@ -174,7 +179,6 @@ class _Cpu:
 
         self.cpu = cpu
         self._empty = np.zeros(0, dtype=np.float32)
-        self._empty16 = np.zeros(0, dtype=np.uint16)
 
     def block_sumsq(self, buf: BufferState, batch: Batch, block: int) -> np.ndarray:
         nblocks = -(-buf.size // block)
@@ -191,9 +195,10 @@ class _Cpu:
                                     buf.size >= self.cpu.PARALLEL_MIN, buf.m_kind, buf.v_kind, buf.stochastic,
                                     buf.remainders)
         vmax = buf.max_exp_avg_sq
+        scales = tuple(e if q is None else q for q in (buf.m_scale, buf.v_scale, buf.vmax_scale))
         kernel(batch.params, batch.grads, batch.offsets, *_work(buf, batch, self.cpu.CHUNK),
                e if buf.master is None else buf.master, buf.exp_avg, buf.exp_avg_sq,
-               (e if buf.v_kind == 0 else self._empty16) if vmax is None else vmax, flags.maximize,
+               np.zeros(0, prec.storage(buf.v_kind)) if vmax is None else vmax, *scales, flags.maximize,
                s.scale, np.uint32(flags.key[0]), np.uint32(flags.key[1]), np.int64(buf.base), s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2, s.weight_decay,
                s.decay, s.step_size, s.bc2_sqrt, s.eps)
 
@@ -204,7 +209,7 @@ class _Cpu:
         kernel = self.cpu.sgd_pass(buf.pkind, batch.gkind, flags.momentum, buf.size >= self.cpu.PARALLEL_MIN)
         kernel(batch.params, batch.grads, batch.offsets, *_work(buf, batch, self.cpu.CHUNK),
                e if buf.master is None else buf.master, e if flags.momentum == sgd_ref.PLAIN else buf.exp_avg,
-               e, e, flags.maximize, s.scale, np.uint32(0), np.uint32(0), np.int64(0), s.weight_decay, s.momentum, s.one_minus_dampening, s.neg_lr,
+               e, e, e, e, e, flags.maximize, s.scale, np.uint32(0), np.uint32(0), np.int64(0), s.weight_decay, s.momentum, s.one_minus_dampening, s.neg_lr,
                flags.weight_decay, flags.first)
 
 
@@ -256,27 +261,47 @@ class _Reference:
 
     def adam_step(self, buf: BufferState, batch: Batch, s: ref.HostScalars, flags: Flags) -> None:
         rounding = "stochastic" if buf.stochastic else "nearest"
+
+        def read(key: str, kind: int, sl: slice) -> np.ndarray:
+            if kind in prec.FP8:
+                return prec.dequantize(getattr(buf, key)[sl], getattr(buf, _SCALE[key])[_blocks(sl)], kind)
+            return prec.widen(getattr(buf, key)[sl], kind)
+
+        def write(key: str, kind: int, sl: slice, x: np.ndarray, r: np.ndarray | None, how: str) -> None:
+            if kind in prec.FP8:
+                getattr(buf, key)[sl], getattr(buf, _SCALE[key])[_blocks(sl)] = prec.quantize(x, kind)
+            else:
+                getattr(buf, key)[sl] = prec.narrow(x, kind, how if kind == prec.BF16 else "nearest", r)
+
         for param, g, sl in self._updates(buf, batch):
-            m = prec.widen(buf.exp_avg[sl], buf.m_kind)
-            v = prec.widen(buf.exp_avg_sq[sl], buf.v_kind)
-            vmax = prec.widen(buf.max_exp_avg_sq[sl], buf.v_kind) if flags.amsgrad else None
+            m = read("exp_avg", buf.m_kind, sl)
+            v = read("exp_avg_sq", buf.v_kind, sl)
+            vmax = read("max_exp_avg_sq", buf.v_kind, sl) if flags.amsgrad else None
             with np.errstate(invalid="ignore", divide="ignore"):  # eps = 0 with a zero grad: 0/0 like the kernels
                 ref.apply_step(param, g, m, v, vmax, s,
                                decoupled=flags.decoupled, amsgrad=flags.amsgrad, maximize=flags.maximize)
             r0 = r1 = None
             if buf.stochastic:
                 r0, r1 = prec.random_words(flags.key, np.arange(sl.start, sl.stop, dtype=np.uint64) + buf.base)
-            buf.exp_avg[sl] = prec.narrow(m, buf.m_kind, rounding if buf.m_kind == prec.BF16 else "nearest", r0)
-            vr = rounding if buf.v_kind == prec.BF16 else "nearest"
-            buf.exp_avg_sq[sl] = prec.narrow(v, buf.v_kind, vr, r1)
+            write("exp_avg", buf.m_kind, sl, m, r0, rounding)
+            write("exp_avg_sq", buf.v_kind, sl, v, r1, rounding)
             if vmax is not None:
-                buf.max_exp_avg_sq[sl] = prec.narrow(vmax, buf.v_kind, vr, r1)
+                write("max_exp_avg_sq", buf.v_kind, sl, vmax, r1, rounding)
 
     def sgd_step(self, buf: BufferState, batch: Batch, s: sgd_ref.HostScalars, flags: SgdFlags) -> None:
         for param, g, sl in self._updates(buf, batch):
             mbuf = None if flags.momentum == sgd_ref.PLAIN else buf.exp_avg[sl]
             sgd_ref.apply_step(param, g, mbuf, s, maximize=flags.maximize, weight_decay=flags.weight_decay,
                                momentum=flags.momentum, first=flags.first)
+
+
+#: the block-scale field of each fp8-capable state field
+SCALE_FIELDS = _SCALE = {"exp_avg": "m_scale", "exp_avg_sq": "v_scale", "max_exp_avg_sq": "vmax_scale"}
+
+
+def _blocks(sl: slice) -> slice:
+    """The fp8 blocks of a tensor's state slice (it starts on a block boundary)."""
+    return slice(sl.start // prec.FP8_BLOCK, -(-sl.stop // prec.FP8_BLOCK))
 
 
 _instances: dict[str, object] = {}

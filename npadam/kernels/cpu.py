@@ -39,7 +39,8 @@ CHUNK = 1 << 15
 LANES = 64  # == reference.adamw.NORM_LANES; divides the layout alignment (64)
 PARALLEL_MIN = 1 << 18  # buffers smaller than this run the serial build
 
-F32, BF16, F16 = 0, 1, 2
+F32, BF16, F16, F8E4M3, F8E5M2 = 0, 1, 2, 3, 4  # reference.precision's kinds
+FP8_BLOCK = 256  # reference.precision.FP8_BLOCK
 
 
 @intrinsic
@@ -212,6 +213,83 @@ def split_low(x):
     return np.int16(np.uint16(np.float32(x).view(np.uint32) & np.uint32(0xFFFF)))
 
 
+@njit(inline="always", cache=True)
+def fp8_decode(code, kind):
+    """An fp8 code (uint8) as float32, exactly (``ml_dtypes`` float8_e4m3fn / float8_e5m2)."""
+    c = np.uint32(code)
+    if kind == F8E4M3:
+        e = (c >> np.uint32(3)) & np.uint32(15)
+        m = c & np.uint32(7)
+        if e == 15 and m == 7:
+            mag = np.float32(np.nan)
+        elif e == 0:
+            mag = np.float32(m) * np.float32(2.0 ** -9)
+        else:
+            mag = np.uint32(((e + np.uint32(120)) << np.uint32(23)) | (m << np.uint32(20))).view(np.float32)
+    else:
+        e = (c >> np.uint32(2)) & np.uint32(31)
+        m = c & np.uint32(3)
+        if e == 31:
+            mag = np.float32(np.inf) if m == 0 else np.float32(np.nan)
+        elif e == 0:
+            mag = np.float32(m) * np.float32(2.0 ** -16)
+        else:
+            mag = np.uint32(((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(21))).view(np.float32)
+    return -mag if c >> np.uint32(7) else mag
+
+
+@njit(inline="always", cache=True)
+def fp8_encode(q, kind):
+    """float32 ``q`` (finite with ``|q| <= FP8_MAX``, or NaN) to an fp8 code, round to nearest even
+    (``ml_dtypes``); NaN becomes ``reference.precision.FP8_NAN``."""
+    if q != q:
+        return np.uint8(0x7F) if kind == F8E4M3 else np.uint8(0x7E)
+    b = np.float32(q).view(np.uint32)
+    sign = np.uint32((b >> np.uint32(31)) << np.uint32(7))
+    a = b & np.uint32(0x7FFFFFFF)
+    if kind == F8E4M3:
+        mant, bias = 3, 7
+    else:
+        mant, bias = 2, 15
+    if (a >> np.uint32(23)) >= np.uint32(128 - bias):  # a normal fp8 value (or its rounding)
+        shift = np.uint32(23 - mant)
+        r = np.uint32(a + (np.uint32(1) << (shift - np.uint32(1))) - np.uint32(1) + ((a >> shift) & np.uint32(1)))
+        code = np.uint32((r >> shift) - np.uint32((127 - bias) << mant))
+    else:  # subnormal: |q| in units of the smallest subnormal, rounded half to even
+        code = np.uint32(np.rint(np.abs(np.float32(q)) * np.float32(2.0 ** (mant - 1 + bias))))
+    return np.uint8(sign | code)
+
+
+@njit(inline="always", cache=True)
+def quantize_block(T, n, S, off, Q, qi, kind):
+    """``reference.precision.quantize`` of the ``n`` float32 values ``T[:n]`` (one block) into codes
+    ``S[off:off + n]`` and scale ``Q[qi]``."""
+    fmax = np.float32(448.0) if kind == F8E4M3 else np.float32(57344.0)
+    amax = np.float32(0.0)
+    for j in range(n):
+        ax = np.abs(T[j])
+        if ax > amax or ax != ax:
+            amax = ax
+    sc = np.float32(amax / fmax)
+    Q[qi] = sc
+    for j in range(n):
+        q = T[j] if sc == 0 else np.float32(T[j] / sc)
+        if q > fmax:
+            q = fmax
+        if q < -fmax:
+            q = -fmax
+        S[off + j] = fp8_encode(q, kind)
+
+
+@njit(inline="always", cache=True)
+def load_state(S, j, kind, Q, i):
+    """State element ``j`` of ``S`` as float32: ``load``, or an fp8 code times the scale of flat
+    element ``i``'s block in ``Q``."""
+    if kind == F8E4M3 or kind == F8E5M2:
+        return fp8_decode(S[j], kind) * Q[i >> 8]
+    return load(S, j, kind)
+
+
 ADAM, SGD = 0, 1  # the algorithm of a fused pass
 _CANONICAL_NAN = np.float32(np.nan)  # 0x7FC00000
 
@@ -261,7 +339,8 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
     serially (``prange`` is ``range``).
 
     Arguments: ``(params, grads, offsets, work_t, work_lo, work_hi, master, s1, s2, s3,
-    maximize, scale, k0, k1, base, *c)`` with the state arrays ``s1, s2, s3`` = ``m, v, vmax`` (Adam) or
+    q1, q2, q3, maximize, scale, k0, k1, base, *c)`` with ``q1, q2, q3`` the fp8 block scales of
+    ``s1, s2, s3`` (unused for other kinds), and the state arrays ``s1, s2, s3`` = ``m, v, vmax`` (Adam) or
     ``momentum_buffer`` and two unused arrays (SGD), and the scalars ``c`` of
     ``adam_pass`` / ``sgd_pass``.
     """
@@ -281,13 +360,17 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
     CANON1 = USE_S1 and MK == F32
     CANON2 = USE_S2 and VK == F32
     CANON3 = AMSGRAD and VK == F32
+    M8 = IS_ADAM and MK in (F8E4M3, F8E5M2)  # fp8 moments: computed into a block, then quantized
+    V8 = IS_ADAM and VK in (F8E4M3, F8E5M2)
+    X8 = V8 and AMSGRAD
+    BLK = FP8_BLOCK if (M8 or V8) else CHUNK  # one block per work item without fp8 state
 
     # error_model="numpy": a division by zero gives inf/NaN like the reference, torch and the parallel
     # build (Python's model raises ZeroDivisionError mid-pass, with the pass half written), and the
     # division vectorizes (serial pass 4.5 -> 0.6 ns per cached element)
     @njit(parallel=PARALLEL, cache=True, error_model="numpy")
-    def fused_pass(params, grads, offsets, work_t, work_lo, work_hi, master, s1, s2, s3, maximize, scale, k0, k1,
-                   base, *c):
+    def fused_pass(params, grads, offsets, work_t, work_lo, work_hi, master, s1, s2, s3, q1, q2, q3, maximize, scale,
+                   k0, k1, base, *c):
         _cache_key = PARALLEL  # noqa: F841 - PARALLEL must be a closure variable: Numba keys its disk cache on those
         for w in prange(work_t.shape[0]):
             t = work_t[w]
@@ -301,72 +384,90 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
             S2 = s2[a:b] if USE_S2 else s2
             S3 = s3[a:b] if AMSGRAD else s3
             W = master[a:b] if PK != F32 else master
+            TM = np.empty(FP8_BLOCK if M8 else 0, np.float32)  # a block of new fp8 moments
+            TV = np.empty(FP8_BLOCK if V8 else 0, np.float32)
+            TX = np.empty(FP8_BLOCK if X8 else 0, np.float32)
             nan = False
-            for j in range(P.shape[0]):
-                g = load(G, j, GK) * scale
-                if maximize:
-                    g = -g
-                if PK == F32:
-                    p = load(P, j, F32)
-                elif REM:
-                    p = join_remainder(P[j], W[j])
-                else:
-                    w = W[j]
-                    stored = P[j]
-                    # the param was written since npadam's last update: it wins (current_master);
-                    # a select, not a branch, so that the loop still vectorizes
-                    p = w if encode(w, PK) == stored else decode(stored, PK)
-                if IS_ADAM:  # c = (b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)
-                    if not DECOUPLED:
-                        g = g + c[4] * p
-                    mi = c[0] * load(S1, j, MK) + c[1] * g
-                    vi = c[2] * load(S2, j, VK) + c[3] * (g * g)
-                    r0 = np.uint32(0)
-                    r1 = np.uint32(0)
-                    if SR:
-                        idx = np.uint64(base + a + j)
-                        r0, r1 = threefry2x32(k0, k1, np.uint32(idx & np.uint64(0xFFFFFFFF)),
-                                              np.uint32(idx >> np.uint64(32)))
-                    if MK == F32:  # statements, not conditional expressions: Numba prunes these
-                        S1[j] = mi
+            n = P.shape[0]
+            for b0 in range(0, n, BLK):
+                b1 = min(b0 + BLK, n)
+                for j in range(b0, b1):
+                    g = load(G, j, GK) * scale
+                    if maximize:
+                        g = -g
+                    if PK == F32:
+                        p = load(P, j, F32)
+                    elif REM:
+                        p = join_remainder(P[j], W[j])
                     else:
-                        S1[j] = narrow(mi, MK, SR, r0)
-                    if VK == F32:
-                        S2[j] = vi
-                    else:
-                        S2[j] = narrow(vi, VK, SR, r1)
-                    vh = vi
-                    if AMSGRAD:
-                        vo = load(S3, j, VK)
-                        if not (vi > vo or vi != vi):
-                            vh = vo
+                        w = W[j]
+                        stored = P[j]
+                        # the param was written since npadam's last update: it wins (current_master);
+                        # a select, not a branch, so that the loop still vectorizes
+                        p = w if encode(w, PK) == stored else decode(stored, PK)
+                    if IS_ADAM:  # c = (b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)
+                        if not DECOUPLED:
+                            g = g + c[4] * p
+                        mi = c[0] * load_state(S1, j, MK, q1, a + j) + c[1] * g
+                        vi = c[2] * load_state(S2, j, VK, q2, a + j) + c[3] * (g * g)
+                        r0 = np.uint32(0)
+                        r1 = np.uint32(0)
+                        if SR:
+                            idx = np.uint64(base + a + j)
+                            r0, r1 = threefry2x32(k0, k1, np.uint32(idx & np.uint64(0xFFFFFFFF)),
+                                                  np.uint32(idx >> np.uint64(32)))
+                        if MK == F32:  # statements, not conditional expressions: Numba prunes these
+                            S1[j] = mi
+                        elif M8:
+                            TM[j - b0] = mi
+                        else:
+                            S1[j] = narrow(mi, MK, SR, r0)
                         if VK == F32:
-                            S3[j] = vh
+                            S2[j] = vi
+                        elif V8:
+                            TV[j - b0] = vi
                         else:
-                            S3[j] = narrow(vh, VK, SR, r1)
-                    if DECOUPLED:
-                        p = p * c[5]
-                    p = p - c[6] * mi / (np.sqrt(vh) / c[7] + c[8])
-                else:  # c = (wd, momentum, 1 - dampening, -lr, wd != 0, first)
-                    if c[4]:
-                        g = fma(c[0], p, g)
-                    if MODE != 0:
-                        if c[5]:
-                            buf = g
-                        else:
-                            buf = fma(c[2], g, c[1] * S1[j])
-                        S1[j] = buf
-                        g = fma(c[1], buf, g) if MODE == 2 else buf
-                    p = fma(c[3], g, p)
-                nan |= p != p
-                if PK == F32:
-                    P[j] = p
-                elif REM:
-                    P[j] = split_high(p)
-                    W[j] = split_low(p)
-                else:
-                    W[j] = p
-                    P[j] = encode(p, PK)
+                            S2[j] = narrow(vi, VK, SR, r1)
+                        vh = vi
+                        if AMSGRAD:
+                            vo = load_state(S3, j, VK, q3, a + j)
+                            if not (vi > vo or vi != vi):
+                                vh = vo
+                            if VK == F32:
+                                S3[j] = vh
+                            elif X8:
+                                TX[j - b0] = vh
+                            else:
+                                S3[j] = narrow(vh, VK, SR, r1)
+                        if DECOUPLED:
+                            p = p * c[5]
+                        p = p - c[6] * mi / (np.sqrt(vh) / c[7] + c[8])
+                    else:  # c = (wd, momentum, 1 - dampening, -lr, wd != 0, first)
+                        if c[4]:
+                            g = fma(c[0], p, g)
+                        if MODE != 0:
+                            if c[5]:
+                                buf = g
+                            else:
+                                buf = fma(c[2], g, c[1] * S1[j])
+                            S1[j] = buf
+                            g = fma(c[1], buf, g) if MODE == 2 else buf
+                        p = fma(c[3], g, p)
+                    nan |= p != p
+                    if PK == F32:
+                        P[j] = p
+                    elif REM:
+                        P[j] = split_high(p)
+                        W[j] = split_low(p)
+                    else:
+                        W[j] = p
+                        P[j] = encode(p, PK)
+                if M8:  # the block's fp8 moments: one scale each (reference.precision.quantize)
+                    quantize_block(TM, b1 - b0, S1, b0, q1, (a + b0) >> 8, MK)
+                if V8:
+                    quantize_block(TV, b1 - b0, S2, b0, q2, (a + b0) >> 8, VK)
+                if X8:
+                    quantize_block(TX, b1 - b0, S3, b0, q3, (a + b0) >> 8, VK)
             if nan:  # rare: make every NaN written the canonical one (reference.adamw.canonical_nan)
                 for j in range(P.shape[0]):  # (16-bit moments were written canonical by narrow)
                     if CANON1:
@@ -405,8 +506,8 @@ def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, parallel: 
     where starting threads costs more than the work (results are identical).
 
     Call it as ``kernel(params, grads, offsets, work_t, work_lo, work_hi, master, m, v,
-    vmax, maximize, scale, k0, k1, base, b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2),
-    eps)`` with ``params``/``grads`` int64 pointer tables (``pointers``), float32 scalars
+    vmax, m_scale, v_scale, vmax_scale, maximize, scale, k0, k1, base, b1, 1 - b1, b2, 1 - b2, wd,
+    1 - lr*wd, lr/bc1, sqrt(bc2), eps)`` (the scales: fp8 block scales, else empty) with ``params``/``grads`` int64 pointer tables (``pointers``), float32 scalars
     from ``npadam.reference.adamw.host_scalars``, the uint32 step key ``k0, k1``
     (``reference.precision.step_key``; used with ``stochastic``) and ``base``, the flat
     index of element 0 of the state arrays. ``mkind``/``vkind``/``stochastic``/``remainders``:
@@ -422,7 +523,8 @@ def sgd_pass(pkind: int, gkind: int, momentum: int, parallel: bool = True):
     2 Nesterov), built on first use; ``parallel`` as in ``adam_pass``.
 
     Call it as ``kernel(params, grads, offsets, work_t, work_lo, work_hi, master, buf, empty,
-    empty, maximize, scale, 0, 0, 0, wd, momentum, 1 - dampening, -lr, wd != 0, first)`` with float32
+    empty, empty, empty, empty, maximize, scale, 0, 0, 0, wd, momentum, 1 - dampening, -lr, wd != 0,
+    first)`` with float32
     scalars from ``npadam.reference.sgd.host_scalars`` and ``first`` the tensors' first step
     with momentum (the buffer starts as the gradient).
     """

@@ -255,9 +255,11 @@ class Staging:
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self._slots)
 
-    def pieces(self, lo: int, hi: int) -> list[tuple[int, int]]:
-        """``[lo, hi)`` cut into consecutive pieces of at most ``piece_elems`` elements."""
-        return [(a, min(a + self.piece_elems, hi)) for a in range(lo, hi, self.piece_elems)]
+    def pieces(self, lo: int, hi: int, align: int = 64) -> list[tuple[int, int]]:
+        """``[lo, hi)`` cut into consecutive pieces of ``piece_elems`` elements rounded up to a
+        multiple of ``align`` (the last may be shorter; ``lo`` is on an ``align`` boundary)."""
+        step = -(-self.piece_elems // align) * align
+        return [(a, min(a + step, hi)) for a in range(lo, hi, step)]
 
     def _ensure(self, elems: int) -> None:
         if elems > self._capacity or not self._slots:

@@ -253,7 +253,7 @@ class _Base(torch.optim.Optimizer):
                                  f"(strides {p.stride() if p.layout is torch.strided else p.layout})")
         specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
         specs += [(n, tuple(p.shape), _DTYPES[p.dtype], gi) for n, p, gi in zip(names[first:], new, gi_of[first:])]
-        layout = FlatLayout(specs)
+        layout = FlatLayout(specs, self._precision.align)
         devices = {p.device for p in params}
         if len(devices) > 1:
             raise ValueError(f"params live on several devices {sorted(map(str, devices))}; use one optimizer "
@@ -342,8 +342,10 @@ class _Base(torch.optim.Optimizer):
             for key, view in eng.slot_views(i).items():
                 t = torch.from_numpy(view) if isinstance(view, np.ndarray) else torch.from_dlpack(view)
                 if view.dtype == np.uint16:  # a 16-bit float moment, stored as its bits
-                    t = t.view(torch.int16).view(_TORCH16[eng.state_dtype(i, key).name])
-                st[key] = t.view(lay.slots[i].shape)
+                    t = t.view(torch.int16).view(_TORCH_DTYPES[eng.state_dtype(i, key).name])
+                elif view.dtype == np.uint8:  # fp8 codes
+                    t = t.view(_TORCH_DTYPES[eng.state_dtype(i, key).name])
+                st[key] = t if key.endswith("_scale") else t.view(lay.slots[i].shape)
             dict.__setitem__(state, p, st)  # params no longer in any group are left out
         self.state = state
         self._state_obj = state
@@ -359,7 +361,9 @@ class _Base(torch.optim.Optimizer):
             self._held[(i, key)] = t
             return t
         arr = self._engine.slot_state(i)[key]
-        t = _tensor(arr).view(self._engine.layout.slots[i].shape)
+        t = _tensor(arr)
+        if not key.endswith("_scale"):
+            t = t.view(self._engine.layout.slots[i].shape)
         self._handed[(i, key)] = (weakref.ref(t), _digest(t))
         self._held[(i, key)] = t  # until the next step: an edit of a tensor nobody keeps still counts
         return t
@@ -374,7 +378,8 @@ class _Base(torch.optim.Optimizer):
             now = _digest(t)
             alive[(i, key)] = (ref, now)
             if now != digest:
-                if not torch.isfinite(t).all() or t.numel() != self._engine.layout.slots[i].numel:
+                lo, hi = self._engine.slot_range(i, key)
+                if not torch.isfinite(t.float()).all() or t.numel() != hi - lo:
                     raise ValueError(f"state of param {self._engine.layout.slots[i].name!r}: {key} was changed "
                                      "in place to non-finite values or another size")
                 updates.append((i, key, _numpy(t.detach().reshape(-1)).copy()))
@@ -912,20 +917,26 @@ class SGD(_Base):
         super().__init__(params, defaults, **options)
 
 
-#: torch's dtype of each 16-bit state dtype
-_TORCH16 = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+#: torch's dtype of each narrow state dtype
+_TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float8_e4m3fn": torch.float8_e4m3fn,
+                 "float8_e5m2": torch.float8_e5m2}
+_ML_DTYPES = {torch.bfloat16: ml_dtypes.bfloat16, torch.float8_e4m3fn: ml_dtypes.float8_e4m3fn,
+              torch.float8_e5m2: ml_dtypes.float8_e5m2}
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
-    """A host state array as a CPU tensor sharing its memory (bfloat16 through int16 bits: torch's
-    ``from_numpy`` does not take ml_dtypes' bfloat16)."""
+    """A host state array as a CPU tensor sharing its memory (bfloat16 and fp8 through their bits:
+    torch's ``from_numpy`` does not take ml_dtypes' types)."""
     if a.dtype.name == "bfloat16":
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    if a.dtype.name.startswith("float8"):
+        return torch.from_numpy(a.view(np.uint8)).view(_TORCH_DTYPES[a.dtype.name])
     return torch.from_numpy(a)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A CPU tensor as a NumPy array of its dtype (bfloat16 as ml_dtypes' bfloat16), sharing memory."""
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    """A CPU tensor as a NumPy array of its dtype (bfloat16 and fp8 as ml_dtypes'), sharing memory."""
+    if t.dtype in _ML_DTYPES:
+        raw = t.view(torch.int16 if t.dtype == torch.bfloat16 else torch.uint8).numpy()
+        return raw.view(_ML_DTYPES[t.dtype])
     return t.numpy()
