@@ -481,3 +481,35 @@ def test_fp8_state_is_a_byte_per_moment_and_converts():
     bad = {**sd, "state": {**sd["state"], 0: {k: v for k, v in sd["state"][0].items() if k != "exp_avg_scale"}}}
     with pytest.raises(ValueError, match="no exp_avg_scale"):
         opt.load_state_dict(bad)
+
+
+def test_torch_fp8_state_with_offload_and_torch_save(tmp_path):
+    """npadam.torch with fp8 moments (and amsgrad): reference == Numba == the offloaded stand-in;
+    state[p] of an offloaded param hands out fp8 tensors (regression: their digest once failed),
+    and the state dict survives torch.save / torch.load(weights_only=True)."""
+    torch = pytest.importorskip("torch")
+    import npadam.torch as nt
+
+    def train(kernel, off=0.0):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 300), torch.nn.GELU(), torch.nn.Linear(300, 5))
+        with _placement.standin(HostCopier, piece_elems=512):
+            opt = nt.AdamW(model.parameters(), lr=1e-2, kernel=kernel, exp_avg_dtype=torch.float8_e4m3fn,
+                           exp_avg_sq_dtype="float8_e5m2", offload_fraction=off, amsgrad=True)
+        x, y = torch.randn(64, 16), torch.randn(64, 5)
+        for _ in range(4):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        return model, opt
+
+    runs = [train("reference"), train("cpu"), train("cpu", 0.5)]
+    for m, _ in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0][0].parameters(), m.parameters()))
+    (m1, o1), (m2, o2) = runs[1], runs[2]
+    st = o2.state[m2[0].weight]
+    assert st["exp_avg"].dtype == torch.float8_e4m3fn and st["exp_avg_scale"].shape == (-(-4800 // 256),)
+    assert torch.equal(st["exp_avg"].view(torch.uint8), o1.state[m1[0].weight]["exp_avg"].view(torch.uint8))
+    torch.save(o1.state_dict(), tmp_path / "sd.pt")
+    o2.load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True))
+    assert torch.equal(o2.state[m2[0].weight]["exp_avg_sq_scale"], o1.state[m1[0].weight]["exp_avg_sq_scale"])

@@ -103,7 +103,7 @@ class _State(defaultdict):
 
 def _digest(t: torch.Tensor) -> bytes:
     """A fingerprint of a tensor's bytes (in-place edits of handed-out disk state are found by it)."""
-    return hashlib.blake2b(t.detach().contiguous().view(-1).numpy().view(np.uint8), digest_size=16).digest()
+    return hashlib.blake2b(_numpy(t.detach().contiguous().view(-1)).view(np.uint8), digest_size=16).digest()
 
 
 class _DiskEntry(dict):
