@@ -113,6 +113,9 @@ class Engine(TieredState):
         if algorithm not in ("adam", "sgd"):
             raise ValueError(f"internal: unknown algorithm {algorithm!r}")
         self.precision = precision if precision is not None else StatePrecision()
+        if device == "gpu" and self.precision.w_kind != prec.F32:
+            raise ValueError("main_params_dtype=float16 is not available for GPU params in this version of npadam "
+                             "(the CUDA kernel keeps float32 masters)")
         if disk is not None and not self.precision.default:
             raise ValueError("nvme_offload_fraction / host_state_bytes with exp_avg_dtype, exp_avg_sq_dtype or "
                              "store_param_remainders is not available in this version of npadam (the disk tier "
@@ -213,7 +216,8 @@ class Engine(TieredState):
         pr = self.precision
         out: dict[str, np.dtype] = {}
         if pdtype != "float32":
-            out["master"] = np.dtype(np.int16 if pr.remainders and pdtype == "bfloat16" else np.float32)
+            out["master"] = np.dtype(np.int16 if pr.remainders and pdtype == "bfloat16" else
+                                     np.uint16 if pr.w_kind == prec.F16 and pdtype == "bfloat16" else np.float32)
         if self.algorithm == "adam":
             out["exp_avg"] = prec.storage(pr.m_kind)
             out["exp_avg_sq"] = out["max_exp_avg_sq"] = prec.storage(pr.v_kind)
@@ -236,7 +240,8 @@ class Engine(TieredState):
         """A buffer's ``BufferState`` storage fields (``npadam.kernels.BufferState``)."""
         pr = self.precision
         return dict(m_kind=pr.m_kind, v_kind=pr.v_kind, stochastic=pr.stochastic,
-                    remainders=pr.remainders and pdtype == "bfloat16")
+                    remainders=pr.remainders and pdtype == "bfloat16",
+                    w_kind=pr.w_kind if pdtype == "bfloat16" else prec.F32)
 
     def load_master(self, slot: int, param: Any) -> None:
         """Set a low-precision param's fp32 master from the param (widened exactly, on its device);
@@ -251,7 +256,9 @@ class Engine(TieredState):
             self._write_range(s.buffer, "master", s.offset, np.zeros(s.numel, np.int16))
             return
         if self.device == "cpu":
-            self._write_range(s.buffer, "master", s.offset, np.asarray(param).reshape(-1).astype(np.float32))
+            wide = np.asarray(param).reshape(-1).astype(np.float32)
+            self._write_range(s.buffer, "master", s.offset, wide if buf.w_kind == prec.F32 else
+                              prec.narrow(wide, buf.w_kind))
             return
         cp = self.xp
         with self.on_device():
@@ -398,6 +405,8 @@ class Engine(TieredState):
         float16, or int16 (``param_remainder``); the engine stores 16-bit floats as uint16 bits."""
         if name == "param_remainder":
             return np.dtype(np.int16)
+        if name == "master" and self.bufs[self.layout.slots[slot].buffer].w_kind == prec.F16:
+            return np.dtype(np.float16)
         if name in ("master", "momentum_buffer") or name.endswith("_scale") or self.algorithm != "adam":
             return np.dtype(np.float32)
         kind = self.precision.m_kind if name == "exp_avg" else self.precision.v_kind

@@ -55,6 +55,7 @@ class StatePrecision:
     rounding: str = "nearest"
     remainders: bool = False
     seed: int = 0
+    w_kind: int = prec.F32  # the masters of bf16 params (main_params_dtype)
 
     @property
     def stochastic(self) -> bool:
@@ -71,19 +72,27 @@ class StatePrecision:
 
     @property
     def default(self) -> bool:
-        return self.m_kind == self.v_kind == prec.F32 and not self.remainders
+        return self.m_kind == self.v_kind == self.w_kind == prec.F32 and not self.remainders
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able summary state dicts carry (``npadam.state_precision``)."""
         return {"exp_avg_dtype": STATE_DTYPES[self.m_kind], "exp_avg_sq_dtype": STATE_DTYPES[self.v_kind],
-                "rounding": self.rounding, "store_param_remainders": self.remainders, "seed": self.seed}
+                "rounding": self.rounding, "store_param_remainders": self.remainders, "seed": self.seed,
+                "main_params_dtype": STATE_DTYPES[self.w_kind]}
 
 
 def state_precision(exp_avg_dtype: Any, exp_avg_sq_dtype: Any, store_param_remainders: Any, rounding: Any,
-                    seed: Any, algorithm: str) -> StatePrecision:
-    """Check the options (see the module docstring); ValueError/TypeError naming the bad value."""
+                    seed: Any, algorithm: str, main_params_dtype: Any = "float32") -> StatePrecision:
+    """Check the options (see the module docstring); ValueError/TypeError naming the bad value.
+    ``main_params_dtype``: float32, or float16 masters for bf16 params (Megatron's name)."""
     m = kind_of("exp_avg_dtype", exp_avg_dtype)
     v = kind_of("exp_avg_sq_dtype", exp_avg_sq_dtype)
+    w = kind_of("main_params_dtype", main_params_dtype)
+    if w not in (prec.F32, prec.F16):
+        raise ValueError(f"main_params_dtype must be float32 or float16, got {main_params_dtype!r}")
+    if w == prec.F16 and store_param_remainders is True:
+        raise ValueError("main_params_dtype=float16 and store_param_remainders=True exclude each other: remainders "
+                         "replace the master of bf16 params")
     V.flag("store_param_remainders", store_param_remainders)
     if rounding not in prec.ROUNDINGS:
         raise ValueError(f"rounding must be one of {', '.join(map(repr, prec.ROUNDINGS))}, got {rounding!r}")
@@ -92,7 +101,7 @@ def state_precision(exp_avg_dtype: Any, exp_avg_sq_dtype: Any, store_param_remai
     if rounding == "stochastic" and prec.BF16 not in (m, v):
         raise ValueError(f"rounding='stochastic' rounds bfloat16 moments; exp_avg_dtype is {STATE_DTYPES[m]} and "
                          f"exp_avg_sq_dtype {STATE_DTYPES[v]} (float16 and float32 state round to nearest)")
-    out = StatePrecision(m, v, rounding, bool(store_param_remainders), int(seed))
+    out = StatePrecision(m, v, rounding, bool(store_param_remainders), int(seed), w)
     if algorithm != "adam" and not out.default:
         raise ValueError("exp_avg_dtype / exp_avg_sq_dtype / store_param_remainders are options of Adam and AdamW "
                          "in this version of npadam (SGD keeps float32 state)")

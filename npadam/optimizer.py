@@ -69,10 +69,10 @@ class _Optimizer:
                  nvme_staging_bytes: int = 64 << 20, host_state_bytes: int | None = None,
                  pin_memory: bool = True, gpu_state_bytes: int | None = None, exp_avg_dtype: Any = "float32",
                  exp_avg_sq_dtype: Any = "float32", store_param_remainders: bool = False, rounding: str = "nearest",
-                 seed: int = 0) -> None:
+                 seed: int = 0, main_params_dtype: Any = "float32") -> None:
         self._spec.check_group(defaults, "")
         self._precision = state_precision(exp_avg_dtype, exp_avg_sq_dtype, store_param_remainders, rounding, seed,
-                                          self._spec.algorithm)
+                                          self._spec.algorithm, main_params_dtype)
         self.defaults = defaults
         o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, comm)
         self._offload = offload_placement(offload_fraction, pin_memory, gpu_state_bytes)

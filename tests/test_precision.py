@@ -235,7 +235,7 @@ def _bits(ps, opt):
             {(i, k): np.asarray(v).tobytes() for i, st_ in sd["state"].items() for k, v in st_.items()})
 
 
-OPTIONS = [dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e5m2"),
+OPTIONS = [dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e5m2", main_params_dtype="float16"),
            dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e4m3fn", store_param_remainders=True),
            dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16"),
            dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16", rounding="stochastic", seed=11),
@@ -356,6 +356,8 @@ def test_state_dicts_keep_their_dtypes_and_convert_only_when_asked():
     (dict(seed=2**64), ValueError, "seed must be an integer"),
     (dict(seed=1.5), ValueError, "seed must be an integer"),
     (dict(store_param_remainders="yes"), TypeError, "store_param_remainders"),
+    (dict(main_params_dtype="bfloat16"), ValueError, "main_params_dtype must be float32 or float16"),
+    (dict(main_params_dtype="float16", store_param_remainders=True), ValueError, "exclude each other"),
 ])
 def test_bad_precision_options_are_named(kw, err, match):
     with pytest.raises(err, match=match):
@@ -513,3 +515,19 @@ def test_torch_fp8_state_with_offload_and_torch_save(tmp_path):
     torch.save(o1.state_dict(), tmp_path / "sd.pt")
     o2.load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True))
     assert torch.equal(o2.state[m2[0].weight]["exp_avg_sq_scale"], o1.state[m1[0].weight]["exp_avg_sq_scale"])
+
+
+def test_fp16_masters_round_the_param_from_the_master():
+    """main_params_dtype="float16": the master of a bf16 param is float16 and the param its rounding
+    (so the master check holds across steps); a float32-master state dict converts on request."""
+    ps, opt = _run(groups=False, main_params_dtype="float16", steps=3)
+    st = opt.state_dict()["state"]
+    for i, p in enumerate(ps):
+        assert st[i]["master"].dtype == np.float16
+        assert np.array_equal(p.view(np.uint16), st[i]["master"].astype(np.float32).astype(BF16).view(np.uint16))
+    full, ofull = _run(groups=False, steps=3)
+    with pytest.raises(ValueError, match="master is float32 and this optimizer stores it as float16"):
+        opt.load_state_dict(ofull.state_dict())
+    opt.load_state_dict(ofull.state_dict(), convert=True)
+    assert np.array_equal(opt.state_dict()["state"][2]["master"], ofull.state_dict()["state"][2]["master"]
+                          .astype(np.float16))

@@ -57,6 +57,7 @@ class BufferState:
     m_scale: np.ndarray | None = None     # fp8 moments: float32 scale per block of FP8_BLOCK elements
     v_scale: np.ndarray | None = None
     vmax_scale: np.ndarray | None = None
+    w_kind: int = 0  # the master's kind: 0 float32, 2 float16 (uint16 bits; main_params_dtype)
 
     @property
     def pkind(self) -> int:
@@ -193,7 +194,7 @@ class _Cpu:
         e = self._empty
         kernel = self.cpu.adam_pass(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled,
                                     buf.size >= self.cpu.PARALLEL_MIN, buf.m_kind, buf.v_kind, buf.stochastic,
-                                    buf.remainders)
+                                    buf.remainders, buf.w_kind)
         vmax = buf.max_exp_avg_sq
         scales = tuple(e if q is None else q for q in (buf.m_scale, buf.v_scale, buf.vmax_scale))
         kernel(batch.params, batch.grads, batch.offsets, *_work(buf, batch, self.cpu.CHUNK),
@@ -250,12 +251,17 @@ class _Reference:
             sl = slice(off, off + p.size)
             if buf.remainders:
                 param = prec.join_remainder(p.view(np.uint16), buf.master[sl])
+            elif low and buf.w_kind != prec.F32:  # an fp16 master, widened (and checked) in a copy
+                param = ref.current_master(prec.widen(buf.master[sl], buf.w_kind), p)
             else:
                 param = ref.current_master(buf.master[sl], p) if low else p
             yield param, g, sl
             if buf.remainders:
                 param = ref.canonical_nan(param)
                 p.view(np.uint16)[...], buf.master[sl] = prec.split_remainder(param)
+            elif low and buf.w_kind != prec.F32:  # the param is the rounding of the fp16 master
+                buf.master[sl] = prec.narrow(param, buf.w_kind)
+                p[...] = ref.to_storage(prec.widen(buf.master[sl], buf.w_kind), p.dtype)
             elif low:
                 p[...] = ref.to_storage(param, p.dtype)
 

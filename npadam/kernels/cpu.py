@@ -321,7 +321,7 @@ def fma(typingctx, a, b, c):
 
 
 def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int = F32, VK: int = F32,
-               SR: bool = False, REM: bool = False):
+               SR: bool = False, REM: bool = False, WK: int = F32):
     """Build the fused pass of one algorithm for one combination of compile-time options.
 
     ``ALGO == ADAM``: ``OPT1`` = amsgrad, ``OPT2`` = decoupled (``reference.adamw``);
@@ -329,7 +329,9 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
     Adam's state storage (``reference.precision``): ``MK``/``VK`` the kinds of ``m`` and of ``v``
     and ``vmax`` (uint16 arrays for bf16/fp16), ``SR`` stochastic rounding of bf16 moments with
     random words of element ``base + flat index`` under the key ``(k0, k1)``, ``REM`` param
-    remainders (bf16 params; ``master`` is then the int16 remainder array).
+    remainders (bf16 params; ``master`` is then the int16 remainder array), ``WK`` the master's kind
+    (float32, or float16 bits: ``main_params_dtype``; the param is then the rounding of the fp16
+    master, so that the master check below holds).
 
     One source for both: the work items, pointer tables, the fp32 master select and
     the write-back are shared; only the element update differs. The closure constants
@@ -400,7 +402,10 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                     elif REM:
                         p = join_remainder(P[j], W[j])
                     else:
-                        w = W[j]
+                        if WK == F32:
+                            w = W[j]
+                        else:
+                            w = decode(W[j], F16)
                         stored = P[j]
                         # the param was written since npadam's last update: it wins (current_master);
                         # a select, not a branch, so that the loop still vectorizes
@@ -459,9 +464,13 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                     elif REM:
                         P[j] = split_high(p)
                         W[j] = split_low(p)
-                    else:
+                    elif WK == F32:
                         W[j] = p
                         P[j] = encode(p, PK)
+                    else:
+                        h = narrow(p, F16, False, np.uint32(0))
+                        W[j] = h
+                        P[j] = encode(decode(h, F16), PK)
                 if M8:  # the block's fp8 moments: one scale each (reference.precision.quantize)
                     quantize_block(TM, b1 - b0, S1, b0, q1, (a + b0) >> 8, MK)
                 if V8:
@@ -482,7 +491,7 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                         q = canonical_nan(join_remainder(P[j], W[j]))
                         P[j] = split_high(q)
                         W[j] = split_low(q)
-                    else:
+                    elif WK == F32:  # (an fp16 master was written canonical by narrow)
                         W[j] = canonical_nan(W[j])
                         P[j] = encode(W[j], PK)
 
@@ -499,7 +508,7 @@ def _fused_pass(*key):
 
 
 def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, parallel: bool = True, mkind: int = F32,
-              vkind: int = F32, stochastic: bool = False, remainders: bool = False):
+              vkind: int = F32, stochastic: bool = False, remainders: bool = False, wkind: int = F32):
     """The compiled fused AdamW/Adam pass for these options (built on first use).
 
     ``parallel=False`` gives the serial build of the same source, for small buffers
@@ -515,7 +524,7 @@ def adam_pass(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, parallel: 
     """
     stochastic = bool(stochastic) and BF16 in (int(mkind), int(vkind))
     return _fused_pass(ADAM, int(pkind), int(gkind), bool(amsgrad), bool(decoupled), bool(parallel), int(mkind),
-                       int(vkind), stochastic, bool(remainders))
+                       int(vkind), stochastic, bool(remainders), int(wkind))
 
 
 def sgd_pass(pkind: int, gkind: int, momentum: int, parallel: bool = True):
