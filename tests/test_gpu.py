@@ -498,3 +498,74 @@ def test_gpu_precision_offload_placements_are_bit_identical(pdt, precision, tmp_
     opt, infos = _offload_run(npadam.AdamW, dict(kw, kernel="cpu"), params, steps, {}, to_dev=np.copy)
     runs["numpy"] = _fingerprint(opt, params, infos)
     _assert_all_equal(runs, "gpu")
+
+
+# ---------------------------------------------------------------------- fp8 moments (issue 11)
+#: fp8 state (reference/precision.py: uint8 codes, a float32 scale per 256-element block): the two
+#: formats both ways, fp8 beside a stochastically rounded bfloat16 moment, and beside param remainders
+FP8_KWS = {
+    "e4m3-e5m2": dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e5m2"),
+    "e5m2-e4m3": dict(exp_avg_dtype="float8_e5m2", exp_avg_sq_dtype="float8_e4m3fn"),
+    "bf16-stochastic-e4m3": dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="float8_e4m3fn", rounding="stochastic",
+                                 seed=99),
+    "e4m3-fp32-remainders": dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float32",
+                                 store_param_remainders=True),
+}
+
+
+@pytest.mark.parametrize("pdt, gdt, name", [
+    ("float32", "float32", "e4m3-e5m2"), ("float32", "float32", "e5m2-e4m3"),
+    ("float32", "float32", "bf16-stochastic-e4m3"),
+    ("bfloat16", "bfloat16", "e4m3-e5m2"), ("bfloat16", "bfloat16", "bf16-stochastic-e4m3"),
+    ("bfloat16", "bfloat16", "e4m3-fp32-remainders"), ("bfloat16", "float32", "e5m2-e4m3"),
+    ("float16", "bfloat16", "e4m3-e5m2"),
+])
+def test_gpu_fp8_state_matches_cpu_bit_for_bit(pdt, gdt, name, monkeypatch):
+    """adam_multi with fp8 moments (each 256-element block's amax reduced across the thread block) against
+    the Numba kernel (which equals reference.precision), as test_gpu_precision_state_matches_cpu_bit_for_bit
+    runs it: params, fp8 codes and block scales (of max_exp_avg_sq too), masters or remainders, grad norms,
+    with and without amsgrad, AdamW and Adam, tensors ending in partial blocks, one of 300,001 elements
+    (five chunks, thread blocks taking several in turn), a tensor without a grad at one step."""
+    monkeypatch.setitem(PRECISION_KWS, name, FP8_KWS[name])
+    test_gpu_precision_state_matches_cpu_bit_for_bit(pdt, gdt, name)
+
+
+def test_gpu_fp8_nan_inf_and_zero_blocks_match_cpu_bit_for_bit():
+    """Steps that are not skipped on non-finite grads (skip_nonfinite=False): a NaN grad turns its block
+    of every moment NaN (scale the canonical NaN 0x7FC00000 on the GPU too, codes FP8_NAN), an inf grad
+    gives an inf scale (its block dequantizes to NaN at the next step), a tensor with zero grads keeps
+    zero blocks (scale 0); the state dict holds fp8 arrays and a float32 scale per block; bit for bit
+    the CPU's."""
+    rng = np.random.default_rng(32)
+    sizes = [300, 4099, 70_000]
+    init = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    grads = [[(rng.standard_normal(n) * 3).astype(np.float32) for n in sizes] for _ in range(3)]
+    grads[0][1][1000] = np.nan
+    grads[1][2][5] = np.inf
+    for gs in grads:
+        gs[0][:] = 0.0
+    kw = dict(lr=1e-3, amsgrad=True, skip_nonfinite=False, **FP8_KWS["e4m3-e5m2"])
+    runs = {}
+    for kernel, to_dev in (("cpu", np.copy), ("gpu", _to_gpu)):
+        params = [to_dev(p) for p in init]
+        opt = npadam.AdamW(params, kernel=kernel, **kw)
+        assert not any(opt.step([to_dev(g) for g in gs]).skipped for gs in grads)
+        runs[kernel] = (opt, params)
+    _assert_same(*runs["cpu"], *runs["gpu"])
+    st = runs["gpu"][0].state_dict()["state"]
+    assert st[1]["exp_avg"].dtype.name == "float8_e4m3fn" and st[1]["max_exp_avg_sq"].dtype.name == "float8_e5m2"
+    assert all(st[i][k].shape == (-(-n // 256),) for i, n in enumerate(sizes) for k in st[i] if k.endswith("_scale"))
+    assert (st[0]["exp_avg_scale"] == 0).all() and (st[0]["exp_avg"].view(np.uint8) == 0).all()
+    nan_scale = st[1]["exp_avg_scale"][1000 // 256]
+    assert np.isnan(nan_scale) and np.asarray(nan_scale).view(np.uint32) == 0x7FC00000
+    assert (st[1]["exp_avg"].view(np.uint8)[768:1024] == 0x7F).all()
+    assert np.isnan(st[2]["exp_avg_sq_scale"][0])
+
+
+@pytest.mark.parametrize("pdt", ["float32", "bfloat16"])
+def test_gpu_fp8_offload_placements_are_bit_identical(pdt, tmp_path, monkeypatch):
+    """fp8 state streamed between host memory (and files) and the GPU piece by piece (codes and their
+    block scales together; pieces start on blocks): every placement gives the same bits as the CPU
+    optimizer (test_gpu_precision_offload_placements_are_bit_identical's run with the fp8 options)."""
+    monkeypatch.setitem(PRECISION_KWS, "fp8-e4m3-e5m2", FP8_KWS["e4m3-e5m2"])
+    test_gpu_precision_offload_placements_are_bit_identical(pdt, "fp8-e4m3-e5m2", tmp_path)

@@ -23,7 +23,8 @@
 //
 // Storage kinds: 0 float32, 1 bfloat16, 2 float16 (16-bit kinds as raw uint16 bits,
 // converted with round-to-nearest-even exactly as ml_dtypes / NumPy do, NaN payloads
-// included, so the GPU writes the same bits as the CPU kernel and the reference).
+// included, so the GPU writes the same bits as the CPU kernel and the reference); for the moments
+// also 3 float8_e4m3fn and 4 float8_e5m2 (uint8 codes with a float32 scale per FP8_BLOCK elements).
 //
 // Precision-aware state (reference/precision.py; adam_update below):
 //   - the moments exp_avg (kind MK), exp_avg_sq and max_exp_avg_sq (kind VK) are widened to float32
@@ -37,6 +38,18 @@
 //   - REM (store_param_remainders, bf16 params only): the fp32 master is not stored; an int16
 //     remainder holds its low 16 bits (join_remainder / split_remainder), the bf16 param its high
 //     16 bits rounded to nearest, ties away from zero.
+//   - fp8 moments (reference.precision.quantize / dequantize): uint8 codes, one float32 scale per block
+//     of FP8_BLOCK elements of the flat buffer (block of state element i: i >> FP8_SHIFT; tensors start
+//     on block boundaries, so a block never spans two tensors; a tensor's last block may be partial).
+//     Widened as float32(fp8(code)) * scale (exact decode, one rounded multiply); after the float32
+//     update, per block and per moment:
+//         amax  = max |x| over the block's elements (NaN-propagating)
+//         scale = amax / FP8_MAX (float32 division; a NaN amax gives the canonical NaN 0x7FC00000)
+//         q     = x if scale == 0 else x / scale, clamped to [-FP8_MAX, FP8_MAX] (NaN passes)
+//         code  = fp8(q), round to nearest even as ml_dtypes; NaN -> FP8_NAN (0x7F e4m3fn, 0x7E e5m2)
+//     adam_update returns the element's float32 values (Fp8Values); the caller reduces the block's amax
+//     (fp8_amax per thread; adam.cu: then across the thread block; tests/cuda/adam_host.cu: serially) and
+//     stores the scales and codes (fp8_scales, fp8_store). Stochastic rounding never applies to fp8.
 #pragma once
 
 #ifndef __CUDACC_RTC__
@@ -46,6 +59,7 @@
 #else
 typedef unsigned int uint32_t;
 typedef unsigned short uint16_t;
+typedef unsigned char uint8_t;
 typedef short int16_t;
 typedef long long int64_t;
 typedef unsigned long long uint64_t;
@@ -59,7 +73,13 @@ typedef unsigned long long uint64_t;
 
 namespace npadam {
 
-enum Kind { F32 = 0, BF16 = 1, F16 = 2 };
+enum Kind { F32 = 0, BF16 = 1, F16 = 2, F8E4M3 = 3, F8E5M2 = 4 };
+
+// reference.precision.FP8_BLOCK: fp8 moments have one float32 scale per this many elements.
+constexpr int FP8_SHIFT = 8;
+constexpr int FP8_BLOCK = 1 << FP8_SHIFT;
+
+NPADAM_HD constexpr bool is_fp8(int kind) { return kind == F8E4M3 || kind == F8E5M2; }
 
 NPADAM_HD uint32_t f32_bits(float x) {
 #if defined(__CUDA_ARCH__)
@@ -188,6 +208,131 @@ template <bool SR> struct Moment<F16, SR> {  // always nearest: stochastic round
     static NPADAM_HD T narrow(float x, uint32_t) { return f16_nearest(x); }
 };
 
+// ---------------------------------------------------------------- fp8 moments
+
+// The two fp8 formats (ml_dtypes float8_e4m3fn: no infinities, NaN S.1111.111; float8_e5m2: IEEE-like).
+template <int KIND> struct Fp8;
+template <> struct Fp8<F8E4M3> {
+    static constexpr int MANT = 3, BIAS = 7;
+    static NPADAM_HD float max() { return 448.0f; }   // reference.precision.FP8_MAX
+    static NPADAM_HD uint8_t nan() { return 0x7Fu; }  // reference.precision.FP8_NAN
+};
+template <> struct Fp8<F8E5M2> {
+    static constexpr int MANT = 2, BIAS = 15;
+    static NPADAM_HD float max() { return 57344.0f; }
+    static NPADAM_HD uint8_t nan() { return 0x7Eu; }
+};
+
+// An fp8 code as float32, exactly (ml_dtypes' astype(float32), NaNs as +-0x7FC00000).
+template <int KIND> NPADAM_HD float fp8_decode(uint8_t code) {
+    constexpr int MANT = Fp8<KIND>::MANT, BIAS = Fp8<KIND>::BIAS;
+    const uint32_t c = code;
+    const uint32_t e = (c >> MANT) & ((1u << (7 - MANT)) - 1u);
+    const uint32_t m = c & ((1u << MANT) - 1u);
+    float mag;
+    if (KIND == F8E4M3 && e == 15u && m == 7u) {
+        mag = bits_f32(0x7FC00000u);
+    } else if (KIND == F8E5M2 && e == 31u) {
+        mag = bits_f32(m == 0u ? 0x7F800000u : 0x7FC00000u);
+    } else if (e == 0u) {  // subnormal: m units of 2**(1 - BIAS - MANT), exact
+        mag = (float)m * bits_f32((uint32_t)(128 - BIAS - MANT) << 23);
+    } else {
+        mag = bits_f32(((e + (uint32_t)(127 - BIAS)) << 23) | (m << (23 - MANT)));
+    }
+    return (c >> 7) ? -mag : mag;
+}
+
+// float32 q (|q| <= Fp8<KIND>::max(), or NaN) to its fp8 code, round to nearest even (ml_dtypes); NaN
+// becomes the canonical positive NaN code (reference.precision.FP8_NAN), -0 stays -0.
+template <int KIND> NPADAM_HD uint8_t fp8_encode(float q) {
+    constexpr int MANT = Fp8<KIND>::MANT, BIAS = Fp8<KIND>::BIAS;
+    if (is_nan(q)) return Fp8<KIND>::nan();
+    const uint32_t b = f32_bits(q);
+    const uint32_t sign = (b >> 31) << 7, a = b & 0x7FFFFFFFu;
+    uint32_t code;
+    if ((a >> 23) >= (uint32_t)(128 - BIAS)) {  // at least the smallest normal: round the mantissa
+        constexpr uint32_t shift = 23 - MANT;
+        const uint32_t r = a + (1u << (shift - 1)) - 1u + ((a >> shift) & 1u);
+        code = (r >> shift) - ((uint32_t)(127 - BIAS) << MANT);
+    } else {  // below it: in units of the smallest subnormal (an exact power-of-two product), half to even
+        code = (uint32_t)rintf(bits_f32(a) * bits_f32((uint32_t)(126 + BIAS + MANT) << 23));
+    }
+    return (uint8_t)(sign | code);
+}
+
+// |x| as bits: their unsigned order is the order of |x| for numbers, and every NaN is above +inf, so the
+// unsigned max of a block's abs_bits is its NaN-propagating amax (in any order).
+NPADAM_HD uint32_t abs_bits(float x) { return f32_bits(x) & 0x7FFFFFFFu; }
+
+NPADAM_HD uint32_t max_u32(uint32_t a, uint32_t b) { return a > b ? a : b; }
+
+// A block's scale from the max of its abs_bits: amax / FP8_MAX, the canonical NaN for a NaN amax.
+template <int KIND> NPADAM_HD float fp8_scale(uint32_t amax_bits) {
+    return amax_bits > 0x7F800000u ? bits_f32(0x7FC00000u) : bits_f32(amax_bits) / Fp8<KIND>::max();
+}
+
+// One value of a block with scale `scale`: x / scale (x itself for a zero scale), clamped, encoded.
+template <int KIND> NPADAM_HD uint8_t fp8_quantize(float x, float scale) {
+    float q = scale == 0.0f ? x : x / scale;
+    if (q > Fp8<KIND>::max()) q = Fp8<KIND>::max();
+    if (q < -Fp8<KIND>::max()) q = -Fp8<KIND>::max();
+    return fp8_encode<KIND>(q);
+}
+
+template <bool SR> struct Moment<F8E4M3, SR> {
+    typedef uint8_t T;
+};
+template <bool SR> struct Moment<F8E5M2, SR> {
+    typedef uint8_t T;
+};
+
+// Stored moment element i of kind KIND as float32: widened, or an fp8 code times its block's scale in Q.
+template <int KIND, bool SR>
+NPADAM_HD float load_moment(const typename Moment<KIND, SR>::T* S, const float* Q, int64_t i) {
+    if constexpr (is_fp8(KIND)) {
+        return fp8_decode<KIND>(S[i]) * Q[i >> FP8_SHIFT];
+    } else {
+        return Moment<KIND, SR>::widen(S[i]);
+    }
+}
+
+// The float32 values of an element's moments after its update (exp_avg, exp_avg_sq, max_exp_avg_sq), for
+// the fp8 ones to be quantized per block; k indexes them in the per-block helpers below.
+struct Fp8Values {
+    float x[3];
+};
+
+// amax[k] = max(amax[k], abs_bits of the element's fp8 moment k) (0 exp_avg, 1 exp_avg_sq, 2 max_exp_avg_sq).
+template <int MK, int VK, bool AMSGRAD> NPADAM_HD void fp8_amax(uint32_t (&amax)[3], const Fp8Values& e) {
+    if constexpr (is_fp8(MK)) amax[0] = max_u32(amax[0], abs_bits(e.x[0]));
+    if constexpr (is_fp8(VK)) amax[1] = max_u32(amax[1], abs_bits(e.x[1]));
+    if constexpr (is_fp8(VK) && AMSGRAD) amax[2] = max_u32(amax[2], abs_bits(e.x[2]));
+}
+
+// The block's scales from its amax: scale[k] of each fp8 moment k, stored in Q[k][block] when `store`.
+template <int MK, int VK, bool AMSGRAD>
+NPADAM_HD Fp8Values fp8_scales(const uint32_t (&amax)[3], float* QM, float* QV, float* QX, int64_t block, bool store) {
+    Fp8Values s = {{0.0f, 0.0f, 0.0f}};
+    if constexpr (is_fp8(MK)) s.x[0] = fp8_scale<MK>(amax[0]);
+    if constexpr (is_fp8(VK)) s.x[1] = fp8_scale<VK>(amax[1]);
+    if constexpr (is_fp8(VK) && AMSGRAD) s.x[2] = fp8_scale<VK>(amax[2]);
+    if (store) {
+        if constexpr (is_fp8(MK)) QM[block] = s.x[0];
+        if constexpr (is_fp8(VK)) QV[block] = s.x[1];
+        if constexpr (is_fp8(VK) && AMSGRAD) QX[block] = s.x[2];
+    }
+    return s;
+}
+
+// The codes of element i's fp8 moments (values e) under their block's scales.
+template <int MK, int VK, bool AMSGRAD, bool SR>
+NPADAM_HD void fp8_store(const Fp8Values& e, const Fp8Values& scale, typename Moment<MK, SR>::T* M,
+                         typename Moment<VK, SR>::T* V, typename Moment<VK, SR>::T* X, int64_t i) {
+    if constexpr (is_fp8(MK)) M[i] = fp8_quantize<MK>(e.x[0], scale.x[0]);
+    if constexpr (is_fp8(VK)) V[i] = fp8_quantize<VK>(e.x[1], scale.x[1]);
+    if constexpr (is_fp8(VK) && AMSGRAD) X[i] = fp8_quantize<VK>(e.x[2], scale.x[2]);
+}
+
 // The random words of one element: r0 rounds exp_avg, r1 exp_avg_sq and max_exp_avg_sq.
 struct Words {
     uint32_t r0, r1;
@@ -290,15 +435,18 @@ NPADAM_HD void adam_element(float& p, float grad, float& m, float& v, float& vma
 // host tests run it too). P[j], G[j]: the param and grad (storage kinds PK, GK); W[i]: the fp32 master
 // (PK != F32), or with REM the int16 remainder (the master is join_remainder(P[j], W[i]), no
 // current_master check); M[i], V[i], X[i]: exp_avg (kind MK), exp_avg_sq and, with AMSGRAD,
-// max_exp_avg_sq (kind VK). The moments are widened, adam_element runs in float32 (the param update
-// uses the float32 m and vh), then they are narrowed (Moment). SR: bfloat16 moments round
-// stochastically with random_words(k0, k1, base + i), i.e. `base` is the buffer index of state
+// max_exp_avg_sq (kind VK); QM, QV, QX: their fp8 block scales (read only here; unused for other
+// kinds). The moments are widened (load_moment), adam_element runs in float32 (the param update uses
+// the float32 m and vh), then the 16-bit and float32 ones are narrowed and stored (Moment); the fp8 ones
+// are left to the caller, which quantizes them per block from the returned values. SR: bfloat16 moments
+// round stochastically with random_words(k0, k1, base + i), i.e. `base` is the buffer index of state
 // element 0 (the host passes a piece of the buffer's state starting there).
 template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE, int MK, int VK, bool SR, bool REM>
-NPADAM_HD void adam_update(typename Storage<PK>::T* P, const typename Storage<GK>::T* G,
-                           typename Master<REM>::T* W, typename Moment<MK, SR>::T* M,
-                           typename Moment<VK, SR>::T* V, typename Moment<VK, SR>::T* X, int64_t j, int64_t i,
-                           const Scalars& s, uint32_t k0, uint32_t k1, int64_t base) {
+NPADAM_HD Fp8Values adam_update(typename Storage<PK>::T* P, const typename Storage<GK>::T* G,
+                                typename Master<REM>::T* W, typename Moment<MK, SR>::T* M,
+                                typename Moment<VK, SR>::T* V, typename Moment<VK, SR>::T* X, const float* QM,
+                                const float* QV, const float* QX, int64_t j, int64_t i, const Scalars& s,
+                                uint32_t k0, uint32_t k1, int64_t base) {
     static_assert(!REM || PK == BF16, "param remainders need bfloat16 params");
     float p;
     if constexpr (REM) {
@@ -308,20 +456,23 @@ NPADAM_HD void adam_update(typename Storage<PK>::T* P, const typename Storage<GK
     } else {
         p = current_master<PK>(W[i], P[j]);
     }
-    float m = Moment<MK, SR>::widen(M[i]), v = Moment<VK, SR>::widen(V[i]);
-    float vmax = AMSGRAD ? Moment<VK, SR>::widen(X[i]) : 0.0f;
+    float m = load_moment<MK, SR>(M, QM, i), v = load_moment<VK, SR>(V, QV, i);
+    float vmax = AMSGRAD ? load_moment<VK, SR>(X, QX, i) : 0.0f;
     adam_element<AMSGRAD, DECOUPLED, MAXIMIZE>(p, Storage<GK>::load(G[j]), m, v, vmax, s);
     Words r = {0u, 0u};
     if constexpr (SR && (MK == BF16 || VK == BF16)) r = random_words(k0, k1, (uint64_t)(base + i));
-    M[i] = Moment<MK, SR>::narrow(m, r.r0);
-    V[i] = Moment<VK, SR>::narrow(v, r.r1);
-    if (AMSGRAD) X[i] = Moment<VK, SR>::narrow(vmax, r.r1);
+    if constexpr (!is_fp8(MK)) M[i] = Moment<MK, SR>::narrow(m, r.r0);
+    if constexpr (!is_fp8(VK)) {
+        V[i] = Moment<VK, SR>::narrow(v, r.r1);
+        if (AMSGRAD) X[i] = Moment<VK, SR>::narrow(vmax, r.r1);
+    }
     if constexpr (REM) {
         split_remainder(p, P[j], W[i]);
     } else {
         if constexpr (PK != F32) W[i] = p;
         P[j] = Storage<PK>::store(p);
     }
+    return {{m, v, vmax}};
 }
 
 // a * b + c with one rounding (IEEE fusedMultiplyAdd).

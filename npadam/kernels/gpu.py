@@ -43,8 +43,15 @@ def source() -> str:
     return (SOURCE_DIR / "adam.cu").read_text().replace('#include "adam_math.cuh"', math_h)
 
 
-#: storage kinds (``npadam.layout.KINDS``, ``reference.precision``): float32, bfloat16, float16
-F32, BF16, F16 = 0, 1, 2
+#: storage kinds (``npadam.layout.KINDS``, ``reference.precision``): float32, bfloat16, float16, and for
+#: the moments float8_e4m3fn and float8_e5m2 (uint8 codes, a float32 scale per ``FP8_BLOCK`` elements)
+F32, BF16, F16, F8E4M3, F8E5M2 = 0, 1, 2, 3, 4
+FP8 = (F8E4M3, F8E5M2)
+MOMENT_KINDS = (F32, BF16, F16, F8E4M3, F8E5M2)
+#: reference.precision.FP8_BLOCK (adam_math.cuh's FP8_BLOCK)
+FP8_BLOCK = 256
+# adam_multi with fp8 moments: chunks start on fp8 blocks, thread blocks are whole warps
+assert CHUNK % FP8_BLOCK == 0 and THREADS % 32 == 0
 
 
 def _b(x: bool) -> str:
@@ -55,12 +62,15 @@ def adam_name(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, maximize: 
               vk: int = F32, sr: bool = False, rem: bool = False) -> str:
     """The name expression of one ``adam_multi`` instantiation.
 
-    ``mk``/``vk``: storage kind of exp_avg / of exp_avg_sq and max_exp_avg_sq; ``sr``: stochastic
+    ``pkind``/``gkind``: storage kind of params / grads (0, 1, 2); ``mk``/``vk``: storage kind of
+    exp_avg / of exp_avg_sq and max_exp_avg_sq (0 ... 4, ``MOMENT_KINDS``); ``sr``: stochastic
     rounding of the bfloat16 moments (no effect unless ``mk`` or ``vk`` is bfloat16: ``adam_step``
     passes False then, so that such a kernel is never compiled twice); ``rem``: the ``master`` array
     holds int16 param remainders (bfloat16 params only)."""
-    if not all(k in (F32, BF16, F16) for k in (pkind, gkind, mk, vk)):
-        raise ValueError(f"storage kinds are 0, 1, 2; got {(pkind, gkind, mk, vk)}")
+    if pkind not in (F32, BF16, F16) or gkind not in (F32, BF16, F16):
+        raise ValueError(f"param and grad storage kinds are 0, 1, 2; got {(pkind, gkind)}")
+    if mk not in MOMENT_KINDS or vk not in MOMENT_KINDS:
+        raise ValueError(f"moment storage kinds are 0, 1, 2, 3, 4; got {(mk, vk)}")
     if rem and pkind != BF16:
         raise ValueError("param remainders need bfloat16 params (pkind 1)")
     return (f"adam_multi<{pkind}, {gkind}, {_b(amsgrad)}, {_b(decoupled)}, {_b(maximize)}, {mk}, {vk}, {_b(sr)}, "
@@ -68,10 +78,11 @@ def adam_name(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, maximize: 
 
 
 def precision_options(pkind: int) -> list[tuple[int, int, bool, bool]]:
-    """Every valid ``(mk, vk, sr, rem)`` for params of kind ``pkind``: stochastic rounding only with a
-    bfloat16 moment, remainders only with bfloat16 params (28 for bfloat16 params, else 14)."""
+    """Every valid ``(mk, vk, sr, rem)`` for params of kind ``pkind``: any two moment kinds, stochastic
+    rounding only with a bfloat16 moment, remainders only with bfloat16 params (68 for bfloat16 params,
+    else 34)."""
     out = []
-    for mk, vk in itertools.product((F32, BF16, F16), repeat=2):
+    for mk, vk in itertools.product(MOMENT_KINDS, repeat=2):
         for sr in (False, True) if BF16 in (mk, vk) else (False,):
             for rem in (False, True) if pkind == BF16 else (False,):
                 out.append((mk, vk, sr, rem))
@@ -133,21 +144,24 @@ def all_names() -> list[str]:
     """The template instantiations compile checks build (tests/test_gpu_source.py): a subset.
 
     The runtime compiles each kernel it uses on first use, so any valid combination may be asked
-    for; the full cross product has 1,344 Adam kernels (bfloat16 params: 3 grad kinds * 8 flag
-    combinations * 28 ``(mk, vk, sr, rem)``; float32 / float16 params: 2 * 3 * 8 * 14), minutes of
-    compilation. This subset instantiates every value of every template parameter and every valid
-    ``(mk, vk, sr, rem)`` (``precision_options``) with and without amsgrad:
+    for; the full cross product has 3,264 Adam kernels (bfloat16 params: 3 grad kinds * 8 flag
+    combinations * 68 ``(mk, vk, sr, rem)``; float32 / float16 params: 2 * 3 * 8 * 34), many minutes
+    of compilation. This subset instantiates every value of every template parameter and every valid
+    ``(mk, vk, sr, rem)`` (``precision_options``) with amsgrad, the ones without fp8 moments also
+    without it:
 
     - the norm and SGD kernels (3 + 27), and every (param kind, grad kind, amsgrad, decoupled,
       maximize) Adam kernel with all-float32 state (72; the float4 path among them);
-    - bfloat16 params and grads (the mixed-precision case), AdamW, with and without amsgrad, with
-      every valid ``(mk, vk, sr, rem)`` (2 * 28 less the two all-float32 ones above: 54);
-    - float32 params and grads, and float16 params and grads: AdamW with amsgrad and every other
-      valid ``(mk, vk, sr)`` (2 * 13: 16-bit moments beside 32-bit and 16-bit params, the float4
-      path compiled out).
+    - bfloat16 params and grads (the mixed-precision case), AdamW: with amsgrad every valid
+      ``(mk, vk, sr, rem)`` (68, less the all-float32 one above); without it every one without fp8
+      moments (28 - 1) and each pair of moment kinds with an fp8 one (16: stochastic with a bfloat16
+      moment, no remainders);
+    - float32 params and grads, and float16 params and grads: AdamW with amsgrad and every other valid
+      ``(mk, vk, sr)`` without fp8 moments, and the two pairs of fp8 kinds (2 * 15: low-precision
+      moments beside 32-bit and 16-bit params, the float4 path compiled out).
 
-    182 kernels: ``nvcc -ptx`` for sm_90 takes ~7 s and NVRTC ~8 s on two CPU cores (the 102 kernels
-    before the precision options: ~3.5 s each).
+    242 kernels: ``nvcc -ptx`` for sm_90 takes ~11.5 s and NVRTC ~11 s on two shared CPU cores (an fp8
+    kernel ~0.2 s, another Adam kernel ~0.1 s; the 182 kernels before the fp8 kinds: ~7 s and ~8 s).
     """
     names = [norm_name(g) for g in range(3)]
     for p in range(3):
@@ -159,8 +173,15 @@ def all_names() -> list[str]:
             names += [sgd_name(p, g, mode) for mode in range(3)]
     default = (F32, F32, False, False)
     for kind, amsgrad in ((BF16, False), (BF16, True), (F32, True), (F16, True)):
-        names += [adam_name(kind, kind, amsgrad, True, False, *opt) for opt in precision_options(kind)
-                  if opt != default]
+        for opt in precision_options(kind):
+            mk, vk, sr, rem = opt
+            fp8 = mk in FP8 or vk in FP8
+            if kind == BF16:
+                keep = amsgrad or not fp8 or (sr == (BF16 in (mk, vk)) and not rem)
+            else:
+                keep = not fp8 or {mk, vk} == set(FP8)
+            if keep and opt != default:
+                names.append(adam_name(kind, kind, amsgrad, True, False, *opt))
     return names
 
 
@@ -248,8 +269,9 @@ class GpuKernels:
         """One fused Adam pass over the batch (``npadam.kernels``).
 
         Reads the precision options of ``buf`` (``m_kind``, ``v_kind``, ``stochastic``, ``remainders``,
-        ``base``: the buffer index of the state arrays' element 0) and the step key of ``flags``
-        (``key``), with the defaults of an all-float32 state where an object lacks them."""
+        ``base``: the buffer index of the state arrays' element 0; with fp8 moments their block scales
+        ``m_scale``, ``v_scale``, ``vmax_scale``) and the step key of ``flags`` (``key``), with the
+        defaults of an all-float32 state where an object lacks them."""
         if not len(batch):
             return
         mk, vk = int(getattr(buf, "m_kind", F32)), int(getattr(buf, "v_kind", F32))
@@ -257,12 +279,16 @@ class GpuKernels:
         rem = bool(getattr(buf, "remainders", False))
         if rem and (buf.pkind != BF16 or buf.master is None):
             raise ValueError("param remainders need bfloat16 params and an int16 remainder array in buf.master")
+        base = int(getattr(buf, "base", 0))
+        scales = tuple(getattr(buf, name, None) for name in ("m_scale", "v_scale", "vmax_scale"))
+        if mk in FP8 or vk in FP8:
+            _check_fp8(buf, batch, mk, vk, bool(flags.amsgrad), base, scales)
         k0, k1 = getattr(flags, "key", (0, 0))
         scalars = tuple(np.float32(x) for x in (s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2,
                                                 s.weight_decay, s.decay, s.step_size, s.bc2_sqrt, s.eps))
-        scalars += (np.uint32(k0), np.uint32(k1), np.int64(getattr(buf, "base", 0)))
+        scalars += (np.uint32(k0), np.uint32(k1), np.int64(base))
         name = adam_name(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled, flags.maximize, mk, vk, sr, rem)
-        self._launch(buf, batch, name, (buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq), scalars)
+        self._launch(buf, batch, name, (buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq, *scales), scalars)
 
     def sgd_step(self, buf: Any, batch: Any, s: Any, flags: Any) -> None:
         if not len(batch):
@@ -272,3 +298,25 @@ class GpuKernels:
         scalars += tuple(np.int32(bool(x)) for x in (flags.maximize, flags.weight_decay, flags.first))
         self._launch(buf, batch, sgd_name(buf.pkind, batch.gkind, flags.momentum),
                      (buf.exp_avg if flags.momentum else None,), scalars)
+
+
+def _check_fp8(buf: Any, batch: Any, mk: int, vk: int, amsgrad: bool, base: int, scales: Sequence[Any]) -> None:
+    """What adam_multi assumes of fp8 state: the state arrays start on an fp8 block (``base``), every
+    tensor does too (its offset), and each fp8 moment has a float32 scale array with a scale for every
+    block of the buffer (``(size + FP8_BLOCK - 1) // FP8_BLOCK``)."""
+    if base % FP8_BLOCK:
+        raise ValueError(f"fp8 state must start on a {FP8_BLOCK}-element block; got base {base}")
+    offsets = np.asarray(batch.offsets)
+    if (offsets % FP8_BLOCK).any():
+        bad = int(offsets[(offsets % FP8_BLOCK) != 0][0])
+        raise ValueError(f"with fp8 state every tensor starts on a {FP8_BLOCK}-element block; got offset {bad}")
+    blocks = -(-int(buf.size) // FP8_BLOCK)
+    for name, kind, scale in zip(("m_scale", "v_scale", "vmax_scale"), (mk, vk, vk), scales):
+        if kind not in FP8 or (name == "vmax_scale" and not amsgrad):
+            continue
+        if scale is None:
+            raise ValueError(f"fp8 moments need their block scales: buf.{name} is None")
+        if np.dtype(scale.dtype) != np.float32 or scale.size < blocks:
+            raise ValueError(f"buf.{name} must be float32 with at least {blocks} scales (one per {FP8_BLOCK} "
+                             f"elements of {buf.size}); got {scale.dtype} with {scale.size}")
+

@@ -21,6 +21,16 @@ template <class F> int with_kind(int k, F f) {
     }
 }
 
+// f(Int<k>()) for a moment's storage kind k in 0 ... 4 (float32, bfloat16, float16, float8_e4m3fn,
+// float8_e5m2); 1 for any other value.
+template <class F> int with_moment_kind(int k, F f) {
+    switch (k) {
+        case 3: return f(Int<3>());
+        case 4: return f(Int<4>());
+        default: return with_kind(k, f);
+    }
+}
+
 // f(Bool<b != 0>()).
 template <class F> int with_bool(int b, F f) { return b ? f(Bool<true>()) : f(Bool<false>()); }
 
