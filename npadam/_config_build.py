@@ -140,11 +140,15 @@ def build(params: Any, optimizer_config: OptimizerConfig, scheduler_config: Sche
     Megatron's order (``built.groups``): weight decay 0 where ``wd_mult`` is 0, ``decoupled_lr``
     / ``decoupled_min_lr`` for the decoupled params. ``optimizer_kwargs`` (``kernel``,
     ``num_threads``, ...) pass through, with the memory-tier options of the config's offload
-    fields (``offload_kwargs``: ``offload_fraction``, ``pin_memory``) added: a kwarg that
-    contradicts a value the config sets is a ValueError naming both (``merge_kwargs``).
+    fields (``offload_kwargs``: ``offload_fraction``, ``pin_memory``) and the state-precision
+    options of its precision-aware optimizer fields (``precision_kwargs``: ``exp_avg_dtype``,
+    ``exp_avg_sq_dtype``, ``main_params_dtype``, ``store_param_remainders``) added: a kwarg that
+    contradicts a value the config sets is a ValueError naming both (``merge_kwargs``,
+    ``merge_precision_kwargs``).
     """
     from . import schedules as S
     from ._offload_config import merge_kwargs
+    from .config import merge_precision_kwargs
 
     oc, sc = optimizer_config, scheduler_config
     _check(oc, sc, sched_required=False)
@@ -178,7 +182,7 @@ def build(params: Any, optimizer_config: OptimizerConfig, scheduler_config: Sche
                                 growth_interval=oc.loss_scale_window, hysteresis=oc.hysteresis,
                                 min_scale=oc.min_loss_scale)
     common = dict(max_grad_norm=oc.clip_grad if oc.clip_grad > 0 else None, loss_scaler=scaler,
-                  **merge_kwargs(oc, optimizer_kwargs))
+                  **merge_precision_kwargs(oc, merge_kwargs(oc, optimizer_kwargs)))
     if is_torch:
         return _build_torch(oc, groups, sets, common)
     from . import optimizer as O

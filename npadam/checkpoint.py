@@ -11,10 +11,16 @@ kernel, the placement, the flat-buffer padding or (later) the number of ranks::
 
 Per param it holds ``master`` (the fp32 value of the param: the param itself for a
 float32 param, the fp32 master of a bfloat16/float16 one) and the optimizer state
-(``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` with amsgrad). A tensor whose dtype
-NumPy cannot hold (bfloat16) is stored as its uint16 bits, its dtype in the index.
-Every tensor entry lists its ``parts`` (file, key, flat element range ``[start,
-stop)``, sha256 of the stored bytes): one part today, one per rank when sharded.
+(``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` with amsgrad; SGD's
+``momentum_buffer``), each in the dtype the optimizer stores it in (float32, bfloat16,
+float16, fp8 codes with their float32 block scales ``<moment>_scale``: safetensors' F32,
+BF16, F16, F8_E4M3 / F8_E5M2). A bf16 param whose optimizer keeps param remainders
+(``store_param_remainders``) has no fp32 master: ``param`` (its bf16 bits) and
+``param_remainder`` (int16) are the master exactly (``reference.precision.join_remainder``).
+The index records the optimizer's ``state_precision``; loading into another precision is
+refused unless ``load(..., convert=True)``. Every tensor entry lists its ``parts``
+(file, key, flat element range ``[start, stop)``, sha256 of the stored bytes): one part
+today, one per rank when sharded.
 
 **Atomic.** ``save`` writes everything into a temporary sibling directory, fsyncs
 each file, writes ``index.json`` last, fsyncs the directory, then swaps it with the
@@ -26,7 +32,7 @@ leaves the old one intact and raises ``CheckpointError`` saying so. One writer p
 path at a time.
 
 **Validated.** ``load`` checks everything before it changes anything: the format
-version, missing / extra / renamed params, shapes and dtypes, group membership,
+version, missing / extra / renamed params, shapes and dtypes, the state precision, group membership,
 every tensor's size and checksum (one flipped byte is detected), truncated or
 missing files, the values themselves (through the optimizer's ``load_state_dict``
 checks). A failure is a ``ValueError`` naming the problem and leaves the optimizer,
@@ -69,6 +75,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from . import _hyper as H
+from .reference import precision as prec
 
 FORMAT = "npadam.checkpoint/1"
 INDEX = "index.json"
@@ -186,11 +193,24 @@ def _clean(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- tensors
+#: the ml_dtypes types safetensors' NumPy reader cannot make: their file dtype and their bits' NumPy type
+_RAW = {"bfloat16": ("BF16", np.uint16), "float8_e4m3fn": ("F8_E4M3", np.uint8), "float8_e5m2": ("F8_E5M2", np.uint8)}
+#: the suffix of fp8 moments' block scales (``exp_avg_scale``: float32, one per block, not per element)
+_SCALE = "_scale"
+
+
 def _host(x: Any) -> np.ndarray:
     """A host NumPy view (host memory) or copy (GPU) of a NumPy / CuPy array or torch tensor, in
     its own dtype (bfloat16 as ml_dtypes.bfloat16). Read, never written."""
     from .interop import import_array
 
+    name = str(getattr(x, "dtype", "")).replace("torch.", "")
+    if name in _RAW and type(x).__module__.startswith("torch"):  # fp8 tensors: no DLPack; their bytes
+        import ml_dtypes
+        import torch
+
+        bits = x.detach().to("cpu").contiguous().view(torch.uint8 if _RAW[name][1] == np.uint8 else torch.int16)
+        return bits.numpy().view(getattr(ml_dtypes, name))
     a, d = import_array(x, what="checkpoint tensor")
     a = a.get() if not isinstance(a, np.ndarray) else a
     if d == "bfloat16" and a.dtype.name != "bfloat16":
@@ -201,8 +221,9 @@ def _host(x: Any) -> np.ndarray:
 
 
 def _stored(a: np.ndarray) -> np.ndarray:
-    """What goes into the file: bfloat16 as its uint16 bits (safetensors' NumPy API has no bf16)."""
-    return a.view(np.uint16) if a.dtype.name == "bfloat16" else a
+    """The bytes that go into the file, as a NumPy array: bfloat16 / fp8 as their uint16 / uint8 bits
+    (NumPy's buffer protocol has no such types; the file's header still says ``BF16`` / ``F8_*``)."""
+    return a.view(_RAW[a.dtype.name][1]) if a.dtype.name in _RAW else a
 
 
 def _sha(a: np.ndarray) -> str:
@@ -290,18 +311,18 @@ def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
         for i in g["params"]:
             group_of[i] = gi
     from ._state import _int
-    from .reference.adamw import current_master
 
     for i, name in enumerate(names):
         st = sd["state"][i]
         value = _host(objects[i]).reshape(-1)
-        if meta["dtypes"][i] == "float32":
-            master = value
-        else:
-            master = current_master(_host(st["master"]).reshape(-1).astype(np.float32, copy=True), value)
         params[name] = {"shape": list(meta["shapes"][i]), "dtype": meta["dtypes"][i], "group": group_of[i],
                         "step": _int(st["step"], f"state of param {name!r}: step")}
-        tensors.append((f"{name}/master", np.ascontiguousarray(master, dtype=np.float32)))
+        if "param_remainder" in st:  # bf16 param + int16 remainder: exactly the fp32 master, in their own bits
+            tensors.append((f"{name}/param", value))
+        elif meta["dtypes"][i] == "float32":
+            tensors.append((f"{name}/master", np.ascontiguousarray(value, dtype=np.float32)))
+        else:
+            tensors.append((f"{name}/master", _master_to_save(_host(st["master"]).reshape(-1), value)))
         for key in sorted(k for k in st if k not in ("step", "master")):
             tensors.append((f"{name}/{key}", _host(st[key]).reshape(-1)))
     groups = []
@@ -314,6 +335,7 @@ def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "npadam_version": _version(), "world_size": 1, "order": names, "params": params,
         "param_groups": groups, "loss_scaler": _jsonable(meta.get("loss_scaler")),
+        "state_precision": _jsonable(meta.get("state_precision")),
         "scheduler": _scheduler_entry(scheduler), "user": user, "tensors": {}, "files": {},
     }
     _recover(path)
@@ -341,10 +363,31 @@ def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     return path
 
 
-_ST_DTYPES = {"float32": "F32", "float16": "F16", "uint16": "U16", "float64": "F64", "int64": "I64"}
+#: safetensors dtype of each dtype name a checkpoint writes (bfloat16 is ``BF16``: safetensors' own
+#: type, read by its torch / JAX / Rust readers; checkpoints before the precision-aware state wrote no
+#: bf16 tensors, and ``_read_tensors`` still reads bf16 stored as ``U16`` bits)
+def _master_to_save(held: np.ndarray, param: np.ndarray) -> np.ndarray:
+    """The master of a low-precision param as the checkpoint keeps it, in its own dtype, after npadam's
+    "the param wins where it was written" rule: an fp32 master (``reference.adamw.current_master``),
+    or the fp16 master of a bf16 param (``main_params_dtype="float16"``), which becomes the param's
+    fp16 rounding where the param is not its (bf16) rounding, as ``load_master`` makes it."""
+    from .reference.adamw import current_master, to_storage
+
+    if held.dtype != np.float16:
+        return current_master(held.astype(np.float32, copy=True), param)
+    stale = to_storage(held.astype(np.float32), param.dtype).view(np.uint16) != param.view(np.uint16)
+    if not stale.any():
+        return held
+    return np.where(stale, prec.narrow(param.astype(np.float32), prec.F16).view(np.float16), held)
 
 
-def _safetensors_chunks(tensors: list[tuple[str, np.ndarray]], metadata: dict[str, str]) -> list[Any]:
+_ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int16": "I16", "uint16": "U16",
+              "float64": "F64", "int64": "I64", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+#: the tensor dtypes an index may name, and their bytes per element
+_TENSOR_DTYPES = {"float32": 4, "bfloat16": 2, "float16": 2, "int16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
+
+
+def _safetensors_chunks(tensors: list[tuple[str, np.ndarray, str]], metadata: dict[str, str]) -> list[Any]:
     """One safetensors file as byte chunks: the 8-byte header length, the JSON header (padded
     with spaces to 8 bytes), then each tensor's bytes straight from its array.
 
@@ -355,13 +398,13 @@ def _safetensors_chunks(tensors: list[tuple[str, np.ndarray]], metadata: dict[st
     ``safetensors.numpy.load_file``."""
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
-    for key, a in tensors:
-        header[key] = {"dtype": _ST_DTYPES[a.dtype.name], "shape": list(a.shape),
+    for key, a, dtype in tensors:
+        header[key] = {"dtype": _ST_DTYPES[dtype], "shape": list(a.shape),
                        "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    return [len(raw).to_bytes(8, "little"), raw] + [memoryview(a).cast("B") for _, a in tensors if a.nbytes]
+    return [len(raw).to_bytes(8, "little"), raw] + [memoryview(a).cast("B") for _, a, _ in tensors if a.nbytes]
 
 
 def _write_tensors(tmp: Path, tensors: list[tuple[str, np.ndarray]], index: dict[str, Any],
@@ -379,7 +422,7 @@ def _write_tensors(tmp: Path, tensors: list[tuple[str, np.ndarray]], index: dict
 def _write_shards(tmp: Path, tensors: list[tuple[str, np.ndarray, str]], index: dict[str, Any],
                   shard_bytes: int, advance: Callable[[int], Any]) -> None:
     """``tensors``: ``(key, the array as stored, its dtype name)``."""
-    shard: list[tuple[str, np.ndarray]] = []
+    shard: list[tuple[str, np.ndarray, str]] = []
     size = 0
     nfile = 0
 
@@ -395,7 +438,7 @@ def _write_shards(tmp: Path, tensors: list[tuple[str, np.ndarray, str]], index: 
     for key, stored, dtype in tensors:
         if shard and size + stored.nbytes > shard_bytes:
             flush()
-        shard.append((key, stored))
+        shard.append((key, stored, dtype))
         size += stored.nbytes
         index["tensors"][key] = {"dtype": dtype, "shape": [int(stored.size)], "parts": [
             {"file": f"tensors-{nfile:05d}.safetensors", "key": key, "start": 0, "stop": int(stored.size),
@@ -491,6 +534,8 @@ def _check_entries(f: Path, index: dict[str, Any]) -> None:
     for key, t in index["tensors"].items():
         if not isinstance(t, dict) or not isinstance(t.get("parts"), list):
             raise ValueError(f"{f}: tensor {key!r} must be an object with a list of parts")
+    if not isinstance(index.get("state_precision"), (dict, type(None))):
+        raise ValueError(f"{f}: 'state_precision' must be an object, got {_short(index['state_precision'])}")
 
 
 def _parts(path: Path, index: dict[str, Any], key: str) -> tuple[str, int, list[dict[str, Any]]]:
@@ -500,7 +545,7 @@ def _parts(path: Path, index: dict[str, Any], key: str) -> tuple[str, int, list[
     if not isinstance(entry, dict) or not isinstance(entry.get("parts"), list) or not entry["parts"]:
         raise ValueError(f"checkpoint {path}: no tensor {key!r} (with parts) in the index")
     dtype = entry.get("dtype")
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if not isinstance(dtype, str) or dtype not in _TENSOR_DTYPES:
         raise ValueError(f"checkpoint {path}: tensor {key!r} has unsupported dtype {dtype!r}")
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
@@ -523,7 +568,7 @@ def _parts(path: Path, index: dict[str, Any], key: str) -> tuple[str, int, list[
     if at != n:
         raise ValueError(f"checkpoint {path}: the parts of tensor {key!r} cover [0, {at}), the tensor has {n} elements")
     files = {q["file"] for q in parts}
-    if n * np.dtype(np.uint16 if dtype == "bfloat16" else dtype).itemsize > sum(
+    if n * _TENSOR_DTYPES[dtype] > sum(
             int(index["files"][fn].get("bytes", 0)) for fn in files):
         raise ValueError(f"checkpoint {path}: tensor {key!r} of {n} elements does not fit in its files")
     return dtype, n, parts
@@ -542,7 +587,7 @@ def _read_tensors(path: Path, index: dict[str, Any], wanted: Iterable[str],
     try:
         for key in wanted:
             dtype, n, parts = _parts(path, index, key)
-            sdt = np.dtype(np.uint16 if dtype == "bfloat16" else dtype)
+            sdt = np.dtype(_RAW[dtype][1] if dtype in _RAW else dtype)
             flat = np.empty(n, sdt) if len(parts) > 1 else None
             for part in parts:
                 fname, start, stop = part["file"], part["start"], part["stop"]
@@ -552,7 +597,7 @@ def _read_tensors(path: Path, index: dict[str, Any], wanted: Iterable[str],
                     except Exception as e:  # safetensors raises its own error types
                         raise ValueError(f"checkpoint {path}: {fname} cannot be read ({e})") from None
                 try:
-                    a = handles[fname].get_tensor(part["key"])
+                    a = _get_tensor(handles[fname], path / fname, part["key"])
                 except Exception as e:
                     raise ValueError(f"checkpoint {path}: {fname} has no readable tensor {part['key']!r} "
                                      f"({e})") from None
@@ -566,10 +611,10 @@ def _read_tensors(path: Path, index: dict[str, Any], wanted: Iterable[str],
                 else:
                     flat[start:stop] = a
                 advance(a.nbytes)
-            if dtype == "bfloat16":
+            if dtype in _RAW:
                 import ml_dtypes
 
-                flat = flat.view(ml_dtypes.bfloat16)
+                flat = flat.view(getattr(ml_dtypes, dtype))
             out[key] = flat
         for key, fname, fut, want in checks:
             if fut.result() != want:
@@ -581,14 +626,30 @@ def _read_tensors(path: Path, index: dict[str, Any], wanted: Iterable[str],
     return out
 
 
+def _get_tensor(handle: Any, file: Path, key: str) -> np.ndarray:
+    """Tensor ``key`` of an open safetensors file as a NumPy array; a ``BF16`` tensor (which
+    safetensors' NumPy reader cannot make; fp8 too) as its uint16 (uint8) bits, read at the offsets of the file's
+    header (``safe_open`` has checked the header and that the offsets lie in the file)."""
+    bits = {st: np.dtype(t) for st, t in _RAW.values()}.get(handle.get_slice(key).get_dtype())
+    if bits is None:
+        return handle.get_tensor(key)
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        start, stop = json.loads(f.read(n))[key]["data_offsets"]
+        f.seek(8 + n + start)
+        a = np.fromfile(f, dtype=bits.newbyteorder("<"), count=(stop - start) // bits.itemsize)
+    if a.nbytes != stop - start:
+        raise ValueError(f"tensor {key!r} is cut short ({a.nbytes} of {stop - start} bytes)")
+    return a.astype(bits, copy=False)
+
+
 def _nbytes(index: dict[str, Any]) -> int:
     """The tensor bytes of a checkpoint (for progress bars)."""
-    sizes = {"float32": 4, "float16": 2, "bfloat16": 2}
     total = 0
     for t in index["tensors"].values():
         shape = t.get("shape") if isinstance(t, dict) else None
         if isinstance(t.get("dtype"), str) and isinstance(shape, list) and all(_is_int(d) for d in shape):
-            total += sizes.get(t["dtype"], 4) * math.prod(shape)
+            total += _TENSOR_DTYPES.get(t["dtype"], 4) * math.prod(shape)
     return total
 
 
@@ -606,20 +667,32 @@ def verify(path: str | os.PathLike[str], *, progress: bool = False) -> dict[str,
 # ---------------------------------------------------------------------- load
 def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None, params: bool = True,
          override_opt_param_scheduler: bool = False, use_checkpoint_opt_param_scheduler: bool = False,
-         progress: bool = False) -> dict[str, Any]:
+         convert: bool = False, progress: bool = False) -> dict[str, Any]:
     """Restore the checkpoint at ``path`` into ``optimizer`` (and ``scheduler``); returns the index.
 
     ``params=True`` also writes the saved fp32 values into the params (rounded to each
-    param's dtype, the same rounding a step does); ``params=False`` restores only the
-    optimizer (a low-precision param then keeps its value; its saved master is used
-    while the param equals its rounding). Params are matched by name, in any order.
+    param's dtype, the same rounding a step does; with param remainders the saved bf16
+    param itself); ``params=False`` restores only the optimizer (a low-precision param
+    then keeps its value; its saved master, or remainder, is used where the param still
+    equals the saved one). Params are matched by name, in any order.
+
+    State precision: the checkpoint's state must be stored as this optimizer stores it
+    (``exp_avg`` / ``exp_avg_sq`` dtypes, fp32 master or int16 ``param_remainder``); any
+    difference is a ValueError naming the entry and both dtypes unless ``convert=True``,
+    which rounds moments to this optimizer's dtypes (to nearest even; widening is exact)
+    and splits a saved fp32 master into the bf16 param and its remainder, or joins a
+    saved param and remainder into the fp32 master, exactly (``load_state_dict(sd,
+    convert=...)`` does the rest).
+
     Everything is checked first (see the module docstring); nothing changes on error.
     ``progress``: show a byte counter (tqdm) while reading.
     """
     from . import _validate as V
+    from ._state import _dtype_name
 
     for name, flag in (("params", params), ("override_opt_param_scheduler", override_opt_param_scheduler),
-                       ("use_checkpoint_opt_param_scheduler", use_checkpoint_opt_param_scheduler)):
+                       ("use_checkpoint_opt_param_scheduler", use_checkpoint_opt_param_scheduler),
+                       ("convert", convert)):
         V.flag(name, flag)
     if override_opt_param_scheduler and use_checkpoint_opt_param_scheduler:
         raise ValueError("override_opt_param_scheduler and use_checkpoint_opt_param_scheduler are both set; "
@@ -659,10 +732,13 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
         raise ValueError("scheduler= is for npadam.torch optimizers; npadam.AdamW keeps its schedules in its param "
                          "groups (compared without it)")
     wanted = [k for k in index["tensors"] if k.rsplit("/", 1)[0] in saved]
+    if not convert:
+        _check_precision(path, index, names, wanted, sd_now)
     for k in wanted:
         shape = index["tensors"][k].get("shape")
         numel = math.prod(saved[k.rsplit("/", 1)[0]]["shape"])
-        if not isinstance(shape, list) or not all(_is_int(d) for d in shape) or math.prod(shape) != numel:
+        if not isinstance(shape, list) or not all(_is_int(d) for d in shape) or (
+                math.prod(shape) != numel and not k.endswith(_SCALE)):  # block scales: load_state_dict checks
             raise ValueError(f"checkpoint {path}: tensor {k!r} has shape {shape!r}, its param {numel} elements")
     bar = _Progress(progress, _nbytes(index), f"loading {path.name}")
     try:
@@ -678,18 +754,24 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     for i, n in enumerate(names):
         shape = tuple(meta["shapes"][i])
         keys = by_param[n]
-        if "master" not in keys:
-            raise ValueError(f"checkpoint {path}: param {n!r} has no master tensor")
-        if keys["master"].dtype != np.float32:
-            raise ValueError(f"checkpoint {path}: master of {n!r} is {keys['master'].dtype}, expected float32")
-        step = saved[n].get("step")
-        st: dict[str, Any] = {"step": step}
+        master = _saved_master(path, n, keys, meta["dtypes"][i])
+        st: dict[str, Any] = {"step": saved[n].get("step")}
         for k, a in keys.items():  # sizes were checked against the params before the read
-            if k != "master" or meta["dtypes"][i] != "float32":
-                st[k] = a.reshape(shape)
-        masters.append(keys["master"])
-        if not np.isfinite(keys["master"]).all():
-            raise ValueError(f"checkpoint {path}: master of {n!r} has non-finite values")
+            if k not in _MASTER_KEYS:
+                st[k] = a if k.endswith(_SCALE) else a.reshape(shape)
+        if "param_remainder" in sd_now["state"][i]:  # this optimizer keeps bf16 params + int16 remainders
+            if "param_remainder" in keys:
+                bits, rem = keys["param"].view(np.uint16), keys["param_remainder"]
+            else:  # convert=True (checked): the exact split of the saved fp32 master
+                bits, rem = prec.split_remainder(master)
+            if not params:  # the param wins where it is not the saved one (as the engine's load_master)
+                rem = np.where(optimizer._param_bits(i) == bits, rem, np.int16(0)).astype(np.int16)
+            st["param_remainder"] = rem.reshape(shape)
+        elif meta["dtypes"][i] != "float32":  # the saved master in its dtype, or the joined one (convert)
+            st["master"] = (keys["master"] if "master" in keys else master).reshape(shape)
+            if _dtype_name(sd_now["state"][i]["master"]) == "float16":  # fp16 masters: the params are their rounding
+                master = prec.widen(prec.narrow(master, prec.F16), prec.F16)
+        masters.append(master)
         state[i] = st
     sd = {"state": state, "param_groups": [], "npadam": {
         "format": meta["format"], "kind": meta["kind"], "step": index["step"], "names": names,
@@ -704,12 +786,79 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
         sd = _as_torch(sd)
     sched_state = _scheduler_state(path, index, scheduler, override_opt_param_scheduler,
                                    use_checkpoint_opt_param_scheduler)
-    optimizer.load_state_dict(sd)  # validates the values, then applies (all or nothing)
+    optimizer.load_state_dict(sd, convert=convert)  # validates the values, then applies (all or nothing)
     if params:
         optimizer._checkpoint_write_params(masters)
     if scheduler is not None and sched_state is not None:
         _restore_scheduler(scheduler, index["scheduler"], sched_state, use_checkpoint_opt_param_scheduler)
     return index
+
+
+#: a param's value in a checkpoint: ``master`` (fp32), or ``param`` (bf16) + ``param_remainder`` (int16)
+_MASTER_KEYS = ("master", "param", "param_remainder")
+
+
+def _saved_master(path: Path, name: str, keys: Mapping[str, np.ndarray], dtype: str) -> np.ndarray:
+    """The fp32 value of param ``name`` in the checkpoint, flat: its ``master`` (float32, or the float16
+    master of a bf16 param, widened), or its bf16 ``param`` joined with its int16 ``param_remainder``
+    (``reference.precision.join_remainder``, exact);
+    ValueError unless exactly one of the two forms is there, in its dtypes, and finite."""
+    where = f"checkpoint {path}: param {name!r}"
+    if "param" in keys or "param_remainder" in keys:
+        if "master" in keys or "param" not in keys or "param_remainder" not in keys:
+            raise ValueError(f"{where} must have either a master tensor or a param and a param_remainder, "
+                             f"got {sorted(k for k in keys if k in _MASTER_KEYS)}")
+        if dtype != "bfloat16" or keys["param"].dtype.name != "bfloat16" or keys["param_remainder"].dtype != np.int16:
+            raise ValueError(f"{where} is {dtype}: a param_remainder needs a bfloat16 param and int16 remainders, "
+                             f"got param {keys['param'].dtype}, param_remainder {keys['param_remainder'].dtype}")
+        master = prec.join_remainder(keys["param"].view(np.uint16), keys["param_remainder"])
+    else:
+        if "master" not in keys:
+            raise ValueError(f"{where} has no master tensor")
+        master = keys["master"]
+        if master.dtype == np.float16 and dtype == "bfloat16":  # main_params_dtype="float16"
+            master = master.astype(np.float32)
+        elif master.dtype != np.float32:
+            raise ValueError(f"checkpoint {path}: master of {name!r} is {master.dtype}, expected float32"
+                             + (" (or float16 for a bfloat16 param)" if dtype == "bfloat16" else ""))
+    if not np.isfinite(master).all():
+        raise ValueError(f"checkpoint {path}: master of {name!r} has non-finite values")
+    return master
+
+
+def _check_precision(path: Path, index: dict[str, Any], names: list[str], wanted: list[str],
+                     sd_now: Mapping[str, Any]) -> None:
+    """Without ``convert``: ValueError unless every state entry of the checkpoint is stored as the
+    optimizer stores it (moment dtypes; fp32 master or bf16 param + int16 remainder). Read from
+    the index alone, before any tensor is read."""
+    from ._state import _dtype_name
+
+    saved: dict[str, dict[str, str]] = {n: {} for n in names}
+    for k in wanted:
+        owner, key = k.rsplit("/", 1)
+        saved[owner][key] = index["tensors"][k].get("dtype")
+    problems = []
+    for i, n in enumerate(names):
+        now = {k: _dtype_name(v) for k, v in sd_now["state"][i].items() if k != "step"}
+        then = saved[n]
+        if "param_remainder" in then and "param_remainder" not in now:
+            problems.append(f"param {n!r}: the checkpoint has a bfloat16 param with an int16 param_remainder "
+                            "(store_param_remainders=True), this optimizer keeps a float32 master")
+        elif "param_remainder" in now and "param_remainder" not in then:
+            problems.append(f"param {n!r}: the checkpoint has a {then.get('master')} master, this optimizer keeps "
+                            "an int16 param_remainder (store_param_remainders=True)")
+        for k in ("master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer"):
+            want = now.get(k, now.get("exp_avg_sq") if k == "max_exp_avg_sq" else None)
+            if isinstance(then.get(k), str) and then[k] in _TENSOR_DTYPES and want is not None and then[k] != want:
+                problems.append(f"param {n!r}: {k} is {then[k]} in the checkpoint, {want} in this optimizer")
+    if problems:
+        ours = sd_now["npadam"].get("state_precision")
+        theirs = index.get("state_precision") or "float32 state (saved before state precision was recorded)"
+        raise ValueError(f"checkpoint {path} stores the optimizer state in another precision: "
+                         f"{'; '.join(problems[:3])}{f' (and {len(problems) - 3} more)' if len(problems) > 3 else ''}. "
+                         f"Checkpoint: {theirs}; this optimizer: {ours}. Pass convert=True to convert it (moments "
+                         "rounded to nearest even, masters split into or joined from remainders exactly). Nothing "
+                         "was changed")
 
 
 def _schedules(path: Path, index: dict[str, Any], groups_now: list[dict[str, Any]], scheduler: Any,
@@ -880,8 +1029,9 @@ def _as_torch(sd: dict[str, Any]) -> dict[str, Any]:
 
     def conv(a: Any) -> Any:
         if isinstance(a, np.ndarray):
-            if a.dtype.name == "bfloat16":
-                return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+            if a.dtype.name in _RAW:  # bf16, fp8: their bits, viewed as the torch dtype of the same name
+                bits = np.ascontiguousarray(a).view(np.int16 if a.dtype.itemsize == 2 else np.uint8).copy()
+                return torch.from_numpy(bits).view(getattr(torch, a.dtype.name))
             return torch.from_numpy(np.array(a, copy=True))
         return a
 
@@ -894,6 +1044,14 @@ def describe(path: str | os.PathLike[str]) -> str:
     index = read_index(path)
     numel = sum(math.prod(p["shape"]) for p in index["params"].values())
     size = sum(f["bytes"] for f in index["files"].values())
+    sp = index.get("state_precision") or {}
+    state = ""
+    if sp and (sp.get("exp_avg_dtype"), sp.get("exp_avg_sq_dtype"), sp.get("store_param_remainders"),
+               sp.get("main_params_dtype", "float32")) != ("float32", "float32", False, "float32"):
+        state = (f", state exp_avg {sp.get('exp_avg_dtype')} / exp_avg_sq {sp.get('exp_avg_sq_dtype')}"
+                 + (f" ({sp.get('rounding')} rounding)" if sp.get("rounding") != "nearest" else "")
+                 + (" + param remainders" if sp.get("store_param_remainders") else "")
+                 + (" + fp16 masters" if sp.get("main_params_dtype") == "float16" else ""))
     return (f"{Path(path)}: {index['kind']} at step {index['step']}, {len(index['order'])} params, "
             f"{numel:,} elements, {len(index['param_groups'])} groups, {len(index['files'])} files, "
-            f"{size / 2**20:.1f} MiB, saved {index.get('created')}")
+            f"{size / 2**20:.1f} MiB{state}, saved {index.get('created')}")

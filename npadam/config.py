@@ -6,9 +6,12 @@ Megatron-Bridge's ``SchedulerConfig`` fields plus the training arguments the sch
 needs (``train_iters`` / ``train_samples``, ``global_batch_size``, ``rampup_batch_size``). Both are
 validated when built: every invalid value or combination is a ValueError/TypeError
 naming the field. Fields that belong to features npadam does not have yet
-(``use_distributed_optimizer``, ``use_precision_aware_optimizer``, non-fp32
-``exp_avg_dtype``, ...) are accepted at their defaults and rejected with a clear message
-otherwise. The CPU-offload fields (``optimizer_cpu_offload``, ``optimizer_offload_fraction``,
+(``use_distributed_optimizer``, ``fp8_recipe``, ...) are accepted at their defaults and
+rejected with a clear message otherwise. The precision-aware optimizer fields
+(``use_precision_aware_optimizer``, ``exp_avg_dtype``, ``exp_avg_sq_dtype``,
+``main_params_dtype``, ``main_grads_dtype``, ``store_param_remainders``) are validated as
+megatron-core validates them and become npadam's state-precision options
+(``precision_kwargs``; ``build`` passes them). The CPU-offload fields (``optimizer_cpu_offload``, ``optimizer_offload_fraction``,
 ``pin_cpu_grads``, ``pin_cpu_params``, ``overlap_cpu_optimizer_d2h_h2d``) become npadam's
 memory-tier options (``offload_kwargs``; ``build`` passes them); ``deepspeed_offload_kwargs``
 does the same for a DeepSpeed config's ``zero_optimization.offload_optimizer``.
@@ -47,6 +50,9 @@ from . import _validate as V
 from ._offload_config import check_megatron_offload, deepspeed_offload_kwargs, offload_kwargs  # noqa: F401
 
 _DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2", "uint8", "int8")
+#: Megatron-LM's spellings of the dtype arguments (``dtype_map`` in its ``validate_args``: fp8 is torch.uint8)
+_SHORT = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp8": "uint8", "half": "float16",
+          "float": "float32"}
 
 
 def _dtype_name(name: str, value: Any) -> str:
@@ -60,7 +66,7 @@ def _dtype_name(name: str, value: Any) -> str:
             s = np.dtype(value).name
         except TypeError:
             raise TypeError(f"{name} must be a dtype (name, NumPy or torch dtype), got {value!r}") from None
-    s = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}.get(s, s)
+    s = _SHORT.get(s, s)
     if s not in _DTYPES:
         raise ValueError(f"{name} must be one of {', '.join(_DTYPES)}, got {value!r}")
     return s
@@ -76,16 +82,137 @@ def _opt_real(name: str, value: Any, **kw: Any) -> float | None:
     return None if value is None else V.real(name, value, **kw)
 
 
+# ---------------------------------------------------------------------- precision-aware optimizer
+#: the moment dtypes of a Megatron config (Transformer Engine's FusedAdam takes float32, float16, bfloat16 and
+#: uint8, its fp8 (E4M3 with a scale)) -> npadam's ``exp_avg_dtype`` / ``exp_avg_sq_dtype``; npadam's own fp8
+#: names are taken too
+MOMENT_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "uint8": "float8_e4m3fn",
+                 "float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2"}
+_PRECISION_FIELDS = ("main_grads_dtype", "main_params_dtype", "exp_avg_dtype", "exp_avg_sq_dtype")
+
+
+def check_megatron_precision(oc: Any) -> None:
+    """The precision-aware optimizer checks of ``OptimizerConfig.validate`` (field types and dtype
+    names already checked), megatron-core 0.16.1's ``OptimizerConfig.__post_init__`` first:
+
+    - without ``use_precision_aware_optimizer`` each of ``main_grads_dtype``, ``main_params_dtype``,
+      ``exp_avg_dtype``, ``exp_avg_sq_dtype`` must be float32 ("... can only be fp32 when not using
+      precision-aware optimizer");
+    - with it, ``optimizer`` must be ``"adam"`` ("--use-precision-aware-optimizer only supported
+      with adam"). megatron-core also asserts ``use_distributed_optimizer``, where its precision-aware
+      path lives; npadam's optimizer holds all of the state in one process (the one-rank case of
+      the distributed optimizer) and does not require it (``use_distributed_optimizer=True`` itself
+      is later work);
+    - Transformer Engine's FusedAdam (what megatron-core builds): masters float32 or float16,
+      moments float32, float16, bfloat16 or uint8 (fp8).
+
+    Then npadam's own limits: ``main_grads_dtype`` float32 only (npadam reads each gradient in its
+    own dtype, there is no main-grad buffer to shrink); ``main_params_dtype="float16"`` needs
+    ``bf16`` (npadam's fp16 masters are those of bf16 params; fp16 and fp32 params would not
+    change); the options must be ones this npadam has (``npadam._precision.state_precision``)."""
+    if oc.use_precision_aware_optimizer:
+        if oc.optimizer != "adam":
+            raise ValueError(f"use_precision_aware_optimizer=True with optimizer={oc.optimizer!r}: megatron-core "
+                             "asserts '--use-precision-aware-optimizer only supported with adam'")
+    else:
+        for name in _PRECISION_FIELDS:
+            if getattr(oc, name) != "float32":
+                raise ValueError(f"{name}={getattr(oc, name)!r} without use_precision_aware_optimizer: megatron-core "
+                                 f"asserts '{name} can only be fp32 when not using precision-aware optimizer'; set "
+                                 "use_precision_aware_optimizer=True")
+        return
+    if oc.main_params_dtype not in ("float32", "float16"):
+        raise ValueError(f"main_params_dtype must be float32 or float16 (Transformer Engine's FusedAdam 'only "
+                         f"supports fp32/fp16 master weights'), got {oc.main_params_dtype!r}")
+    for name in ("exp_avg_dtype", "exp_avg_sq_dtype"):
+        if getattr(oc, name) not in MOMENT_DTYPES:
+            raise ValueError(f"{name} must be float32, bfloat16, float16 or fp8 (Megatron's torch.uint8; npadam's "
+                             f"float8_e4m3fn / float8_e5m2), got {getattr(oc, name)!r}")
+    if oc.main_grads_dtype != "float32":
+        raise ValueError(f"main_grads_dtype={oc.main_grads_dtype!r}: npadam reads each gradient in its own dtype "
+                         "(float32, bfloat16 or float16) and keeps no main-grad buffer, so there is nothing to store "
+                         "in bfloat16: hand it the bf16 grads as they are and leave main_grads_dtype at float32")
+    if oc.main_params_dtype == "float16" and not oc.bf16:
+        raise ValueError(f"main_params_dtype='float16' gives bf16 params fp16 masters in npadam; with "
+                         f"{'fp16' if oc.fp16 else 'fp32'} params (bf16=False) it would change nothing: set bf16=True "
+                         "or leave main_params_dtype at float32")
+    from ._precision import state_precision
+
+    kw = precision_kwargs(oc, _checked=True)
+    state_precision(kw.get("exp_avg_dtype", "float32"), kw.get("exp_avg_sq_dtype", "float32"),
+                    kw.get("store_param_remainders", False), "nearest", 0, "adam",
+                    kw.get("main_params_dtype", "float32"))
+
+
+def precision_kwargs(optimizer_config: Any, *, _checked: bool = False) -> dict[str, Any]:
+    """npadam's state-precision options for a Megatron ``OptimizerConfig`` (validated again first):
+    ``{}`` without ``use_precision_aware_optimizer`` (every dtype is then float32), else those of
+
+    - ``exp_avg_dtype`` / ``exp_avg_sq_dtype``: as given, Megatron's fp8 (``uint8``) as
+      ``"float8_e4m3fn"`` (Transformer Engine's format; TE scales per tensor, npadam per block of 256);
+    - ``main_params_dtype``: ``"float16"`` when given (the masters of bf16 params);
+    - ``store_param_remainders=True`` when ``store_param_remainders`` (Megatron's default) with
+      ``bf16`` and float32 masters, where megatron-core keeps int16 remainders (TE: "works only when
+      param type is BF16 and master weight type is FP32");
+
+    that differ from npadam's defaults. Rounding is to nearest (TE's); ``rounding="stochastic"``
+    and ``seed`` are npadam options a caller may add (``build(..., rounding=...)``).
+
+    >>> from npadam import config
+    >>> config.precision_kwargs(config.OptimizerConfig(lr=1e-3, bf16=True, params_dtype="bfloat16",
+    ...     use_precision_aware_optimizer=True, exp_avg_dtype="bf16", exp_avg_sq_dtype="bf16"))
+    {'exp_avg_dtype': 'bfloat16', 'exp_avg_sq_dtype': 'bfloat16', 'store_param_remainders': True}
+    """
+    if not isinstance(optimizer_config, OptimizerConfig):
+        raise TypeError(f"optimizer_config must be a npadam.config.OptimizerConfig, got "
+                        f"{type(optimizer_config).__name__}")
+    oc = optimizer_config
+    if not _checked:
+        oc.validate()
+    if not oc.use_precision_aware_optimizer:
+        return {}
+    out: dict[str, Any] = {}
+    for name in ("exp_avg_dtype", "exp_avg_sq_dtype"):
+        if MOMENT_DTYPES[getattr(oc, name)] != "float32":
+            out[name] = MOMENT_DTYPES[getattr(oc, name)]
+    if oc.main_params_dtype != "float32":
+        out["main_params_dtype"] = oc.main_params_dtype
+    if oc.store_param_remainders and oc.bf16 and oc.main_params_dtype == "float32":
+        out["store_param_remainders"] = True
+    return out
+
+
+def merge_precision_kwargs(optimizer_config: Any, optimizer_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``precision_kwargs(optimizer_config)`` merged with the caller's ``optimizer_kwargs`` (what
+    ``build`` passes), as ``merge_kwargs`` does for the offload keys: a caller's kwarg that differs
+    from a dtype the config sets is a ValueError naming both (dtypes compared as npadam reads them:
+    ``torch.bfloat16`` equals ``"bf16"``); a caller's ``store_param_remainders`` wins over the
+    config's (Megatron's default is True, so it says no more than a default); keys the config does
+    not set (``rounding``, ``seed``, or the dtypes without ``use_precision_aware_optimizer``) pass
+    through."""
+    from ._precision import kind_of
+
+    ours = precision_kwargs(optimizer_config)
+    theirs = dict(optimizer_kwargs)
+    for key, value in ours.items():
+        if key not in theirs or key == "store_param_remainders":
+            continue
+        try:
+            same = kind_of(key, theirs[key]) == kind_of(key, value)
+        except (TypeError, ValueError):
+            same = False  # the optimizer names the bad value; here it differs from the config's
+        if not same:  # npadam's option names are Megatron's field names
+            raise ValueError(f"{key}={theirs[key]!r} (an optimizer kwarg) conflicts with the config's "
+                             f"use_precision_aware_optimizer=True, {key}={getattr(optimizer_config, key)!r} "
+                             f"(which gives {key}={value!r}); drop one of them")
+    return {**ours, **theirs}
+
+
 # Fields of later work: (default, what it needs).
 _LATER = {
     "use_distributed_optimizer": (False, "sharding across ranks (npadam.distributed)"),
     "overlap_param_gather": (False, "sharding across ranks (npadam.distributed)"),
     "overlap_param_gather_with_optimizer_step": (False, "sharding across ranks (npadam.distributed)"),
-    "use_precision_aware_optimizer": (False, "precision-aware optimizer state"),
-    "main_grads_dtype": ("float32", "precision-aware optimizer state"),
-    "main_params_dtype": ("float32", "precision-aware optimizer state"),
-    "exp_avg_dtype": ("float32", "precision-aware optimizer state"),
-    "exp_avg_sq_dtype": ("float32", "precision-aware optimizer state"),
     "fp8_recipe": (None, "FP8 training"),
     "reuse_grad_buf_for_mxfp8_param_ag": (False, "FP8 training"),
 }
@@ -103,6 +230,13 @@ class OptimizerConfig:
     overflows to back off, never below ``min_loss_scale``). With ``optimizer_cpu_offload``,
     ``optimizer_offload_fraction`` (0..1) is the share of the GPU params' optimizer state kept and
     stepped in host memory (``offload_kwargs``); without it the offload fields change nothing.
+    With ``use_precision_aware_optimizer``, ``exp_avg_dtype`` / ``exp_avg_sq_dtype`` are the moments'
+    storage, ``main_params_dtype`` the masters' of bf16 params, ``store_param_remainders`` (with
+    ``bf16`` and fp32 masters) keeps int16 remainders instead of fp32 masters
+    (``precision_kwargs``); without it every dtype field must stay float32, as megatron-core
+    asserts. Dtypes are stored as names (``"bfloat16"``; Megatron's fp8, ``torch.uint8``, is
+    ``"uint8"``), given as names, Megatron-LM's ``fp32``/``bf16``/``fp16``/``fp8``, NumPy or torch
+    dtypes.
     """
 
     lr: float | None = None
@@ -174,8 +308,9 @@ class OptimizerConfig:
         if self.decoupled_min_lr is not None and self.decoupled_min_lr > self.decoupled_lr:
             raise ValueError(f"decoupled_min_lr={self.decoupled_min_lr} is above decoupled_lr={self.decoupled_lr}")
         self.weight_decay = V.real("weight_decay", self.weight_decay, lo=0.0)
-        for name in ("apply_wd_to_qk_layernorm", "fp16", "bf16", "store_param_remainders", "decoupled_weight_decay",
-                     "muon_split_qkv", "muon_use_nesterov", "optimizer_cpu_offload",
+        for name in ("apply_wd_to_qk_layernorm", "fp16", "bf16", "use_precision_aware_optimizer",
+                     "store_param_remainders", "decoupled_weight_decay", "muon_split_qkv", "muon_use_nesterov",
+                     "optimizer_cpu_offload",
                      "use_torch_optimizer_for_cpu_offload", "overlap_cpu_optimizer_d2h_h2d", "pin_cpu_grads",
                      "pin_cpu_params", "log_num_zeros_in_grad", "barrier_with_L1_time") + tuple(
                          k for k, (d, _) in _LATER.items() if isinstance(d, bool)):
@@ -203,6 +338,7 @@ class OptimizerConfig:
         self.optimizer_offload_fraction = V.real("optimizer_offload_fraction", self.optimizer_offload_fraction,
                                                  lo=0.0, hi=1.0)
         check_megatron_offload(self)
+        check_megatron_precision(self)
         for name, (default, what) in _LATER.items():
             value = getattr(self, name)
             if value != default:
@@ -408,10 +544,21 @@ def from_mapping(cfg: Mapping[str, Any], where: str = "config") -> tuple[Optimiz
     return opt, sched
 
 
+#: Megatron-LM's ``choices`` for the precision-aware optimizer's dtype arguments (``_add_mixed_precision_args``
+#: ... ``--exp-avg-sq-dtype``, core_v0.16.1)
+_LM_CHOICES = {"main_grads_dtype": ("fp32", "bf16"), "main_params_dtype": ("fp32", "fp16"),
+               "exp_avg_dtype": ("fp32", "fp16", "bf16", "fp8"), "exp_avg_sq_dtype": ("fp32", "fp16", "bf16", "fp8")}
+
+
 def _megatron_lm_defaults(flat: dict[str, Any]) -> dict[str, Any]:
-    """Where Megatron-LM's argument parser has another default than megatron-core's dataclass:
-    ``--optimizer-offload-fraction`` defaults to 1.0 there (0.0 in ``OptimizerConfig``), so
-    ``--optimizer-cpu-offload`` alone offloads all the state."""
+    """Megatron-LM's argument parser where it differs from megatron-core's dataclass: its ``choices``
+    for the dtype arguments (``--exp-avg-dtype bf16``, not ``bfloat16``; ``fp8`` is torch.uint8),
+    and its defaults: ``--optimizer-offload-fraction`` defaults to 1.0 there (0.0 in
+    ``OptimizerConfig``), so ``--optimizer-cpu-offload`` alone offloads all the state."""
+    for key, choices in _LM_CHOICES.items():
+        if key in flat and flat[key] not in choices:
+            raise ValueError(f"--{key.replace('_', '-')}: invalid choice {flat[key]!r} (Megatron-LM takes "
+                             f"{', '.join(choices)})")
     if flat.get("optimizer_cpu_offload") is True and "optimizer_offload_fraction" not in flat:
         flat = {**flat, "optimizer_offload_fraction": 1.0}
     return flat
@@ -527,6 +674,15 @@ def describe(opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig | None = None)
         scale = "no loss scaling"
     lines = [f"{kind}: lr {oc.lr:g}" + (f" -> {oc.min_lr:g}" if oc.min_lr is not None else "")
              + f", weight decay {oc.weight_decay:g}, clip_grad {oc.clip_grad:g}, {prec}, {scale}"]
+    if oc.use_precision_aware_optimizer:
+        kw = precision_kwargs(oc)
+        short = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+        lines.append("precision-aware state: exp_avg " + short.get(kw.get("exp_avg_dtype", "float32"),
+                                                                    kw.get("exp_avg_dtype", ""))
+                     + ", exp_avg_sq " + short.get(kw.get("exp_avg_sq_dtype", "float32"), kw.get("exp_avg_sq_dtype", ""))
+                     + (", fp16 masters of bf16 params" if kw.get("main_params_dtype") == "float16" else "")
+                     + (", int16 remainders instead of fp32 masters of bf16 params"
+                        if kw.get("store_param_remainders") else ""))
     if oc.optimizer_cpu_offload:
         kw = offload_kwargs(oc)
         lines.append(f"CPU offload: {100 * kw['offload_fraction']:g}% of the optimizer state of GPU params in "

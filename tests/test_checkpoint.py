@@ -727,19 +727,34 @@ def test_a_numpy_checkpoint_with_schedules_loads_into_npadam_torch(tmp_path):
         C.load(tmp_path / "ck", topt, scheduler=NT.LRScheduler(topt, S.constant(1e-3)))
 
 
-def test_bfloat16_tensors_are_stored_as_uint16_bits(tmp_path):
-    """No state is bfloat16 yet (low-precision state is later work), but the format path exists:
-    a bfloat16 tensor goes into the file as its uint16 bits with its dtype in the index, and
-    comes back bit for bit (NaN payloads included)."""
+def test_bfloat16_tensors_are_stored_as_safetensors_bf16(tmp_path):
+    """A bfloat16 tensor (16-bit moments, the bf16 param beside its remainder) goes into the file as
+    safetensors' own BF16 type, which its torch reader loads as torch.bfloat16, and comes back bit for
+    bit (NaN payloads included); an int16 tensor is I16. bf16 stored as U16 bits (the format before
+    precision-aware state, which wrote no bf16 tensors) still reads."""
     bits = np.array([0x3F80, 0x7FC1, 0xFF80, 0x0001, 0x8000], np.uint16)
     t = bits.view(ml_dtypes.bfloat16)
+    rem = np.array([-32768, -1, 0, 1, 32767], np.int16)
     index = {"tensors": {}, "files": {}}
     (tmp_path / "ck").mkdir()
-    C._write_tensors(tmp_path / "ck", [("x/state", t)], index, 1 << 20, lambda n: None)
-    assert index["tensors"]["x/state"]["dtype"] == "bfloat16"
-    from safetensors.numpy import load_file
+    C._write_tensors(tmp_path / "ck", [("x/state", t), ("x/param_remainder", rem)], index, 1 << 20, lambda n: None)
+    assert index["tensors"]["x/state"]["dtype"] == "bfloat16" and index["tensors"]["x/param_remainder"]["dtype"] == "int16"
+    f = tmp_path / "ck" / "tensors-00000.safetensors"
+    raw = f.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    assert header["x/state"]["dtype"] == "BF16" and header["x/param_remainder"]["dtype"] == "I16"
+    back = C._read_tensors(tmp_path / "ck", index, ["x/state", "x/param_remainder"])
+    assert back["x/state"].dtype == ml_dtypes.bfloat16 and back["x/state"].view(np.uint16).tobytes() == bits.tobytes()
+    assert back["x/param_remainder"].dtype == np.int16 and back["x/param_remainder"].tobytes() == rem.tobytes()
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
 
-    raw = load_file(str(tmp_path / "ck" / "tensors-00000.safetensors"))["x/state"]
-    assert raw.dtype == np.uint16 and raw.tobytes() == bits.tobytes()
+    tt = load_file(str(f))
+    assert tt["x/state"].dtype == torch.bfloat16 and tt["x/state"].view(torch.int16).numpy().tobytes() == bits.tobytes()
+    from safetensors.numpy import save_file  # the old layout: bf16 as U16 bits, its dtype in the index
+
+    save_file({"x/state": bits}, str(f))
+    index["tensors"] = {"x/state": index["tensors"]["x/state"]}
+    index["files"] = {f.name: {"bytes": f.stat().st_size}}
     back = C._read_tensors(tmp_path / "ck", index, ["x/state"])["x/state"]
     assert back.dtype == ml_dtypes.bfloat16 and back.view(np.uint16).tobytes() == bits.tobytes()

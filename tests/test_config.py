@@ -68,8 +68,10 @@ def test_optimizer_config_has_megatron_core_fields_and_defaults():
     (dict(lr=1e-3, optimizer_cpu_offload=True, use_torch_optimizer_for_cpu_offload=True), ValueError,
      "use_torch_optimizer_for_cpu_offload"),
     (dict(lr=1e-3, optimizer_offload_fraction=float("nan")), ValueError, "optimizer_offload_fraction"),
-    (dict(lr=1e-3, use_precision_aware_optimizer=True), ValueError, "precision-aware"),
-    (dict(lr=1e-3, exp_avg_dtype="bfloat16"), ValueError, "exp_avg_dtype='bfloat16' needs precision-aware"),
+    (dict(lr=1e-3, use_precision_aware_optimizer=True, optimizer="sgd"), ValueError,
+     "use-precision-aware-optimizer only supported with adam"),
+    (dict(lr=1e-3, exp_avg_dtype="bfloat16"), ValueError,
+     "exp_avg_dtype='bfloat16' without use_precision_aware_optimizer: megatron-core asserts"),
     (dict(lr=1e-3, fp8_recipe="delayed"), ValueError, "fp8_recipe='delayed' needs FP8"),
 ])
 def test_optimizer_config_rejects(kwargs, exc, match):
