@@ -312,7 +312,8 @@ def test_state_dicts_keep_their_dtypes_and_convert_only_when_asked():
     st0 = sd["state"][0]
     assert st0["exp_avg"].dtype == BF16 and st0["param_remainder"].dtype == np.int16 and "master" not in st0
     assert sd["npadam"]["state_precision"] == {"exp_avg_dtype": "bfloat16", "exp_avg_sq_dtype": "bfloat16",
-                                               "rounding": "nearest", "store_param_remainders": True, "seed": 0}
+                                               "rounding": "nearest", "store_param_remainders": True, "seed": 0,
+                                               "main_params_dtype": "float32"}
     # the same precision: bit for bit, and the runs continue identically
     ps2, opt2 = _run(steps=0, **kw)
     for p, q in zip(ps2, ps):
