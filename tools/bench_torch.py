@@ -55,7 +55,7 @@ from torch import nn  # noqa: E402
 
 import npadam  # noqa: E402
 import npadam.torch  # noqa: E402
-from tools._machine import cpu_model  # noqa: E402
+from tools._machine import cpu_clock, cpu_model, other_load  # noqa: E402
 
 # preset -> (layers, width, heads); vocab 256, context 64
 PRESETS = {30: (2, 128, 4), 150: (12, 192, 4), 400: (33, 248, 4)}
@@ -330,29 +330,6 @@ def bench_cold(size: int) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------------- other load on the machine
-def cpu_clock() -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds all processes used (from /proc/stat), CPU seconds this process and its
-    finished children used)."""
-    import resource
-
-    busy = float("nan")
-    try:
-        with open("/proc/stat") as f:
-            vals = [int(v) for v in f.readline().split()[1:9]]
-        busy = (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        pass
-    own = sum(getattr(resource.getrusage(w), a) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for a in ("ru_utime", "ru_stime"))
-    return time.perf_counter(), busy, own
-
-
-def other_load(start: tuple[float, float, float]) -> float:
-    """Cores' worth of CPU that other processes used since ``start`` (NaN without /proc/stat)."""
-    wall, busy, own = cpu_clock()
-    return max(0.0, (busy - start[1]) - (own - start[2])) / (wall - start[0])
-
-
 # ---------------------------------------------------------------------- main
 def ms(x: float) -> str:
     return f"{x * 1e3:.2f}" if x < 0.1 else f"{x * 1e3:.1f}"
