@@ -21,6 +21,9 @@ sample runs the step enough times to last ``--min-time``):
   too, issue 7) for reference; against torch's best mixed pipeline (``grad.float()`` -> fused
   AdamW on an fp32 master -> copy to the bf16 param: 6 + 28 + 6 = 40 B/element); and the 18 B
   pattern floor.
+* **fp8 moments**, when this npadam has them (``float8_e4m3fn`` m and v with a float32 scale per
+  256 elements, torchao's scheme): fp32 params (16 B/element) in the first group, bf16 params
+  with remainders and bf16 grads (14 B) in the second, each with its pattern floor.
 
 The machine's copy bandwidth is measured in the same run (``tools/bench_cpu.bandwidth``:
 NumPy copy, a Numba parallel copy, the 28 B AdamW pattern); "floor (copy)" is a
@@ -29,9 +32,9 @@ no-arithmetic pass with the configuration's own access pattern (the stricter one
 streams at once move more bytes per second than one copy).
 
 Memory: for each configuration a fresh interpreter holds the params and grads, loads the
-kernels on a tiny optimizer, resets its peak RSS (``/proc/self/clear_refs``), builds the
-optimizer and takes one step; the growth of VmHWM (peak) and VmRSS (after) over VmRSS before,
-per param, against the configuration's arithmetic.
+kernels on a 512K-element optimizer (the parallel build) and frees it, resets its peak RSS
+(``/proc/self/clear_refs``), builds the optimizer and takes one step; the growth of VmHWM
+(peak) and VmRSS (after) over VmRSS before, per param, against the configuration's arithmetic.
 
 Threads: Numba and torch both use every core. Other processes' CPU use during each group is
 printed (the machine may be shared: then the absolute times move, ratios within a row less).
@@ -63,8 +66,19 @@ from tools._machine import cpu_clock, cpu_model, other_load  # noqa: E402
 
 LR, WD = 1e-4, 0.1
 BF16_MV = dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16")
+FP8_MV = dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e4m3fn")  # torchao's choice for both
 # bytes moved per element by one update
 B_FP32, B_BF16MV, B_REM, B_MIX, B_TORCH_MIX = 28, 20, 18, 30, 40
+B_FP8MV, B_REM_FP8 = 16, 14  # + a float32 scale per 256 elements of m and of v, read and written (+0.06 B)
+
+
+def fp8_available() -> bool:
+    """Whether this npadam has fp8 moments (added after the first runs of this tool)."""
+    try:
+        npadam.AdamW([np.ones(256, np.float32)], **FP8_MV)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------- timing
@@ -141,7 +155,8 @@ def group_fp32(n: int, repeats: int, min_time: float, torch) -> dict[str, float]
     for name, kw in (("fp32", {"skip_nonfinite": False}),
                      ("bf16mv", {**BF16_MV, "skip_nonfinite": False}),
                      ("bf16mv_sr", {**BF16_MV, "rounding": "stochastic", "skip_nonfinite": False}),
-                     ("bf16mv_default", dict(BF16_MV))):
+                     ("bf16mv_default", dict(BF16_MV)),
+                     *((("fp8mv", {**FP8_MV, "skip_nonfinite": False}),) if fp8_available() else ())):
         p = p0.copy()
         opts[name] = npadam.AdamW([p], lr=LR, weight_decay=WD, **kw)
         fns[name] = (lambda o: lambda: o.step([g]))(opts[name])
@@ -155,6 +170,9 @@ def group_fp32(n: int, repeats: int, min_time: float, torch) -> dict[str, float]
     a20 = (np.ones(n, np.float32), g, np.ones(n, np.uint16), np.ones(n, np.uint16))
     fns["floor28"] = lambda: f["f28"](*a28)
     fns["floor20"] = lambda: f["f20"](*a20)
+    if "fp8mv" in fns:
+        a16 = (np.ones(n, np.float32), g, np.ones(n, np.uint8), np.ones(n, np.uint8))
+        fns["floor16"] = lambda: f["f20"](*a16)  # the same pass over 1-byte m, v
     return interleaved(fns, repeats, min_time)
 
 
@@ -170,7 +188,9 @@ def group_bf16(n: int, repeats: int, min_time: float, torch) -> dict[str, float]
                      ("rem", {**BF16_MV, "store_param_remainders": True, "skip_nonfinite": False}),
                      ("rem_sr", {**BF16_MV, "store_param_remainders": True, "rounding": "stochastic",
                                  "skip_nonfinite": False}),
-                     ("rem_default", {**BF16_MV, "store_param_remainders": True})):
+                     ("rem_default", {**BF16_MV, "store_param_remainders": True}),
+                     *((("rem_fp8", {**FP8_MV, "store_param_remainders": True, "skip_nonfinite": False}),)
+                       if fp8_available() else ())):
         p = p0.copy()  # each optimizer its own params: two remainders over one param would fight
         o = npadam.AdamW([p], lr=LR, weight_decay=WD, **kw)
         fns[name] = (lambda o: lambda: o.step([g]))(o)
@@ -191,6 +211,9 @@ def group_bf16(n: int, repeats: int, min_time: float, torch) -> dict[str, float]
     u = g.view(np.uint16)
     a18 = tuple(np.ones(n, np.uint16) for _ in range(4))
     fns["floor18"] = lambda: f["f18"](a18[0], a18[1], u, a18[2], a18[3])
+    if "rem_fp8" in fns:
+        a14 = (np.ones(n, np.uint16), np.ones(n, np.uint16), np.ones(n, np.uint8), np.ones(n, np.uint8))
+        fns["floor14"] = lambda: f["f18"](a14[0], a14[1], u, a14[2], a14[3])  # 1-byte m, v
     return interleaved(fns, repeats, min_time)
 
 
@@ -205,6 +228,9 @@ MEM_CONFIGS = {
     "rem": ("bf16 params + remainder, bf16 m/v", "bfloat16", {**BF16_MV, "store_param_remainders": True}, 6, 2),
     "rem_sr": ("bf16 params + remainder, bf16 m/v, stochastic", "bfloat16",
                {**BF16_MV, "store_param_remainders": True, "rounding": "stochastic"}, 6, 2),
+    "fp8mv": ("fp32 params, fp8 (e4m3) m/v + block scales", "float32", FP8_MV, 2 + 8 / 256, 4),
+    "rem_fp8": ("bf16 params + remainder, fp8 (e4m3) m/v + block scales", "bfloat16",
+                {**FP8_MV, "store_param_remainders": True}, 4 + 8 / 256, 2),
     "torch_fused": ("torch fused AdamW, fp32 params and m/v", "float32", "torch", 8, 4),
     "torch_mix": ("torch pipeline: bf16 params, fp32 master + fp32 grad + fp32 m/v", "bfloat16", "torch_mix", 16, 2),
 }
@@ -267,9 +293,14 @@ print(json.dumps({"before": before, "after": after, "hwm_reset": reset}))
 
 def memory(n: int) -> dict[str, dict]:
     out = {}
-    for name, (label, _, _, state_b, param_b) in MEM_CONFIGS.items():
+    fp8 = fp8_available()
+    for name, (label, _, opts, state_b, param_b) in MEM_CONFIGS.items():
+        if not fp8 and isinstance(opts, dict) and "float8" in str(opts.get("exp_avg_dtype")):
+            continue
+        # a fixed mmap threshold: freed blocks of 64 KiB and more go back to the OS instead of glibc raising its
+        # threshold and reusing the warm-up's memory (which would hide state at small sizes)
         r = subprocess.run([sys.executable, "-c", MEM_CHILD, name, str(n), ROOT], capture_output=True, text=True,
-                           cwd=ROOT)
+                           cwd=ROOT, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
         if r.returncode:
             out[name] = {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"}
             continue
@@ -308,7 +339,7 @@ def main() -> None:
         print("torch not installed: npadam only")
     import numba
 
-    need = max(args.sizes) * 2**20 * 80 / 2**30
+    need = max(args.sizes) * 2**20 * 90 / 2**30
     avail = _mem_available()
     print(f"# npadam precision benchmark, {datetime.date.today()}, {cpu_model()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, NumPy {np.__version__}, Numba {numba.__version__} "
@@ -367,6 +398,11 @@ def main() -> None:
             ("bf16 params + remainder, bf16 m/v, bf16 grads, nearest, default step", B_REM + 2, b["rem_default"],
              tp, nan),
         ]
+        if "fp8mv" in a:
+            lines.insert(4, ("fp32 params, fp8 (e4m3) m/v", B_FP8MV, a["fp8mv"], tf, a["floor16"]))
+        if "rem_fp8" in b:
+            lines.append(("bf16 params + remainder, fp8 (e4m3) m/v, bf16 grads", B_REM_FP8, b["rem_fp8"], tp,
+                          b["floor14"]))
         for label, nbytes, t, peer, floor in lines:
             cf = nbytes * n / copy_bw
             print(f"| {m}M | {label} | {nbytes} | {ms(t)} | {ms(peer)} | {peer / t:.2f}x | {ms(floor)} | "
@@ -406,8 +442,8 @@ def main() -> None:
             if "error" in d:
                 print(f"| {MEM_CONFIGS[name][0]} | {MEM_CONFIGS[name][3]} | failed: {d['error']} | | | | |")
                 continue
-            print(f"| {d['label']} | {d['arith_state']} | {d['peak_per_param']:.3f} | {d['steady_per_param']:.3f} | "
-                  f"{d['peak_per_param'] / d['arith_state']:.4f} | {d['arith_state'] + d['param_bytes']} | "
+            print(f"| {d['label']} | {d['arith_state']:g} | {d['peak_per_param']:.3f} | {d['steady_per_param']:.3f} | "
+                  f"{d['peak_per_param'] / d['arith_state']:.4f} | {d['arith_state'] + d['param_bytes']:g} | "
                   f"{d['peak_per_param'] + d['param_bytes']:.3f} |")
         if not all(d.get("hwm_reset", True) for d in mem.values()):
             print("(peak RSS could not be reset in the child: peak growth may be understated)")
