@@ -99,7 +99,10 @@ def apply_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg
     exp_avg[...] = canonical_nan(s.beta1 * exp_avg + s.one_minus_beta1 * g)
     exp_avg_sq[...] = canonical_nan(s.beta2 * exp_avg_sq + s.one_minus_beta2 * (g * g))
     if amsgrad:
-        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        # the new exp_avg_sq where it is larger or NaN, else the stored max: a tie (+0 against a stored
+        # -0) keeps the stored value (np.maximum's choice between equal zeros is not specified)
+        max_exp_avg_sq[...] = np.where((exp_avg_sq > max_exp_avg_sq) | np.isnan(exp_avg_sq), exp_avg_sq,
+                                       max_exp_avg_sq)
         vh = max_exp_avg_sq
     else:
         vh = exp_avg_sq

@@ -269,6 +269,16 @@ def test_stochastic_rounding_does_not_depend_on_threads_or_placement(kw):
     assert _bits(*_run(sizes=big, tier=4096, steps=3, **kw)) == base
 
 
+def test_fp16_masters_on_the_parallel_build_equal_the_reference():
+    """Buffers of 2**18 elements or more run the parallel build; with fp16 masters it did not compile
+    (the master's local variable overwrote the prange index). Streamed through the offload pipeline
+    the fp16 masters were stepped as float32 ones (the pieces' state lost the master kind)."""
+    big = [300_001, 64, 5]
+    want = _bits(*_run("reference", sizes=big, steps=3, main_params_dtype="float16"))
+    assert _bits(*_run(sizes=big, threads=2, steps=3, main_params_dtype="float16")) == want
+    assert _bits(*_run(sizes=big, tier=4096, steps=3, main_params_dtype="float16")) == want
+
+
 def test_seeds_change_only_the_rounding():
     a = _bits(*_run(**OPTIONS[3]))
     assert _bits(*_run(**OPTIONS[3])) == a

@@ -32,6 +32,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import threads as _threads
+from .compile_lock import serialize_compiles, variant_name
 
 _threads.configure()
 
@@ -285,8 +286,10 @@ def quantize_block(T, n, S, off, Q, qi, kind):
 def load_state(S, j, kind, Q, i):
     """State element ``j`` of ``S`` as float32: ``load``, or an fp8 code times the scale of flat
     element ``i``'s block in ``Q``."""
-    if kind == F8E4M3 or kind == F8E5M2:
-        return fp8_decode(S[j], kind) * Q[i >> 8]
+    if kind == F8E4M3:  # single comparisons: Numba prunes them for a constant kind, not an ``or`` of two
+        return fp8_decode(S[j], F8E4M3) * Q[i >> 8]
+    if kind == F8E5M2:
+        return fp8_decode(S[j], F8E5M2) * Q[i >> 8]
     return load(S, j, kind)
 
 
@@ -365,12 +368,9 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
     M8 = IS_ADAM and MK in (F8E4M3, F8E5M2)  # fp8 moments: computed into a block, then quantized
     V8 = IS_ADAM and VK in (F8E4M3, F8E5M2)
     X8 = V8 and AMSGRAD
-    BLK = FP8_BLOCK if (M8 or V8) else CHUNK  # one block per work item without fp8 state
+    FP8_STATE = M8 or V8
+    BLK = FP8_BLOCK if FP8_STATE else CHUNK  # one block per work item without fp8 state
 
-    # error_model="numpy": a division by zero gives inf/NaN like the reference, torch and the parallel
-    # build (Python's model raises ZeroDivisionError mid-pass, with the pass half written), and the
-    # division vectorizes (serial pass 4.5 -> 0.6 ns per cached element)
-    @njit(parallel=PARALLEL, cache=True, error_model="numpy")
     def fused_pass(params, grads, offsets, work_t, work_lo, work_hi, master, s1, s2, s3, q1, q2, q3, maximize, scale,
                    k0, k1, base, *c):
         _cache_key = PARALLEL  # noqa: F841 - PARALLEL must be a closure variable: Numba keys its disk cache on those
@@ -386,14 +386,19 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
             S2 = s2[a:b] if USE_S2 else s2
             S3 = s3[a:b] if AMSGRAD else s3
             W = master[a:b] if PK != F32 else master
-            TM = np.empty(FP8_BLOCK if M8 else 0, np.float32)  # a block of new fp8 moments
-            TV = np.empty(FP8_BLOCK if V8 else 0, np.float32)
-            TX = np.empty(FP8_BLOCK if X8 else 0, np.float32)
+            if M8:  # a block of new fp8 moments (allocated only by the fp8 builds: a hot loop never sees it)
+                TM = np.empty(FP8_BLOCK, np.float32)
+            if V8:
+                TV = np.empty(FP8_BLOCK, np.float32)
+            if X8:
+                TX = np.empty(FP8_BLOCK, np.float32)
             nan = False
             n = P.shape[0]
             for b0 in range(0, n, BLK):
-                b1 = min(b0 + BLK, n)
-                for j in range(b0, b1):
+                # without fp8 state: one pass over the work item, bounds 0 and n (with the block's
+                # min() bounds the loop no longer vectorized: every variant 2.5-4x slower)
+                b1 = min(b0 + BLK, n) if FP8_STATE else n
+                for j in range(b0 if FP8_STATE else 0, b1):
                     g = load(G, j, GK) * scale
                     if maximize:
                         g = -g
@@ -403,13 +408,13 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                         p = join_remainder(P[j], W[j])
                     else:
                         if WK == F32:
-                            w = W[j]
+                            wv = W[j]
                         else:
-                            w = decode(W[j], F16)
+                            wv = decode(W[j], F16)
                         stored = P[j]
                         # the param was written since npadam's last update: it wins (current_master);
                         # a select, not a branch, so that the loop still vectorizes
-                        p = w if encode(w, PK) == stored else decode(stored, PK)
+                        p = wv if encode(wv, PK) == stored else decode(stored, PK)
                     if IS_ADAM:  # c = (b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)
                         if not DECOUPLED:
                             g = g + c[4] * p
@@ -495,7 +500,12 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                         W[j] = canonical_nan(W[j])
                         P[j] = encode(W[j], PK)
 
-    return fused_pass
+    # its own cache files (compile_lock), and error_model="numpy": a division by zero gives inf/NaN
+    # like the reference, torch and the parallel build (Python's model raises ZeroDivisionError
+    # mid-pass, with the pass half written), and the division vectorizes (serial pass 4.5 -> 0.6 ns
+    # per cached element)
+    fused_pass.__qualname__ = variant_name("fused_pass", (ALGO, PK, GK, OPT1, OPT2, PARALLEL, MK, VK, SR, REM, WK))
+    return serialize_compiles(njit(parallel=PARALLEL, cache=True, error_model="numpy")(fused_pass))
 
 
 _PASSES: dict[tuple, object] = {}
@@ -560,7 +570,6 @@ def _make_block_sumsq(GK: int, PARALLEL: bool):
     GDT = np.float32 if GK == F32 else np.uint16
     GSIZE = 4 if GK == F32 else 2
 
-    @njit(parallel=PARALLEL, cache=True)
     def block_sumsq(grads, offsets, sizes, nblocks, block):
         """float64 sum of squares of each ``block`` of the buffer's index space.
 
@@ -596,7 +605,8 @@ def _make_block_sumsq(GK: int, PARALLEL: bool):
             out[b] = total
         return out
 
-    return block_sumsq
+    block_sumsq.__qualname__ = variant_name("block_sumsq", (GK, PARALLEL))  # its own cache files (compile_lock)
+    return serialize_compiles(njit(parallel=PARALLEL, cache=True)(block_sumsq))
 
 
 _BLOCK_SUMSQ: dict[tuple[int, bool], object] = {}
@@ -619,8 +629,14 @@ def cast_copy(src, dst, kind):
         dst[i] = encode(src[i], kind)
 
 
+serialize_compiles(cast_copy)
+
+
 @njit(parallel=True, cache=True)
 def decode_copy(src, dst, kind):
     """``dst[:] = src`` widened from storage ``kind`` to float32 (exact)."""
     for i in prange(src.shape[0]):
         dst[i] = load(src, i, kind)
+
+
+serialize_compiles(decode_copy)
