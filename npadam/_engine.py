@@ -113,9 +113,6 @@ class Engine(TieredState):
         if algorithm not in ("adam", "sgd"):
             raise ValueError(f"internal: unknown algorithm {algorithm!r}")
         self.precision = precision if precision is not None else StatePrecision()
-        if device == "gpu" and self.precision.w_kind != prec.F32:
-            raise ValueError("main_params_dtype=float16 is not available for GPU params in this version of npadam "
-                             "(the CUDA kernel keeps float32 masters)")
         if disk is not None and not self.precision.default:
             raise ValueError("nvme_offload_fraction / host_state_bytes with exp_avg_dtype, exp_avg_sq_dtype or "
                              "store_param_remainders is not available in this version of npadam (the disk tier "
@@ -267,6 +264,8 @@ class Engine(TieredState):
                 wide = (bits.astype(cp.uint32) << 16).view(cp.float32)
             else:
                 wide = bits.view(cp.float16).astype(cp.float32)
+            if buf.w_kind != prec.F32:  # float16 masters: prec.narrow (nearest even, NaN -> 0x7E00) on the device
+                wide = cp.where(cp.isnan(wide), cp.uint16(0x7E00), wide.astype(cp.float16).view(cp.uint16))
             self._write_range(s.buffer, "master", s.offset, wide)
 
     # ------------------------------------------------------------------ the step

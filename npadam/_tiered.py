@@ -109,7 +109,7 @@ class TieredState:
                                  exp_avg_sq=arrs.get("exp_avg_sq"), max_exp_avg_sq=arrs.get("max_exp_avg_sq"),
                                  pdtype=pdtype, m_kind=buf.m_kind, v_kind=buf.v_kind, stochastic=buf.stochastic,
                                  remainders=buf.remainders, base=base, m_scale=arrs.get("m_scale"),
-                                 v_scale=arrs.get("v_scale"), vmax_scale=arrs.get("vmax_scale"))
+                                 v_scale=arrs.get("v_scale"), vmax_scale=arrs.get("vmax_scale"), w_kind=buf.w_kind)
 
         if bi not in self.host:  # host params: the disk part reads the params and grads in place
             if not disk_span:

@@ -420,7 +420,8 @@ def test_torch_state_dict_moves_between_placements(dtype, tmp_path):
 
 # ---------------------------------------------------------------------- precision-aware state (issue 11)
 #: optimizer options of the low-precision state (reference/precision.py): 16-bit moments rounded to nearest
-#: or stochastically (bfloat16), bfloat16 params with int16 remainders instead of fp32 masters
+#: or stochastically (bfloat16), bfloat16 params with int16 remainders instead of fp32 masters, or with float16
+#: masters (main_params_dtype)
 PRECISION_KWS = {
     "bf16-nearest": dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16"),
     "bf16-fp16-stochastic": dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="float16", rounding="stochastic",
@@ -431,19 +432,25 @@ PRECISION_KWS = {
     "bf16-stochastic-remainders": dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16", rounding="stochastic",
                                        seed=7, store_param_remainders=True),
     "remainders": dict(store_param_remainders=True),
+    "fp16-masters": dict(main_params_dtype="float16"),
+    "fp16-masters-bf16-stochastic": dict(main_params_dtype="float16", exp_avg_dtype="bfloat16",
+                                         exp_avg_sq_dtype="bfloat16", rounding="stochastic", seed=5),
 }
+#: the options that change the master of bfloat16 params only (the other params keep float32 masters)
+BF16_MASTER_OPTIONS = ("store_param_remainders", "main_params_dtype")
 
 
 @pytest.mark.parametrize("name", list(PRECISION_KWS))
 @pytest.mark.parametrize("pdt, gdt", [("float32", "float32"), ("bfloat16", "bfloat16"), ("bfloat16", "float32"),
                                       ("float16", "bfloat16")])
 def test_gpu_precision_state_matches_cpu_bit_for_bit(pdt, gdt, name):
-    """adam_multi's MK / VK / SR / REM options against the Numba kernel (which equals
-    reference.precision): params, 16-bit moments (and max_exp_avg_sq), remainders, grad norms, with and
-    without amsgrad, AdamW and Adam, a tensor without a grad at one step (its random counters do not move)."""
+    """adam_multi's MK / VK / SR / WM options against the Numba kernel (which equals
+    reference.precision): params, 16-bit moments (and max_exp_avg_sq), remainders or float16 masters, grad
+    norms, with and without amsgrad, AdamW and Adam, a tensor without a grad at one step (its random
+    counters do not move)."""
     precision = PRECISION_KWS[name]
-    if precision.get("store_param_remainders") and pdt != "bfloat16":
-        pytest.skip("param remainders are for bfloat16 params")
+    if any(precision.get(k) not in (None, False, "float32") for k in BF16_MASTER_OPTIONS) and pdt != "bfloat16":
+        pytest.skip("param remainders and float16 masters are for bfloat16 params")
     rng = np.random.default_rng(11)
     sizes = [1, 63, 64, 65, 4099, 300_001]
     for amsgrad, cls in ((False, npadam.AdamW), (True, npadam.AdamW), (True, npadam.Adam)):
@@ -481,16 +488,23 @@ def test_gpu_stochastic_rounding_depends_on_the_seed_only():
 
 
 @pytest.mark.parametrize("pdt, precision", [("bfloat16", "bf16-stochastic-remainders"),
-                                            ("float32", "bf16-fp16-stochastic")])
+                                            ("float32", "bf16-fp16-stochastic"),
+                                            ("bfloat16", "fp16-masters-bf16-stochastic")])
 def test_gpu_precision_offload_placements_are_bit_identical(pdt, precision, tmp_path):
-    """Low-precision state streamed between host memory (and files) and the GPU piece by piece: each
-    piece's kernel gets its buffer index (``base``), so stochastic rounding draws the same random words
-    as with all of the state on the GPU, and every placement gives the same bits as the CPU optimizer."""
+    """Low-precision state streamed between host memory and the GPU piece by piece: each piece's kernel
+    gets its buffer index (``base``), so stochastic rounding draws the same random words as with all of the
+    state on the GPU, and the host pieces run the Numba kernel with the same master (float16 masters too);
+    every placement gives the same bits as the CPU optimizer. The disk tier stores float32 state only: a
+    placement with files is refused (docs/PRECISION.md)."""
     init, steps = _offload_data(pdt, "bfloat16", seed=13)
     kw = dict(lr=1e-2, weight_decay=0.1, amsgrad=True, max_grad_norm=1.0, **PRECISION_KWS[precision])
     runs = {}
     for name, place in _places(sum(p.size for p in init), tmp_path).items():
         params = [_to_gpu(p) for p in init]
+        if "nvme_offload_fraction" in place:
+            with pytest.raises(ValueError, match="disk tier stores float32 state"):
+                _offload_run(npadam.AdamW, kw, params, steps, place)
+            continue
         opt, infos = _offload_run(npadam.AdamW, kw, params, steps, place)
         runs[name] = _fingerprint(opt, params, infos)
         opt.close()
@@ -498,6 +512,43 @@ def test_gpu_precision_offload_placements_are_bit_identical(pdt, precision, tmp_
     opt, infos = _offload_run(npadam.AdamW, dict(kw, kernel="cpu"), params, steps, {}, to_dev=np.copy)
     runs["numpy"] = _fingerprint(opt, params, infos)
     _assert_all_equal(runs, "gpu")
+
+
+@pytest.mark.parametrize("precision", ["fp16-masters", "fp16-masters-bf16-stochastic"])
+def test_gpu_fp16_masters_match_cpu_bit_for_bit(precision):
+    """main_params_dtype="float16" on the GPU (adam_multi's master mode 2) against the Numba kernel: the
+    float16 masters made from the bf16 params on the device (load_master: nearest even, beyond float16's
+    range inf, below it subnormal or zero, NaN 0x7E00), and after steps with params written in place
+    between them (the param wins where it is not its master's rounding), the params, masters and moments,
+    bit for bit; beside a float32 param (which keeps no master) in the same optimizer."""
+    rng = np.random.default_rng(14)
+    specials = np.array([0.0, -0.0, 1e-7, -3e-6, 6.1e-5, 65504.0, 65520.0, 7e4, -3e38, np.inf, -np.inf, np.nan, 1.5],
+                        np.float32)
+    init = [np.concatenate([specials, rng.standard_normal(n).astype(np.float32)]).astype(STORE["bfloat16"])
+            for n in (50, 4099, 300_001)] + [rng.standard_normal(999).astype(np.float32)]
+    grads = [[(rng.standard_normal(p.size) * 3).astype(np.float32).astype(p.dtype) for p in init] for _ in range(3)]
+    edits = [[(rng.standard_normal(p[::7].size) * 4).astype(np.float32).astype(p.dtype) for p in init] for _ in grads]
+    kw = dict(lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, amsgrad=True, **PRECISION_KWS[precision])
+    cpu_params = [p.copy() for p in init]
+    copt = npadam.AdamW(cpu_params, kernel="cpu", **kw)
+    gpu_params = [_to_gpu(p) for p in init]
+    gopt = npadam.AdamW(gpu_params, kernel="gpu", **kw)
+    cmaster, gmaster = (next(b.master for b in o._engine.bufs if b.pdtype == "bfloat16") for o in (copt, gopt))
+    assert cmaster.dtype == np.uint16 and gmaster.dtype == cupy.uint16
+    assert gmaster.get().tobytes() == cmaster.tobytes()  # load_master on the device == reference.precision.narrow
+    for k, gs in enumerate(grads):
+        if k:  # params written behind the optimizer's back (in place): the params win there
+            for c, g, e in zip(cpu_params, gpu_params, edits[k]):
+                c[::7] = e
+                if isinstance(g, npadam.interop.Bfloat16):
+                    g.array[::7] = cupy.asarray(e.view(np.uint16))
+                else:
+                    g[::7] = cupy.asarray(e)
+        copt.step(gs)
+        gopt.step([_to_gpu(g) for g in gs])
+    _assert_same(copt, cpu_params, gopt, gpu_params)
+    st = gopt.state_dict()["state"]
+    assert st[0]["master"].dtype == np.float16 and "master" not in st[3]
 
 
 # ---------------------------------------------------------------------- fp8 moments (issue 11)
@@ -510,6 +561,8 @@ FP8_KWS = {
                                  seed=99),
     "e4m3-fp32-remainders": dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float32",
                                  store_param_remainders=True),
+    "e4m3-e5m2-fp16-masters": dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e5m2",
+                                   main_params_dtype="float16"),
 }
 
 
@@ -518,7 +571,7 @@ FP8_KWS = {
     ("float32", "float32", "bf16-stochastic-e4m3"),
     ("bfloat16", "bfloat16", "e4m3-e5m2"), ("bfloat16", "bfloat16", "bf16-stochastic-e4m3"),
     ("bfloat16", "bfloat16", "e4m3-fp32-remainders"), ("bfloat16", "float32", "e5m2-e4m3"),
-    ("float16", "bfloat16", "e4m3-e5m2"),
+    ("float16", "bfloat16", "e4m3-e5m2"), ("bfloat16", "bfloat16", "e4m3-e5m2-fp16-masters"),
 ])
 def test_gpu_fp8_state_matches_cpu_bit_for_bit(pdt, gdt, name, monkeypatch):
     """adam_multi with fp8 moments (each 256-element block's amax reduced across the thread block) against

@@ -1,8 +1,8 @@
 """The CUDA source without a GPU: it compiles for sm_90 with the exact flags, and its
 element math, built for the host, is bit-identical to the reference (Adam and SGD), including the
 precision-aware state of reference/precision.py (16-bit moments, stochastic rounding with the
-Threefry generator, param remainders, fp8 moments with per-block scales and the kernel's block-wide
-amax reduction, emulated)."""
+Threefry generator, param remainders, float16 masters of bfloat16 params, fp8 moments with per-block
+scales and the kernel's block-wide amax reduction, emulated)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _check_fused_operations(ptx: str) -> None:
 @needs_nvcc
 def test_every_instantiation_compiles_for_sm90(ptx):
     entries = re.findall(r"\.entry\s+(\S+)\(", ptx)
-    assert len(entries) == len(gpu.all_names()) == 3 + 72 + 27 + 67 + (27 + 16) + 2 * 15
+    assert len(entries) == len(gpu.all_names()) == 3 + 72 + 27 + 67 + (27 + 16) + (15 + 1) + 2 * 15
 
 
 @needs_nvcc
@@ -341,10 +341,10 @@ class _EmulatedLaunch:
             assert all(isinstance(s, np.float32) for s in args[15:25])
             k0, k1, base = args[25:]
             assert isinstance(k0, np.uint32) and isinstance(k1, np.uint32) and isinstance(base, np.int64)
-            # the state arrays' element types are the kernel's (16-bit kinds as 2-byte words, fp8 as bytes);
-            # the block scales float32
-            mk, vk, rem = self.opts[5], self.opts[6], self.opts[8]
-            want = [np.dtype(np.int16) if rem else np.dtype(np.float32)] + \
+            # the state arrays' element types are the kernel's (16-bit kinds as 2-byte words, fp8 as bytes;
+            # the master by the master mode: float32, int16 remainders, float16 bits); the block scales float32
+            mk, vk, wm = self.opts[5], self.opts[6], self.opts[8]
+            want = [np.dtype([np.float32, np.int16, np.uint16][wm])] + \
                 [np.dtype(np.float32) if k == 0 else np.dtype(np.uint8 if k in P.FP8 else np.uint16)
                  for k in (mk, vk, vk)] + [np.dtype(np.float32)] * 3
             for a, dt in zip((w, m, v, x, qm, qv, qx), want):
@@ -513,11 +513,12 @@ def test_gpu_sgd_launch_code_runs_through_the_emulated_kernels(emulator, pdt, gd
 # as uint16 bits), widened to float32, stepped by reference.adamw.apply_step, narrowed back (nearest, or
 # stochastic for bfloat16 with Threefry-2x32-20 words of the element's flat buffer index); or as fp8
 # (float8_e4m3fn / float8_e5m2 uint8 codes with a float32 scale per 256-element block: dequantize,
-# step, quantize per block); bfloat16 params with int16 remainders instead of fp32 masters.
+# step, quantize per block); bfloat16 params with int16 remainders instead of fp32 masters, or with float16
+# masters (uint16 bits; the param is the rounding of the float16 master).
 # `_contract_step` restates it in NumPy; the CUDA source (adam_math.cuh's adam_update and fp8 block
 # functions, adam.cu's adam_multi with its block-wide amax reduction) must equal it bit for bit.
 
-#: every valid (mk, vk, sr, rem) of bfloat16 params (68)
+#: every valid (mk, vk, sr, rem, wk) of bfloat16 params (102: fp32 masters, remainders, float16 masters)
 PRECISION_OPTIONS = gpu.precision_options(P.BF16)
 #: fp32 bit patterns the random data mixes in: zeros, subnormals, the smallest normals, the largest
 #: finite values (round to inf in 16 bits), values at bf16 / fp16 ties, fp16's limits, infs, NaNs
@@ -586,10 +587,11 @@ def _blocks(sl: slice) -> slice:
 def _contract_step(param: np.ndarray, grad: np.ndarray, master: np.ndarray | None, m: np.ndarray, v: np.ndarray,
                    x: np.ndarray | None, s: R.HostScalars, index: np.ndarray, key: tuple[int, int], *, pk: int,
                    mk: int, vk: int, sr: bool, rem: bool, amsgrad: bool, decoupled: bool = True,
-                   maximize: bool = False, scales: tuple = (None, None, None)) -> None:
+                   maximize: bool = False, scales: tuple = (None, None, None), wk: int = P.F32) -> None:
     """One Adam step of the contract on one tensor, in place, built from reference.precision: the
-    value stepped is the param (float32), its current_master (16-bit params), or join_remainder (rem,
-    ``master`` holding int16 remainders); moments widened (fp8: dequantized with their block scales,
+    value stepped is the param (float32), its current_master (16-bit params; with ``wk`` float16 that of
+    the widened float16 master, stored back narrowed, the param then rounded from it), or join_remainder
+    (rem, ``master`` holding int16 remainders); moments widened (fp8: dequantized with their block scales,
     ``scales`` = the tensor's blocks of exp_avg's, exp_avg_sq's, max_exp_avg_sq's), reference.adamw.apply_step
     on float32 copies, narrowed with random_words(key, index) (r0: exp_avg, r1: exp_avg_sq and
     max_exp_avg_sq) or quantized (fp8: new codes and scales, in place). ``param``: the param as stored
@@ -598,6 +600,9 @@ def _contract_step(param: np.ndarray, grad: np.ndarray, master: np.ndarray | Non
         p32 = P.join_remainder(param.view(np.uint16), master)
     elif pk == P.F32:
         p32 = param.copy()
+    elif wk != P.F32:
+        with np.errstate(over="ignore"):
+            p32 = R.current_master(P.widen(master, wk).copy(), param)
     else:
         with np.errstate(over="ignore"):
             p32 = R.current_master(master.copy(), param)
@@ -631,6 +636,9 @@ def _contract_step(param: np.ndarray, grad: np.ndarray, master: np.ndarray | Non
             master[...] = low
         elif pk == P.F32:
             param[...] = p32
+        elif wk != P.F32:
+            master[...] = P.narrow(p32, wk)
+            param[...] = R.to_storage(P.widen(master, wk), param.dtype)
         else:
             master[...] = p32
             param[...] = R.to_storage(p32, param.dtype)
@@ -641,9 +649,12 @@ def _sc(s: R.HostScalars) -> np.ndarray:
                      s.step_size, s.bc2_sqrt, s.eps], np.float32)
 
 
-def _initial_params(rng: np.random.Generator, n: int, pk: int, rem: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """A param as stored (with specials) and its ``master`` array: None (float32), fp32 masters, or
-    int16 remainders (rem: split_remainder of random masters)."""
+def _initial_params(rng: np.random.Generator, n: int, pk: int, rem: bool,
+                    wk: int = P.F32) -> tuple[np.ndarray, np.ndarray | None]:
+    """A param as stored (with specials) and its ``master`` array: None (float32), fp32 masters, int16
+    remainders (rem: split_remainder of random masters), or float16 masters (``wk``: the float16 rounding
+    of the values the param rounds; where the param is not the rounding of that, beyond float16's range
+    or its precision near zero, the param wins at the first step)."""
     p0 = _sprinkle(rng, rng.standard_normal(n) * 2)
     p0[:4] = np.array([0.0, -0.0, 1e-30, 6.1e-5], np.float32)[: min(4, n)]
     if rem:
@@ -652,7 +663,8 @@ def _initial_params(rng: np.random.Generator, n: int, pk: int, rem: bool) -> tup
     if pk == P.F32:
         return p0, None
     with np.errstate(over="ignore"):
-        return R.to_storage(R.canonical_nan(p0), STORE[pk]), R.canonical_nan(p0)
+        param = R.to_storage(R.canonical_nan(p0), STORE[pk])
+        return param, (R.canonical_nan(p0) if wk == P.F32 else P.narrow(p0, wk))
 
 
 @needs_nvcc
@@ -722,26 +734,31 @@ def test_host_param_remainders_are_the_reference_split_and_join(host_lib):
     assert back.tobytes() == master.tobytes() == P.join_remainder(hi, low).tobytes()
 
 
-def _host_builds_fp8(amsgrad: bool, mk: int, vk: int, sr: bool, rem: bool) -> bool:
+def _host_builds_fp8(amsgrad: bool, mk: int, vk: int, sr: bool, rem: bool, wk: int) -> bool:
     """tests/cuda/adam_host.cu's fp8_build: which fp8 options the host library builds for bfloat16
-    params and grads (with amsgrad every (mk, vk, sr) without remainders and the fp8 pairs with them;
-    without it the fp8 pairs and fp8 beside float32, nearest)."""
+    params and grads (with amsgrad every (mk, vk, sr) with fp32 masters and the fp8 pairs with remainders
+    and with float16 masters; without it the fp8 pairs and fp8 beside float32, nearest, fp32 masters)."""
+    fp32_masters = not rem and wk == P.F32
     if amsgrad:
-        return not rem or (not sr and mk + vk == 7)
-    return not sr and not rem and (mk + vk == 7 or P.F32 in (mk, vk))
+        return fp32_masters or (not sr and mk + vk == 7)
+    return not sr and fp32_masters and (mk + vk == 7 or P.F32 in (mk, vk))
 
 
 #: the host library's precision builds (tests/cuda/adam_host.cu: precision_build): bfloat16 params and
 #: grads with every option without fp8 and either amsgrad, and ``_host_builds_fp8``; a few other param /
-#: grad kinds with amsgrad and options whose moments are of two different kinds
+#: grad kinds with amsgrad and options whose moments are of two different kinds (bfloat16 params with
+#: remainders and with float16 masters)
 HOST_PRECISION_CASES = [(1, 1, amsgrad, *opt) for amsgrad in (False, True) for opt in PRECISION_OPTIONS
                         if not _fp8(*opt[:2]) or _host_builds_fp8(amsgrad, *opt)] + \
-    [(pk, gk, True, mk, vk, P.BF16 in (mk, vk), pk == P.BF16) for pk, gk in ((1, 2), (0, 0), (2, 1))
-     for mk, vk in [*itertools.permutations((P.F32, P.BF16, P.F16), 2), (P.F8E4M3, P.F8E5M2), (P.F8E5M2, P.F8E4M3)]]
+    [(pk, gk, True, mk, vk, P.BF16 in (mk, vk), rem, wk) for pk, gk in ((1, 2), (0, 0), (2, 1))
+     for mk, vk in [*itertools.permutations((P.F32, P.BF16, P.F16), 2), (P.F8E4M3, P.F8E5M2), (P.F8E5M2, P.F8E4M3)]
+     for rem, wk in ([(True, P.F32), (False, P.F16)] if pk == P.BF16 else [(False, P.F32)])]
+
 
 def _ids(case: tuple) -> str:
-    pk, gk, amsgrad, mk, vk, sr, rem = case
-    return f"p{pk}g{gk}{'-ams' if amsgrad else ''}-m{mk}v{vk}{'-sr' if sr else ''}{'-rem' if rem else ''}"
+    pk, gk, amsgrad, mk, vk, sr, rem, wk = case
+    return (f"p{pk}g{gk}{'-ams' if amsgrad else ''}-m{mk}v{vk}{'-sr' if sr else ''}{'-rem' if rem else ''}"
+            f"{'-w16' if wk == P.F16 else ''}")
 
 
 @needs_nvcc
@@ -753,13 +770,14 @@ def test_host_build_of_precision_element_math_is_the_contract(host_lib, case):
     masters (params written behind the optimizer's back). fp8 moments: 3,000 elements are 11 full
     blocks and a partial one, stepped with the kernel's block functions (fp8_amax, fp8_scales,
     fp8_store) serially; the stored blocks include zero, NaN, inf and subnormal scales, and a few grads
-    are NaN or inf (their blocks turn NaN)."""
-    pk, gk, amsgrad, mk, vk, sr, rem = case
+    are NaN or inf (their blocks turn NaN). float16 masters (``wk``): masters beyond float16's range and
+    params that are not their master's rounding at the start, as well as later."""
+    pk, gk, amsgrad, mk, vk, sr, rem, wk = case
     rng = np.random.default_rng(zlib.crc32(_ids(case).encode()))
     n = 3_000
     base = (1 << 33) + 12_345  # the counter's high word is not zero
     index = (base + np.arange(n)).astype(np.uint64)
-    param, master = _initial_params(rng, n, pk, rem)
+    param, master = _initial_params(rng, n, pk, rem, wk)
     (m, qm), (v, qv) = _random_moment(rng, n, mk, 0.1), _random_moment(rng, n, vk, 0.01)
     x, qx = _random_moment(rng, n, vk, 0.02) if amsgrad else (np.zeros(1, np.float32), None)
     fp8 = _fp8(mk, vk)
@@ -781,12 +799,12 @@ def test_host_build_of_precision_element_math_is_the_contract(host_lib, case):
             g[5 * P.FP8_BLOCK + 7] = np.nan
         s = R.host_scalars(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=step, grad_scale=0.5)
         key = P.step_key(0x1234_5678_9ABC_DEF0, step, 2)
-        rc = host_lib.adam_host(pk, gk, amsgrad, True, False, mk, vk, sr, rem, n, _ptr(param), _ptr(g), _ptr(master),
-                                _ptr(m), _ptr(v), _ptr(x), _ptr(qm), _ptr(qv), _ptr(qx), _ptr(_sc(s)), int(key[0]),
-                                int(key[1]), base)
+        rc = host_lib.adam_host(pk, gk, amsgrad, True, False, mk, vk, sr, gpu.master_mode(pk, rem, wk), n, _ptr(param),
+                                _ptr(g), _ptr(master), _ptr(m), _ptr(v), _ptr(x), _ptr(qm), _ptr(qv), _ptr(qx),
+                                _ptr(_sc(s)), int(key[0]), int(key[1]), base)
         assert rc == 0, "not built (tests/cuda/adam_host.cu: precision_build)"
         _contract_step(ref[0], g, ref[1], ref[2], ref[3], ref[4] if amsgrad else None, s, index, key, pk=pk, mk=mk,
-                       vk=vk, sr=sr, rem=rem, amsgrad=amsgrad, scales=tuple(ref[5:]))
+                       vk=vk, sr=sr, rem=rem, amsgrad=amsgrad, scales=tuple(ref[5:]), wk=wk)
         for name, got, want in zip(("param", "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_avg scales",
                                     "exp_avg_sq scales", "max_exp_avg_sq scales"), (param, master, m, v, x, qm, qv, qx),
                                    ref):
@@ -805,14 +823,23 @@ def _stored_state(rng: np.random.Generator, total: int, mk: int, vk: int, amsgra
     return [m, v, x, qm, qv, qx]
 
 
+def _emulator_builds_fp8(mk: int, vk: int, sr: bool, rem: bool, wk: int) -> bool:
+    """tests/cuda/emulate.cpp's fp8 builds for bfloat16 params and grads with amsgrad: every pair of moment
+    kinds with an fp8 one, stochastic with a bfloat16 moment, remainders when the kinds' sum is odd, fp32
+    masters otherwise; and (e4m3, e5m2) with float16 masters."""
+    if wk == P.F16:
+        return (mk, vk, sr) == (P.F8E4M3, P.F8E5M2, False)
+    return sr == (P.BF16 in (mk, vk)) and rem == ((mk + vk) % 2 == 1)
+
+
 #: the emulator's precision builds (tests/cuda/emulate.cpp: precision_build): bfloat16 params and grads
-#: with amsgrad, every option without fp8, and every pair of moment kinds with an fp8 one (stochastic with
-#: a bfloat16 moment, remainders when the kinds' sum is odd); float32 params and grads without amsgrad
-EMU_PRECISION_CASES = [(1, 1, True, mk, vk, sr, rem) for mk, vk, sr, rem in PRECISION_OPTIONS
-                       if not _fp8(mk, vk) or (sr == (P.BF16 in (mk, vk)) and rem == ((mk + vk) % 2 == 1))] + \
-    [(0, 0, False, *opt) for opt in ((P.BF16, P.BF16, True, False), (P.F32, P.F16, False, False),
-                                     (P.F16, P.F32, False, False), (P.F8E4M3, P.F8E5M2, False, False),
-                                     (P.F8E5M2, P.F32, False, False))]
+#: with amsgrad, every option without fp8 (fp32 masters, remainders, float16 masters) and
+#: ``_emulator_builds_fp8``; float32 params and grads without amsgrad
+EMU_PRECISION_CASES = [(1, 1, True, *opt) for opt in PRECISION_OPTIONS
+                       if not _fp8(*opt[:2]) or _emulator_builds_fp8(*opt)] + \
+    [(0, 0, False, *opt, P.F32) for opt in ((P.BF16, P.BF16, True, False), (P.F32, P.F16, False, False),
+                                            (P.F16, P.F32, False, False), (P.F8E4M3, P.F8E5M2, False, False),
+                                            (P.F8E5M2, P.F32, False, False))]
 
 
 @pytest.mark.parametrize("case", EMU_PRECISION_CASES, ids=_ids)
@@ -822,8 +849,9 @@ def test_emulated_precision_kernels_match_the_contract(emulator, case):
     starts at flat index `base` (past 2**32: the random counter's high word), against ``_contract_step``.
     fp8 moments: tensors on 256-element blocks, partial last blocks, blocks of 96 or 256 threads (a
     thread then updates 2 or 3 elements of an fp8 block, or 1), real threads meeting at each block's
-    __syncthreads, the amax buffers rotating across chunks, zero / NaN / inf blocks."""
-    pk, gk, amsgrad, mk, vk, sr, rem = case
+    __syncthreads, the amax buffers rotating across chunks, zero / NaN / inf blocks. 16-bit params with
+    fp32 or float16 masters: params written behind the optimizer's back before the second step."""
+    pk, gk, amsgrad, mk, vk, sr, rem, wk = case
     rng = np.random.default_rng(zlib.crc32(_ids(case).encode()))
     fp8 = _fp8(mk, vk)
     align, threads = (P.FP8_BLOCK, 96 if pk == P.BF16 else 256) if fp8 else (64, 128)
@@ -831,11 +859,11 @@ def test_emulated_precision_kernels_match_the_contract(emulator, case):
     offsets = np.cumsum([0] + [-(-n // align) * align for n in sizes[:-1]]).astype(np.int64)
     total = int(offsets[-1] + -(-sizes[-1] // align) * align)
     base, chunk = 3 * (1 << 31) + 4096, 4096
-    params, masters = zip(*(_initial_params(rng, n + 1, pk, rem) for n in sizes))
+    params, masters = zip(*(_initial_params(rng, n + 1, pk, rem, wk) for n in sizes))
     params = [p[1:] if i == 4 else p[:-1] for i, p in enumerate(params)]  # tensor 4: not 16-byte aligned
     master = None
     if pk != P.F32:
-        master = np.zeros(total, np.int16 if rem else np.float32)
+        master = np.zeros(total, masters[0].dtype)
         for mst, off, n, i in zip(masters, offsets, sizes, itertools.count()):
             master[off: off + n] = mst[1:] if i == 4 else mst[:-1]
     state = _stored_state(rng, total, mk, vk, amsgrad)
@@ -843,12 +871,17 @@ def test_emulated_precision_kernels_match_the_contract(emulator, case):
     ref = [None if a is None else a.copy() for a in state]
     sz = np.asarray(sizes, np.int64)
     for step in (1, 2):
+        if step == 2 and pk != P.F32 and not rem:  # params written behind the optimizer's back: the params win
+            for p, rp in zip(params, ref_p):
+                p[::7] = (rng.standard_normal(p[::7].size) * 5).astype(np.float32).astype(STORE[pk])
+                rp[::7] = p[::7]
         grads = [_grad(rng, rng.standard_normal(n) * 3, gk, 0.0003 if fp8 else 0.05) for n in sizes]
         s = R.host_scalars(lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=step, grad_scale=0.7)
         key = P.step_key(99, step, 1)
         pptr, ct, cs = _tables(params, sizes, chunk)
         gptr, _, _ = _tables(grads, sizes, chunk)
-        assert emulator.emu_adam(pk, gk, amsgrad, True, False, mk, vk, sr, rem, 3, threads, _ptr(pptr), _ptr(gptr),
+        wm = gpu.master_mode(pk, rem, wk)
+        assert emulator.emu_adam(pk, gk, amsgrad, True, False, mk, vk, sr, wm, 3, threads, _ptr(pptr), _ptr(gptr),
                                  _ptr(offsets), _ptr(sz), _ptr(ct), _ptr(cs), ct.size, chunk, _ptr(master),
                                  *map(_ptr, state), _ptr(_sc(s)), int(key[0]), int(key[1]), base) == 0
         for i, (g, off, n) in enumerate(zip(grads, offsets, sizes)):
@@ -857,7 +890,7 @@ def test_emulated_precision_kernels_match_the_contract(emulator, case):
             _contract_step(ref_p[i], g, None if ref_w is None else ref_w[sl], rm[sl], rv[sl],
                            rx[sl] if amsgrad else None, s, (base + off + np.arange(n)).astype(np.uint64), key,
                            pk=pk, mk=mk, vk=vk, sr=sr, rem=rem, amsgrad=amsgrad,
-                           scales=tuple(None if q is None else q[_blocks(sl)] for q in (qm, qv, qx)))
+                           scales=tuple(None if q is None else q[_blocks(sl)] for q in (qm, qv, qx)), wk=wk)
     for i, p in enumerate(params):
         assert p.tobytes() == ref_p[i].tobytes(), i
     names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_avg scales", "exp_avg_sq scales", "max_exp_avg_sq scales")
@@ -866,18 +899,20 @@ def test_emulated_precision_kernels_match_the_contract(emulator, case):
 
 
 @pytest.mark.parametrize("pdt, gdt, amsgrad, opt", [
-    ("bfloat16", "bfloat16", True, (P.BF16, P.BF16, True, True)),
-    ("bfloat16", "bfloat16", True, (P.F32, P.BF16, True, False)),
-    ("bfloat16", "bfloat16", True, (P.F16, P.F32, False, True)),
-    ("float32", "float32", False, (P.BF16, P.BF16, True, False)),
-    ("bfloat16", "bfloat16", True, (P.F8E4M3, P.F8E5M2, False, True)),
-    ("bfloat16", "bfloat16", True, (P.BF16, P.F8E4M3, True, False)),
-    ("float32", "float32", False, (P.F8E5M2, P.F32, False, False)),
+    ("bfloat16", "bfloat16", True, (P.BF16, P.BF16, True, True, P.F32)),
+    ("bfloat16", "bfloat16", True, (P.F32, P.BF16, True, False, P.F32)),
+    ("bfloat16", "bfloat16", True, (P.F16, P.F32, False, True, P.F32)),
+    ("float32", "float32", False, (P.BF16, P.BF16, True, False, P.F32)),
+    ("bfloat16", "bfloat16", True, (P.F8E4M3, P.F8E5M2, False, True, P.F32)),
+    ("bfloat16", "bfloat16", True, (P.BF16, P.F8E4M3, True, False, P.F32)),
+    ("float32", "float32", False, (P.F8E5M2, P.F32, False, False, P.F32)),
+    ("bfloat16", "bfloat16", True, (P.F32, P.BF16, True, False, P.F16)),
+    ("bfloat16", "bfloat16", True, (P.F8E4M3, P.F8E5M2, False, False, P.F16)),
 ], ids=["bf16-sr-rem", "bf16-m32-vbf16-sr", "bf16-m16-rem", "fp32-bf16-moments-sr", "bf16-e4m3-e5m2-rem",
-        "bf16-mbf16-ve4m3-sr", "fp32-me5m2"])
+        "bf16-mbf16-ve4m3-sr", "fp32-me5m2", "bf16-w16-m32-vbf16-sr", "bf16-w16-e4m3-e5m2"])
 def test_gpu_precision_launch_code_runs_through_the_emulated_kernels(emulator, pdt, gdt, amsgrad, opt, monkeypatch):
     """gpu.GpuKernels.adam_step's precision options through the emulated adam_multi: it reads
-    ``m_kind``, ``v_kind``, ``stochastic``, ``remainders``, ``base`` and the fp8 block scales
+    ``m_kind``, ``v_kind``, ``stochastic``, ``remainders``, ``w_kind``, ``base`` and the fp8 block scales
     ``m_scale``, ``v_scale``, ``vmax_scale`` from the buffer and ``key`` from the flags (set as
     attributes here, so this runs before and after npadam.kernels declares them), and a buffer stepped
     in pieces (``sub_batch`` with each piece's state and ``base`` = its start, as the offload pipeline
@@ -890,7 +925,7 @@ def test_gpu_precision_launch_code_runs_through_the_emulated_kernels(emulator, p
     from npadam import kernels as K
     from npadam.layout import KINDS
 
-    mk, vk, sr, rem = opt
+    mk, vk, sr, rem, wk = opt
     pk, gk = KINDS[pdt], KINDS[gdt]
     fp8 = _fp8(mk, vk)
     if fp8:
@@ -899,10 +934,10 @@ def test_gpu_precision_launch_code_runs_through_the_emulated_kernels(emulator, p
     sizes, lay, size = _sizes_and_layout(pdt, P.FP8_BLOCK if fp8 else 64)
     offsets = lay.offsets(0)
     rng = np.random.default_rng(21)
-    init = [_initial_params(rng, n, pk, rem) for n in sizes]
+    init = [_initial_params(rng, n, pk, rem, wk) for n in sizes]
     master0 = None
     if pk != P.F32:
-        master0 = np.zeros(size, np.int16 if rem else np.float32)
+        master0 = np.zeros(size, init[0][1].dtype)
         for (_, mst), off in zip(init, offsets):
             master0[off: off + mst.size] = mst
     state0 = _stored_state(rng, size, mk, vk, amsgrad)
@@ -932,6 +967,7 @@ def test_gpu_precision_launch_code_runs_through_the_emulated_kernels(emulator, p
                 buf = K.BufferState(size=stop - start, master=w, exp_avg=m, exp_avg_sq=v, max_exp_avg_sq=x,
                                     pdtype=pdt)
                 buf.m_kind, buf.v_kind, buf.stochastic, buf.remainders, buf.base = mk, vk, sr, rem, start
+                buf.w_kind = wk
                 buf.m_scale, buf.v_scale, buf.vmax_scale = (None if q is None else q[_blocks(slice(start, stop))]
                                                             for q in arrays[4:])
                 kern.adam_step(buf, K.sub_batch(batch, pdt, start, stop), s, flags)
@@ -943,7 +979,8 @@ def test_gpu_precision_launch_code_runs_through_the_emulated_kernels(emulator, p
             sl = slice(off, off + p.size)
             _contract_step(p, g, None if w is None else w[sl], m[sl], v[sl], x[sl] if amsgrad else None, s,
                            (off + np.arange(p.size)).astype(np.uint64), key, pk=pk, mk=mk, vk=vk, sr=sr, rem=rem,
-                           amsgrad=amsgrad, scales=tuple(None if q is None else q[_blocks(sl)] for q in arrays[4:]))
+                           amsgrad=amsgrad, scales=tuple(None if q is None else q[_blocks(sl)] for q in arrays[4:]),
+                           wk=wk)
     want = snapshot(params, arrays)
     assert results["whole"] == want
     assert results["pieces"] == want
@@ -952,7 +989,7 @@ def test_gpu_precision_launch_code_runs_through_the_emulated_kernels(emulator, p
         params, arrays = fresh()
         w, m, v, x, qm, qv, qx = arrays
         buf = K.BufferState(size=size, master=w, exp_avg=m, exp_avg_sq=v, max_exp_avg_sq=x, pdtype=pdt, m_kind=mk,
-                            v_kind=vk, stochastic=sr, remainders=rem)
+                            v_kind=vk, stochastic=sr, remainders=rem, w_kind=wk)
         if fp8:
             buf.m_scale, buf.v_scale, buf.vmax_scale = qm, qv, qx
         for grads, s, key in zip(steps, scalars, keys):
@@ -964,31 +1001,54 @@ def test_gpu_precision_launch_code_runs_through_the_emulated_kernels(emulator, p
 
 def test_all_names_cover_every_precision_option():
     """all_names() (the compile checks' subset) holds every value of every template parameter, every
-    valid (mk, vk, sr, rem) with amsgrad, those without fp8 moments also without it, each fp8 pair of
-    moment kinds without it, each name once, and no invalid combination."""
+    valid (mk, vk, sr, rem) with fp32 masters with amsgrad, those without fp8 moments also without it,
+    each fp8 pair of moment kinds without it, float16 masters with every (mk, vk, sr) without fp8 moments
+    and an fp8 pair, each name once, and no invalid combination; adam_name's master mode and errors."""
     opts = [re.findall(r"<(.*)>", n)[0].split(", ") for n in gpu.all_names() if n.startswith("adam_multi")]
     assert all(len(o) == 9 for o in opts) and len({tuple(o) for o in opts}) == len(opts)
-    parsed = [(int(p), int(g), a == "true", d == "true", x == "true", int(mk), int(vk), sr == "true", rem == "true")
-              for p, g, a, d, x, mk, vk, sr, rem in opts]
+    parsed = [(int(p), int(g), a == "true", d == "true", x == "true", int(mk), int(vk), sr == "true", int(wm))
+              for p, g, a, d, x, mk, vk, sr, wm in opts]
     assert {o[:5] for o in parsed} == set(itertools.product(range(3), range(3), *[(False, True)] * 3))
     built = {(o[2], *o[5:]) for o in parsed}
-    assert {(True, *opt) for opt in PRECISION_OPTIONS} <= built
-    assert {(False, *opt) for opt in PRECISION_OPTIONS if not _fp8(*opt[:2])} <= built
+
+    def mode(opt: tuple) -> tuple:  # (mk, vk, sr, rem, wk) -> (mk, vk, sr, master mode)
+        return (*opt[:3], gpu.master_mode(P.BF16, *opt[3:]))
+
+    fp32_masters = [opt for opt in PRECISION_OPTIONS if opt[4] == P.F32]
+    fp16_masters = [opt for opt in PRECISION_OPTIONS if opt[4] == P.F16]
+    assert {(True, *mode(opt)) for opt in fp32_masters} <= built
+    assert {(False, *mode(opt)) for opt in fp32_masters if not _fp8(*opt[:2])} <= built
+    assert {(True, *mode(opt)) for opt in fp16_masters if not _fp8(*opt[:2])} <= built
+    assert {(mk, vk) for a, mk, vk, sr, wm in built if wm == gpu.MASTER_F16 and _fp8(mk, vk)} == {(P.F8E4M3, P.F8E5M2)}
+    assert {wm for *_, wm in built} == {gpu.MASTER_F32, gpu.MASTER_REM, gpu.MASTER_F16}
     assert {(mk, vk) for a, mk, vk, *_ in built if not a} == set(itertools.product(gpu.MOMENT_KINDS, repeat=2))
     assert {o[0] for o in parsed if _fp8(*o[5:7])} == {0, 1, 2}  # fp8 beside every param kind
-    assert all(not o[8] or o[0] == P.BF16 for o in parsed)  # remainders: bfloat16 params only
+    assert all(not o[8] or o[0] == P.BF16 for o in parsed)  # remainders, float16 masters: bfloat16 params only
     assert all(not o[7] or P.BF16 in o[5:7] for o in parsed)  # stochastic: a bfloat16 moment
-    assert len(PRECISION_OPTIONS) == 68 and len(gpu.precision_options(P.F32)) == 34
+    assert len(PRECISION_OPTIONS) == 3 * 34 and len(fp16_masters) == 34 and len(gpu.precision_options(P.F32)) == 34
     assert gpu.MOMENT_KINDS == tuple(P.KIND_NAMES) and gpu.FP8 == P.FP8 and gpu.FP8_BLOCK == P.FP8_BLOCK
-    with pytest.raises(ValueError):
-        gpu.adam_name(0, 0, False, True, False, rem=True)
+    assert gpu.MASTER_KINDS == (P.F32, P.F16)
+    header = (KERNEL_DIR / "adam_math.cuh").read_text()
+    assert "enum MasterMode { MASTER_F32 = %d, MASTER_REM = %d, MASTER_F16 = %d };" % (
+        gpu.MASTER_F32, gpu.MASTER_REM, gpu.MASTER_F16) in header
+    for pk in (P.F32, P.F16):
+        with pytest.raises(ValueError, match="remainders need bfloat16 params"):
+            gpu.adam_name(pk, 0, False, True, False, rem=True)
+        with pytest.raises(ValueError, match="float16 masters need bfloat16 params"):
+            gpu.adam_name(pk, 0, False, True, False, wk=P.F16)
+    with pytest.raises(ValueError, match="exclude each other"):
+        gpu.adam_name(1, 1, False, True, False, rem=True, wk=P.F16)
+    with pytest.raises(ValueError, match="master storage kinds"):
+        gpu.adam_name(1, 1, False, True, False, wk=P.BF16)
     with pytest.raises(ValueError, match="param and grad"):
         gpu.adam_name(3, 1, False, True, False)
     with pytest.raises(ValueError, match="moment"):
         gpu.adam_name(1, 1, False, True, False, mk=5)
     assert gpu.adam_name(1, 0, True, False, True, 2, 1, True, True) == \
-        "adam_multi<1, 0, true, false, true, 2, 1, true, true>"
-    assert gpu.adam_name(0, 0, True, True, False, 3, 4) == "adam_multi<0, 0, true, true, false, 3, 4, false, false>"
+        "adam_multi<1, 0, true, false, true, 2, 1, true, 1>"
+    assert gpu.adam_name(1, 2, False, True, False, 0, 1, wk=P.F16) == \
+        "adam_multi<1, 2, false, true, false, 0, 1, false, 2>"
+    assert gpu.adam_name(0, 0, True, True, False, 3, 4) == "adam_multi<0, 0, true, true, false, 3, 4, false, 0>"
 
 
 # ---------------------------------------------------------------------- fp8 moments (issue 11)
@@ -1149,6 +1209,41 @@ def test_gpu_fp8_launch_checks_what_the_kernel_assumes():
     assert gpu.THREADS % 32 == 0 and gpu.CHUNK % gpu.FP8_BLOCK == 0
     shift = re.search(r"constexpr int FP8_SHIFT = (\d+);", (KERNEL_DIR / "adam_math.cuh").read_text()).group(1)
     assert 1 << int(shift) == gpu.FP8_BLOCK == P.FP8_BLOCK
+
+
+def test_gpu_master_launch_checks_what_the_kernel_assumes():
+    """GpuKernels.adam_step reads ``w_kind`` and ``remainders`` of the buffer: float16 masters and
+    remainders need bfloat16 params and a 2-byte master array (named in the error, nothing launched);
+    with them it launches the kernel of master mode 2 or 1 (here: a stand-in that records the launch)."""
+    from npadam import kernels as K
+
+    launched = []
+    kern = object.__new__(gpu.GpuKernels)
+    kern.cp, kern._functions, kern._sms = _HostCupy, {}, {}
+    kern._function = lambda name: (lambda grid, block, args: launched.append(name))
+    kern._sm_count = lambda: 2
+    g = np.ones(300, np.float32)
+    s = R.host_scalars(lr=1e-3, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.0, step=1)
+
+    def step(pdtype: str, master: np.ndarray | None, **kinds) -> None:
+        p = np.zeros(300, np.float32 if pdtype == "float32" else np.uint16)
+        buf = K.BufferState(size=320, master=master, exp_avg=np.zeros(320, np.float32),
+                            exp_avg_sq=np.zeros(320, np.float32), max_exp_avg_sq=None, pdtype=pdtype, **kinds)
+        kern.adam_step(buf, K.Batch.of_arrays([p], [g], np.array([0])), s, K.Flags())
+
+    with pytest.raises(ValueError, match="float16 masters need bfloat16 params.*float16 params"):
+        step("float16", np.zeros(320, np.uint16), w_kind=P.F16)
+    with pytest.raises(ValueError, match="uint16 array of float16 masters.*float32"):
+        step("bfloat16", np.zeros(320, np.float32), w_kind=P.F16)
+    with pytest.raises(ValueError, match="int16 remainder array.*None"):
+        step("bfloat16", None, remainders=True)
+    assert not launched
+    step("bfloat16", np.zeros(320, np.uint16), w_kind=P.F16)
+    step("bfloat16", np.zeros(320, np.int16), remainders=True)
+    step("bfloat16", np.zeros(320, np.float32))
+    assert launched == [gpu.adam_name(1, 0, False, True, False, wk=P.F16),
+                        gpu.adam_name(1, 0, False, True, False, rem=True), gpu.adam_name(1, 0, False, True, False)]
+    assert [n[-2] for n in launched] == ["2", "1", "0"]
 
 
 def test_emulated_fp8_kernel_refuses_chunks_off_the_block(emulator):

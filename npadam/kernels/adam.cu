@@ -8,7 +8,10 @@
 //               scale per FP8_BLOCK elements; reference/precision.py)
 //   SR          (Adam) stochastic rounding of the bfloat16 moments (counter-based: Threefry-2x32-20
 //               of the step key (k0, k1) and the element's buffer index base + i; never fp8)
-//   REM         (Adam, bfloat16 params only) `master` holds int16 param remainders, not fp32 masters
+//   WM          (Adam) the master mode, what `master` holds (adam_math.cuh's Master): 0 fp32 masters of
+//               16-bit params (unused for float32 params), 1 int16 param remainders instead of them
+//               (store_param_remainders), 2 float16 masters as uint16 bits (main_params_dtype=float16; the
+//               param is then the rounding of the float16 master); 1 and 2 for bfloat16 params only
 // Compile with -fmad=false (and NVRTC's default IEEE division and square root) so
 // that the result is bit-identical to reference/adamw.py and the Numba kernel.
 //
@@ -69,9 +72,9 @@ __device__ __forceinline__ Chunk chunk_at(int64_t c, const int64_t* chunk_tensor
 // last reads (step 3 of block b - 2) came before the __syncthreads of block b - 1 and whose next atomics
 // (step 2 of block b + 1) come after that of block b. Threads with no element (a partial last block) add
 // nothing but reach every __syncthreads.
-template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE, int MK, int VK, bool SR, bool REM>
+template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE, int MK, int VK, bool SR, int WM>
 __device__ __forceinline__ void adam_fp8_chunk(typename Storage<PK>::T* P, const typename Storage<GK>::T* G,
-                                               typename Master<REM>::T* W, typename Moment<MK, SR>::T* M,
+                                               typename Master<WM>::T* W, typename Moment<MK, SR>::T* M,
                                                typename Moment<VK, SR>::T* V, typename Moment<VK, SR>::T* X,
                                                float* QM, float* QV, float* QX, int64_t lo, int64_t hi,
                                                int64_t off, const Scalars& s, uint32_t k0, uint32_t k1, int64_t base,
@@ -82,7 +85,7 @@ __device__ __forceinline__ void adam_fp8_chunk(typename Storage<PK>::T* P, const
         const int64_t n = hi - b0 < FP8_BLOCK ? hi - b0 : FP8_BLOCK;
         uint32_t a[3] = {0u, 0u, 0u};
         for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
-            values[e] = adam_update<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE, MK, VK, SR, REM>(
+            values[e] = adam_update<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE, MK, VK, SR, WM>(
                 P, G, W, M, V, X, QM, QV, QX, b0 + e, off + b0 + e, s, k0, k1, base);
             fp8_amax<MK, VK, AMSGRAD>(a, values[e]);
         }
@@ -107,18 +110,19 @@ __device__ __forceinline__ void adam_fp8_chunk(typename Storage<PK>::T* P, const
 
 // One Adam pass over a flat buffer's tensors. master, m, v, vmax: the buffer's state arrays (or a piece
 // of them) indexed by offsets[t] + j; `master` is unused for float32 params, holds the fp32 masters of
-// 16-bit params, or their int16 remainders (REM); vmax is unused without AMSGRAD. m_scale, v_scale,
+// 16-bit params, or (bfloat16 params) their int16 remainders or float16 masters (WM); vmax is unused
+// without AMSGRAD. m_scale, v_scale,
 // vmax_scale: the fp8 block scales of m, v, vmax (element i's block is i >> FP8_SHIFT; unused for other
 // kinds); with fp8 state the arrays start on a block boundary, every offsets[t] and `chunk` are
 // multiples of FP8_BLOCK, and the block has a multiple of 32 threads (THREADS = 256 in gpu.py).
 // (k0, k1): the step key of reference.precision.step_key, `base`: the buffer index of state element 0,
 // so that element i draws its random words from counter base + i (used only when SR rounds a bfloat16
 // moment).
-template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE, int MK, int VK, bool SR, bool REM>
+template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE, int MK, int VK, bool SR, int WM>
 __global__ void adam_multi(const uint64_t* __restrict__ param_ptrs, const uint64_t* __restrict__ grad_ptrs,
                            const int64_t* __restrict__ offsets, const int64_t* __restrict__ sizes,
                            const int64_t* __restrict__ chunk_tensor, const int64_t* __restrict__ chunk_start,
-                           int64_t nchunks, int64_t chunk, typename Master<REM>::T* __restrict__ master,
+                           int64_t nchunks, int64_t chunk, typename Master<WM>::T* __restrict__ master,
                            typename Moment<MK, SR>::T* __restrict__ m, typename Moment<VK, SR>::T* __restrict__ v,
                            typename Moment<VK, SR>::T* __restrict__ vmax, float* __restrict__ m_scale,
                            float* __restrict__ v_scale, float* __restrict__ vmax_scale, float scale, float beta1,
@@ -129,8 +133,8 @@ __global__ void adam_multi(const uint64_t* __restrict__ param_ptrs, const uint64
                        bc2_sqrt, eps};
     typedef typename Storage<PK>::T PT;
     typedef typename Storage<GK>::T GT;
-    // the float4 path: every array float32, no max_exp_avg_sq, no remainders
-    constexpr bool FLOAT4 = PK == F32 && GK == F32 && MK == F32 && VK == F32 && !AMSGRAD && !REM;
+    // the float4 path: every array float32, no max_exp_avg_sq, no master
+    constexpr bool FLOAT4 = PK == F32 && GK == F32 && MK == F32 && VK == F32 && !AMSGRAD && WM == MASTER_F32;
     // fp8: the block-wide amax of each fp8 moment in three rotating buffers, and the one in use
     // (adam_fp8_chunk)
     __shared__ uint32_t block_max[3][3];
@@ -172,12 +176,12 @@ __global__ void adam_multi(const uint64_t* __restrict__ param_ptrs, const uint64
             }
         }
         if constexpr (is_fp8(MK) || is_fp8(VK)) {
-            adam_fp8_chunk<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE, MK, VK, SR, REM>(P, G, master, m, v, vmax, m_scale,
+            adam_fp8_chunk<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE, MK, VK, SR, WM>(P, G, master, m, v, vmax, m_scale,
                                                                                   v_scale, vmax_scale, lo, hi, off,
                                                                                   s, k0, k1, base, block_max, u);
         } else {
             for (int64_t j = j0 + threadIdx.x; j < hi; j += blockDim.x) {
-                adam_update<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE, MK, VK, SR, REM>(
+                adam_update<PK, GK, AMSGRAD, DECOUPLED, MAXIMIZE, MK, VK, SR, WM>(
                     P, G, master, m, v, vmax, m_scale, v_scale, vmax_scale, j, off + j, s, k0, k1, base);
             }
         }

@@ -35,9 +35,14 @@
 //   - the random words of state element `index` (the element's flat index in its buffer) are
 //     threefry2x32-20(key (k0, k1), counter (lo32(index), hi32(index))): r0 rounds exp_avg, r1
 //     exp_avg_sq and max_exp_avg_sq; (k0, k1) is reference.precision.step_key(seed, step, buffer).
-//   - REM (store_param_remainders, bf16 params only): the fp32 master is not stored; an int16
-//     remainder holds its low 16 bits (join_remainder / split_remainder), the bf16 param its high
-//     16 bits rounded to nearest, ties away from zero.
+//   - the master of a low-precision param, by the master mode WM (adam.cu's template parameter; Master
+//     below): 0 = float32 masters (none for float32 params); 1 = remainders (store_param_remainders, bf16
+//     params only): the fp32 master is not stored, an int16 remainder holds its low 16 bits
+//     (join_remainder / split_remainder), the bf16 param its high 16 bits rounded to nearest, ties away
+//     from zero; 2 = float16 masters (main_params_dtype=float16, bf16 params only): uint16 float16 bits,
+//     widened exactly, the param checked against them (current_master), and after the float32 update
+//     h = f16_nearest(p) (NaN -> 0x7E00) is stored and the bf16 param is the rounding of widen(h), so
+//     that the check holds at the next step.
 //   - fp8 moments (reference.precision.quantize / dequantize): uint8 codes, one float32 scale per block
 //     of FP8_BLOCK elements of the flat buffer (block of state element i: i >> FP8_SHIFT; tensors start
 //     on block boundaries, so a block never spans two tensors; a tensor's last block may be partial).
@@ -391,12 +396,19 @@ NPADAM_HD void split_remainder(float master, uint16_t& param, int16_t& rem) {
     rem = (int16_t)(low >= 0x8000u ? (int)low - 0x10000 : (int)low);
 }
 
-// What a buffer's `master` array holds: the fp32 masters, or (REM) the int16 remainders.
-template <bool REM> struct Master {
+// The master modes (WM): what a buffer's `master` array holds. gpu.py's MASTER_F32, MASTER_REM, MASTER_F16.
+enum MasterMode { MASTER_F32 = 0, MASTER_REM = 1, MASTER_F16 = 2 };
+
+// The element type of the `master` array of mode WM: the fp32 masters (unused for float32 params), the int16
+// remainders, or the float16 masters' bits.
+template <int WM> struct Master {
     typedef float T;
 };
-template <> struct Master<true> {
+template <> struct Master<MASTER_REM> {
     typedef int16_t T;
+};
+template <> struct Master<MASTER_F16> {
+    typedef uint16_t T;
 };
 
 // The fp32 value a low-precision param's update starts from (reference.adamw.current_master):
@@ -432,27 +444,31 @@ NPADAM_HD void adam_element(float& p, float grad, float& m, float& v, float& vma
 }
 
 // One element of a flat buffer's Adam pass on stored state (the body of adam.cu's adam_multi; the
-// host tests run it too). P[j], G[j]: the param and grad (storage kinds PK, GK); W[i]: the fp32 master
-// (PK != F32), or with REM the int16 remainder (the master is join_remainder(P[j], W[i]), no
-// current_master check); M[i], V[i], X[i]: exp_avg (kind MK), exp_avg_sq and, with AMSGRAD,
+// host tests run it too). P[j], G[j]: the param and grad (storage kinds PK, GK); W[i] by the master mode
+// WM: the fp32 master (PK != F32), the int16 remainder (MASTER_REM: the master is join_remainder(P[j],
+// W[i]), no current_master check) or the float16 master's bits (MASTER_F16: widened, then checked by
+// current_master; stored back rounded to float16, the param rounded from that); M[i], V[i], X[i]: exp_avg (kind MK), exp_avg_sq and, with AMSGRAD,
 // max_exp_avg_sq (kind VK); QM, QV, QX: their fp8 block scales (read only here; unused for other
 // kinds). The moments are widened (load_moment), adam_element runs in float32 (the param update uses
 // the float32 m and vh), then the 16-bit and float32 ones are narrowed and stored (Moment); the fp8 ones
 // are left to the caller, which quantizes them per block from the returned values. SR: bfloat16 moments
 // round stochastically with random_words(k0, k1, base + i), i.e. `base` is the buffer index of state
 // element 0 (the host passes a piece of the buffer's state starting there).
-template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE, int MK, int VK, bool SR, bool REM>
+template <int PK, int GK, bool AMSGRAD, bool DECOUPLED, bool MAXIMIZE, int MK, int VK, bool SR, int WM>
 NPADAM_HD Fp8Values adam_update(typename Storage<PK>::T* P, const typename Storage<GK>::T* G,
-                                typename Master<REM>::T* W, typename Moment<MK, SR>::T* M,
+                                typename Master<WM>::T* W, typename Moment<MK, SR>::T* M,
                                 typename Moment<VK, SR>::T* V, typename Moment<VK, SR>::T* X, const float* QM,
                                 const float* QV, const float* QX, int64_t j, int64_t i, const Scalars& s,
                                 uint32_t k0, uint32_t k1, int64_t base) {
-    static_assert(!REM || PK == BF16, "param remainders need bfloat16 params");
+    static_assert(WM == MASTER_F32 || WM == MASTER_REM || WM == MASTER_F16, "master modes are 0, 1, 2");
+    static_assert(WM == MASTER_F32 || PK == BF16, "param remainders and float16 masters need bfloat16 params");
     float p;
-    if constexpr (REM) {
+    if constexpr (WM == MASTER_REM) {
         p = join_remainder(P[j], W[i]);
     } else if constexpr (PK == F32) {
         p = Storage<PK>::load(P[j]);
+    } else if constexpr (WM == MASTER_F16) {
+        p = current_master<PK>(f16_to_f32(W[i]), P[j]);
     } else {
         p = current_master<PK>(W[i], P[j]);
     }
@@ -466,8 +482,12 @@ NPADAM_HD Fp8Values adam_update(typename Storage<PK>::T* P, const typename Stora
         V[i] = Moment<VK, SR>::narrow(v, r.r1);
         if (AMSGRAD) X[i] = Moment<VK, SR>::narrow(vmax, r.r1);
     }
-    if constexpr (REM) {
+    if constexpr (WM == MASTER_REM) {
         split_remainder(p, P[j], W[i]);
+    } else if constexpr (WM == MASTER_F16) {  // the param is the rounding of the float16 master
+        const uint16_t h = f16_nearest(p);
+        W[i] = h;
+        P[j] = Storage<PK>::store(f16_to_f32(h));
     } else {
         if constexpr (PK != F32) W[i] = p;
         P[j] = Storage<PK>::store(p);

@@ -3,8 +3,8 @@
 Importing this module imports CuPy; nothing here compiles until a kernel is
 first used. The CUDA source (``adam.cu`` + ``adam_math.cuh``, package data) holds
 one templated kernel per algorithm; each (param kind, grad kind, amsgrad,
-decoupled, maximize, exp_avg kind, exp_avg_sq kind, stochastic rounding, param
-remainders) Adam combination and each (param kind, grad kind, momentum mode) SGD
+decoupled, maximize, exp_avg kind, exp_avg_sq kind, stochastic rounding, master
+mode) Adam combination and each (param kind, grad kind, momentum mode) SGD
 combination is instantiated by name on first use and cached per device. Options:
 ``-fmad=false``, IEEE division and square root and no flush-to-zero, so results
 are bit-identical to ``reference.adamw`` and the Numba kernel.
@@ -50,6 +50,12 @@ FP8 = (F8E4M3, F8E5M2)
 MOMENT_KINDS = (F32, BF16, F16, F8E4M3, F8E5M2)
 #: reference.precision.FP8_BLOCK (adam_math.cuh's FP8_BLOCK)
 FP8_BLOCK = 256
+#: the master modes, adam_multi's template parameter WM (adam_math.cuh's MasterMode): what ``master`` holds
+#: for 16-bit params: float32 masters, int16 remainders (``store_param_remainders``), or float16 masters as
+#: uint16 bits (``main_params_dtype="float16"``); the last two for bfloat16 params only
+MASTER_F32, MASTER_REM, MASTER_F16 = 0, 1, 2
+#: the storage kinds of a master (``BufferState.w_kind``): float32, float16
+MASTER_KINDS = (F32, F16)
 # adam_multi with fp8 moments: chunks start on fp8 blocks, thread blocks are whole warps
 assert CHUNK % FP8_BLOCK == 0 and THREADS % 32 == 0
 
@@ -58,34 +64,49 @@ def _b(x: bool) -> str:
     return "true" if x else "false"
 
 
+def master_mode(pkind: int, rem: bool = False, wk: int = F32) -> int:
+    """adam_multi's master mode (``MASTER_F32``, ``MASTER_REM``, ``MASTER_F16``) of params of kind
+    ``pkind`` with remainders ``rem`` or a master of storage kind ``wk`` (``MASTER_KINDS``, as
+    ``BufferState.w_kind``); ValueError for a combination the kernel does not have."""
+    if wk not in MASTER_KINDS:
+        raise ValueError(f"master storage kinds are 0 (float32) and 2 (float16); got {wk!r}")
+    if rem and wk != F32:
+        raise ValueError("param remainders and float16 masters exclude each other (remainders replace the master)")
+    if rem and pkind != BF16:
+        raise ValueError(f"param remainders need bfloat16 params (pkind 1); got pkind {pkind}")
+    if wk == F16 and pkind != BF16:
+        raise ValueError(f"float16 masters need bfloat16 params (pkind 1); got pkind {pkind}")
+    return MASTER_REM if rem else MASTER_F16 if wk == F16 else MASTER_F32
+
+
 def adam_name(pkind: int, gkind: int, amsgrad: bool, decoupled: bool, maximize: bool, mk: int = F32,
-              vk: int = F32, sr: bool = False, rem: bool = False) -> str:
+              vk: int = F32, sr: bool = False, rem: bool = False, wk: int = F32) -> str:
     """The name expression of one ``adam_multi`` instantiation.
 
     ``pkind``/``gkind``: storage kind of params / grads (0, 1, 2); ``mk``/``vk``: storage kind of
     exp_avg / of exp_avg_sq and max_exp_avg_sq (0 ... 4, ``MOMENT_KINDS``); ``sr``: stochastic
     rounding of the bfloat16 moments (no effect unless ``mk`` or ``vk`` is bfloat16: ``adam_step``
     passes False then, so that such a kernel is never compiled twice); ``rem``: the ``master`` array
-    holds int16 param remainders (bfloat16 params only)."""
+    holds int16 param remainders; ``wk``: the masters' storage kind, float32 or float16 (uint16 bits of
+    the masters of bfloat16 params). The last template argument is their ``master_mode``."""
     if pkind not in (F32, BF16, F16) or gkind not in (F32, BF16, F16):
         raise ValueError(f"param and grad storage kinds are 0, 1, 2; got {(pkind, gkind)}")
     if mk not in MOMENT_KINDS or vk not in MOMENT_KINDS:
         raise ValueError(f"moment storage kinds are 0, 1, 2, 3, 4; got {(mk, vk)}")
-    if rem and pkind != BF16:
-        raise ValueError("param remainders need bfloat16 params (pkind 1)")
-    return (f"adam_multi<{pkind}, {gkind}, {_b(amsgrad)}, {_b(decoupled)}, {_b(maximize)}, {mk}, {vk}, {_b(sr)}, "
-            f"{_b(rem)}>")
+    wm = master_mode(pkind, rem, wk)
+    return f"adam_multi<{pkind}, {gkind}, {_b(amsgrad)}, {_b(decoupled)}, {_b(maximize)}, {mk}, {vk}, {_b(sr)}, {wm}>"
 
 
-def precision_options(pkind: int) -> list[tuple[int, int, bool, bool]]:
-    """Every valid ``(mk, vk, sr, rem)`` for params of kind ``pkind``: any two moment kinds, stochastic
-    rounding only with a bfloat16 moment, remainders only with bfloat16 params (68 for bfloat16 params,
+def precision_options(pkind: int) -> list[tuple[int, int, bool, bool, int]]:
+    """Every valid ``(mk, vk, sr, rem, wk)`` for params of kind ``pkind``: any two moment kinds, stochastic
+    rounding only with a bfloat16 moment, remainders or float16 masters only with bfloat16 params
+    (102 for bfloat16 params: 34 moment options times float32 masters, remainders, float16 masters;
     else 34)."""
+    masters = [(False, F32), (True, F32), (False, F16)] if pkind == BF16 else [(False, F32)]
     out = []
     for mk, vk in itertools.product(MOMENT_KINDS, repeat=2):
         for sr in (False, True) if BF16 in (mk, vk) else (False,):
-            for rem in (False, True) if pkind == BF16 else (False,):
-                out.append((mk, vk, sr, rem))
+            out += [(mk, vk, sr, rem, wk) for rem, wk in masters]
     return out
 
 
@@ -144,11 +165,11 @@ def all_names() -> list[str]:
     """The template instantiations compile checks build (tests/test_gpu_source.py): a subset.
 
     The runtime compiles each kernel it uses on first use, so any valid combination may be asked
-    for; the full cross product has 3,264 Adam kernels (bfloat16 params: 3 grad kinds * 8 flag
-    combinations * 68 ``(mk, vk, sr, rem)``; float32 / float16 params: 2 * 3 * 8 * 34), many minutes
+    for; the full cross product has 4,080 Adam kernels (bfloat16 params: 3 grad kinds * 8 flag
+    combinations * 102 ``(mk, vk, sr, rem, wk)``; float32 / float16 params: 2 * 3 * 8 * 34), many minutes
     of compilation. This subset instantiates every value of every template parameter and every valid
-    ``(mk, vk, sr, rem)`` (``precision_options``) with amsgrad, the ones without fp8 moments also
-    without it:
+    ``(mk, vk, sr, rem)`` with float32 masters (``precision_options``) with amsgrad, the ones without fp8
+    moments also without it:
 
     - the norm and SGD kernels (3 + 27), and every (param kind, grad kind, amsgrad, decoupled,
       maximize) Adam kernel with all-float32 state (72; the float4 path among them);
@@ -156,12 +177,15 @@ def all_names() -> list[str]:
       ``(mk, vk, sr, rem)`` (68, less the all-float32 one above); without it every one without fp8
       moments (28 - 1) and each pair of moment kinds with an fp8 one (16: stochastic with a bfloat16
       moment, no remainders);
+    - the same with float16 masters (``wk``): with amsgrad every ``(mk, vk, sr)`` without fp8 moments
+      (14) and the pair float8_e4m3fn / float8_e5m2 (1), without it the float32 moments (1);
     - float32 params and grads, and float16 params and grads: AdamW with amsgrad and every other valid
       ``(mk, vk, sr)`` without fp8 moments, and the two pairs of fp8 kinds (2 * 15: low-precision
       moments beside 32-bit and 16-bit params, the float4 path compiled out).
 
-    242 kernels: ``nvcc -ptx`` for sm_90 takes ~11.5 s and NVRTC ~11 s on two shared CPU cores (an fp8
-    kernel ~0.2 s, another Adam kernel ~0.1 s; the 182 kernels before the fp8 kinds: ~7 s and ~8 s).
+    258 kernels: ``nvcc -ptx`` for sm_90 takes ~13.5 s and NVRTC ~13 s of CPU time on two shared cores (an
+    fp8 kernel ~0.2 s, another Adam kernel ~0.1 s; the 242 kernels before the float16 masters, measured
+    beside them: ~12 s each).
     """
     names = [norm_name(g) for g in range(3)]
     for p in range(3):
@@ -171,12 +195,14 @@ def all_names() -> list[str]:
                     for m in (False, True):
                         names.append(adam_name(p, g, a, d, m))
             names += [sgd_name(p, g, mode) for mode in range(3)]
-    default = (F32, F32, False, False)
+    default = (F32, F32, False, False, F32)
     for kind, amsgrad in ((BF16, False), (BF16, True), (F32, True), (F16, True)):
         for opt in precision_options(kind):
-            mk, vk, sr, rem = opt
+            mk, vk, sr, rem, wk = opt
             fp8 = mk in FP8 or vk in FP8
-            if kind == BF16:
+            if wk == F16:
+                keep = (not fp8 or (mk, vk) == (F8E4M3, F8E5M2)) if amsgrad else (mk, vk) == (F32, F32)
+            elif kind == BF16:
                 keep = amsgrad or not fp8 or (sr == (BF16 in (mk, vk)) and not rem)
             else:
                 keep = not fp8 or {mk, vk} == set(FP8)
@@ -269,16 +295,20 @@ class GpuKernels:
         """One fused Adam pass over the batch (``npadam.kernels``).
 
         Reads the precision options of ``buf`` (``m_kind``, ``v_kind``, ``stochastic``, ``remainders``,
-        ``base``: the buffer index of the state arrays' element 0; with fp8 moments their block scales
-        ``m_scale``, ``v_scale``, ``vmax_scale``) and the step key of ``flags`` (``key``), with the
-        defaults of an all-float32 state where an object lacks them."""
+        ``w_kind``: float16 masters, ``base``: the buffer index of the state arrays' element 0; with fp8
+        moments their block scales ``m_scale``, ``v_scale``, ``vmax_scale``) and the step key of ``flags``
+        (``key``), with the defaults of an all-float32 state where an object lacks them."""
         if not len(batch):
             return
         mk, vk = int(getattr(buf, "m_kind", F32)), int(getattr(buf, "v_kind", F32))
         sr = bool(getattr(buf, "stochastic", False)) and BF16 in (mk, vk)  # only bfloat16 rounds stochastically
-        rem = bool(getattr(buf, "remainders", False))
-        if rem and (buf.pkind != BF16 or buf.master is None):
-            raise ValueError("param remainders need bfloat16 params and an int16 remainder array in buf.master")
+        rem, wk = bool(getattr(buf, "remainders", False)), int(getattr(buf, "w_kind", F32))
+        if rem or wk != F32:
+            what = "an int16 remainder array" if rem else "a uint16 array of float16 masters"
+            if buf.pkind != BF16 or buf.master is None or np.dtype(buf.master.dtype).itemsize != 2:
+                raise ValueError(f"{'param remainders' if rem else 'float16 masters'} need bfloat16 params and "
+                                 f"{what} in buf.master; got {buf.pdtype} params and "
+                                 f"{None if buf.master is None else buf.master.dtype}")
         base = int(getattr(buf, "base", 0))
         scales = tuple(getattr(buf, name, None) for name in ("m_scale", "v_scale", "vmax_scale"))
         if mk in FP8 or vk in FP8:
@@ -287,7 +317,7 @@ class GpuKernels:
         scalars = tuple(np.float32(x) for x in (s.scale, s.beta1, s.one_minus_beta1, s.beta2, s.one_minus_beta2,
                                                 s.weight_decay, s.decay, s.step_size, s.bc2_sqrt, s.eps))
         scalars += (np.uint32(k0), np.uint32(k1), np.int64(base))
-        name = adam_name(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled, flags.maximize, mk, vk, sr, rem)
+        name = adam_name(buf.pkind, batch.gkind, flags.amsgrad, flags.decoupled, flags.maximize, mk, vk, sr, rem, wk)
         self._launch(buf, batch, name, (buf.exp_avg, buf.exp_avg_sq, buf.max_exp_avg_sq, *scales), scalars)
 
     def sgd_step(self, buf: Any, batch: Any, s: Any, flags: Any) -> None:

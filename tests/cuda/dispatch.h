@@ -34,4 +34,8 @@ template <class F> int with_moment_kind(int k, F f) {
 // f(Bool<b != 0>()).
 template <class F> int with_bool(int b, F f) { return b ? f(Bool<true>()) : f(Bool<false>()); }
 
+// f(Int<wm>()) for a master mode wm in 0, 1, 2 (adam_math.cuh's MasterMode: float32 masters, int16
+// remainders, float16 masters); 1 for any other value. (The same three values as the storage kinds.)
+template <class F> int with_master(int wm, F f) { return with_kind(wm, f); }
+
 }  // namespace npadam_test

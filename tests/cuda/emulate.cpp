@@ -39,6 +39,7 @@ static inline uint32_t atomicMax(uint32_t* a, uint32_t x) {
 
 using npadam_test::with_bool;
 using npadam_test::with_kind;
+using npadam_test::with_master;
 using npadam_test::with_moment_kind;
 
 // Runs f as every thread of every block; THREADS: as real threads with a barrier (the norm kernel's
@@ -59,7 +60,7 @@ template <bool THREADS, class F> static void run_grid(unsigned grid, unsigned bl
     }
 }
 
-template <int P, int G, bool A, bool D, bool M, int MK, int VK, bool SR, bool REM>
+template <int P, int G, bool A, bool D, bool M, int MK, int VK, bool SR, int WM>
 static void adam_launch(unsigned grid, unsigned block, const uint64_t* pp, const uint64_t* gp, const int64_t* off,
                         const int64_t* sz, const int64_t* ct, const int64_t* cs, int64_t nchunks, int64_t chunk,
                         void* master, void* m, void* v, void* vmax, float* qm, float* qv, float* qx, const float* s,
@@ -67,55 +68,57 @@ static void adam_launch(unsigned grid, unsigned block, const uint64_t* pp, const
     typedef typename Moment<MK, SR>::T MT;
     typedef typename Moment<VK, SR>::T VT;
     run_grid<is_fp8(MK) || is_fp8(VK)>(grid, block, [=] {
-        adam_multi<P, G, A, D, M, MK, VK, SR, REM>(pp, gp, off, sz, ct, cs, nchunks, chunk,
-                                                   static_cast<typename Master<REM>::T*>(master), static_cast<MT*>(m),
-                                                   static_cast<VT*>(v), static_cast<VT*>(vmax), qm, qv, qx, s[0], s[1],
-                                                   s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], k0, k1, base);
+        adam_multi<P, G, A, D, M, MK, VK, SR, WM>(pp, gp, off, sz, ct, cs, nchunks, chunk,
+                                                  static_cast<typename Master<WM>::T*>(master), static_cast<MT*>(m),
+                                                  static_cast<VT*>(v), static_cast<VT*>(vmax), qm, qv, qx, s[0], s[1],
+                                                  s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], k0, k1, base);
     });
 }
 
 // The precision builds (every (pk, gk, a, d, mx) is built with the all-float32 state): bfloat16 params
-// and grads, AdamW with amsgrad, every valid (mk, vk, sr, rem) without fp8 moments, and every pair of
-// moment kinds with an fp8 one, stochastic with a bfloat16 moment, remainders when the kinds' sum is odd;
-// float32 params and grads, AdamW without amsgrad (where the float4 path would be), moments (bf16, bf16)
-// stochastic, (fp32, fp16), (fp16, fp32), (e4m3, e5m2), (e5m2, fp32).
+// and grads, AdamW with amsgrad, every valid (mk, vk, sr, wm) without fp8 moments (wm: the master mode, 0
+// fp32 masters, 1 remainders, 2 float16 masters), and every pair of moment kinds with an fp8 one,
+// stochastic with a bfloat16 moment, remainders when the kinds' sum is odd, and (e4m3, e5m2) with float16
+// masters too; float32 params and grads, AdamW without amsgrad (where the float4 path would be), moments
+// (bf16, bf16) stochastic, (fp32, fp16), (fp16, fp32), (e4m3, e5m2), (e5m2, fp32).
 template <int P, int G, bool A, bool D, bool M> constexpr bool precision_pair() {
     return D && !M && ((P == 1 && G == 1 && A) || (P == 0 && G == 0 && !A));
 }
-template <int P, int G, bool A, bool D, bool M, int MK, int VK, bool SR, bool REM> constexpr bool precision_build() {
-    if ((SR && MK != 1 && VK != 1) || (REM && P != 1) || !precision_pair<P, G, A, D, M>()) return false;
+template <int P, int G, bool A, bool D, bool M, int MK, int VK, bool SR, int WM> constexpr bool precision_build() {
+    if ((SR && MK != 1 && VK != 1) || (WM != 0 && P != 1) || !precision_pair<P, G, A, D, M>()) return false;
     const bool fp8 = is_fp8(MK) || is_fp8(VK);
-    if (P == 1) return !fp8 || (SR == (MK == 1 || VK == 1) && REM == ((MK + VK) % 2 == 1));
+    if (P == 1 && WM == 2) return !fp8 || (MK == 3 && VK == 4 && !SR);
+    if (P == 1) return !fp8 || (SR == (MK == 1 || VK == 1) && (WM == 1) == ((MK + VK) % 2 == 1));
     if (fp8) return (MK == 3 && VK == 4) || (MK == 4 && VK == 0);
     return MK + VK == 2 && SR == (MK == 1);
 }
 
 // One emulated adam_multi launch; returns 0, 1 for a combination this library does not build, 2 for fp8
 // moments with a chunk that is not a multiple of FP8_BLOCK (adam_multi's requirement).
-extern "C" int emu_adam(int pk, int gk, int a, int d, int mx, int mk, int vk, int sr, int rem, unsigned grid,
+extern "C" int emu_adam(int pk, int gk, int a, int d, int mx, int mk, int vk, int sr, int wm, unsigned grid,
                         unsigned block, const uint64_t* pp, const uint64_t* gp, const int64_t* off, const int64_t* sz,
                         const int64_t* ct, const int64_t* cs, int64_t nchunks, int64_t chunk, void* master, void* m,
                         void* v, void* vmax, float* qm, float* qv, float* qx, const float* s, uint32_t k0, uint32_t k1,
                         int64_t base) {
-    const bool precision = mk != 0 || vk != 0 || sr || rem;
+    const bool precision = mk != 0 || vk != 0 || sr || wm;
     if ((mk >= 3 || vk >= 3) && chunk % FP8_BLOCK != 0) return 2;
     return with_kind(pk, [&](auto P) { return with_kind(gk, [&](auto G) {
         return with_bool(a, [&](auto A) { return with_bool(d, [&](auto D) { return with_bool(mx, [&](auto X) {
             if (!precision) {
-                adam_launch<P(), G(), A(), D(), X(), 0, 0, false, false>(grid, block, pp, gp, off, sz, ct, cs, nchunks,
-                                                                         chunk, master, m, v, vmax, qm, qv, qx, s, k0,
-                                                                         k1, base);
+                adam_launch<P(), G(), A(), D(), X(), 0, 0, false, 0>(grid, block, pp, gp, off, sz, ct, cs, nchunks,
+                                                                     chunk, master, m, v, vmax, qm, qv, qx, s, k0, k1,
+                                                                     base);
                 return 0;
             }
             if constexpr (!precision_pair<P(), G(), A(), D(), X()>()) {
                 return 1;  // (tested first: no nested instantiations for the pairs not built)
             } else {
                 return with_moment_kind(mk, [&](auto MK) { return with_moment_kind(vk, [&](auto VK) {
-                    return with_bool(sr, [&](auto SR) { return with_bool(rem, [&](auto REM) {
-                        if constexpr (!precision_build<P(), G(), A(), D(), X(), MK(), VK(), SR(), REM()>()) {
+                    return with_bool(sr, [&](auto SR) { return with_master(wm, [&](auto WM) {
+                        if constexpr (!precision_build<P(), G(), A(), D(), X(), MK(), VK(), SR(), WM()>()) {
                             return 1;
                         } else {
-                            adam_launch<P(), G(), A(), D(), X(), MK(), VK(), SR(), REM()>(
+                            adam_launch<P(), G(), A(), D(), X(), MK(), VK(), SR(), WM()>(
                                 grid, block, pp, gp, off, sz, ct, cs, nchunks, chunk, master, m, v, vmax, qm, qv, qx,
                                 s, k0, k1, base);
                             return 0;
