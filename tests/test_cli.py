@@ -790,6 +790,19 @@ def test_library_overflow_names_the_file(capsys, tmp_path):
     rc, _, err = run(capsys, "schedule", "--framework", "megatron", "--config", path, "--steps", 5)
     assert f"--config {path}: global_batch_size is too large: 1e+30 (at most 2**62)" in user_error(rc, err)
 
+@pytest.mark.parametrize("framework, config", [
+    ("colossalai", {"type": "CosineAnnealingWarmupLR", "lr": 1.7e308, "total_steps": 5, "warmup_steps": 2}),
+    ("torch", {"scheduler": "CosineAnnealingLR", "lr": 1.7e308, "T_max": 4, "eta_min": -1.7e308}),
+])
+def test_values_that_overflow_are_an_error_not_an_inf_dump(capsys, tmp_path, framework, config):
+    """Huge but finite inputs overflowed inside the formula: the dump printed inf/nan with status 0."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    rc, out, err = run(capsys, "schedule", "--framework", framework, "--config", path, "--steps", 6)
+    assert "the values overflow float64" in user_error(rc, err)
+    assert "inf" not in out and "RuntimeWarning" not in err
+
+
 
 def test_named_schedule_errors_lead_with_the_flags(capsys):
     rc, _, err = run(capsys, "schedule", "warmup-cosine", "--peak", "1", "--warmup-steps", "20", "--total-steps", "9")

@@ -203,6 +203,39 @@ def test_training_arguments_command_line_forms():
                                      "max_steps": 100})
 
 
+@pytest.mark.parametrize("text", ['{"num_cycles": "0.25"}', '{"num_cycles": "2"}', '{"num_cycles": 0.75}',
+                                  '{"power": "3", "lr_end": "1e-7"}', '{"min_lr_rate": "0.1"}'])
+def test_string_values_in_the_json_form_are_converted_as_training_arguments_converts_them(text):
+    """TrainingArguments turns quoted numbers and "true"/"false" inside the JSON string into numbers
+    and bools (transformers' ``_convert_str_dict``; "1e-7" stays a string there, and both refuse it);
+    npadam reads the same kwargs, checked through TrainingArguments' own parsing."""
+    from transformers import TrainingArguments
+
+    parsed = TrainingArguments(output_dir="unused", report_to=[], lr_scheduler_kwargs=text).lr_scheduler_kwargs
+    kind = {"num_cycles": "cosine", "power": "polynomial", "min_lr_rate": "cosine_with_min_lr"}[next(iter(parsed))]
+    base = {"lr_scheduler_type": kind, "learning_rate": 1e-3, "warmup_steps": 2, "max_steps": 20}
+    k = np.arange(30)
+    try:
+        want = schedules.from_config("hf", {**base, "lr_scheduler_kwargs": parsed}).lr(k)
+    except ValueError as e:
+        with pytest.raises(ValueError, match=str(e).split(":")[-1].strip()[:20]):
+            schedules.from_config("hf", {**base, "lr_scheduler_kwargs": text})
+        return
+    np.testing.assert_array_equal(schedules.from_config("hf", {**base, "lr_scheduler_kwargs": text}).lr(k), want)
+
+
+@pytest.mark.parametrize("text", ["", " {}", "\n{}"])
+def test_strings_training_arguments_keeps_as_strings_are_refused(text):
+    """TrainingArguments parses only strings starting with '{'; others stay strings and the Trainer
+    then fails building the scheduler: npadam refuses them at once."""
+    from transformers import TrainingArguments
+
+    assert TrainingArguments(output_dir="unused", report_to=[], lr_scheduler_kwargs=text).lr_scheduler_kwargs == text
+    with pytest.raises(ValueError, match="JSON object string"):
+        schedules.from_config("hf", {"lr_scheduler_type": "cosine", "learning_rate": 1e-3, "max_steps": 20,
+                                     "lr_scheduler_kwargs": text})
+
+
 REJECTED = [
     # (config, HF also raises)
     ({"lr_scheduler_type": "polynomial", "learning_rate": 1e-3, "num_warmup_steps": 0, "num_training_steps": 10,

@@ -8,6 +8,7 @@ of the same closed form (no checks), in the same run, interleaved call by call. 
 that they compute the same thing.
 
 Usage: python tools/bench_schedule_numpy.py [--steps 1000000] [--repeats 7]
+(a quick check that every row runs: --steps 20000 --repeats 1)
 """
 
 from __future__ import annotations
@@ -125,11 +126,90 @@ def cases(n: int) -> list[tuple[str, Callable[[np.ndarray], np.ndarray], Callabl
             x = np.where(x - new > 1e-8, new, x)
         return x
 
+    # DeepSpeed WarmupDecayLR, log warmup: update 0 runs at the constructor's value, update k >= 1 at f(k - 1)
+    dlo, dhi = 1e-5, peak
+    dsw = S.from_config("deepspeed", {"lr": dhi, "scheduler": {"type": "WarmupDecayLR", "params": {
+        "warmup_min_lr": dlo, "warmup_max_lr": dhi, "warmup_num_steps": W, "total_num_steps": n,
+        "warmup_type": "log"}}}).lr
+
+    def dsw_np(k):
+        j = np.maximum(k - 1, 0).astype(np.float64)
+        g = np.where(j < W, np.log(j + 1) / np.log(W), np.maximum(0.0, (n - j) / (n - W)))
+        return dlo + (dhi - dlo) * g
+
+    # DeepSpeed OneCycle (lr): a triangle over the cycle's 2 * half updates, then min_lr / (1 + rate * d / size)
+    half, olo, ohi, orate, osize = n // 4, 1e-4, 1e-3, 1e-3, 1000
+    dso = S.from_config("deepspeed", {"lr": ohi, "scheduler": {"type": "OneCycle", "params": {
+        "cycle_min_lr": olo, "cycle_max_lr": ohi, "cycle_first_step_size": half, "decay_lr_rate": orate,
+        "decay_step_size": osize, "cycle_momentum": False}}}).lr
+
+    def dso_np(k):
+        t = k.astype(np.float64)
+        b = t / (2 * half)
+        x = 1.0 + b - np.floor(1.0 + b)
+        scale = np.where(x <= 0.5, x / 0.5, (x - 1) / (0.5 - 1))
+        return np.where(t <= 2 * half, olo + (ohi - olo) * scale, olo / (1 + orate * (t - 2 * half) / osize))
+
+    # torch OneCycleLR (cos, two phases): its last step is total_steps - 1, so run it over n + 1
+    oc = S.from_config("torch", {"lr": 0.1, "scheduler": "OneCycleLR", "max_lr": 0.1, "total_steps": n + 1,
+                                 "cycle_momentum": False}).lr
+
+    def oc_np(k):
+        t = k.astype(np.float64)
+        e1, e2 = float(0.3 * (n + 1)) - 1, float(n)
+        ini, mx, mn = 0.1 / 25, 0.1, 0.1 / 25 / 1e4
+        p1, p2 = t / e1, (t - e1) / (e2 - e1)
+        return np.where(t <= e1, mx + (ini - mx) / 2 * (np.cos(np.pi * p1) + 1),
+                        mn + (mx - mn) / 2 * (np.cos(np.pi * p2) + 1))
+
+    # torch CosineAnnealingWarmRestarts, T_mult=2: cycle i starts at T_0 (2**i - 1)
+    cawr = S.from_config("torch", {"lr": 0.1, "scheduler": "CosineAnnealingWarmRestarts", "T_0": 1000,
+                                   "T_mult": 2, "eta_min": 1e-5}).lr
+
+    def cawr_np(k):
+        t = k.astype(np.float64)
+        i = np.floor(np.log2(t / 1000 + 1))
+        return 1e-5 + (0.1 - 1e-5) * (1 + np.cos(np.pi * (t - 1000 * (2 ** i - 1)) / (1000 * 2 ** i))) / 2
+
+    # torch CyclicLR exp_range: the triangle scaled by gamma**k
+    cyx = S.from_config("torch", {"lr": 0.1, "scheduler": "CyclicLR", "base_lr": 1e-3, "max_lr": 1e-2,
+                                  "step_size_up": 2000, "mode": "exp_range", "gamma": 0.99999}).lr
+
+    def cyx_np(k):
+        t = k.astype(np.float64)
+        x = 1.0 + t / 4000.0 - np.floor(1 + t / 4000.0)
+        f = np.where(x <= 0.5, x / 0.5, (x - 1) / (0.5 - 1))
+        return 1e-3 + (1e-2 - 1e-3) * f * 0.99999 ** t
+
+    # Megatron WSD with a cosine anneal over the last S updates
+    S_ = n // 10
+    wsd = S.from_config("megatron", {"lr": peak, "min_lr": final, "lr_decay_style": "WSD", "lr_warmup_iters": W,
+                                     "train_iters": n, "lr_wsd_decay_style": "cosine", "lr_wsd_decay_iters": S_}).lr
+
+    def wsd_np(k):
+        t = k.astype(np.float64)
+        r = np.clip((t - (n - S_)) / S_, 0, 1)
+        dec = final + (peak - final) * 0.5 * (np.cos(np.pi * r) + 1)
+        return np.where(t <= W, peak * t / W, np.where(t < n - S_, peak, dec))
+
+    # ColossalAI PolynomialWarmupLR: (t + 1) / W * lr, then its PolynomialLR over n - W
+    pw = S.from_config("colossalai", {"type": "PolynomialWarmupLR", "lr": peak, "total_steps": n, "warmup_steps": W,
+                                      "end_lr": 1e-5, "power": 2.0}).lr
+
+    def pw_np(k):
+        t = k.astype(np.float64)
+        T = n - W
+        return np.where(t < W, (t + 1) / W * peak, (peak - 1e-5) * (1 - np.minimum(t - W, T) / T) ** 2.0 + 1e-5)
+
     return [("warmup_cosine", wc, wc_np), ("HF cosine", hf, hf_np), ("Megatron cosine", meg, meg_np),
             ("torch CyclicLR triangular2", cyc, cyc_np), ("ColossalAI exact", colo, colo_np),
             ("ColossalAI FlatAnnealingWarmupLR", flat, flat_np), ("torch ChainedScheduler", chain, chain_np),
             ("torch SequentialLR", seq, seq_np), ("Megatron batch ramp-up", ramped, ramped_np),
-            ("Plateau of warmup_cosine, 3 reductions", plateau, plateau_np)]
+            ("Plateau of warmup_cosine, 3 reductions", plateau, plateau_np),
+            ("DeepSpeed WarmupDecayLR (log warmup)", dsw, dsw_np), ("DeepSpeed OneCycle", dso, dso_np),
+            ("torch OneCycleLR", oc, oc_np), ("torch CosineAnnealingWarmRestarts T_mult=2", cawr, cawr_np),
+            ("torch CyclicLR exp_range", cyx, cyx_np), ("Megatron WSD (cosine anneal)", wsd, wsd_np),
+            ("ColossalAI PolynomialWarmupLR", pw, pw_np)]
 
 
 def main() -> int:

@@ -50,6 +50,7 @@ class Source:
     config: Any
     schedules: dict[str, Schedule]
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    inputs: str = ""  # every flag that set a value (a named schedule): what to name when the values overflow
 
 
 def _lib_error(exc: BaseException) -> str:
@@ -180,7 +181,10 @@ def _source(args: Any) -> Source:
         raise CLIError(_named_error(named, args.params, exc)) from None
     lengths = " ".join(f"--{p.flag} {args.params[p.name]}" for p in named.params
                        if p.type == "int" and p.name in args.params)    # the step counts
-    return Source(named.name, f"{named.name} {lengths}".strip(), config, {named.column(args.params): s})
+    inputs = " ".join(f"--{p.flag} {shlex.quote(str(args.params[p.name]))}" for p in named.params
+                      if p.name in args.params)
+    return Source(named.name, f"{named.name} {lengths}".strip(), config, {named.column(args.params): s},
+                  inputs=f"{inputs}: {named.name}" if inputs else "")
 
 
 def _default_steps(src: Source) -> int:
@@ -205,9 +209,14 @@ def _evaluate(src: Source, steps: int, *, strict: bool) -> None:
             lim = s.limit
             if not strict and lim is not None:
                 n = max(0, min(n, lim))
-            v = s(np.arange(n, dtype=np.int64))
+            with np.errstate(over="ignore", invalid="ignore"):
+                v = s(np.arange(n, dtype=np.int64))
         except _LIB_ERRORS as exc:
             raise CLIError(f"{src.origin}: {_lib_error(exc)} (dumping --steps {steps:,})") from None
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:  # huge but finite inputs (lr=1.7e308) overflow in the formula: no optimizer takes that
+            raise CLIError(f"{src.inputs or src.origin}: {q} is {v[bad[0]]} at step {bad[0]:,} (the values overflow float64; "
+                           f"the optimizer would refuse it)")
         if n < steps:
             v = np.concatenate([v, np.full(steps - n, np.nan)])
         src.values[q] = v
@@ -319,7 +328,8 @@ def main(argv: Sequence[str]) -> int:
         return 0
     _check_outputs(args)
     src = _source(args)
-    steps = args.steps if args.steps is not None else _default_steps(src)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing values are refused by _evaluate
+        steps = args.steps if args.steps is not None else _default_steps(src)
     _evaluate(src, steps, strict=True)
     others = [_compare(spec, steps) for spec in args.compare]
     k = np.arange(steps, dtype=np.int64)

@@ -201,6 +201,30 @@ _CONFIG_KEYS = ("lr_scheduler_type", "learning_rate", "num_warmup_steps", "num_t
                 "lr_scheduler_kwargs", "warmup_steps", "warmup_ratio", "max_steps")
 
 
+def _convert_str_dict(value: Any) -> Any:
+    """What ``TrainingArguments`` does to a JSON-parsed dict argument (transformers 5,
+    ``_convert_str_dict``): string values "true"/"false" (any case) become bools, digit strings
+    ints, digit strings with one "." floats; nested dicts likewise. Only on the parsed string form
+    (a mapping given directly is used as it is, as there)."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, v in value.items():
+        if isinstance(v, dict):
+            v = _convert_str_dict(v)
+        elif isinstance(v, str):
+            if v.lower() in ("true", "false"):
+                v = v.lower() == "true"
+            elif v.replace(".", "", 1).isdigit():
+                try:
+                    v = int(v) if v.isdigit() else float(v)
+                except ValueError:  # digits int() does not read ("²"): transformers fails there too
+                    raise ValueError(f"lr_scheduler_kwargs[{key!r}] = {v!r}: transformers reads it as a number, "
+                                     "and it is not one") from None
+        out[key] = v
+    return out
+
+
 def from_hf(config: Mapping[str, Any]) -> ScheduleSet:
     """From transformers names: ``lr_scheduler_type`` (default ``"linear"``), ``learning_rate``
     (default 5e-5), ``num_warmup_steps`` (or TrainingArguments' ``warmup_steps``: an int, or a
@@ -222,13 +246,16 @@ def from_hf(config: Mapping[str, Any]) -> ScheduleSet:
         r = config["warmup_ratio"]
         raise ValueError(f"warmup_ratio was removed in transformers 5 (TrainingArguments rejects it); give "
                          f"warmup_steps={r!r} instead: a float below 1 is that fraction of num_training_steps")
-    kwargs = config.get("lr_scheduler_kwargs") or {}
+    kwargs = config.get("lr_scheduler_kwargs")
+    if kwargs is None:
+        kwargs = {}
     if isinstance(kwargs, str):  # TrainingArguments parses a JSON object string (its command-line form)
         text = kwargs
-        if not text.lstrip().startswith("{"):
-            raise ValueError(f"lr_scheduler_kwargs must be a mapping or a JSON object string, got {text!r}")
+        if not text.startswith("{"):  # TrainingArguments keeps such a string, and the Trainer fails on it
+            raise ValueError(f"lr_scheduler_kwargs must be a mapping or a JSON object string (starting with "
+                             f"'{{'), got {text!r}")
         try:
-            kwargs = json.loads(text)
+            kwargs = _convert_str_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise ValueError(f"lr_scheduler_kwargs is not valid JSON ({e}): {text!r}") from None
     if not isinstance(kwargs, Mapping):
