@@ -279,6 +279,23 @@ def test_fp16_masters_on_the_parallel_build_equal_the_reference():
     assert _bits(*_run(sizes=big, tier=4096, steps=3, main_params_dtype="float16")) == want
 
 
+@pytest.mark.parametrize("kinds", [("float8_e4m3fn", "float8_e4m3fn"), ("float8_e5m2", "bfloat16")])
+def test_nan_payloads_in_grads_give_the_references_fp8_scales(kinds):
+    """NaN grads with payloads (skip_nonfinite=False): the pass fed the new moments to the fp8 block max
+    uncanonicalized, so a block's scale kept the grad's NaN payload where the reference's is 0x7FC00000."""
+    out = {}
+    for kernel in ("reference", "cpu"):
+        p = np.ones(600, np.float32)
+        opt = npadam.AdamW([p], lr=1e-2, kernel=kernel, skip_nonfinite=False, amsgrad=True,
+                           exp_avg_dtype=kinds[0], exp_avg_sq_dtype=kinds[1])
+        g = np.full(600, 0.5, np.float32)
+        g[3] = np.uint32(0x7FC00123).view(np.float32)
+        g[300] = np.uint32(0xFFC00777).view(np.float32)
+        opt.step([g])
+        out[kernel] = _bits([p], opt)
+    assert out["cpu"] == out["reference"]
+
+
 def test_seeds_change_only_the_rounding():
     a = _bits(*_run(**OPTIONS[3]))
     assert _bits(*_run(**OPTIONS[3])) == a

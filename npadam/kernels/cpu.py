@@ -214,51 +214,51 @@ def split_low(x):
     return np.int16(np.uint16(np.float32(x).view(np.uint32) & np.uint32(0xFFFF)))
 
 
+def _fp8_values(kind: int) -> np.ndarray:
+    """The float32 value of each of the 256 codes of an fp8 kind: ``reference.precision.dequantize``'s
+    own conversion (ml_dtypes), NaN bits included. A module global, so Numba compiles it in as a
+    constant table: a table load per element where decoding the bit fields took ~6 ns (branches)."""
+    from ..reference import precision as prec
+
+    return np.arange(256, dtype=np.uint8).view(prec.fp8_dtype(kind)).astype(np.float32)
+
+
+_E4M3_VALUES = _fp8_values(F8E4M3)
+_E5M2_VALUES = _fp8_values(F8E5M2)
+
+
 @njit(inline="always", cache=True)
 def fp8_decode(code, kind):
     """An fp8 code (uint8) as float32, exactly (``ml_dtypes`` float8_e4m3fn / float8_e5m2)."""
-    c = np.uint32(code)
     if kind == F8E4M3:
-        e = (c >> np.uint32(3)) & np.uint32(15)
-        m = c & np.uint32(7)
-        if e == 15 and m == 7:
-            mag = np.float32(np.nan)
-        elif e == 0:
-            mag = np.float32(m) * np.float32(2.0 ** -9)
-        else:
-            mag = np.uint32(((e + np.uint32(120)) << np.uint32(23)) | (m << np.uint32(20))).view(np.float32)
-    else:
-        e = (c >> np.uint32(2)) & np.uint32(31)
-        m = c & np.uint32(3)
-        if e == 31:
-            mag = np.float32(np.inf) if m == 0 else np.float32(np.nan)
-        elif e == 0:
-            mag = np.float32(m) * np.float32(2.0 ** -16)
-        else:
-            mag = np.uint32(((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(21))).view(np.float32)
-    return -mag if c >> np.uint32(7) else mag
+        return _E4M3_VALUES[code]
+    return _E5M2_VALUES[code]
 
 
 @njit(inline="always", cache=True)
 def fp8_encode(q, kind):
     """float32 ``q`` (finite with ``|q| <= FP8_MAX``, or NaN) to an fp8 code, round to nearest even
-    (``ml_dtypes``); NaN becomes ``reference.precision.FP8_NAN``."""
-    if q != q:
-        return np.uint8(0x7F) if kind == F8E4M3 else np.uint8(0x7E)
+    (``ml_dtypes``); NaN becomes ``reference.precision.FP8_NAN``.
+
+    Both encodings (normal and subnormal) are computed and one is selected, NaN last: no branches, so
+    that the quantizing loop vectorizes (the branching form cost ~4 ns per element)."""
+    if kind == F8E4M3:
+        mant, bias, nan_code = 3, 7, np.uint32(0x7F)
+    else:
+        mant, bias, nan_code = 2, 15, np.uint32(0x7E)
     b = np.float32(q).view(np.uint32)
     sign = np.uint32((b >> np.uint32(31)) << np.uint32(7))
     a = b & np.uint32(0x7FFFFFFF)
-    if kind == F8E4M3:
-        mant, bias = 3, 7
-    else:
-        mant, bias = 2, 15
-    if (a >> np.uint32(23)) >= np.uint32(128 - bias):  # a normal fp8 value (or its rounding)
-        shift = np.uint32(23 - mant)
-        r = np.uint32(a + (np.uint32(1) << (shift - np.uint32(1))) - np.uint32(1) + ((a >> shift) & np.uint32(1)))
-        code = np.uint32((r >> shift) - np.uint32((127 - bias) << mant))
-    else:  # subnormal: |q| in units of the smallest subnormal, rounded half to even
-        code = np.uint32(np.rint(np.abs(np.float32(q)) * np.float32(2.0 ** (mant - 1 + bias))))
-    return np.uint8(sign | code)
+    shift = np.uint32(23 - mant)
+    r = np.uint32(a + (np.uint32(1) << (shift - np.uint32(1))) - np.uint32(1) + ((a >> shift) & np.uint32(1)))
+    normal = np.uint32((r >> shift) - np.uint32((127 - bias) << mant))  # a normal fp8 value (or its rounding)
+    # subnormal: |q| in units of the smallest subnormal, rounded half to even (|q| capped at 1 so that the
+    # unselected conversion stays in range; selects, not np.minimum/np.abs, which kept the loop scalar)
+    aq = np.uint32(a).view(np.float32)
+    aq = aq if aq < np.float32(1.0) else np.float32(1.0)
+    sub = np.uint32(np.int32(np.rint(aq * np.float32(2.0 ** (mant - 1 + bias)))))
+    code = normal if (a >> np.uint32(23)) >= np.uint32(128 - bias) else sub
+    return np.uint8(nan_code if q != q else sign | code)
 
 
 @njit(inline="always", cache=True)
@@ -266,31 +266,28 @@ def quantize_block(T, n, S, off, Q, qi, kind):
     """``reference.precision.quantize`` of the ``n`` float32 values ``T[:n]`` (one block) into codes
     ``S[off:off + n]`` and scale ``Q[qi]``."""
     fmax = np.float32(448.0) if kind == F8E4M3 else np.float32(57344.0)
-    amax = np.float32(0.0)
+    # max |T| as the unsigned max of the magnitude bits: the same order for numbers, and the canonical
+    # NaN (0x7FC00000; the pass writes NaNs canonical into T) above inf: a NaN makes amax NaN, as the
+    # reference's max does; an integer max reduction vectorizes where the float compare-and-branch did not
+    abits = np.uint32(0)
     for j in range(n):
-        ax = np.abs(T[j])
-        if ax > amax or ax != ax:
-            amax = ax
+        abits = max(abits, np.float32(T[j]).view(np.uint32) & np.uint32(0x7FFFFFFF))
+    amax = np.uint32(abits).view(np.float32)
     sc = np.float32(amax / fmax)
     Q[qi] = sc
     for j in range(n):
         q = T[j] if sc == 0 else np.float32(T[j] / sc)
-        if q > fmax:
-            q = fmax
-        if q < -fmax:
-            q = -fmax
+        q = fmax if q > fmax else q  # selects; NaN passes both
+        q = -fmax if q < -fmax else q
         S[off + j] = fp8_encode(q, kind)
 
 
 @njit(inline="always", cache=True)
-def load_state(S, j, kind, Q, i):
-    """State element ``j`` of ``S`` as float32: ``load``, or an fp8 code times the scale of flat
-    element ``i``'s block in ``Q``."""
-    if kind == F8E4M3:  # single comparisons: Numba prunes them for a constant kind, not an ``or`` of two
-        return fp8_decode(S[j], F8E4M3) * Q[i >> 8]
-    if kind == F8E5M2:
-        return fp8_decode(S[j], F8E5M2) * Q[i >> 8]
-    return load(S, j, kind)
+def fp8_decode_block(S, lo, hi, scale, T, kind):
+    """``T[:hi - lo]`` = the codes ``S[lo:hi]`` (one block) as float32 times the block's ``scale``
+    (``reference.precision.dequantize``)."""
+    for j in range(lo, hi):
+        T[j - lo] = fp8_decode(S[j], kind) * scale
 
 
 ADAM, SGD = 0, 1  # the algorithm of a fused pass
@@ -398,6 +395,14 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                 # without fp8 state: one pass over the work item, bounds 0 and n (with the block's
                 # min() bounds the loop no longer vectorized: every variant 2.5-4x slower)
                 b1 = min(b0 + BLK, n) if FP8_STATE else n
+                # fp8 moments: the block's old values decoded into the scratch first (a table lookup per
+                # element does not vectorize; the element loop below then reads and writes the scratch)
+                if M8:
+                    fp8_decode_block(S1, b0, b1, q1[(a + b0) >> 8], TM, MK)
+                if V8:
+                    fp8_decode_block(S2, b0, b1, q2[(a + b0) >> 8], TV, VK)
+                if X8:
+                    fp8_decode_block(S3, b0, b1, q3[(a + b0) >> 8], TX, VK)
                 for j in range(b0 if FP8_STATE else 0, b1):
                     g = load(G, j, GK) * scale
                     if maximize:
@@ -418,8 +423,16 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                     if IS_ADAM:  # c = (b1, 1 - b1, b2, 1 - b2, wd, 1 - lr*wd, lr/bc1, sqrt(bc2), eps)
                         if not DECOUPLED:
                             g = g + c[4] * p
-                        mi = c[0] * load_state(S1, j, MK, q1, a + j) + c[1] * g
-                        vi = c[2] * load_state(S2, j, VK, q2, a + j) + c[3] * (g * g)
+                        if M8:
+                            mo = TM[j - b0]
+                        else:
+                            mo = load(S1, j, MK)
+                        if V8:
+                            vo2 = TV[j - b0]
+                        else:
+                            vo2 = load(S2, j, VK)
+                        mi = c[0] * mo + c[1] * g
+                        vi = c[2] * vo2 + c[3] * (g * g)
                         r0 = np.uint32(0)
                         r1 = np.uint32(0)
                         if SR:
@@ -429,24 +442,27 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                         if MK == F32:  # statements, not conditional expressions: Numba prunes these
                             S1[j] = mi
                         elif M8:
-                            TM[j - b0] = mi
+                            TM[j - b0] = canonical_nan(mi)  # as the reference's moments: one NaN in amax
                         else:
                             S1[j] = narrow(mi, MK, SR, r0)
                         if VK == F32:
                             S2[j] = vi
                         elif V8:
-                            TV[j - b0] = vi
+                            TV[j - b0] = canonical_nan(vi)
                         else:
                             S2[j] = narrow(vi, VK, SR, r1)
                         vh = vi
                         if AMSGRAD:
-                            vo = load_state(S3, j, VK, q3, a + j)
+                            if X8:
+                                vo = TX[j - b0]
+                            else:
+                                vo = load(S3, j, VK)
                             if not (vi > vo or vi != vi):
                                 vh = vo
                             if VK == F32:
                                 S3[j] = vh
                             elif X8:
-                                TX[j - b0] = vh
+                                TX[j - b0] = canonical_nan(vh)
                             else:
                                 S3[j] = narrow(vh, VK, SR, r1)
                         if DECOUPLED:
