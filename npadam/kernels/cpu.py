@@ -392,9 +392,7 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
             nan = False
             n = P.shape[0]
             for b0 in range(0, n, BLK):
-                # without fp8 state: one pass over the work item, bounds 0 and n (with the block's
-                # min() bounds the loop no longer vectorized: every variant 2.5-4x slower)
-                b1 = min(b0 + BLK, n) if FP8_STATE else n
+                b1 = min(b0 + BLK, n) if FP8_STATE else n  # without fp8 state: one pass over the work item
                 # fp8 moments: the block's old values decoded into the scratch first (a table lookup per
                 # element does not vectorize; the element loop below then reads and writes the scratch)
                 if M8:
@@ -403,20 +401,28 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                     fp8_decode_block(S2, b0, b1, q2[(a + b0) >> 8], TV, VK)
                 if X8:
                     fp8_decode_block(S3, b0, b1, q3[(a + b0) >> 8], TX, VK)
-                for j in range(b0 if FP8_STATE else 0, b1):
-                    g = load(G, j, GK) * scale
+                # the block's pieces, indexed from 0 (a loop over range(b0, b1) indexing the whole arrays
+                # did not vectorize: Numba cannot tell that the index is not negative)
+                Pb = P[b0:b1]
+                Gb = G[b0:b1]
+                Wb = W[b0:b1] if PK != F32 else W
+                S1b = S1[b0:b1] if USE_S1 else S1
+                S2b = S2[b0:b1] if USE_S2 else S2
+                S3b = S3[b0:b1] if AMSGRAD else S3
+                for j in range(b1 - b0):
+                    g = load(Gb, j, GK) * scale
                     if maximize:
                         g = -g
                     if PK == F32:
-                        p = load(P, j, F32)
+                        p = load(Pb, j, F32)
                     elif REM:
-                        p = join_remainder(P[j], W[j])
+                        p = join_remainder(Pb[j], Wb[j])
                     else:
                         if WK == F32:
-                            wv = W[j]
+                            wv = Wb[j]
                         else:
-                            wv = decode(W[j], F16)
-                        stored = P[j]
+                            wv = decode(Wb[j], F16)
+                        stored = Pb[j]
                         # the param was written since npadam's last update: it wins (current_master);
                         # a select, not a branch, so that the loop still vectorizes
                         p = wv if encode(wv, PK) == stored else decode(stored, PK)
@@ -424,47 +430,47 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                         if not DECOUPLED:
                             g = g + c[4] * p
                         if M8:
-                            mo = TM[j - b0]
+                            mo = TM[j]
                         else:
-                            mo = load(S1, j, MK)
+                            mo = load(S1b, j, MK)
                         if V8:
-                            vo2 = TV[j - b0]
+                            vo2 = TV[j]
                         else:
-                            vo2 = load(S2, j, VK)
+                            vo2 = load(S2b, j, VK)
                         mi = c[0] * mo + c[1] * g
                         vi = c[2] * vo2 + c[3] * (g * g)
                         r0 = np.uint32(0)
                         r1 = np.uint32(0)
                         if SR:
-                            idx = np.uint64(base + a + j)
+                            idx = np.uint64(base + a + b0 + j)
                             r0, r1 = threefry2x32(k0, k1, np.uint32(idx & np.uint64(0xFFFFFFFF)),
                                                   np.uint32(idx >> np.uint64(32)))
                         if MK == F32:  # statements, not conditional expressions: Numba prunes these
-                            S1[j] = mi
+                            S1b[j] = mi
                         elif M8:
-                            TM[j - b0] = canonical_nan(mi)  # as the reference's moments: one NaN in amax
+                            TM[j] = canonical_nan(mi)  # as the reference's moments: one NaN in amax
                         else:
-                            S1[j] = narrow(mi, MK, SR, r0)
+                            S1b[j] = narrow(mi, MK, SR, r0)
                         if VK == F32:
-                            S2[j] = vi
+                            S2b[j] = vi
                         elif V8:
-                            TV[j - b0] = canonical_nan(vi)
+                            TV[j] = canonical_nan(vi)
                         else:
-                            S2[j] = narrow(vi, VK, SR, r1)
+                            S2b[j] = narrow(vi, VK, SR, r1)
                         vh = vi
                         if AMSGRAD:
                             if X8:
-                                vo = TX[j - b0]
+                                vo = TX[j]
                             else:
-                                vo = load(S3, j, VK)
+                                vo = load(S3b, j, VK)
                             if not (vi > vo or vi != vi):
                                 vh = vo
                             if VK == F32:
-                                S3[j] = vh
+                                S3b[j] = vh
                             elif X8:
-                                TX[j - b0] = canonical_nan(vh)
+                                TX[j] = canonical_nan(vh)
                             else:
-                                S3[j] = narrow(vh, VK, SR, r1)
+                                S3b[j] = narrow(vh, VK, SR, r1)
                         if DECOUPLED:
                             p = p * c[5]
                         p = p - c[6] * mi / (np.sqrt(vh) / c[7] + c[8])
@@ -475,23 +481,23 @@ def _make_pass(ALGO: int, PK: int, GK: int, OPT1, OPT2, PARALLEL: bool, MK: int 
                             if c[5]:
                                 buf = g
                             else:
-                                buf = fma(c[2], g, c[1] * S1[j])
-                            S1[j] = buf
+                                buf = fma(c[2], g, c[1] * S1b[j])
+                            S1b[j] = buf
                             g = fma(c[1], buf, g) if MODE == 2 else buf
                         p = fma(c[3], g, p)
                     nan |= p != p
                     if PK == F32:
-                        P[j] = p
+                        Pb[j] = p
                     elif REM:
-                        P[j] = split_high(p)
-                        W[j] = split_low(p)
+                        Pb[j] = split_high(p)
+                        Wb[j] = split_low(p)
                     elif WK == F32:
-                        W[j] = p
-                        P[j] = encode(p, PK)
+                        Wb[j] = p
+                        Pb[j] = encode(p, PK)
                     else:
                         h = narrow(p, F16, False, np.uint32(0))
-                        W[j] = h
-                        P[j] = encode(decode(h, F16), PK)
+                        Wb[j] = h
+                        Pb[j] = encode(decode(h, F16), PK)
                 if M8:  # the block's fp8 moments: one scale each (reference.precision.quantize)
                     quantize_block(TM, b1 - b0, S1, b0, q1, (a + b0) >> 8, MK)
                 if V8:
