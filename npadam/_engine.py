@@ -69,9 +69,10 @@ class StepOptions:
 
 
 def step_options(max_grad_norm: Any, loss_scaler: Any, skip_nonfinite: Any, num_threads: Any,
-                 comm: Any) -> StepOptions:
+                 comm: Any, shardable: bool = False) -> StepOptions:
     """Check the optimizer options that are not per-group hyperparameters; ValueError/TypeError
-    naming the bad value."""
+    naming the bad value. ``shardable``: the front-end takes ``comm`` (``npadam.AdamW`` and the other
+    array front-ends check it themselves); the others refuse it."""
     from . import _validate as V
     from .kernels.threads import max_threads
 
@@ -85,8 +86,9 @@ def step_options(max_grad_norm: Any, loss_scaler: Any, skip_nonfinite: Any, num_
         if num_threads > max_threads():
             raise ValueError(f"num_threads={num_threads} is more than Numba's {max_threads()} threads "
                              "(NUMBA_NUM_THREADS, set before Numba is imported)")
-    if comm is not None:
-        raise ValueError("comm: sharding across ranks is not available in this version of npadam")
+    if comm is not None and not shardable:
+        raise ValueError("comm: npadam.torch optimizers do not shard across ranks in this version of npadam; "
+                         "npadam.AdamW / Adam / SGD on arrays do (see docs/DISTRIBUTED.md)")
     return StepOptions(max_grad_norm, loss_scaler, bool(skip_nonfinite), num_threads)
 
 
@@ -109,7 +111,8 @@ class Engine(TieredState):
     def __init__(self, layout: FlatLayout, *, device: str = "cpu", device_id: int | None = None,
                  kernel: str = "cpu", decoupled: bool = True, num_threads: int | None = None,
                  algorithm: str = "adam", disk: DiskPlacement | None = None,
-                 offload: OffloadPlacement | None = None, precision: StatePrecision | None = None) -> None:
+                 offload: OffloadPlacement | None = None, precision: StatePrecision | None = None,
+                 sharding: Any = None) -> None:
         if algorithm not in ("adam", "sgd"):
             raise ValueError(f"internal: unknown algorithm {algorithm!r}")
         self.precision = precision if precision is not None else StatePrecision()
@@ -123,6 +126,10 @@ class Engine(TieredState):
         self.decoupled = decoupled
         self.num_threads = num_threads
         self.algorithm = algorithm
+        #: ``npadam._sharded.Sharding`` when the state is sharded across ranks (``comm=``), else None;
+        #: ``shards[bi]``: the elements ``[lo, hi)`` of buffer ``bi`` whose state this engine holds
+        self.sharding = sharding
+        self.shards: list[tuple[int, int]] = []
         self.layout = FlatLayout([])
         self.bufs: list[K.BufferState] = []
         self.steps = np.zeros(0, np.int64)
@@ -176,19 +183,22 @@ class Engine(TieredState):
             for bi, b in enumerate(layout.buffers[len(old.buffers):], start=len(old.buffers)):
                 dtypes = self._dtypes(b.dtype)
                 names = [k for k in ("master", "exp_avg", "exp_avg_sq") if k in dtypes and (adam or k == "master")]
-                # state elements [0, n0) with the params, [n0, n1) in host memory (GPU params), [n1, size) on disk
+                # this engine's elements [lo, hi) (a shard across ranks, or the whole buffer): state of
+                # [lo, n0) with the params, [n0, n1) in host memory (GPU params), [n1, hi) on disk
+                lo, hi = self.sharding.shard(b.size) if self.sharding is not None else (0, b.size)
+                self.shards.append((lo, hi))
                 # budgets count the state every step has: SGD's momentum buffer too (made at its first step)
                 per_elem = sum(dtypes[k].itemsize for k in names) + (0 if adam else 4)
                 align = self.precision.align
                 moved = 0
                 if self.offload is not None:
-                    moved, self.device_left = self.offload.split(b.size, per_elem, self.device_left, align)
+                    moved, self.device_left = self.offload.split(hi - lo, per_elem, self.device_left, align)
                 on_disk = 0
                 if self.placement is not None:
-                    base = moved if self.offload is not None else b.size
+                    base = moved if self.offload is not None else hi - lo
                     on_disk, self.host_left = self.placement.split(base, per_elem, self.host_left)
-                n1 = b.size - on_disk
-                n = b.size - moved if self.offload is not None else n1
+                n1 = hi - on_disk
+                n = hi - moved if self.offload is not None else n1
                 if on_disk:
                     self.disk[bi] = (n1, self.placement.store(on_disk, names))
                 kinds = self._kinds(b.dtype)
@@ -196,8 +206,9 @@ class Engine(TieredState):
                     self.host[bi] = (n, K.BufferState(n1 - n, *(np.zeros(n1 - n, dtypes[k]) if k in names else None
                                                                 for k in STATE_NAMES), b.dtype, **kinds,
                                                       **self._scales(np, n1 - n)))
-                self.bufs.append(K.BufferState(b.size, *(xp.zeros(n, dtypes[k]) if k in names else None
-                                                         for k in STATE_NAMES), b.dtype, **kinds, **self._scales(xp, n)))
+                self.bufs.append(K.BufferState(hi - lo, *(xp.zeros(n - lo, dtypes[k]) if k in names else None
+                                                          for k in STATE_NAMES), b.dtype, **kinds, base=lo,
+                                               **self._scales(xp, n - lo)))
         self.sync()
         self.steps = np.concatenate([self.steps, np.zeros(len(layout.slots) - len(old.slots), np.int64)])
         self.started = np.concatenate([self.started, np.zeros(len(layout.slots) - len(old.slots), bool)])
@@ -313,6 +324,8 @@ class Engine(TieredState):
             raise RuntimeError(f"internal: a step got tables for {len(pptrs)} params and {len(gdtypes)} buffers, "
                                f"the layout has {n} and {len(self.layout.buffers)}")
         kern = K.get(self.kernel)
+        if self.sharding is not None:  # the grads averaged over ranks, this rank's shard reduced in place
+            gptrs = self.sharding.reduce_grads(self, active, gptrs, gdtypes)
         plan = []
         for bi, b in enumerate(self.layout.buffers):
             whole, parts = self._batches(bi, active, pptrs, gptrs, gdtypes[bi])
@@ -324,10 +337,13 @@ class Engine(TieredState):
         norm = None
         with self.on_device(), limited(self.num_threads if self.kernel == "cpu" or self.host else None):
             if skip_nonfinite or max_grad_norm is not None or scaler is not None:
-                sums = [kern.block_sumsq(self.bufs[bi], whole, ref.NORM_BLOCK) for bi, whole, _ in plan]
+                sums = [self._block_sums(kern, bi, whole) for bi, whole, _ in plan]
                 if self.device == "gpu":  # one device-to-host copy per step: the block sums
                     sums = [self.xp.concatenate(sums).get()] if sums else []
-                flat = np.concatenate(sums) if sums else np.zeros(0)
+                if self.sharding is not None:  # every rank's blocks, in the single-process order
+                    flat = self.sharding.combine_sums(sums)
+                else:
+                    flat = np.concatenate(sums) if sums else np.zeros(0)
                 total = float(np.cumsum(flat)[-1]) if flat.size else 0.0
                 norm = math.sqrt(total) * inv
                 if not math.isfinite(total) and (skip_nonfinite or scaler is not None):
@@ -352,6 +368,8 @@ class Engine(TieredState):
                     getattr(kern, name)(self.bufs[bi], part, s, flags)
             for bi, batch, s, flags in calls:
                 self._run_rest(name, bi, batch, s, flags)
+            if self.sharding is not None:  # every rank's updated shard, into every rank's params
+                self.sharding.gather_params(self, [(bi, whole) for bi, whole, _ in plan])
         self.steps[active] += 1
         if self.algorithm == "sgd":
             with_momentum = np.asarray([h["momentum"] != 0 for h in hyper], bool)[self.slot_groups]
@@ -363,6 +381,17 @@ class Engine(TieredState):
         if scaler is not None:
             scaler.update(False)
         return StepResult(False, norm, loss_scale)
+
+    def _block_sums(self, kern: Any, bi: int, whole: K.Batch) -> Any:
+        """The float64 sums of squares of the norm blocks of this engine's elements of buffer ``bi``
+        (all of them; a rank's shard starts on a block and holds whole blocks)."""
+        if self.sharding is None:
+            return kern.block_sumsq(self.bufs[bi], whole, ref.NORM_BLOCK)
+        lo, hi = self.shards[bi]
+        sums = kern.block_sumsq(self.bufs[bi], K.sub_batch(whole, self.layout.buffers[bi].dtype, lo, hi),
+                                ref.NORM_BLOCK)
+        nblocks = -(-(hi - lo) // ref.NORM_BLOCK)
+        return sums if sums.size == nblocks else np.zeros(nblocks)  # no tensor in the shard: zero blocks
 
     def _calls(self, plan: list[tuple[int, K.Batch, list[tuple[int, K.Batch]]]], hyper: Sequence[dict[str, Any]],
                scale: float, sgd: bool) -> list[tuple[int, K.Batch, Any, Any]]:
@@ -394,7 +423,7 @@ class Engine(TieredState):
         if self.offloaded(s.buffer):
             self.check_disk()
             keys = self._state_keys(slot)
-            raw = {out: self._read_range(s.buffer, key, *self.slot_range(slot, key)) for out, key in keys.items()}
+            raw = {out: self._read_range(s.buffer, key, *self.owned_range(slot, key)) for out, key in keys.items()}
         else:
             raw = {key: _host(view) for key, view in self.slot_views(slot).items()}
         return {key: a.view(self.state_dtype(slot, key)) for key, a in raw.items()}
@@ -447,14 +476,29 @@ class Engine(TieredState):
             return s.offset // prec.FP8_BLOCK, -(-(s.offset + s.numel) // prec.FP8_BLOCK)
         return s.offset, s.offset + s.numel
 
+    def owned_range(self, slot: int, field: str) -> tuple[int, int]:
+        """The part of ``slot_range`` whose state this engine holds (all of it unless sharded; empty,
+        ``a == b``, when the slot lies outside this rank's shard)."""
+        s = self.layout.slots[slot]
+        lo, hi = self.shards[s.buffer]
+        a = max(s.offset, lo)
+        b = max(a, min(s.offset + s.numel, hi))
+        if field.endswith("_scale"):
+            return a // prec.FP8_BLOCK, (-(-b // prec.FP8_BLOCK) if b > a else a // prec.FP8_BLOCK)
+        return a, b
+
     def slot_views(self, slot: int) -> dict[str, Any]:
         """Views (not copies) of one slot's state arrays, flat (for ``state[p]`` in npadam.torch)."""
         s = self.layout.slots[slot]
         if self.offloaded(s.buffer):
             raise RuntimeError("internal: a slot whose state is in another tier has no views (use slot_state)")
         buf = self.bufs[s.buffer]
-        return {name: getattr(buf, key)[slice(*self.slot_range(slot, key))]
-                for name, key in self._state_keys(slot).items()}
+        out = {}
+        for name, key in self._state_keys(slot).items():
+            a, b = self.owned_range(slot, key)
+            first = self._first(s.buffer, key)
+            out[name] = getattr(buf, key)[a - first: b - first]
+        return out
 
     def write_state(self, updates: Sequence[tuple[int, str, np.ndarray]], amsgrad_buffers: Sequence[int]) -> None:
         """Write checked host arrays into the state: ``(slot, key, flat float32 array)``;

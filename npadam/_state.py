@@ -1,5 +1,10 @@
 """State dicts shared by both front-ends: torch's layout, npadam's additions, torch's own dicts read too.
 
+A sharded optimizer's ``state_dict()`` (``comm=``, ``npadam._sharded``) is its rank's shard: the same
+layout, each state array flat and holding only the param's elements in this rank's shard (empty
+when none), and ``npadam.shard = {"rank", "world", "sizes" (padded buffer sizes), "ranges" ([a, b)
+of each param's flat index held here)}``.
+
 Layout (``export``)::
 
     {"state": {i: {"step", "exp_avg", "exp_avg_sq"[, "max_exp_avg_sq"][, "master"]}},
@@ -50,14 +55,19 @@ def export(engine: Engine, groups: Sequence[dict[str, Any]], kind: str, loss_sca
     hyperparameters as plain values; ``array`` converts the host copies (e.g. to torch tensors)."""
     engine.sync()
     lay = engine.layout
+    sharded = engine.sharding is not None  # a rank's shard: flat arrays of the param's elements it owns
     state: dict[int, dict[str, Any]] = {}
     for i, slot in enumerate(lay.slots):
         st: dict[str, Any] = {"step": int(engine.steps[i])}
+        shape = slot.shape
+        if sharded:
+            a, b = engine.owned_range(i, "master")
+            shape = (b - a,)
         for key, a in engine.slot_state(i).items():
-            st[key] = array(a if key.endswith("_scale") else a.reshape(slot.shape))  # fp8 scales: per block
+            st[key] = array(a if key.endswith("_scale") else a.reshape(shape))  # fp8 scales: per block
         if groups[slot.group].get("amsgrad") and "max_exp_avg_sq" not in st:
             # allocated at the first step; zero until then (parse requires it for amsgrad groups)
-            st["max_exp_avg_sq"] = array(np.zeros(slot.shape, engine.state_dtype(i, "max_exp_avg_sq")))
+            st["max_exp_avg_sq"] = array(np.zeros(shape, engine.state_dtype(i, "max_exp_avg_sq")))
         state[i] = st
     param_groups, start = [], 0
     for g in groups:
@@ -71,6 +81,8 @@ def export(engine: Engine, groups: Sequence[dict[str, Any]], kind: str, loss_sca
             "loss_scaler": None if loss_scaler is None else loss_scaler.state_dict()}
     if engine.algorithm == "adam":
         meta["state_precision"] = engine.precision.describe()
+    if sharded:
+        meta["shard"] = engine.sharding.describe(engine)
     return {"state": state, "param_groups": param_groups, "npadam": meta}
 
 

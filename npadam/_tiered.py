@@ -1,12 +1,15 @@
 """The tiers of an ``Engine``'s state: which part of each flat buffer lives where, and the step,
 reads and writes on the parts that are not with the params.
 
-Each buffer's state elements ``[0, n0)`` are with the params (host memory for host params, the
+Each buffer's state elements ``[lo, n0)`` are with the params (host memory for host params, the
 GPU for GPU params; ``Engine.bufs``), ``[n0, n1)`` in host memory for GPU params
 (``offload_fraction``; ``Engine.host``, stepped through ``npadam.tiers.transfer.Staging``) and
-``[n1, size)`` in files (``nvme_offload_fraction``; ``Engine.disk``, a ``npadam.tiers.DiskState``
-streamed chunk by chunk). The same kernels run on every part; the update is elementwise, so any
-split gives the same bits.
+``[n1, hi)`` in files (``nvme_offload_fraction``; ``Engine.disk``, a ``npadam.tiers.DiskState``
+streamed chunk by chunk), where ``[lo, hi)`` (``Engine.shards``) is the whole buffer, or this rank's
+shard of it when the state is sharded across ranks (``comm=``, ``npadam._sharded``). Indices are
+the buffer's flat index throughout; each part's arrays start at its first element (the kernels'
+``base``). The same kernels run on every part; the update is elementwise, so any split gives the
+same bits.
 """
 
 from __future__ import annotations
@@ -36,11 +39,17 @@ class TieredState:
         """Some state is not with the params."""
         return bool(self.disk or self.host)
 
+    def _first(self, bi: int, key: str = "") -> int:
+        """The first element (fp8 block for a scale field ``key``) of buffer ``bi`` whose state this
+        engine holds: 0, or the start of this rank's shard (on a block boundary)."""
+        lo = self.shards[bi][0]
+        return lo // prec.FP8_BLOCK if key.endswith("_scale") else lo
+
     def _bounds(self, bi: int, key: str = "") -> tuple[int, int]:
-        """``(n0, n1)``: buffer ``bi``'s state elements ``[0, n0)`` are with the params, ``[n0, n1)``
-        in host memory (GPU params; empty otherwise), ``[n1, size)`` on disk; in fp8 blocks for a
+        """``(n0, n1)``: buffer ``bi``'s state elements ``[lo, n0)`` are with the params, ``[n0, n1)``
+        in host memory (GPU params; empty otherwise), ``[n1, hi)`` on disk; in fp8 blocks for a
         scale field ``key`` (``*_scale``; the tier boundaries are on block boundaries then)."""
-        size = self.layout.buffers[bi].size
+        size = self.shards[bi][1]
         n1 = self.disk[bi][0] if bi in self.disk else size
         n0 = self.host[bi][0] if bi in self.host else n1
         if key.endswith("_scale"):
@@ -59,7 +68,7 @@ class TieredState:
         n0, _ = self._bounds(bi)
         dtype = self._dtypes(self.layout.buffers[bi].dtype)[key]
         with self.on_device():
-            setattr(buf, key, getattr(buf, like).copy() if like else self.xp.zeros(n0, dtype))
+            setattr(buf, key, getattr(buf, like).copy() if like else self.xp.zeros(n0 - self._first(bi), dtype))
         if bi in self.host:
             hp = self.host[bi][1]
             arr = np.zeros(hp.size, dtype)
@@ -83,7 +92,10 @@ class TieredState:
     def _primary_batch(self, bi: int, batch: K.Batch) -> K.Batch:
         """The part of ``batch`` whose state is with the params."""
         n0, _ = self._bounds(bi)
-        return batch if n0 == self.layout.buffers[bi].size else K.sub_batch(batch, self.layout.buffers[bi].dtype, 0, n0)
+        lo = self._first(bi)
+        if lo == 0 and n0 == self.layout.buffers[bi].size:
+            return batch
+        return K.sub_batch(batch, self.layout.buffers[bi].dtype, lo, n0)
 
     def _run_rest(self, name: str, bi: int, batch: K.Batch, s: Any, flags: Any) -> None:
         """Kernel ``name`` on the parts of buffer ``bi``'s state that are not with the params: host
@@ -96,6 +108,7 @@ class TieredState:
         buf = self.bufs[bi]
         pdtype = self.layout.buffers[bi].dtype
         lo_b, hi_b = int(batch.offsets.min()), int((batch.offsets + batch.sizes).max())
+        hi_b = min(hi_b, self.shards[bi][1])  # this rank's shard only
         if hi_b <= n0:
             return
         fn = getattr(K.get("cpu" if self.kernel == "gpu" else self.kernel), name)
@@ -155,9 +168,14 @@ class TieredState:
         """State ``key`` of buffer ``bi``, flat elements (fp8 blocks for ``*_scale``) ``[lo, hi)``, as a
         host copy (any tier)."""
         n0, n1 = self._bounds(bi, key)
+        first = self._first(bi, key)
+        if lo < first:
+            raise RuntimeError(f"internal: state [{lo}, {hi}) of buffer {bi} starts before this rank's shard ({first})")
+        if hi <= lo:  # e.g. a slot outside this rank's shard
+            return np.zeros(0, getattr(self.bufs[bi], key).dtype)
         parts = []
         if lo < n0:
-            parts.append(_host(getattr(self.bufs[bi], key)[lo: min(hi, n0)]))
+            parts.append(_host(getattr(self.bufs[bi], key)[lo - first: min(hi, n0) - first]))
         if bi in self.host and lo < n1 and hi > n0:
             parts.append(getattr(self.host[bi][1], key)[max(lo, n0) - n0: min(hi, n1) - n0].copy())
         if bi in self.disk and hi > n1:
@@ -167,13 +185,22 @@ class TieredState:
     def _write_range(self, bi: int, key: str, lo: int, values: Any) -> None:
         """Write ``values`` in ``key``'s storage dtype (host, or on the params' GPU) into state ``key``
         of buffer ``bi`` from flat element (fp8 block for ``*_scale``) ``lo``, whichever tiers that
-        range spans."""
+        range spans; the part outside this rank's shard (when sharded) is not this engine's, and is
+        dropped."""
         n0, n1 = self._bounds(bi, key)
+        first = self._first(bi, key)
         hi = lo + int(values.size)
+        last = -(-self.shards[bi][1] // prec.FP8_BLOCK) if key.endswith("_scale") else self.shards[bi][1]
+        if lo < first or hi > last:
+            a, b = max(lo, first), min(hi, last)
+            if a >= b:
+                return
+            values, lo, hi = values[a - lo: b - lo], a, b
         if lo < n0:
             arr = getattr(self.bufs[bi], key)
             head = values[: min(hi, n0) - lo]
-            arr[lo: lo + head.size] = head if isinstance(arr, np.ndarray) or not isinstance(head, np.ndarray) \
+            at = lo - first
+            arr[at: at + head.size] = head if isinstance(arr, np.ndarray) or not isinstance(head, np.ndarray) \
                 else self.xp.asarray(head)
         if bi in self.host and lo < n1 and hi > n0:
             a, b = max(lo, n0), min(hi, n1)

@@ -285,6 +285,14 @@ def _scheduler_entry(scheduler: Any) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------- save
+def _refuse_shard(sd: Mapping[str, Any]) -> None:
+    """A sharded optimizer's state dict is one rank's shard: not what a checkpoint directory holds."""
+    if sd.get("npadam", {}).get("shard") is not None:
+        raise ValueError("npadam.checkpoint with a sharded optimizer (comm=) is not available in this version of "
+                         "npadam (one file per rank comes later); save opt.full_state_dict() or each rank's "
+                         "opt.state_dict() instead")
+
+
 def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None, shard_bytes: int = 1 << 30,
          metadata: Mapping[str, Any] | None = None, progress: bool = False) -> Path:
     """Write ``optimizer`` (and ``scheduler``, a ``npadam.torch.LRScheduler``) to the directory
@@ -301,6 +309,7 @@ def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     user = _user_metadata(metadata)
     _frontend(optimizer)  # a clear TypeError for anything else
     sd = optimizer.state_dict()  # first: it takes in groups appended and params re-bound or cast
+    _refuse_shard(sd)
     kind, objects = _frontend(optimizer)
     meta = sd["npadam"]
     names = list(meta["names"])
@@ -701,6 +710,7 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     index = read_index(path)
     kind = _frontend(optimizer)[0]
     sd_now = optimizer.state_dict()
+    _refuse_shard(sd_now)
     meta = sd_now["npadam"]
     names, saved = list(meta["names"]), index["params"]
     if index["kind"] != meta["kind"]:

@@ -78,12 +78,16 @@ class Buffer:
 class FlatLayout:
     """The index of name, shape, dtype, group, buffer and offset of every parameter.
 
+    ``pad_to``: each buffer's size is rounded up to a multiple of it (a sharded optimizer's
+    ``world * NORM_BLOCK``, see ``npadam._sharded``); 1 leaves only the tensor alignment.
+
     >>> lay = FlatLayout([("w", (3, 5), "float32", 0), ("b", (5,), "float32", 0), ("e", (7,), "bfloat16", 0)])
     >>> [(s.name, s.buffer, s.offset) for s in lay.slots], [b.size for b in lay.buffers]
     ([('w', 0, 0), ('b', 0, 64), ('e', 1, 0)], [128, 64])
     """
 
-    def __init__(self, specs: Iterable[tuple[str, Sequence[int], str, int]], align_to: int = ALIGN) -> None:
+    def __init__(self, specs: Iterable[tuple[str, Sequence[int], str, int]], align_to: int = ALIGN,
+                 pad_to: int = 1) -> None:
         self.buffers: list[Buffer] = []
         self.slots: list[TensorSlot] = []
         index: dict[tuple[int, str], int] = {}
@@ -103,7 +107,10 @@ class FlatLayout:
             buf.tensors.append(len(self.slots))
             buf.size = align(buf.size + slot.numel, align_to)
             self.slots.append(slot)
+        for buf in self.buffers:  # sharded optimizers: every buffer splits into equal, block-aligned shards
+            buf.size = align(buf.size, pad_to)
         self.align = align_to
+        self.pad_to = pad_to
 
     @property
     def names(self) -> list[str]:

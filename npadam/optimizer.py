@@ -25,6 +25,10 @@ the values the next update uses. A Schedule given for one of them lives in
 ``param_groups[i]["schedules"]`` and rewrites the float after every update;
 assigning a different float replaces the schedule (``del g["schedules"]["lr"]`` freezes it at its
 current value), assigning a Schedule installs one.
+
+With ``comm=`` (a ``npadam.distributed`` communicator) each rank keeps the state of one shard of
+every flat buffer (ZeRO-1/2, ``npadam._sharded``): construction, ``step``, ``load_state_dict``
+and ``full_state_dict`` are collectives; see docs/DISTRIBUTED.md.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from . import kernels as K
 from . import _params as P
 from . import _validate as V
 from ._engine import Engine, StepInfo, step_options
+from ._sharded import Sharding, expand_shard_dict, layout_digest
 from ._placement import disk_placement, engine_offload, offload_placement
 from ._precision import state_precision
 from .reference import precision as prec
@@ -74,9 +79,11 @@ class _Optimizer:
         self._precision = state_precision(exp_avg_dtype, exp_avg_sq_dtype, store_param_remainders, rounding, seed,
                                           self._spec.algorithm, main_params_dtype)
         self.defaults = defaults
-        o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, comm)
+        o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, comm, shardable=True)
         self._offload = offload_placement(offload_fraction, pin_memory, gpu_state_bytes)
         self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes, host_state_bytes)
+        #: the state sharded across the ranks of ``comm`` (``npadam._sharded``), or None
+        self._sharding = Sharding(comm) if comm is not None else None
         self.offload_fraction = self._offload.fraction if self._offload is not None else 0.0
         self.pin_memory = bool(pin_memory)
         self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
@@ -119,7 +126,24 @@ class _Optimizer:
     # ------------------------------------------------------------------ set-up
     def add_param_group(self, group: Mapping[str, Any]) -> None:
         """Add a group of params (torch's ``add_param_group``): its hyperparameters default to the
-        optimizer's; its state starts at zero; existing params and state are untouched."""
+        optimizer's; its state starts at zero; existing params and state are untouched.
+
+        With ``comm`` it is a collective: every rank adds the same params (shapes, dtypes, order),
+        checked with one ``allgather_object``; a mismatch or a bad param on any rank raises a
+        ValueError on every rank and changes nothing."""
+        try:
+            new = self._checked_group(group)
+        except Exception as e:
+            if self._sharding is None:
+                raise
+            self._sharding.agree_layout(None, e)
+        if self._sharding is not None:
+            self._sharding.agree_layout(layout_digest(new[2], self._spec.algorithm), None)
+        self._build_group(*new)
+
+    def _checked_group(self, group: Mapping[str, Any]) -> tuple:
+        """Everything ``add_param_group`` checks, before anything is built: ``(group, its values,
+        the new layout, the items, names, arrays, readonly flags, device, device id, offload)``."""
         if not isinstance(group, Mapping) or "params" not in group:
             raise TypeError(f"a param group must be a dict with 'params', got {type(group).__name__}")
         gi = len(self.param_groups)
@@ -150,7 +174,8 @@ class _Optimizer:
         old = self._engine.layout if self._engine is not None else FlatLayout([])
         specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
         specs += [(n, a.shape, d, gi) for n, (a, d) in zip(gnames, imported)]
-        layout = FlatLayout(specs, self._precision.align)  # ValueError on duplicate names
+        pad = self._sharding.pad_to if self._sharding is not None else 1
+        layout = FlatLayout(specs, self._precision.align, pad)  # ValueError on duplicate names
         readonly = [not getattr(a.flags, "writeable", True) or is_read_only_producer(o)
                     for a, o in zip(arrays, items)]
         all_arrays = self._arrays + arrays
@@ -158,13 +183,23 @@ class _Optimizer:
         starts = np.asarray([P.address(a) for a in all_arrays], dtype=np.int64)
         ends = starts + np.asarray([a.nbytes for a in all_arrays], dtype=np.int64)
         P.check_no_overlap(starts, ends, names, "params")
-        # everything checked: build
+        offload = engine_offload(self._offload, self._disk, device) if self._engine is None else None
+        if self._sharding is not None and offload is not None:
+            raise ValueError("offload_fraction / gpu_state_bytes with comm (state sharded across ranks) is not "
+                             "available in this version of npadam")
+        return group, g, layout, items, gnames, arrays, readonly, device, device_id, offload
+
+    def _build_group(self, group: Mapping[str, Any], g: dict[str, Any], layout: FlatLayout, items: list[Any],
+                     gnames: list[str], arrays: list[Any], readonly: list[bool], device: str, device_id: int | None,
+                     offload: Any) -> None:
+        """Build what ``_checked_group`` checked: the engine (or its extension), masters, the group."""
+        gi = len(self.param_groups)
+        start = len(self._objects)
         if self._engine is None:
-            offload = engine_offload(self._offload, self._disk, device)
             self._engine = Engine(layout, device=device, device_id=device_id, kernel=self.kernel,
                                   decoupled=self._decoupled, num_threads=self.num_threads,
                                   algorithm=self._spec.algorithm, disk=self._disk, offload=offload,
-                                  precision=self._precision)
+                                  precision=self._precision, sharding=self._sharding)
         else:
             self._engine.extend(layout)
         eng = self._engine
@@ -200,6 +235,9 @@ class _Optimizer:
             raise ValueError(f"params live in different memories: {names[gpu.index(True)]!r} on a GPU, "
                              f"{names[gpu.index(False)]!r} on the host")
         device = "gpu" if all(gpu) else "cpu"
+        if device == "gpu" and self._sharding is not None:
+            raise ValueError("comm with params in GPU memory is not available in this version of npadam: the "
+                             "sharded optimizer runs the CPU and reference kernels on host params")
         device_id = None
         if device == "gpu":
             devices = {a.device.id for a in arrays}
@@ -398,13 +436,23 @@ class _Optimizer:
         None reads each param's ``.grad``. A None gradient skips its param (like torch).
 
         On a GPU the kernels run on CuPy's current stream (see ``npadam.kernels.gpu``):
-        run every step on the same stream."""
-        self._sync_groups()
-        eng = self._engine
-        self._rebind()
-        k = eng.count
-        hyper = self._group_values(k)
-        active, gptrs, gdtypes, raw, gdt, held = self._collect_grads(grads)
+        run every step on the same stream.
+
+        With ``comm`` it is a collective: every rank passes its local grads (None for the same
+        params on every rank) and ends with the same params (see docs/DISTRIBUTED.md)."""
+        try:
+            self._sync_groups()
+            eng = self._engine
+            self._rebind()
+            k = eng.count
+            hyper = self._group_values(k)
+            active, gptrs, gdtypes, raw, gdt, held = self._collect_grads(grads)
+        except Exception as e:
+            if self._sharding is None:
+                raise
+            self._sharding.agree_step(self._engine.layout, None, None, e)
+        if self._sharding is not None:
+            self._sharding.agree_step(eng.layout, active, gdtypes, None)
         res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
                        skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
         self._gptrs, self._gdtypes, self._last_grads, self._last_imports = gptrs, gdt, list(raw), held
@@ -435,11 +483,18 @@ class _Optimizer:
         else:
             a.reshape(-1).view(self._engine.xp.uint16)[...] = self._engine.xp.asarray(bits)
 
+    def _refuse_checkpoint(self) -> None:
+        if self._sharding is not None:
+            raise ValueError("npadam.checkpoint with a sharded optimizer (comm=) is not available in this version of "
+                             "npadam (one file per rank comes later); save opt.full_state_dict() or each rank's "
+                             "opt.state_dict() instead")
+
     def _checkpoint_write_params(self, values: Sequence[np.ndarray]) -> None:
         """Write flat fp32 ``values`` (one per param, checked by ``npadam.checkpoint``) into the params,
         rounded to each param's dtype (round to nearest even, as a step writes them; with param
         remainders the master's high half, ties away from zero). The masters were restored by
         ``load_state_dict`` first: the written params are their rounding."""
+        self._refuse_checkpoint()
         self._engine.sync()
         for i, (a, v) in enumerate(zip(self._arrays, values)):
             dtype = self._engine.layout.slots[i].dtype
@@ -463,6 +518,9 @@ class _Optimizer:
 
     def __getstate__(self) -> dict[str, Any]:
         """``copy.deepcopy`` and pickling: the state without this process's raw grad pointers."""
+        if self._sharding is not None:
+            raise TypeError("an optimizer sharded across ranks (comm=) cannot be copied or pickled: its state is "
+                            "spread over the ranks; use state_dict() (this rank's shard) or full_state_dict()")
         if self._engine is not None and self._engine.tiered:
             raise TypeError("an optimizer with state in another tier (offload_fraction for GPU params, or "
                             "nvme_offload_fraction) cannot be copied or pickled: save it with npadam.checkpoint.save "
@@ -511,10 +569,22 @@ class _Optimizer:
         names, shapes, dtypes, the update count and the loss scaler, and each low-precision param's
         fp32 ``master``. Arrays are NumPy copies in each param's shape; a Schedule is stored as
         ``{"schedule": s.to_dict()}``. See ``npadam._state``. Groups appended to ``param_groups``
-        and re-bound params are taken in first, as a step would."""
+        and re-bound params are taken in first, as a step would.
+
+        With ``comm``: this rank's shard (flat arrays of the elements it owns, and
+        ``npadam.shard``; see docs/DISTRIBUTED.md); ``full_state_dict()`` gathers the whole state."""
         self._sync_groups()
         self._rebind()
         return _state.export(self._engine, self._plain_groups(), type(self).__name__, self.loss_scaler)
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """The whole state dict, as one process holding every shard would return it (``state_dict()``
+        without ``comm``), on every rank. With ``comm`` a collective: each buffer's state is
+        all-gathered (every rank holds the whole state while the dict is built)."""
+        self._sync_groups()
+        self._rebind()
+        eng = self._engine if self._sharding is None else self._sharding.full_state(self._engine)
+        return _state.export(eng, self._plain_groups(), type(self).__name__, self.loss_scaler)
 
     def _fill_unsaved(self, sd: Mapping[str, Any],
                       pending: list[tuple[Schedule, dict[str, Any]]] | None = None) -> Mapping[str, Any]:
@@ -540,11 +610,18 @@ class _Optimizer:
         converted (see docs/PRECISION.md); without it such a dict is a ValueError."""
         V.flag("convert", convert)
         self._sync_groups()
-        plain = self._plain_groups()
         pending: list[tuple[Schedule, dict[str, Any]]] = []
-        sd = self._fill_unsaved(sd, pending)
-        parsed = _state.parse(sd, self._engine, plain, type(self).__name__, self._spec.check_group,
-                              self.loss_scaler, convert=bool(convert), param_bits=self._param_bits)
+        try:
+            plain = self._plain_groups()
+            sd = self._fill_unsaved(self._unshard(sd, convert), pending)
+            parsed = _state.parse(sd, self._engine, plain, type(self).__name__, self._spec.check_group,
+                                  self.loss_scaler, convert=bool(convert), param_bits=self._param_bits)
+        except Exception as e:
+            if self._sharding is None:
+                raise
+            self._sharding.agree("load_state_dict", e)
+        if self._sharding is not None:
+            self._sharding.agree("load_state_dict", None)
         _state.apply(parsed, self._engine)
         for i, bits in parsed.param_bits:
             self._write_bits(i, bits)
@@ -563,6 +640,20 @@ class _Optimizer:
             self._engine.load_master(i, self._arrays[i])
         if parsed.loss_scaler is not None and self.loss_scaler is not None:
             self.loss_scaler.load_state_dict(parsed.loss_scaler)
+
+    def _unshard(self, sd: Any, convert: bool) -> Any:
+        """A shard state dict (``npadam.shard``) as a full-shaped one for this rank (zeros elsewhere);
+        other dicts as they are. With ``comm``, a full dict loads too: each rank keeps its shard."""
+        meta = sd.get("npadam") if isinstance(sd, Mapping) else None
+        if not isinstance(meta, Mapping) or meta.get("shard") is None:
+            return sd
+        if self._sharding is None:
+            raise ValueError("the state dict is one rank's shard of a sharded optimizer (comm=); load it into the "
+                             "same rank of a sharded optimizer, or save full_state_dict() instead")
+        if convert:
+            raise ValueError("load_state_dict(convert=True) takes whole state dicts (full_state_dict()), not one "
+                             "rank's shard")
+        return expand_shard_dict(sd, self._engine, self._sharding.describe(self._engine))
 
     def __repr__(self) -> str:
         lay = self._engine.layout

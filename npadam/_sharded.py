@@ -1,0 +1,298 @@
+"""Sharding the optimizer state across ranks (ZeRO-1/2, ``comm=``): the padding rule, each rank's
+shard, the agreement checks and the collectives of a step.
+
+Every rank builds the same layout, padded so that each flat buffer's index space splits into
+``world`` equal shards whose boundaries are multiples of the gradient-norm block
+(``NORM_BLOCK`` = 65,536 elements): a buffer of ``n`` elements takes
+``align(n, world * NORM_BLOCK)`` elements (none added on one rank). Rank r owns the elements
+``[r * s, (r + 1) * s)``, ``s = size / world``, of every buffer and keeps the optimizer state of
+those elements only (``Engine.shards``; the tiers and kernels run on that range with ``base``
+offsets, as they run on the pieces of an offloaded buffer).
+
+A step (``Engine.step`` with a ``Sharding``), after ``agree_step`` (one all-reduce: any rank's bad
+argument, or ranks that disagree on which params have grads or on grad dtypes, raise on every rank
+before anything is written):
+
+1. ``reduce_grads``: each buffer's grads are packed in flat order into a send buffer (zeros in the
+   gaps, for params without grads and in the padding) and reduce-scattered in place with op
+   ``"avg"`` (the sum, divided by ``world`` once in the grad dtype): the shard then holds what one
+   process would be given as the averaged grads;
+2. ``combine_sums``: each rank's float64 sums of its norm blocks are all-gathered and put in the
+   single-process order (buffer by buffer, block by block; padding blocks are +0.0, which leaves a
+   running float64 sum unchanged): the norm and the non-finite flag are the same bits on every rank
+   and for every world size;
+3. the kernels update the rank's shard of the params (in the caller's arrays) and of the state;
+4. ``gather_params``: each buffer's updated shard is packed into a param buffer, all-gathered in
+   place, and every stepped tensor is copied back whole: every rank holds the full new params.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import kernels as K
+from .layout import KINDS, FlatLayout, storage_dtype
+from .reference import adamw as ref
+from .reference import precision as prec
+
+NORM_BLOCK = ref.NORM_BLOCK
+
+
+def pad_multiple(world: int) -> int:
+    """What each flat buffer's size is rounded up to on ``world`` ranks: ``world * NORM_BLOCK``, so
+    that shards are equal and start on norm blocks (1 on one rank: no padding)."""
+    return 1 if world == 1 else world * NORM_BLOCK
+
+
+def shard_range(size: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s elements ``[lo, hi)`` of a buffer of ``size`` (a multiple of ``world``) elements."""
+    n = size // world
+    return rank * n, (rank + 1) * n
+
+
+def layout_digest(layout: FlatLayout, algorithm: str) -> tuple:
+    """What every rank must agree on: the algorithm and each param's shape, dtype and group, in order."""
+    return algorithm, tuple((tuple(s.shape), s.dtype, s.group) for s in layout.slots)
+
+
+def check_comm(comm: Any) -> Any:
+    """``comm`` if it is a ``npadam.distributed`` communicator; ValueError naming it otherwise."""
+    from .distributed import Communicator
+
+    if not isinstance(comm, Communicator):
+        raise ValueError(f"comm must be a npadam.distributed communicator (npadam.distributed.init(...)), got "
+                         f"{type(comm).__name__}")
+    return comm
+
+
+def _describe_digest(d: tuple) -> list[str]:
+    algorithm, slots = d
+    return [algorithm] + [f"{shape} {dtype} group {group}" for shape, dtype, group in slots]
+
+
+class Sharding:
+    """One rank's side of a sharded optimizer: the communicator and the step's reusable buffers."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = check_comm(comm)
+        self.rank, self.world = comm.rank, comm.size
+        self._send: dict[int, np.ndarray] = {}    # buffer -> grad send buffer (full size, the grad dtype)
+        self._gather: dict[int, np.ndarray] = {}  # buffer -> param gather buffer (full size, the param dtype)
+
+    @property
+    def pad_to(self) -> int:
+        return pad_multiple(self.world)
+
+    def shard(self, size: int) -> tuple[int, int]:
+        return shard_range(size, self.rank, self.world)
+
+    # ------------------------------------------------------------------ agreement (collectives)
+    def agree(self, what: str, error: BaseException | None, payload: Any = None) -> list[Any]:
+        """Every rank's ``payload`` (one ``allgather_object``), after checking that no rank failed: a
+        rank's own ``error`` is raised there, the other ranks raise a ValueError naming that rank.
+        Every rank calls it, so a failure on one rank never leaves the others waiting."""
+        got = self.comm.allgather_object((None if error is None else f"{type(error).__name__}: {error}", payload))
+        if error is not None:
+            raise error
+        bad = [(r, e) for r, (e, _) in enumerate(got) if e is not None]
+        if bad:
+            r, e = bad[0]
+            raise ValueError(f"{what}: rank {r} of {self.world} failed ({e}); nothing was changed on any rank")
+        return [p for _, p in got]
+
+    def agree_layout(self, digest: tuple | None, error: BaseException | None) -> None:
+        """The same params on every rank (shapes, dtypes, order, groups): the same ValueError on every
+        rank otherwise."""
+        got = self.agree("comm: building the sharded optimizer", error, digest)
+        for r, d in enumerate(got):
+            if d != got[0]:
+                a, b = _describe_digest(got[0]), _describe_digest(d)
+                diff = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                where = "algorithm" if diff == 0 else f"param {diff - 1}"
+                raise ValueError(f"comm: ranks 0 and {r} were given different params ({len(a) - 1} and {len(b) - 1} "
+                                 f"params; first difference at {where}: {a[diff] if diff < len(a) else 'none'!r} "
+                                 f"vs {b[diff] if diff < len(b) else 'none'!r}); every rank must build the "
+                                 "optimizer with the same shapes, dtypes, order and groups")
+
+    def agree_step(self, layout: FlatLayout, active: np.ndarray | None, gdtypes: Sequence[str] | None,
+                   error: BaseException | None) -> None:
+        """One all-reduce (max of the values and of their negatives) of [this rank failed, has-grad mask,
+        grad kind per buffer]: raises the same error on every rank when a rank failed its checks, when
+        a param has a grad on some ranks and None on others, or when grad dtypes differ."""
+        n, nb = len(layout.slots), len(layout.buffers)
+        v = np.zeros(1 + n + nb, np.int32)
+        v[0] = error is not None
+        if error is None:
+            v[1:1 + n] = active
+            for bi, b in enumerate(layout.buffers):
+                v[1 + n + bi] = KINDS[gdtypes[bi]] if active[b.tensors].any() else -1
+        both = np.concatenate([v, -v])
+        self.comm.all_reduce(both, op="max")
+        hi, lo = both[: v.size], -both[v.size:]
+        if error is not None:
+            raise error
+        if hi[0]:
+            raise ValueError("step: another rank's grads or hyperparameters failed the checks (see its error); "
+                             "nothing was changed on any rank")
+        bad = np.flatnonzero(hi[1:1 + n] != lo[1:1 + n])
+        if bad.size:
+            raise ValueError(f"step: param {layout.slots[bad[0]].name!r} has a grad on some ranks and None on others; "
+                             "every rank must pass grads for the same params (nothing was changed on any rank)")
+        bad = np.flatnonzero(hi[1 + n:] != lo[1 + n:])
+        if bad.size:
+            b = layout.buffers[bad[0]]
+            raise ValueError(f"step: the grads of param group {b.group} ({b.dtype} params) have different dtypes on "
+                             "different ranks; use the same grad dtype everywhere (nothing was changed on any rank)")
+
+    # ------------------------------------------------------------------ the step's collectives
+    def reduce_grads(self, engine: Any, active: np.ndarray, gptrs: np.ndarray, gdtypes: Sequence[str]) -> np.ndarray:
+        """Pack, reduce-scatter (avg) and return grad pointers into the send buffers: slot t's grad at
+        its flat offset, so that the engine's batches restricted to this rank's shard read the
+        averaged grads. Inactive slots keep their (unused) pointers."""
+        out = gptrs.copy()
+        lay = engine.layout
+        handles = []
+        for bi, b in enumerate(lay.buffers):
+            slots = engine.buffer_slots[bi]
+            mask = active[slots]
+            if not mask.any():
+                continue
+            dt = storage_dtype(gdtypes[bi])
+            send = self._send.get(bi)
+            if send is None or send.dtype != dt or send.size != b.size:
+                send = self._send[bi] = np.zeros(b.size, dt)
+            else:
+                send[...] = 0
+            for t in slots[mask]:
+                s = lay.slots[t]
+                send[s.offset: s.offset + s.numel] = K.host_view(gptrs[t], s.numel, gdtypes[bi])
+            lo, hi = engine.shards[bi]
+            handles.append(self.comm.reduce_scatter(send, send[lo:hi], op="avg", async_op=True))
+            out[slots[mask]] = send.ctypes.data + engine.offsets[bi][mask] * dt.itemsize
+        for h in handles:
+            h.wait()
+        return out
+
+    def combine_sums(self, sums: Sequence[np.ndarray]) -> np.ndarray:
+        """All ranks' block sums (``sums``: this rank's, one array per stepped buffer, the same lengths
+        on every rank) in the single-process order: buffer by buffer, rank by rank within a buffer."""
+        lens = [s.size for s in sums]
+        local = np.ascontiguousarray(np.concatenate(sums) if sums else np.zeros(0), np.float64)
+        full = np.empty(local.size * self.world, np.float64)
+        self.comm.all_gather(local, full)
+        full = full.reshape(self.world, local.size)
+        parts, at = [], 0
+        for n in lens:
+            parts.append(full[:, at: at + n].reshape(-1))
+            at += n
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def gather_params(self, engine: Any, wholes: Sequence[tuple[int, K.Batch]]) -> None:
+        """All-gather the updated shards: every stepped tensor of ``wholes`` (``(buffer, batch)``, the
+        batch's param pointers in the caller's arrays) ends with the full new values on every rank."""
+        lay = engine.layout
+        pending = []
+        for bi, whole in wholes:
+            b = lay.buffers[bi]
+            dt = storage_dtype(b.dtype)
+            buf = self._gather.get(bi)
+            if buf is None or buf.size != b.size:
+                buf = self._gather[bi] = np.zeros(b.size, dt)
+            lo, hi = engine.shards[bi]
+            part = K.sub_batch(whole, b.dtype, lo, hi)
+            for p, off, n in zip(part.params, part.offsets, part.sizes):
+                buf[lo + off: lo + off + n] = K.host_view(p, n, b.dtype)
+            pending.append((bi, whole, buf, self.comm.all_gather(buf[lo:hi], buf, async_op=True)))
+        for bi, whole, buf, h in pending:
+            h.wait()
+            dtype = lay.buffers[bi].dtype
+            for p, off, n in zip(whole.params, whole.offsets, whole.sizes):
+                K.host_view(p, n, dtype)[...] = buf[off: off + n]
+
+    # ------------------------------------------------------------------ state dicts
+    def describe(self, engine: Any) -> dict[str, Any]:
+        """The ``"shard"`` entry of a rank's state dict: rank, world, the padded buffer sizes and each
+        param's owned elements ``[a, b)`` in its own flat index (``a == b``: none)."""
+        ranges = []
+        for i, s in enumerate(engine.layout.slots):
+            a, b = engine.owned_range(i, "master")
+            ranges.append([a - s.offset, b - s.offset] if b > a else [0, 0])
+        return {"rank": self.rank, "world": self.world, "sizes": [b.size for b in engine.layout.buffers],
+                "ranges": ranges}
+
+    def full_state(self, engine: Any) -> Any:
+        """An unsharded engine (same layout, host memory) holding every rank's state, gathered: what a
+        single process would hold. A collective (every rank calls it in the same order)."""
+        from ._engine import Engine
+        from ._tiered import STATE_NAMES
+
+        full = Engine(engine.layout, device="cpu", kernel=engine.kernel, decoupled=engine.decoupled,
+                      algorithm=engine.algorithm, precision=engine.precision)
+        for bi, buf in enumerate(engine.bufs):
+            lo, hi = engine.shards[bi]
+            dst = full.bufs[bi]
+            for key in STATE_NAMES + tuple(K.SCALE_FIELDS.values()):
+                if getattr(buf, key) is None:
+                    setattr(dst, key, None)
+                    continue
+                a, b = (lo // prec.FP8_BLOCK, hi // prec.FP8_BLOCK) if key.endswith("_scale") else (lo, hi)
+                local = np.ascontiguousarray(engine._read_range(bi, key, a, b))
+                out = np.empty(local.size * self.world, local.dtype)
+                self.comm.all_gather(local, out)
+                setattr(dst, key, out)
+        full.steps[...] = engine.steps
+        full.started[...] = engine.started
+        full.count = engine.count
+        return full
+
+
+def expand_shard_dict(sd: Mapping[str, Any], engine: Any, mine: Mapping[str, Any]) -> dict[str, Any]:
+    """A rank's shard state dict (``state_dict()`` of a sharded optimizer) as a full-shaped one
+    (zeros outside the shard, which the engine never reads), for ``npadam._state.parse``. ValueError
+    unless it is this rank's shard of this world size and layout."""
+    meta = sd["npadam"]
+    sh = meta["shard"]
+    if not isinstance(sh, Mapping) or any(k not in sh for k in ("rank", "world", "sizes", "ranges")):
+        raise ValueError("state dict 'npadam.shard' must hold rank, world, sizes and ranges")
+    for key in ("world", "rank", "sizes"):
+        if sh[key] != mine[key]:
+            raise ValueError(f"state dict is the shard of rank {sh['rank']} of {sh['world']} (buffer sizes "
+                             f"{list(sh['sizes'])}), this is rank {mine['rank']} of {mine['world']} (sizes "
+                             f"{mine['sizes']}): a shard state dict loads only into the same rank of the same "
+                             "world size; use full_state_dict() to move state between world sizes")
+    ranges = [list(r) for r in sh["ranges"]]
+    if ranges != mine["ranges"]:
+        raise ValueError("state dict 'npadam.shard.ranges' do not match this rank's shard")
+    state_in = sd["state"]
+    state: dict[Any, Any] = {}
+    for i, slot in enumerate(engine.layout.slots):
+        st = state_in.get(i, state_in.get(str(i)))
+        if not isinstance(st, Mapping):
+            state[i] = st
+            continue
+        a, b = ranges[i]
+        new: dict[str, Any] = {}
+        for k, v in st.items():
+            if k == "step":
+                new[k] = v
+                continue
+            arr = np.asarray(v)
+            if k.endswith("_scale"):
+                full = np.zeros(-(-slot.numel // prec.FP8_BLOCK), arr.dtype)
+                first = a // prec.FP8_BLOCK
+                if first + arr.size > full.size:
+                    raise ValueError(f"state of param {slot.name!r}: {k} has {arr.size} block scales, more than its "
+                                     f"shard [{a}, {b}) has blocks")
+                full[first: first + arr.size] = arr.reshape(-1)
+                new[k] = full
+                continue
+            if arr.size != b - a:
+                raise ValueError(f"state of param {slot.name!r}: {k} has {arr.size} elements, its shard on this rank "
+                                 f"[{a}, {b}) has {b - a}")
+            full = np.zeros(slot.numel, arr.dtype)
+            full[a:b] = arr.reshape(-1)
+            new[k] = full.reshape(slot.shape)
+        state[i] = new
+    return {**sd, "state": state, "npadam": {k: v for k, v in meta.items() if k != "shard"}}
