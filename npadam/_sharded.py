@@ -28,6 +28,8 @@ before anything is written):
 
 from __future__ import annotations
 
+import zlib
+
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -38,6 +40,16 @@ from .reference import adamw as ref
 from .reference import precision as prec
 
 NORM_BLOCK = ref.NORM_BLOCK
+
+
+def _fingerprint(value: Any) -> int:
+    """A 32-bit fingerprint (as int32) of plain values, equal on every rank for equal values: CRC-32
+    of their ``repr`` (floats print exactly: the shortest text that reads back as the same float)."""
+    return int(np.uint32(zlib.crc32(repr(value).encode())).view(np.int32))
+
+
+def _shown(h: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in h.items() if k != "params")
 
 
 def pad_multiple(world: int) -> int:
@@ -117,17 +129,25 @@ class Sharding:
                                  "optimizer with the same shapes, dtypes, order and groups")
 
     def agree_step(self, layout: FlatLayout, active: np.ndarray | None, gdtypes: Sequence[str] | None,
-                   error: BaseException | None) -> None:
+                   error: BaseException | None, ngroups: int, hyper: Sequence[Mapping[str, Any]] = (),
+                   options: Any = None) -> None:
         """One all-reduce (max of the values and of their negatives) of [this rank failed, has-grad mask,
-        grad kind per buffer]: raises the same error on every rank when a rank failed its checks, when
-        a param has a grad on some ranks and None on others, or when grad dtypes differ."""
-        n, nb = len(layout.slots), len(layout.buffers)
-        v = np.zeros(1 + n + nb, np.int32)
+        grad kind per buffer, a fingerprint of each group's hyperparameters for this step and of the
+        step ``options``]: raises the same error on every rank when a rank failed its checks, when a
+        param has a grad on some ranks and None on others, when grad dtypes differ, or when a group's
+        hyperparameters (lr, betas, weight decay, ... as its schedules give them at this step) or the
+        clipping differ (each rank would update its shard with its own values). ``ngroups``: the number
+        of param groups (the same on every rank, also when this rank failed before computing ``hyper``)."""
+        n, nb, ng = len(layout.slots), len(layout.buffers), int(ngroups)
+        v = np.zeros(1 + n + nb + ng + 1, np.int32)
         v[0] = error is not None
         if error is None:
             v[1:1 + n] = active
             for bi, b in enumerate(layout.buffers):
                 v[1 + n + bi] = KINDS[gdtypes[bi]] if active[b.tensors].any() else -1
+            for gi, h in enumerate(hyper):
+                v[1 + n + nb + gi] = _fingerprint(sorted((k, x) for k, x in h.items() if k != "params"))
+            v[-1] = _fingerprint(options)
         both = np.concatenate([v, -v])
         self.comm.all_reduce(both, op="max")
         hi, lo = both[: v.size], -both[v.size:]
@@ -140,11 +160,19 @@ class Sharding:
         if bad.size:
             raise ValueError(f"step: param {layout.slots[bad[0]].name!r} has a grad on some ranks and None on others; "
                              "every rank must pass grads for the same params (nothing was changed on any rank)")
-        bad = np.flatnonzero(hi[1 + n:] != lo[1 + n:])
+        bad = np.flatnonzero(hi[1 + n:1 + n + nb] != lo[1 + n:1 + n + nb])
         if bad.size:
             b = layout.buffers[bad[0]]
             raise ValueError(f"step: the grads of param group {b.group} ({b.dtype} params) have different dtypes on "
                              "different ranks; use the same grad dtype everywhere (nothing was changed on any rank)")
+        bad = np.flatnonzero(hi[1 + n + nb:-1] != lo[1 + n + nb:-1])
+        if bad.size:
+            raise ValueError(f"step: the hyperparameters of param group {bad[0]} differ across ranks at this step "
+                             f"(this rank: {_shown(hyper[bad[0]])}); every rank must use the same lr, betas, eps, "
+                             "weight decay and flags, and the same schedules (nothing was changed on any rank)")
+        if hi[-1] != lo[-1]:
+            raise ValueError(f"step: max_grad_norm / skip_nonfinite differ across ranks (this rank: {options!r}); "
+                             "every rank must use the same (nothing was changed on any rank)")
 
     # ------------------------------------------------------------------ the step's collectives
     def reduce_grads(self, engine: Any, active: np.ndarray, gptrs: np.ndarray, gdtypes: Sequence[str]) -> np.ndarray:

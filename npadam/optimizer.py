@@ -450,9 +450,10 @@ class _Optimizer:
         except Exception as e:
             if self._sharding is None:
                 raise
-            self._sharding.agree_step(self._engine.layout, None, None, e)
+            self._sharding.agree_step(self._engine.layout, None, None, e, len(self.param_groups))
         if self._sharding is not None:
-            self._sharding.agree_step(eng.layout, active, gdtypes, None)
+            self._sharding.agree_step(eng.layout, active, gdtypes, None, len(self.param_groups), hyper,
+                                      (self.max_grad_norm, self.skip_nonfinite))
         res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
                        skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
         self._gptrs, self._gdtypes, self._last_grads, self._last_imports = gptrs, gdt, list(raw), held

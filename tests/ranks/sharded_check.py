@@ -269,6 +269,14 @@ def check_disagreement(comm: Any) -> None:
     except ValueError as e:
         assert ("shape" in str(e)) == (comm.rank == comm.size - 1) or "another rank" in str(e), str(e)
     assert run.opt.step_count == 0 and all(bits(p) == bits(q) for p, q in zip(before, run.params))
+    # a different lr on one rank (each rank would update its shard with its own): an error everywhere
+    run.opt.param_groups[0]["lr"] = 2e-2 if comm.rank == comm.size - 1 else 1e-2
+    expect_error(lambda: run.opt.step(g), "hyperparameters of param group 0 differ across ranks")
+    run.opt.param_groups[0]["lr"] = 1e-2
+    run.opt.max_grad_norm = 1.0 if comm.rank == 0 else None
+    expect_error(lambda: run.opt.step(g), "max_grad_norm / skip_nonfinite differ across ranks")
+    run.opt.max_grad_norm = None
+    assert run.opt.step_count == 0 and all(bits(p) == bits(q) for p, q in zip(before, run.params))
     run.step()  # still usable, and in step
 
 
