@@ -1,0 +1,113 @@
+"""Sharded optimizer (``comm=``, issue 12): per-rank state memory and step time on 1, 2 and 4 MPI ranks.
+
+    python3 tools/bench_sharded.py                      # 16M fp32 params in 8 tensors, ranks 1 2 4
+    python3 tools/bench_sharded.py --elems 4 --ranks 1 2 --repeats 5
+
+Each configuration runs under ``mpiexec -n R python3 -m mpi4py tools/bench_sharded.py --rank-run``
+with one Numba thread per rank (``NUMBA_NUM_THREADS=1``): every rank builds ``npadam.AdamW`` over
+the same params with ``comm=distributed.init("mpi")`` and steps it with its own grads; the
+single-process optimizer without ``comm`` (one thread, and all threads) is the baseline. Reported:
+the state bytes each rank's engine holds (``master``, ``exp_avg``, ``exp_avg_sq`` arrays and fp8 scales:
+array ``nbytes``, not RSS) against the single-process state, and the median step time over
+``--repeats`` steps (rank 0's clock, after a barrier). On a machine with fewer cores than ranks the
+ranks share cores, so the step time shows the cost of the collectives and the padding, not a
+speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = ("master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "m_scale", "v_scale", "vmax_scale")
+
+
+def state_nbytes(opt) -> int:
+    return sum(getattr(b, f).nbytes for b in opt._engine.bufs for f in FIELDS if getattr(b, f) is not None)
+
+
+def params(elems: int) -> list[np.ndarray]:
+    sizes = [elems // 8 + 17 * i for i in range(8)]  # uneven tensors: alignment padding inside the buffer
+    return [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)]
+
+
+def rank_run(elems: int, repeats: int, comm_name: str) -> None:
+    import npadam
+    from npadam import distributed
+
+    comm = distributed.init(comm_name) if comm_name != "none" else None
+    ps = params(elems)
+    opt = npadam.AdamW(ps, lr=1e-4, max_grad_norm=1.0, comm=comm)
+    rank = comm.rank if comm is not None else 0
+    grads = [np.random.default_rng(100 + rank).standard_normal(p.size).astype(np.float32) for p in ps]
+    opt.step(grads)  # compiles / warms
+    times = []
+    for _ in range(repeats):
+        if comm is not None:
+            comm.barrier()
+        t = time.perf_counter()
+        opt.step(grads)
+        if comm is not None:
+            comm.barrier()
+        times.append(time.perf_counter() - t)
+    out = {"rank": rank, "world": comm.size if comm is not None else 1, "state_bytes": state_nbytes(opt),
+           "step_ms": float(np.median(times) * 1e3), "elems": sum(p.size for p in ps)}
+    if comm is not None:
+        everyone = comm.allgather_object(out)
+        if rank == 0:
+            print("RESULT " + json.dumps(everyone), flush=True)
+    else:
+        print("RESULT " + json.dumps([out]), flush=True)
+
+
+def launch(ranks: int, elems: int, repeats: int, threads: int) -> list[dict]:
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    me = [sys.executable, "-m", "mpi4py", __file__] if ranks else [sys.executable, __file__]
+    args = ["--rank-run", "--elems", repr(elems / (1 << 20)), "--repeats", str(repeats), "--comm", "mpi" if ranks else "none"]
+    cmd = ([str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks)] if ranks else []) + me + args
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stdout}\n{res.stderr}")
+    line = next(x for x in res.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--elems", type=float, default=16, help="millions of fp32 params (default 16)")
+    ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--rank-run", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--comm", default="mpi", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    elems = int(a.elems * (1 << 20))
+    if a.rank_run:
+        rank_run(elems, a.repeats, a.comm)
+        return
+    cores = os.cpu_count()
+    print(f"# npadam sharded AdamW, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cores} cores, "
+          f"{elems:,} fp32 params in 8 tensors, max_grad_norm=1, median of {a.repeats} steps")
+    base1 = launch(0, elems, a.repeats, 1)[0]
+    baseall = launch(0, elems, a.repeats, cores)[0]
+    print("\n| run | ranks x threads | state bytes per rank | / one process | step ms |")
+    print("|---|---|---|---|---|")
+    print(f"| no comm | 1 x 1 | {base1['state_bytes']:,} | 1.000 | {base1['step_ms']:.1f} |")
+    print(f"| no comm | 1 x {cores} | {baseall['state_bytes']:,} | 1.000 | {baseall['step_ms']:.1f} |")
+    for r in a.ranks:
+        rows = launch(r, elems, a.repeats, 1)
+        per = max(x["state_bytes"] for x in rows)
+        step = rows[0]["step_ms"]
+        print(f"| comm=mpi | {r} x 1 | {per:,} (max over ranks) | {per / base1['state_bytes']:.3f} | {step:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
