@@ -54,7 +54,18 @@ class TorchComm(Communicator):
                      "min": dist.ReduceOp.MIN}
         #: The process group's backend ("gloo", "nccl", ...).
         self.torch_backend = str(dist.get_backend(group))
+        self._owns_group = False  # init_torch initialized the default group: close() destroys it
         super().__init__(dist.get_rank(group), dist.get_world_size(group))
+
+    def close(self) -> None:
+        """Destroy the default process group if ``npadam.distributed.init("torch")`` created it (after a
+        barrier, so that rank 0's store outlives every rank's last use): a gloo rank that exits with
+        the group alive can abort in torch's teardown ("terminate called without an active exception",
+        seen with 3 ranks). A group the caller created stays the caller's to destroy."""
+        if self._owns_group and self._dist.is_initialized():
+            self._dist.barrier()
+            self._dist.destroy_process_group()
+        self._owns_group = False
 
     # ------------------------------------------------------------------ arrays as tensors
     def _tensor(self, x: Any, dtype: str | None) -> Any:
@@ -148,7 +159,10 @@ def init_torch(group: Any = None, torch_backend: str | None = None, **init_kw: A
             raise RuntimeError(f"torch.distributed is not initialized and {', '.join(missing)} not set: "
                                "launch with torchrun, or pass init_method=/store=, rank= and world_size=")
         dist.init_process_group(backend=torch_backend, **init_kw)
-    elif torch_backend is not None or init_kw:
+        comm = TorchComm(group)
+        comm._owns_group = True
+        return comm
+    if torch_backend is not None or init_kw:
         raise ValueError("torch.distributed is already initialized; torch_backend and init arguments apply only "
                          "when npadam initializes it")
     return TorchComm(group)

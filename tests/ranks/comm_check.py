@@ -304,6 +304,7 @@ def main(backend: str) -> None:
         checks.torch_tensors()
     comm.barrier()
     print(f"OK {backend} rank {comm.rank}/{comm.size} {checks.count}", flush=True)
+    comm.close()  # torch: destroys the group npadam created (a live gloo group aborted rank 0's exit once)
 
 
 if __name__ == "__main__":
