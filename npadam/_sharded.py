@@ -29,7 +29,6 @@ before anything is written):
 from __future__ import annotations
 
 import zlib
-
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -50,6 +49,14 @@ def _fingerprint(value: Any) -> int:
 
 def _shown(h: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in h.items() if k != "params")
+
+
+def checkpoint_refused() -> ValueError:
+    """What ``npadam.checkpoint`` (and anything writing params the way it does) raises for a sharded
+    optimizer: a shard is not what a checkpoint directory holds."""
+    return ValueError("npadam.checkpoint with a sharded optimizer (comm=) is not available in this version of "
+                      "npadam (one file per rank comes later); save opt.full_state_dict() or each rank's "
+                      "opt.state_dict() instead")
 
 
 def pad_multiple(world: int) -> int:

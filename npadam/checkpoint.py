@@ -75,6 +75,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from . import _hyper as H
+from ._sharded import checkpoint_refused
 from .reference import precision as prec
 
 FORMAT = "npadam.checkpoint/1"
@@ -288,9 +289,7 @@ def _scheduler_entry(scheduler: Any) -> dict[str, Any] | None:
 def _refuse_shard(sd: Mapping[str, Any]) -> None:
     """A sharded optimizer's state dict is one rank's shard: not what a checkpoint directory holds."""
     if sd.get("npadam", {}).get("shard") is not None:
-        raise ValueError("npadam.checkpoint with a sharded optimizer (comm=) is not available in this version of "
-                         "npadam (one file per rank comes later); save opt.full_state_dict() or each rank's "
-                         "opt.state_dict() instead")
+        raise checkpoint_refused()
 
 
 def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None, shard_bytes: int = 1 << 30,

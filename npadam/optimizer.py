@@ -45,7 +45,7 @@ from . import kernels as K
 from . import _params as P
 from . import _validate as V
 from ._engine import Engine, StepInfo, step_options
-from ._sharded import Sharding, expand_shard_dict, layout_digest
+from ._sharded import Sharding, checkpoint_refused, expand_shard_dict, layout_digest
 from ._placement import disk_placement, engine_offload, offload_placement
 from ._precision import state_precision
 from .reference import precision as prec
@@ -484,18 +484,13 @@ class _Optimizer:
         else:
             a.reshape(-1).view(self._engine.xp.uint16)[...] = self._engine.xp.asarray(bits)
 
-    def _refuse_checkpoint(self) -> None:
-        if self._sharding is not None:
-            raise ValueError("npadam.checkpoint with a sharded optimizer (comm=) is not available in this version of "
-                             "npadam (one file per rank comes later); save opt.full_state_dict() or each rank's "
-                             "opt.state_dict() instead")
-
     def _checkpoint_write_params(self, values: Sequence[np.ndarray]) -> None:
         """Write flat fp32 ``values`` (one per param, checked by ``npadam.checkpoint``) into the params,
         rounded to each param's dtype (round to nearest even, as a step writes them; with param
         remainders the master's high half, ties away from zero). The masters were restored by
         ``load_state_dict`` first: the written params are their rounding."""
-        self._refuse_checkpoint()
+        if self._sharding is not None:
+            raise checkpoint_refused()
         self._engine.sync()
         for i, (a, v) in enumerate(zip(self._arrays, values)):
             dtype = self._engine.layout.slots[i].dtype

@@ -147,12 +147,18 @@ def _from_schedule_dict(data: Mapping[str, Any], path: str, origin: str) -> Sour
                    "GroupSchedules.to_dict()")
 
 
+def _given_flags(named: Named, given: Mapping[str, Any], keep: Any = None) -> list[str]:
+    """``--flag value`` (the value shell-quoted) of each of ``named``'s params set in ``given`` that
+    ``keep`` (a predicate on the param; all when None) selects, in the schedule's param order."""
+    return [f"--{p.flag} {shlex.quote(str(given[p.name]))}" for p in named.params
+            if p.name in given and (keep is None or keep(p))]
+
+
 def _named_error(named: Named, given: Mapping[str, Any], exc: BaseException) -> str:
     """The library's message about a named schedule, led by the flags it is about:
     ``--warmup-steps 20 --total-steps 9: warmup-cosine: warmup_steps (20) must be < total_steps (9)``."""
     msg = _lib_error(exc)
-    flags = [f"--{p.flag} {shlex.quote(str(given[p.name]))}" for p in named.params
-             if p.name in given and re.search(rf"(?<![\w-]){re.escape(p.name)}(?![\w-])", msg)]
+    flags = _given_flags(named, given, lambda p: re.search(rf"(?<![\w-]){re.escape(p.name)}(?![\w-])", msg))
     return f"{' '.join(flags) + ': ' if flags else ''}{named.name}: {msg}"
 
 
@@ -179,10 +185,8 @@ def _source(args: Any) -> Source:
         config = s.to_dict()
     except _LIB_ERRORS as exc:
         raise CLIError(_named_error(named, args.params, exc)) from None
-    lengths = " ".join(f"--{p.flag} {args.params[p.name]}" for p in named.params
-                       if p.type == "int" and p.name in args.params)    # the step counts
-    inputs = " ".join(f"--{p.flag} {shlex.quote(str(args.params[p.name]))}" for p in named.params
-                      if p.name in args.params)
+    lengths = " ".join(_given_flags(named, args.params, lambda p: p.type == "int"))  # the step counts
+    inputs = " ".join(_given_flags(named, args.params))
     return Source(named.name, f"{named.name} {lengths}".strip(), config, {named.column(args.params): s},
                   inputs=f"{inputs}: {named.name}" if inputs else "")
 
