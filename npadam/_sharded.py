@@ -51,14 +51,6 @@ def _shown(h: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in h.items() if k != "params")
 
 
-def checkpoint_refused() -> ValueError:
-    """What ``npadam.checkpoint`` (and anything writing params the way it does) raises for a sharded
-    optimizer: a shard is not what a checkpoint directory holds."""
-    return ValueError("npadam.checkpoint with a sharded optimizer (comm=) is not available in this version of "
-                      "npadam (one file per rank comes later); save opt.full_state_dict() or each rank's "
-                      "opt.state_dict() instead")
-
-
 def pad_multiple(world: int) -> int:
     """What each flat buffer's size is rounded up to on ``world`` ranks: ``world * NORM_BLOCK``, so
     that shards are equal and start on norm blocks (1 on one rank: no padding)."""
@@ -252,6 +244,22 @@ class Sharding:
             for p, off, n in zip(whole.params, whole.offsets, whole.sizes):
                 K.host_view(p, n, dtype)[...] = buf[off: off + n]
 
+    def gather_values(self, engine: Any, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every param's whole flat float32 values on every rank, from ``pieces[i]``: the elements of
+        param i this rank owns (``describe``'s ranges), as ``npadam.checkpoint.load`` reads them. A
+        collective: one in-place all-gather per flat buffer (float32, the buffer's padded size)."""
+        lay = engine.layout
+        fulls = []
+        for bi, buf in enumerate(lay.buffers):
+            full = np.zeros(buf.size, np.float32)
+            for i in engine.buffer_slots[bi]:
+                a, b = engine.owned_range(int(i), "master")  # in the buffer's index
+                full[a:b] = np.asarray(pieces[i], np.float32).reshape(-1)
+            lo, hi = engine.shards[bi]
+            self.comm.all_gather(full[lo:hi], full)
+            fulls.append(full)
+        return [fulls[s.buffer][s.offset: s.offset + s.numel].copy() for s in lay.slots]
+
     # ------------------------------------------------------------------ state dicts
     def describe(self, engine: Any) -> dict[str, Any]:
         """The ``"shard"`` entry of a rank's state dict: rank, world, the padded buffer sizes and each
@@ -289,10 +297,14 @@ class Sharding:
         return full
 
 
-def expand_shard_dict(sd: Mapping[str, Any], engine: Any, mine: Mapping[str, Any]) -> dict[str, Any]:
+def expand_shard_dict(sd: Mapping[str, Any], engine: Any, mine: Mapping[str, Any],
+                      convert: bool = False) -> dict[str, Any]:
     """A rank's shard state dict (``state_dict()`` of a sharded optimizer) as a full-shaped one
     (zeros outside the shard, which the engine never reads), for ``npadam._state.parse``. ValueError
-    unless it is this rank's shard of this world size and layout."""
+    unless it is this rank's shard of this world size and layout. ``convert``: moments may be in
+    another dtype (converted element by element, fp8 per block: shards hold whole blocks); a master
+    where the optimizer keeps param remainders, or the other way round, is refused (converting
+    them writes whole params, which a shard does not hold)."""
     meta = sd["npadam"]
     sh = meta["shard"]
     if not isinstance(sh, Mapping) or any(k not in sh for k in ("rank", "world", "sizes", "ranges")):
@@ -313,6 +325,12 @@ def expand_shard_dict(sd: Mapping[str, Any], engine: Any, mine: Mapping[str, Any
         if not isinstance(st, Mapping):
             state[i] = st
             continue
+        keeps = engine.precision.remainders and slot.dtype == "bfloat16"
+        if convert and ("param_remainder" in st) != keeps and ("master" in st or "param_remainder" in st):
+            raise ValueError(f"state of param {slot.name!r}: a shard state dict with "
+                             f"{'a param_remainder' if not keeps else 'a master'} cannot be converted to "
+                             f"{'an fp32 master' if not keeps else 'param remainders'} (that rewrites the whole "
+                             "param); convert a full_state_dict() instead")
         a, b = ranges[i]
         new: dict[str, Any] = {}
         for k, v in st.items():
@@ -337,3 +355,4 @@ def expand_shard_dict(sd: Mapping[str, Any], engine: Any, mine: Mapping[str, Any
             new[k] = full.reshape(slot.shape)
         state[i] = new
     return {**sd, "state": state, "npadam": {k: v for k, v in meta.items() if k != "shard"}}
+

@@ -66,7 +66,16 @@ class Snapshot:
             self.sd = optimizer.state_dict()
             if hasattr(optimizer, "_fill_unsaved"):  # callable schedules: the live ones, the groups may drop them
                 self.sd = optimizer._fill_unsaved(self.sd)
-            check_restorable(self.sd)
+            sharding = getattr(optimizer, "_sharding", None)
+            if sharding is None:
+                check_restorable(self.sd)
+            else:  # each rank checks its shard; a failure on one rank raises on every rank
+                try:
+                    check_restorable(self.sd)
+                    error = None
+                except ValueError as e:
+                    error = e
+                sharding.agree("lr_finder", error)
             self.values = [np.array(_host(x), dtype=np.float32).reshape(-1) for x in _frontend(optimizer)[1]]
         if kind != "npadam":
             params = [p for g in optimizer.param_groups for p in g["params"]]

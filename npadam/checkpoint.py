@@ -1,13 +1,15 @@
 """Crash-safe optimizer checkpoints: ``save(path, opt)`` / ``load(path, opt)``.
 
 A checkpoint is a directory in a canonical layout that does not depend on the
-kernel, the placement, the flat-buffer padding or (later) the number of ranks::
+kernel, the placement, the flat-buffer padding or the number of ranks::
 
     path/
-      index.json                 format, step count, groups, schedules, loss scaler,
-                                 params (shape, dtype, group, step), one entry per tensor
-      tensors-00000.safetensors  tensors keyed "<param name>/<key>", unpadded, in the
-      tensors-00001.safetensors  param's shape; files cut at ``shard_bytes``
+      index.json                 format, step count, world size, groups, schedules, loss
+                                 scaler, params (shape, dtype, group, step), one entry per tensor
+      tensors-00000.safetensors  tensors keyed "<param name>/<key>", unpadded, flat; files
+      tensors-00001.safetensors  cut at ``shard_bytes``
+      (sharded optimizer: tensors-r<rank>-00000.safetensors, ... one set per rank that owns
+      elements, each holding the elements that rank owns)
 
 Per param it holds ``master`` (the fp32 value of the param: the param itself for a
 float32 param, the fp32 master of a bfloat16/float16 one) and the optimizer state
@@ -19,8 +21,11 @@ BF16, F16, F8_E4M3 / F8_E5M2). A bf16 param whose optimizer keeps param remainde
 ``param_remainder`` (int16) are the master exactly (``reference.precision.join_remainder``).
 The index records the optimizer's ``state_precision``; loading into another precision is
 refused unless ``load(..., convert=True)``. Every tensor entry lists its ``parts``
-(file, key, flat element range ``[start, stop)``, sha256 of the stored bytes): one part
-today, one per rank when sharded.
+(file, key, flat element range ``[start, stop)``, and a sha256 per ``chunk`` elements of
+the part): one part per tensor from one process, one per rank that owns elements of it
+from a sharded optimizer. Any world size loads any checkpoint: each rank reads the
+elements it owns from the parts that hold them, and checks only the chunks it reads.
+Format ``npadam.checkpoint/1`` (one sha256 per part, read whole) still loads.
 
 **Atomic.** ``save`` writes everything into a temporary sibling directory, fsyncs
 each file, writes ``index.json`` last, fsyncs the directory, then swaps it with the
@@ -29,7 +34,9 @@ and ``load`` recovers the previous checkpoint if a process died between them) an
 removes the old one. A process killed at any moment leaves the previous complete
 checkpoint or the new complete one; a full disk (ENOSPC) or any other write error
 leaves the old one intact and raises ``CheckpointError`` saying so. One writer per
-path at a time.
+path at a time. Sharded: every rank writes its files into rank 0's temporary directory
+(the path must be on a file system all ranks share), rank 0 writes the index and swaps;
+each stage is agreed by all ranks, so an error on one rank raises on every rank.
 
 **Validated.** ``load`` checks everything before it changes anything: the format
 version, missing / extra / renamed params, shapes and dtypes, the state precision, group membership,
@@ -75,10 +82,14 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from . import _hyper as H
-from ._sharded import checkpoint_refused
 from .reference import precision as prec
 
-FORMAT = "npadam.checkpoint/1"
+FORMAT = "npadam.checkpoint/2"
+#: the formats ``load`` reads: /1 (one sha256 per part, before sharded checkpoints) and /2 (one
+#: sha256 per ``chunk`` elements of a part, so that a rank reads and checks only its slices)
+FORMATS = ("npadam.checkpoint/1", FORMAT)
+#: elements per checksum chunk of a part (4 MiB of float32)
+CHUNK = 1 << 20
 INDEX = "index.json"
 #: the group keys a Schedule may drive (Adam's and SGD's), compared under Megatron's rules
 _SCHEDULED = tuple(dict.fromkeys(key for spec in (H.ADAM, H.SGD) for key, _ in spec.scheduled.values()))
@@ -286,10 +297,44 @@ def _scheduler_entry(scheduler: Any) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------- save
-def _refuse_shard(sd: Mapping[str, Any]) -> None:
-    """A sharded optimizer's state dict is one rank's shard: not what a checkpoint directory holds."""
-    if sd.get("npadam", {}).get("shard") is not None:
-        raise checkpoint_refused()
+def _together(sharding: Any, what: str, error: BaseException | None, payload: Any = None,
+              cleanup: Callable[[], Any] | None = None) -> list[Any]:
+    """One step of a sharded save or load, agreed by every rank (one ``allgather_object``): every
+    rank's ``payload``, or, when any rank failed, ``cleanup()`` and an error on every rank (a
+    rank's own error there; a ``CheckpointError`` or ``ValueError`` naming the failed rank on the
+    others, so that no rank is left waiting in a collective)."""
+    entry = None if error is None else (isinstance(error, OSError), f"{type(error).__name__}: {error}")
+    got = sharding.comm.allgather_object((entry, payload))
+    failed = [(r, e) for r, (e, _) in enumerate(got) if e is not None]
+    if not failed:
+        return [p for _, p in got]
+    if cleanup is not None:
+        cleanup()
+    if error is not None:
+        raise error
+    r, (io, text) = failed[0]
+    msg = f"{what}: rank {r} of {len(got)} failed ({text})"
+    if io:
+        raise CheckpointError(errno.EIO, msg + "; the previous checkpoint there, if any, is intact")
+    raise ValueError(msg + "; nothing was changed on any rank")
+
+
+def _io_error(e: OSError, path: Path, tmp: Path) -> CheckpointError:
+    what = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return CheckpointError(e.errno, f"checkpoint not saved to {path}: {what} (writing "
+                           f"{getattr(e, 'filename', None) or tmp}); the previous checkpoint there, if any, is intact")
+
+
+def _reraise(error: BaseException, cause: BaseException) -> None:
+    """Raise ``error`` (``cause`` itself, or the ``CheckpointError`` made from it)."""
+    if error is cause:
+        raise error
+    raise error from cause
+
+
+def _sharding_of(optimizer: Any) -> Any:
+    """The optimizer's ``npadam._sharded.Sharding`` (``comm=``), or None."""
+    return getattr(optimizer, "_sharding", None)
 
 
 def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None, shard_bytes: int = 1 << 30,
@@ -300,75 +345,159 @@ def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     ``shard_bytes``: files are cut after this many bytes of tensors (a tensor is never
     split). ``metadata``: JSON-able values stored in the index under ``"user"``.
     ``progress``: show a byte counter (tqdm) while writing.
-    """
-    from . import _validate as V
 
-    path = _resolve(path)
-    shard_bytes = V.integer("shard_bytes", shard_bytes, lo=1)
-    user = _user_metadata(metadata)
-    _frontend(optimizer)  # a clear TypeError for anything else
-    sd = optimizer.state_dict()  # first: it takes in groups appended and params re-bound or cast
-    _refuse_shard(sd)
-    kind, objects = _frontend(optimizer)
-    meta = sd["npadam"]
-    names = list(meta["names"])
-    tensors: list[tuple[str, np.ndarray]] = []
-    params: dict[str, Any] = {}
-    group_of = {}
-    for gi, g in enumerate(sd["param_groups"]):
-        for i in g["params"]:
-            group_of[i] = gi
+    A sharded optimizer (``comm=``): a collective; every rank calls it with the same ``path``,
+    which must be on a file system every rank sees. Each rank writes the elements it owns to its
+    own files (``tensors-r<rank>-*.safetensors``), rank 0 writes the index and swaps the
+    directory in; a failure on any rank raises on every rank and leaves the previous checkpoint.
+    """
+    sharding = _sharding_of(optimizer)
+    if sharding is None or sharding.world == 1:
+        return _save(path, optimizer, scheduler, shard_bytes, metadata, progress, None)
+    return _save(path, optimizer, scheduler, shard_bytes, metadata, progress, sharding)
+
+
+def _save(path: Any, optimizer: Any, scheduler: Any, shard_bytes: Any, metadata: Any, progress: bool,
+          sharding: Any) -> Path:
+    from . import _validate as V
     from ._state import _int
 
-    for i, name in enumerate(names):
-        st = sd["state"][i]
-        value = _host(objects[i]).reshape(-1)
-        params[name] = {"shape": list(meta["shapes"][i]), "dtype": meta["dtypes"][i], "group": group_of[i],
-                        "step": _int(st["step"], f"state of param {name!r}: step")}
-        if "param_remainder" in st:  # bf16 param + int16 remainder: exactly the fp32 master, in their own bits
-            tensors.append((f"{name}/param", value))
-        elif meta["dtypes"][i] == "float32":
-            tensors.append((f"{name}/master", np.ascontiguousarray(value, dtype=np.float32)))
-        else:
-            tensors.append((f"{name}/master", _master_to_save(_host(st["master"]).reshape(-1), value)))
-        for key in sorted(k for k in st if k not in ("step", "master")):
-            tensors.append((f"{name}/{key}", _host(st[key]).reshape(-1)))
-    groups = []
-    for g in sd["param_groups"]:
-        h = {k: v for k, v in g.items() if k not in ("params", "param_names")}
-        h["params"] = [names[i] for i in g["params"]]
-        groups.append(_jsonable(h))
-    index: dict[str, Any] = {
-        "format": FORMAT, "kind": meta["kind"], "frontend": kind, "step": int(meta["step"]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "npadam_version": _version(), "world_size": 1, "order": names, "params": params,
-        "param_groups": groups, "loss_scaler": _jsonable(meta.get("loss_scaler")),
-        "state_precision": _jsonable(meta.get("state_precision")),
-        "scheduler": _scheduler_entry(scheduler), "user": user, "tensors": {}, "files": {},
-    }
-    _recover(path)
-    _clean(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.npadam-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    rank = 0 if sharding is None else sharding.rank
+    tmp: Path | None = None
     try:
-        tmp.mkdir()
-        bar = _Progress(progress, sum(a.nbytes for _, a in tensors), f"saving {path.name}")
+        path = _resolve(path)
+        shard_bytes = V.integer("shard_bytes", shard_bytes, lo=1)
+        user = _user_metadata(metadata)
+        _frontend(optimizer)  # a clear TypeError for anything else
+        sd = optimizer.state_dict()  # first: it takes in groups appended and params re-bound or cast
+        kind, objects = _frontend(optimizer)
+        meta = sd["npadam"]
+        ranges = (meta["shard"]["ranges"] if sharding is not None and meta.get("shard") is not None
+                  else [[0, math.prod(s)] for s in meta["shapes"]])
+        names = list(meta["names"])
+        tensors: list[tuple[str, np.ndarray, int]] = []
+        params: dict[str, Any] = {}
+        group_of = {}
+        for gi, g in enumerate(sd["param_groups"]):
+            for i in g["params"]:
+                group_of[i] = gi
+        for i, name in enumerate(names):
+            st = sd["state"][i]
+            lo, hi = ranges[i]
+            numel = math.prod(meta["shapes"][i])
+            params[name] = {"shape": list(meta["shapes"][i]), "dtype": meta["dtypes"][i], "group": group_of[i],
+                            "step": _int(st["step"], f"state of param {name!r}: step")}
+            if hi <= lo and not (numel == 0 and rank == 0):
+                continue  # another rank owns every element (a param without elements: rank 0 writes it)
+            value = _host(objects[i]).reshape(-1)[lo:hi]
+            if "param_remainder" in st:  # bf16 param + int16 remainder: exactly the fp32 master, in their own bits
+                tensors.append((f"{name}/param", value, lo))
+            elif meta["dtypes"][i] == "float32":
+                tensors.append((f"{name}/master", np.ascontiguousarray(value, dtype=np.float32), lo))
+            else:
+                tensors.append((f"{name}/master", _master_to_save(_host(st["master"]).reshape(-1), value), lo))
+            for key in sorted(k for k in st if k not in ("step", "master")):
+                first = lo // prec.FP8_BLOCK if key.endswith(_SCALE) else lo
+                tensors.append((f"{name}/{key}", _host(st[key]).reshape(-1), first))
+        groups = []
+        for g in sd["param_groups"]:
+            h = {k: v for k, v in g.items() if k not in ("params", "param_names")}
+            h["params"] = [names[i] for i in g["params"]]
+            groups.append(_jsonable(h))
+        index: dict[str, Any] = {
+            "format": FORMAT, "kind": meta["kind"], "frontend": kind, "step": int(meta["step"]),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "npadam_version": _version(), "world_size": 1 if sharding is None else sharding.world,
+            "order": names, "params": params, "param_groups": groups,
+            "loss_scaler": _jsonable(meta.get("loss_scaler")),
+            "state_precision": _jsonable(meta.get("state_precision")),
+            "scheduler": _scheduler_entry(scheduler), "user": user, "tensors": {}, "files": {},
+        }
+        if rank == 0:
+            _recover(path)
+            _clean(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.npadam-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+        error: BaseException | None = None
+    except BaseException as e:
+        error = _io_error(e, path, tmp or path) if isinstance(e, OSError) else e
+        if sharding is None:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            _reraise(error, e)
+
+    def cleanup() -> None:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    if sharding is not None:  # every rank prepared its tensors; rank 0 made the directory
+        tmp = Path(_together(sharding, f"checkpoint.save({path})", error, str(tmp) if rank == 0 else None,
+                             cleanup)[0])
+        tmp_owned = rank == 0
+    try:
+        if sharding is not None and not tmp.is_dir():
+            raise ValueError(f"checkpoint.save: rank {rank} does not see the directory {tmp} that rank 0 made; "
+                             "the checkpoint path must be on a file system shared by all ranks")
+        bar = _Progress(progress and rank == 0, sum(a.nbytes for _, a, _ in tensors), f"saving {path.name}")
         try:
-            _write_tensors(tmp, tensors, index, shard_bytes, bar)
+            _write_tensors(tmp, tensors, index, shard_bytes, bar,
+                           "tensors" if sharding is None else f"tensors-r{rank:05d}")
         finally:
             bar.close()
-        _write_file(tmp / INDEX, [json.dumps(index, indent=1, sort_keys=True).encode()])
-        _fsync_dir(tmp)
-        _swap(tmp, path)
+        error = None
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError):
-            what = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise CheckpointError(e.errno, f"checkpoint not saved to {path}: {what} (writing "
-                                  f"{getattr(e, 'filename', None) or tmp}); the previous checkpoint there, "
-                                  "if any, is intact") from e
-        raise
+        error = _io_error(e, path, tmp) if isinstance(e, OSError) else e
+        if sharding is None:
+            cleanup()
+            _reraise(error, e)
+    if sharding is not None:  # rank 0 gathers every rank's parts and files into the index
+        got = _together(sharding, f"checkpoint.save({path})", error,
+                        None if error is not None else (index["tensors"], index["files"]),
+                        cleanup if tmp_owned else None)
+        if rank == 0:
+            index["tensors"], index["files"] = _merge_parts(index, got)
+    error = None
+    if rank == 0:
+        try:
+            _write_file(tmp / INDEX, [json.dumps(index, indent=1, sort_keys=True).encode()])
+            _fsync_dir(tmp)
+            _swap(tmp, path)
+        except BaseException as e:
+            cleanup()
+            error = _io_error(e, path, tmp) if isinstance(e, OSError) else e
+            if sharding is None:
+                _reraise(error, e)
+    if sharding is not None:
+        _together(sharding, f"checkpoint.save({path})", error)
     return path
+
+
+def _merge_parts(index: dict[str, Any], got: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every rank's tensor parts and files (``got``: each rank's ``(tensors, files)``) as one index's,
+    each tensor's shape the whole tensor's; a tensor whose parts do not tile it is a bug here, so
+    it is checked before the index is written."""
+    tensors: dict[str, Any] = {}
+    files: dict[str, Any] = {}
+    for ts, fs in got:
+        files.update(fs)
+        for key, t in ts.items():
+            entry = tensors.setdefault(key, {"dtype": t["dtype"], "parts": []})
+            entry["parts"].extend(t["parts"])
+    for key, entry in tensors.items():
+        name, what = key.rsplit("/", 1)
+        numel = math.prod(index["params"][name]["shape"])
+        n = -(-numel // prec.FP8_BLOCK) if what.endswith(_SCALE) else numel
+        entry["shape"] = [n]
+        entry["parts"].sort(key=lambda q: q["start"])
+        at = 0
+        for q in entry["parts"]:
+            if q["start"] != at:
+                raise AssertionError(f"checkpoint.save: the ranks' parts of {key!r} do not tile [0, {n})")
+            at = q["stop"]
+        if at != n:
+            raise AssertionError(f"checkpoint.save: the ranks' parts of {key!r} cover [0, {at}) of [0, {n})")
+    return tensors, files
 
 
 #: safetensors dtype of each dtype name a checkpoint writes (bfloat16 is ``BF16``: safetensors' own
@@ -415,21 +544,31 @@ def _safetensors_chunks(tensors: list[tuple[str, np.ndarray, str]], metadata: di
     return [len(raw).to_bytes(8, "little"), raw] + [memoryview(a).cast("B") for _, a, _ in tensors if a.nbytes]
 
 
-def _write_tensors(tmp: Path, tensors: list[tuple[str, np.ndarray]], index: dict[str, Any],
-                   shard_bytes: int, advance: Callable[[int], Any]) -> None:
-    """Write the shards; the checksums are computed on a second thread while the files are written
+def _chunk_shas(a: np.ndarray, chunk: int) -> list[str]:
+    """The sha256 of each ``chunk`` elements of the flat stored array ``a`` (the last one shorter;
+    none for an empty array): a range of a part is checked by reading only its chunks."""
+    flat = a.reshape(-1)
+    return [_sha(flat[i:i + chunk]) for i in range(0, flat.size, chunk)]
+
+
+def _write_tensors(tmp: Path, tensors: list[tuple[str, np.ndarray, int]], index: dict[str, Any],
+                   shard_bytes: int, advance: Callable[[int], Any], prefix: str = "tensors") -> None:
+    """Write the files ``<prefix>-00000.safetensors``, ...; ``tensors``: ``(key, flat array, start)``,
+    the array holding the tensor's elements ``[start, start + size)`` (the whole tensor, or a rank's
+    slice of it). The checksums are computed on a second thread while the files are written
     (hashlib releases the GIL: a 768 MiB save took write + hash, now about the write)."""
-    tensors = [(key, np.ascontiguousarray(_stored(a)), a.dtype.name) for key, a in tensors]
+    stored = [(key, np.ascontiguousarray(_stored(a)), a.dtype.name, start) for key, a, start in tensors]
     with ThreadPoolExecutor(1) as pool:
-        sums = [(key, pool.submit(_sha, stored)) for key, stored, _ in tensors]
-        _write_shards(tmp, tensors, index, shard_bytes, advance)
+        sums = [(key, pool.submit(_chunk_shas, a, CHUNK)) for key, a, _, _ in stored]
+        _write_shards(tmp, stored, index, shard_bytes, advance, prefix)
         for key, fut in sums:
             index["tensors"][key]["parts"][0]["sha256"] = fut.result()
 
 
-def _write_shards(tmp: Path, tensors: list[tuple[str, np.ndarray, str]], index: dict[str, Any],
-                  shard_bytes: int, advance: Callable[[int], Any]) -> None:
-    """``tensors``: ``(key, the array as stored, its dtype name)``."""
+def _write_shards(tmp: Path, tensors: list[tuple[str, np.ndarray, str, int]], index: dict[str, Any],
+                  shard_bytes: int, advance: Callable[[int], Any], prefix: str) -> None:
+    """``tensors``: ``(key, the array as stored, its dtype name, its first element in the tensor)``;
+    each gets one part in ``index["tensors"][key]``."""
     shard: list[tuple[str, np.ndarray, str]] = []
     size = 0
     nfile = 0
@@ -438,19 +577,19 @@ def _write_shards(tmp: Path, tensors: list[tuple[str, np.ndarray, str]], index: 
         nonlocal shard, size, nfile
         if not shard:
             return
-        fname = f"tensors-{nfile:05d}.safetensors"
+        fname = f"{prefix}-{nfile:05d}.safetensors"
         nbytes = _write_file(tmp / fname, _safetensors_chunks(shard, {"format": FORMAT}), advance)
         index["files"][fname] = {"bytes": nbytes}
         shard, size, nfile = [], 0, nfile + 1
 
-    for key, stored, dtype in tensors:
+    for key, stored, dtype, start in tensors:
         if shard and size + stored.nbytes > shard_bytes:
             flush()
         shard.append((key, stored, dtype))
         size += stored.nbytes
         index["tensors"][key] = {"dtype": dtype, "shape": [int(stored.size)], "parts": [
-            {"file": f"tensors-{nfile:05d}.safetensors", "key": key, "start": 0, "stop": int(stored.size),
-             "sha256": None}]}
+            {"file": f"{prefix}-{nfile:05d}.safetensors", "key": key, "start": int(start),
+             "stop": int(start + stored.size), "chunk": CHUNK, "sha256": None}]}
     flush()
 
 
@@ -499,8 +638,9 @@ def read_index(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{f} is not valid JSON ({e}); the checkpoint is damaged") from None
     if not isinstance(index, dict):
         raise ValueError(f"{f} must hold a JSON object")
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{f}: unknown checkpoint format {index.get('format')!r} (this npadam reads {FORMAT!r})")
+    if index.get("format") not in FORMATS:
+        raise ValueError(f"{f}: unknown checkpoint format {index.get('format')!r} (this npadam reads "
+                         f"{' and '.join(map(repr, FORMATS))})")
     for key, typ in (("order", list), ("params", dict), ("param_groups", list), ("tensors", dict),
                      ("files", dict), ("step", int), ("kind", str)):
         if not isinstance(index.get(key), typ) or isinstance(index.get(key), bool):
@@ -564,8 +704,12 @@ def _parts(path: Path, index: dict[str, Any], key: str) -> tuple[str, int, list[
     for part in parts:
         ok = isinstance(part, dict) and part.get("file") in index["files"] and isinstance(part.get("key"), str) \
             and all(isinstance(part.get(k), int) and not isinstance(part.get(k), bool) for k in ("start", "stop"))
+        if ok and not isinstance(part.get("sha256"), str):  # format /2: one checksum per chunk of the part
+            sums, chunk = part.get("sha256"), part.get("chunk")
+            ok = _is_int(chunk, 1) and isinstance(sums, list) and all(isinstance(h, str) for h in sums) \
+                and len(sums) == -(-max(part["stop"] - part["start"], 0) // chunk)
         if not ok:
-            raise ValueError(f"checkpoint {path}: tensor {key!r} has a bad part {part!r}")
+            raise ValueError(f"checkpoint {path}: tensor {key!r} has a bad part {_short(part)}")
     parts = sorted(parts, key=lambda q: q["start"])
     at = 0
     for part in parts:
@@ -582,73 +726,126 @@ def _parts(path: Path, index: dict[str, Any], key: str) -> tuple[str, int, list[
     return dtype, n, parts
 
 
-def _read_tensors(path: Path, index: dict[str, Any], wanted: Iterable[str],
-                  advance: Callable[[int], Any] = _nothing) -> dict[str, np.ndarray]:
-    """Every wanted tensor, checksummed, assembled from its parts (flat). A tensor in one part is
-    the array safetensors read (no further copy)."""
-    from safetensors import safe_open
+class _Files:
+    """Raw reads of element ranges of the tensors in a checkpoint's safetensors files.
 
-    handles: dict[str, Any] = {}
+    Hand-written instead of ``safetensors.safe_open``: its NumPy reader cannot make ``BF16`` /
+    ``F8_*`` arrays, and a rank of a sharded optimizer reads a range of a tensor (its shard's
+    chunks), not the tensor. It reads the documented format
+    (https://github.com/huggingface/safetensors#format): each file's header is parsed once and
+    every entry it is asked for is checked (dtype, shape, offsets inside the file) before a read."""
+
+    _ST = {v: k for k, v in _ST_DTYPES.items()}
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.headers: dict[str, tuple[int, int, dict[str, Any]]] = {}
+
+    def _header(self, fname: str) -> tuple[int, int, dict[str, Any]]:
+        if fname not in self.headers:
+            f = self.path / fname
+            try:
+                size = f.stat().st_size
+                with open(f, "rb") as fh:
+                    n = int.from_bytes(fh.read(8), "little")
+                    if size < 8 or n > size - 8:
+                        raise ValueError(f"its header length {n} does not fit in its {size} bytes")
+                    header = json.loads(fh.read(n))
+                if not isinstance(header, dict):
+                    raise ValueError("its header is not a JSON object")
+            except (OSError, ValueError, UnicodeDecodeError) as e:
+                raise ValueError(f"checkpoint {self.path}: {fname} cannot be read ({e})") from None
+            self.headers[fname] = (8 + n, size, header)
+        return self.headers[fname]
+
+    def read(self, fname: str, key: str, dtype: str, lo: int, hi: int) -> np.ndarray:
+        """Elements ``[lo, hi)`` of tensor ``key`` in ``fname`` as stored (``dtype``'s bits for
+        bfloat16 / fp8: uint16 / uint8); a bfloat16 tensor may be stored as ``U16`` bits (older
+        checkpoints)."""
+        base, size, header = self._header(fname)
+        sdt = np.dtype(_RAW[dtype][1] if dtype in _RAW else dtype)
+        e = header.get(key)
+        where = f"checkpoint {self.path}: {fname} has no readable tensor {key!r}"
+        if not isinstance(e, dict) or not isinstance(e.get("data_offsets"), list) or len(e["data_offsets"]) != 2 \
+                or not all(_is_int(x) for x in e["data_offsets"]) or not isinstance(e.get("shape"), list) \
+                or not all(_is_int(d) for d in e["shape"]):
+            raise ValueError(f"{where} (no such entry, or a bad one)")
+        have = self._ST.get(e.get("dtype"))
+        if have != dtype and not (dtype == "bfloat16" and have == "uint16"):
+            raise ValueError(f"{where} of dtype {dtype} (the file says {e.get('dtype')!r})")
+        start, stop = e["data_offsets"]
+        n = math.prod(e["shape"])
+        if stop - start != n * sdt.itemsize or base + stop > size:
+            raise ValueError(f"{where}: its data offsets [{start}, {stop}) do not match its shape {e['shape']} "
+                             f"or lie outside the file's {size} bytes")
+        if not 0 <= lo <= hi <= n:
+            raise ValueError(f"checkpoint {self.path}: tensor {key!r} in {fname} has {n} elements, the index "
+                             f"needs [{lo}, {hi})")
+        with open(self.path / fname, "rb") as fh:
+            fh.seek(base + start + lo * sdt.itemsize)
+            a = np.fromfile(fh, dtype=sdt.newbyteorder("<"), count=hi - lo)
+        if a.size != hi - lo:
+            raise ValueError(f"checkpoint {self.path}: tensor {key!r} in {fname} is cut short")
+        return a.astype(sdt, copy=False)
+
+
+def _check_sums(block: np.ndarray, want: list[str], chunk: int) -> bool:
+    return _chunk_shas(block, chunk) == want
+
+
+def _read_tensors(path: Path, index: dict[str, Any], wanted: Iterable[str],
+                  advance: Callable[[int], Any] = _nothing,
+                  ranges: Mapping[str, tuple[int, int]] | None = None) -> dict[str, np.ndarray]:
+    """Every wanted tensor, checksummed, assembled from its parts (flat); with ``ranges``, only the
+    elements ``ranges[key] = (lo, hi)`` of a tensor (a rank's shard). Only the checksum chunks
+    that hold the wanted elements are read (format /2; a /1 part, one checksum, is read whole).
+    A tensor read from one part is the array read (no further copy)."""
+    files = _Files(path)
     out = {}
-    checks: list[tuple[str, str, Any, str]] = []
+    checks: list[tuple[str, str, Any]] = []
     pool = ThreadPoolExecutor(1)  # checksums overlap the reading of the next part
     try:
         for key in wanted:
             dtype, n, parts = _parts(path, index, key)
+            lo, hi = (0, n) if ranges is None or key not in ranges else ranges[key]
+            if not 0 <= lo <= hi <= n:
+                raise ValueError(f"checkpoint {path}: tensor {key!r} has {n} elements, [{lo}, {hi}) was asked for")
             sdt = np.dtype(_RAW[dtype][1] if dtype in _RAW else dtype)
-            flat = np.empty(n, sdt) if len(parts) > 1 else None
+            pieces = []
             for part in parts:
-                fname, start, stop = part["file"], part["start"], part["stop"]
-                if fname not in handles:
-                    try:
-                        handles[fname] = safe_open(str(path / fname), framework="np")
-                    except Exception as e:  # safetensors raises its own error types
-                        raise ValueError(f"checkpoint {path}: {fname} cannot be read ({e})") from None
-                try:
-                    a = _get_tensor(handles[fname], path / fname, part["key"])
-                except Exception as e:
-                    raise ValueError(f"checkpoint {path}: {fname} has no readable tensor {part['key']!r} "
-                                     f"({e})") from None
-                a = np.ascontiguousarray(a).reshape(-1)
-                if a.dtype != sdt or a.size != stop - start:
-                    raise ValueError(f"checkpoint {path}: tensor {key!r} part [{start}, {stop}) is {a.size} "
-                                     f"{a.dtype} in {fname}, expected {stop - start} {sdt}")
-                checks.append((key, fname, pool.submit(_sha, a), part.get("sha256")))
-                if flat is None:
-                    flat = a
+                s, t = max(lo, part["start"]), min(hi, part["stop"])
+                if s >= t:
+                    continue
+                s, t = s - part["start"], t - part["start"]  # in the part's own elements
+                sums = part.get("sha256")
+                if isinstance(sums, str):  # format /1: the part is read whole to check it
+                    r0, r1, want, chunk = 0, part["stop"] - part["start"], [sums], max(part["stop"] - part["start"], 1)
                 else:
-                    flat[start:stop] = a
-                advance(a.nbytes)
+                    chunk = part["chunk"]
+                    c0, c1 = s // chunk, -(-t // chunk)
+                    r0, r1, want = c0 * chunk, min(c1 * chunk, part["stop"] - part["start"]), sums[c0:c1]
+                block = files.read(part["file"], part["key"], dtype, r0, r1)
+                checks.append((key, part["file"], pool.submit(_check_sums, block, want, chunk)))
+                pieces.append((part["start"] + s - lo, block[s - r0: t - r0]))
+                advance(block.nbytes)
+            if len(pieces) == 1 and pieces[0][1].size == hi - lo:
+                flat = pieces[0][1]
+            else:
+                flat = np.empty(hi - lo, sdt)
+                for at, piece in pieces:
+                    flat[at: at + piece.size] = piece
             if dtype in _RAW:
                 import ml_dtypes
 
                 flat = flat.view(getattr(ml_dtypes, dtype))
             out[key] = flat
-        for key, fname, fut, want in checks:
-            if fut.result() != want:
+        for key, fname, fut in checks:
+            if not fut.result():
                 raise ValueError(f"checkpoint {path}: tensor {key!r} in {fname} fails its checksum "
                                  "(the file is damaged)")
     finally:
-        handles.clear()
         pool.shutdown(wait=True, cancel_futures=True)
     return out
-
-
-def _get_tensor(handle: Any, file: Path, key: str) -> np.ndarray:
-    """Tensor ``key`` of an open safetensors file as a NumPy array; a ``BF16`` tensor (which
-    safetensors' NumPy reader cannot make; fp8 too) as its uint16 (uint8) bits, read at the offsets of the file's
-    header (``safe_open`` has checked the header and that the offsets lie in the file)."""
-    bits = {st: np.dtype(t) for st, t in _RAW.values()}.get(handle.get_slice(key).get_dtype())
-    if bits is None:
-        return handle.get_tensor(key)
-    with open(file, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        start, stop = json.loads(f.read(n))[key]["data_offsets"]
-        f.seek(8 + n + start)
-        a = np.fromfile(f, dtype=bits.newbyteorder("<"), count=(stop - start) // bits.itemsize)
-    if a.nbytes != stop - start:
-        raise ValueError(f"tensor {key!r} is cut short ({a.nbytes} of {stop - start} bytes)")
-    return a.astype(bits, copy=False)
 
 
 def _nbytes(index: dict[str, Any]) -> int:
@@ -694,7 +891,38 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
 
     Everything is checked first (see the module docstring); nothing changes on error.
     ``progress``: show a byte counter (tqdm) while reading.
+
+    A sharded optimizer (``comm=``): a collective. Each rank reads and checks only the elements
+    it owns (and the checksum chunks around them), whatever the world size that saved the
+    checkpoint (a single process's included); a failure on any rank raises on every rank before
+    anything changes. With ``params=True`` the ranks' masters are all-gathered into every rank's
+    params.
     """
+    sharding = _sharding_of(optimizer)
+    if sharding is None:
+        return _load(path, optimizer, scheduler, params, override_opt_param_scheduler,
+                     use_checkpoint_opt_param_scheduler, convert, progress, None)
+    try:  # every rank reads and checks its slices; a failure anywhere raises everywhere
+        staged = _load(path, optimizer, scheduler, params, override_opt_param_scheduler,
+                       use_checkpoint_opt_param_scheduler, convert, progress, sharding)
+        error = None
+    except Exception as e:
+        staged, error = None, e
+    _together(sharding, f"checkpoint.load({path})", error)
+    index, sd, masters, sched_state = staged
+    optimizer.load_state_dict(sd, convert=convert)  # a collective: validates the values, then applies
+    if params:
+        optimizer._checkpoint_write_params(sharding.gather_values(optimizer._engine, masters))
+    if scheduler is not None and sched_state is not None:
+        _restore_scheduler(scheduler, index["scheduler"], sched_state, use_checkpoint_opt_param_scheduler)
+    return index
+
+
+def _load(path: Any, optimizer: Any, scheduler: Any, params: bool, override_opt_param_scheduler: bool,
+          use_checkpoint_opt_param_scheduler: bool, convert: bool, progress: bool, sharding: Any) -> Any:
+    """``load`` without a sharded optimizer; with one (``sharding``), everything up to
+    ``load_state_dict``, on this rank's slices: returns ``(index, this rank's shard state dict, the
+    masters of its slices, the scheduler's state)``."""
     from . import _validate as V
     from ._state import _dtype_name
 
@@ -709,8 +937,9 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     index = read_index(path)
     kind = _frontend(optimizer)[0]
     sd_now = optimizer.state_dict()
-    _refuse_shard(sd_now)
     meta = sd_now["npadam"]
+    shard = meta.get("shard") if sharding is not None else None
+    owned = [tuple(r) for r in shard["ranges"]] if shard is not None else None
     names, saved = list(meta["names"]), index["params"]
     if index["kind"] != meta["kind"]:
         raise ValueError(f"checkpoint {path} holds the state of {index['kind']}, this optimizer is {meta['kind']}")
@@ -749,9 +978,17 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
         if not isinstance(shape, list) or not all(_is_int(d) for d in shape) or (
                 math.prod(shape) != numel and not k.endswith(_SCALE)):  # block scales: load_state_dict checks
             raise ValueError(f"checkpoint {path}: tensor {k!r} has shape {shape!r}, its param {numel} elements")
-    bar = _Progress(progress, _nbytes(index), f"loading {path.name}")
+    ranges = None
+    if owned is not None:  # this rank reads the elements it owns (fp8 scales: the blocks that hold them)
+        ranges = {}
+        for k in wanted:
+            lo, hi = owned[names.index(k.rsplit("/", 1)[0])]
+            ranges[k] = ((lo // prec.FP8_BLOCK, -(-hi // prec.FP8_BLOCK)) if hi > lo else (0, 0)) \
+                if k.endswith(_SCALE) else (lo, hi)
+    bar = _Progress(progress and (sharding is None or sharding.rank == 0), _nbytes(index) // (
+        1 if sharding is None else sharding.world), f"loading {path.name}")
     try:
-        arrays = _read_tensors(path, index, wanted, bar)
+        arrays = _read_tensors(path, index, wanted, bar, ranges)
     finally:
         bar.close()
     by_param: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
@@ -761,7 +998,7 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     state: dict[int, dict[str, Any]] = {}
     masters: list[np.ndarray] = []
     for i, n in enumerate(names):
-        shape = tuple(meta["shapes"][i])
+        shape = tuple(meta["shapes"][i]) if owned is None else (owned[i][1] - owned[i][0],)
         keys = by_param[n]
         master = _saved_master(path, n, keys, meta["dtypes"][i])
         st: dict[str, Any] = {"step": saved[n].get("step")}
@@ -774,7 +1011,9 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
             else:  # convert=True (checked): the exact split of the saved fp32 master
                 bits, rem = prec.split_remainder(master)
             if not params:  # the param wins where it is not the saved one (as the engine's load_master)
-                rem = np.where(optimizer._param_bits(i) == bits, rem, np.int16(0)).astype(np.int16)
+                now = optimizer._param_bits(i).reshape(-1)
+                now = now if owned is None else now[owned[i][0]:owned[i][1]]
+                rem = np.where(now == bits, rem, np.int16(0)).astype(np.int16)
             st["param_remainder"] = rem.reshape(shape)
         elif meta["dtypes"][i] != "float32":  # the saved master in its dtype, or the joined one (convert)
             st["master"] = (keys["master"] if "master" in keys else master).reshape(shape)
@@ -785,6 +1024,8 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     sd = {"state": state, "param_groups": [], "npadam": {
         "format": meta["format"], "kind": meta["kind"], "step": index["step"], "names": names,
         "shapes": meta["shapes"], "dtypes": meta["dtypes"], "loss_scaler": index.get("loss_scaler")}}
+    if shard is not None:
+        sd["npadam"]["shard"] = shard
     for g, h in zip(groups_now, groups):
         d = {k: v for k, v in h.items() if k != "params"}
         d["params"] = list(g["params"])
@@ -795,6 +1036,8 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
         sd = _as_torch(sd)
     sched_state = _scheduler_state(path, index, scheduler, override_opt_param_scheduler,
                                    use_checkpoint_opt_param_scheduler)
+    if sharding is not None:
+        return index, sd, masters, sched_state
     optimizer.load_state_dict(sd, convert=convert)  # validates the values, then applies (all or nothing)
     if params:
         optimizer._checkpoint_write_params(masters)

@@ -45,7 +45,7 @@ from . import kernels as K
 from . import _params as P
 from . import _validate as V
 from ._engine import Engine, StepInfo, step_options
-from ._sharded import Sharding, checkpoint_refused, expand_shard_dict, layout_digest
+from ._sharded import Sharding, expand_shard_dict, layout_digest
 from ._placement import disk_placement, engine_offload, offload_placement
 from ._precision import state_precision
 from .reference import precision as prec
@@ -489,8 +489,6 @@ class _Optimizer:
         rounded to each param's dtype (round to nearest even, as a step writes them; with param
         remainders the master's high half, ties away from zero). The masters were restored by
         ``load_state_dict`` first: the written params are their rounding."""
-        if self._sharding is not None:
-            raise checkpoint_refused()
         self._engine.sync()
         for i, (a, v) in enumerate(zip(self._arrays, values)):
             dtype = self._engine.layout.slots[i].dtype
@@ -646,10 +644,7 @@ class _Optimizer:
         if self._sharding is None:
             raise ValueError("the state dict is one rank's shard of a sharded optimizer (comm=); load it into the "
                              "same rank of a sharded optimizer, or save full_state_dict() instead")
-        if convert:
-            raise ValueError("load_state_dict(convert=True) takes whole state dicts (full_state_dict()), not one "
-                             "rank's shard")
-        return expand_shard_dict(sd, self._engine, self._sharding.describe(self._engine))
+        return expand_shard_dict(sd, self._engine, self._sharding.describe(self._engine), convert)
 
     def __repr__(self) -> str:
         lay = self._engine.layout

@@ -145,7 +145,7 @@ def _damage(path: Path, how: str) -> None:
         (path / "index.json").write_text(json.dumps(index))
     elif how == "checksum":
         key = sorted(index["tensors"])[0]
-        index["tensors"][key]["parts"][0]["sha256"] = "0" * 64
+        index["tensors"][key]["parts"][0]["sha256"] = ["0" * 64] * len(index["tensors"][key]["parts"][0]["sha256"])
         (path / "index.json").write_text(json.dumps(index))
     elif how == "nan-state":
         from safetensors.numpy import load_file, save_file
@@ -737,7 +737,7 @@ def test_bfloat16_tensors_are_stored_as_safetensors_bf16(tmp_path):
     rem = np.array([-32768, -1, 0, 1, 32767], np.int16)
     index = {"tensors": {}, "files": {}}
     (tmp_path / "ck").mkdir()
-    C._write_tensors(tmp_path / "ck", [("x/state", t), ("x/param_remainder", rem)], index, 1 << 20, lambda n: None)
+    C._write_tensors(tmp_path / "ck", [("x/state", t, 0), ("x/param_remainder", rem, 0)], index, 1 << 20, lambda n: None)
     assert index["tensors"]["x/state"]["dtype"] == "bfloat16" and index["tensors"]["x/param_remainder"]["dtype"] == "int16"
     f = tmp_path / "ck" / "tensors-00000.safetensors"
     raw = f.read_bytes()

@@ -208,3 +208,24 @@ def test_nccl_unique_id_over_a_store():
     make = lambda: made.append(1) or bytes(range(128))  # noqa: E731
     ids = [_nccl.unique_id_over_store(store, r, make, "k") for r in range(3)]
     assert ids == [bytes(range(128))] * 3 and made == [1]
+
+
+#: the python blocks of docs/DISTRIBUTED.md written to run on many ranks (they read NPADAM_COMM)
+_DOC = Path(__file__).resolve().parents[1] / "docs" / "DISTRIBUTED.md"
+DOC_BLOCKS = [b for b in re.findall(r"```python\n(.*?)```", _DOC.read_text(), re.S) if "NPADAM_COMM" in b]
+
+
+def test_distributed_docs_have_rank_examples():
+    assert len(DOC_BLOCKS) >= 3
+
+
+@needs_mpi
+@pytest.mark.parametrize("i", range(len(DOC_BLOCKS)))
+def test_distributed_doc_example_on_two_mpi_ranks(tmp_path, monkeypatch, i):
+    """docs/DISTRIBUTED.md's examples as its launch lines run them (test_docs runs them on one process)."""
+    script = tmp_path / "example.py"
+    script.write_text(DOC_BLOCKS[i] + "\nprint('DOC OK', flush=True)\n")
+    monkeypatch.setenv("NPADAM_COMM", "mpi")
+    monkeypatch.setenv("CKPT", str(tmp_path / "ckpt"))  # the same path on every rank
+    out = launch.mpiexec(2, script, timeout=120)
+    assert out.count("DOC OK") == 2, out
