@@ -91,6 +91,13 @@ class Sharding:
         self.rank, self.world = comm.rank, comm.size
         self._send: dict[int, np.ndarray] = {}    # buffer -> grad send buffer (full size, the grad dtype)
         self._gather: dict[int, np.ndarray] = {}  # buffer -> param gather buffer (full size, the param dtype)
+        #: buffers whose grads ``start_reduce`` (``grads_ready``) sent ahead of the step:
+        #: buffer -> (handle, the grad dtype, the mask of its slots that had grads)
+        self.early: dict[int, tuple[Any, str, np.ndarray]] = {}
+        #: param all-gathers left in flight by a step with ``defer_gather``: buffer -> (handle, batch, buffer)
+        self.pending: dict[int, tuple[Any, K.Batch, np.ndarray]] = {}
+        #: the next step leaves its param all-gathers in flight (``step(..., wait_params=False)``)
+        self.defer_gather = False
 
     @property
     def pad_to(self) -> int:
@@ -174,33 +181,65 @@ class Sharding:
                              "every rank must use the same (nothing was changed on any rank)")
 
     # ------------------------------------------------------------------ the step's collectives
+    def start_reduce(self, engine: Any, bi: int, active: np.ndarray, gptrs: np.ndarray, gdtype: str) -> Any:
+        """Pack buffer ``bi``'s grads (slots marked ``active``, at ``gptrs``) into its send buffer, in
+        flat order with zeros elsewhere, and start its in-place reduce-scatter (avg); the handle."""
+        b = engine.layout.buffers[bi]
+        slots = engine.buffer_slots[bi]
+        dt = storage_dtype(gdtype)
+        send = self._send.get(bi)
+        if send is None or send.dtype != dt or send.size != b.size:
+            send = self._send[bi] = np.zeros(b.size, dt)
+        else:
+            send[...] = 0
+        for t in slots[active[slots]]:
+            s = engine.layout.slots[t]
+            send[s.offset: s.offset + s.numel] = K.host_view(gptrs[t], s.numel, gdtype)
+        lo, hi = engine.shards[bi]
+        return self.comm.reduce_scatter(send, send[lo:hi], op="avg", async_op=True)
+
+    def grads_ready(self, engine: Any, bi: int, active: np.ndarray, gptrs: np.ndarray, gdtype: str) -> None:
+        """Send buffer ``bi``'s grads ahead of the step (the front-ends' ``grads_ready``); the step
+        waits for it instead of sending them again. One rank: nothing to send."""
+        if self.world > 1:
+            self.early[bi] = (self.start_reduce(engine, bi, active, gptrs, gdtype), gdtype,
+                              active[engine.buffer_slots[bi]].copy())
+        else:
+            self.early[bi] = (None, gdtype, active[engine.buffer_slots[bi]].copy())
+
+    def drop_early(self) -> None:
+        """Complete and forget the reduce-scatters ``grads_ready`` started (a step that failed its
+        checks on some rank: every rank started them, every rank waits for them)."""
+        early, self.early = self.early, {}
+        for h, _, _ in early.values():
+            if h is not None:
+                h.wait()
+
     def reduce_grads(self, engine: Any, active: np.ndarray, gptrs: np.ndarray, gdtypes: Sequence[str]) -> np.ndarray:
         """Pack, reduce-scatter (avg) and return grad pointers into the send buffers: slot t's grad at
         its flat offset, so that the engine's batches restricted to this rank's shard read the
-        averaged grads. Inactive slots keep their (unused) pointers. One rank: the grads as they are
-        (their average over one rank; packing and the pass over them cost 2.7x a plain step)."""
+        averaged grads. Buffers sent ahead by ``grads_ready`` are waited for, not sent again.
+        Inactive slots keep their (unused) pointers. One rank: the grads as they are (their average
+        over one rank; packing and the pass over them cost 2.7x a plain step)."""
+        early, self.early = self.early, {}
         if self.world == 1:
             return gptrs
         out = gptrs.copy()
-        lay = engine.layout
         handles = []
-        for bi, b in enumerate(lay.buffers):
+        for bi in range(len(engine.layout.buffers)):
             slots = engine.buffer_slots[bi]
             mask = active[slots]
-            if not mask.any():
-                continue
-            dt = storage_dtype(gdtypes[bi])
-            send = self._send.get(bi)
-            if send is None or send.dtype != dt or send.size != b.size:
-                send = self._send[bi] = np.zeros(b.size, dt)
+            if bi in early:
+                h, gdtype, sent = early[bi]
+                if gdtype != gdtypes[bi] or not np.array_equal(sent, mask):  # the front-ends check this first
+                    raise RuntimeError(f"internal: buffer {bi} was sent by grads_ready with other grads than the step's")
+                handles.append(h)
+            elif mask.any():
+                handles.append(self.start_reduce(engine, bi, active, gptrs, gdtypes[bi]))
             else:
-                send[...] = 0
-            for t in slots[mask]:
-                s = lay.slots[t]
-                send[s.offset: s.offset + s.numel] = K.host_view(gptrs[t], s.numel, gdtypes[bi])
-            lo, hi = engine.shards[bi]
-            handles.append(self.comm.reduce_scatter(send, send[lo:hi], op="avg", async_op=True))
-            out[slots[mask]] = send.ctypes.data + engine.offsets[bi][mask] * dt.itemsize
+                continue
+            send = self._send[bi]
+            out[slots[mask]] = send.ctypes.data + engine.offsets[bi][mask] * send.dtype.itemsize
         for h in handles:
             h.wait()
         return out
@@ -227,6 +266,7 @@ class Sharding:
             return
         lay = engine.layout
         pending = []
+        defer, self.defer_gather = self.defer_gather, False
         for bi, whole in wholes:
             b = lay.buffers[bi]
             dt = storage_dtype(b.dtype)
@@ -238,11 +278,29 @@ class Sharding:
             for p, off, n in zip(part.params, part.offsets, part.sizes):
                 buf[lo + off: lo + off + n] = K.host_view(p, n, b.dtype)
             pending.append((bi, whole, buf, self.comm.all_gather(buf[lo:hi], buf, async_op=True)))
+        if defer:
+            self.pending = {bi: (h, whole, buf) for bi, whole, buf, h in pending}
+            return
         for bi, whole, buf, h in pending:
-            h.wait()
-            dtype = lay.buffers[bi].dtype
-            for p, off, n in zip(whole.params, whole.offsets, whole.sizes):
-                K.host_view(p, n, dtype)[...] = buf[off: off + n]
+            self._unpack(lay, bi, h, whole, buf)
+
+    @staticmethod
+    def _unpack(lay: FlatLayout, bi: int, h: Any, whole: K.Batch, buf: np.ndarray) -> None:
+        h.wait()
+        dtype = lay.buffers[bi].dtype
+        for p, off, n in zip(whole.params, whole.offsets, whole.sizes):
+            K.host_view(p, n, dtype)[...] = buf[off: off + n]
+
+    def wait_params(self, engine: Any, bi: int | None = None) -> bool:
+        """Complete the param all-gather of buffer ``bi`` left in flight by the last step (all of them
+        when None): its params then hold the new values. True if anything was waited for."""
+        if not self.pending:
+            return False
+        todo = list(self.pending) if bi is None else [bi] if bi in self.pending else []
+        for b in todo:
+            h, whole, buf = self.pending.pop(b)
+            self._unpack(engine.layout, b, h, whole, buf)
+        return bool(todo)
 
     def gather_values(self, engine: Any, pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Every param's whole flat float32 values on every rank, from ``pieces[i]``: the elements of

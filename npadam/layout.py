@@ -10,6 +10,8 @@ float32 array per buffer, indexed by these offsets.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -80,6 +82,11 @@ class FlatLayout:
 
     ``pad_to``: each buffer's size is rounded up to a multiple of it (a sharded optimizer's
     ``world * NORM_BLOCK``, see ``npadam._sharded``); 1 leaves only the tensor alignment.
+    ``bucket_bytes``: a group's params of one dtype fill several buffers (buckets) in order, a
+    new one started where the next param would take the open one past ``bucket_bytes`` of
+    params (a param larger than that gets a buffer of its own); None: one buffer per group and
+    dtype. Buckets are what a sharded optimizer reduces and gathers one at a time
+    (``grads_ready`` / ``wait_params``), so that communication can overlap computation.
 
     >>> lay = FlatLayout([("w", (3, 5), "float32", 0), ("b", (5,), "float32", 0), ("e", (7,), "bfloat16", 0)])
     >>> [(s.name, s.buffer, s.offset) for s in lay.slots], [b.size for b in lay.buffers]
@@ -87,7 +94,7 @@ class FlatLayout:
     """
 
     def __init__(self, specs: Iterable[tuple[str, Sequence[int], str, int]], align_to: int = ALIGN,
-                 pad_to: int = 1) -> None:
+                 pad_to: int = 1, bucket_bytes: int | None = None) -> None:
         self.buffers: list[Buffer] = []
         self.slots: list[TensorSlot] = []
         index: dict[tuple[int, str], int] = {}
@@ -98,11 +105,16 @@ class FlatLayout:
             seen.add(name)
             dtype = dtype_name(storage_dtype(dtype))
             key = (group, dtype)
+            shape = tuple(int(s) for s in shape)
+            if key in index and bucket_bytes is not None:  # buckets: a full buffer is closed, a new one opened
+                open_buf = self.buffers[index[key]]
+                numel = math.prod(shape)
+                if open_buf.tensors and (open_buf.size + numel) * storage_dtype(dtype).itemsize > bucket_bytes:
+                    del index[key]
             if key not in index:
                 index[key] = len(self.buffers)
                 self.buffers.append(Buffer(group, dtype))
             buf = self.buffers[index[key]]
-            shape = tuple(int(s) for s in shape)
             slot = TensorSlot(name, shape, dtype, group, index[key], buf.size)
             buf.tensors.append(len(self.slots))
             buf.size = align(buf.size + slot.numel, align_to)
@@ -111,6 +123,7 @@ class FlatLayout:
             buf.size = align(buf.size, pad_to)
         self.align = align_to
         self.pad_to = pad_to
+        self.bucket_bytes = bucket_bytes
 
     @property
     def names(self) -> list[str]:

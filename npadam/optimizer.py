@@ -74,8 +74,10 @@ class _Optimizer:
                  nvme_staging_bytes: int = 64 << 20, host_state_bytes: int | None = None,
                  pin_memory: bool = True, gpu_state_bytes: int | None = None, exp_avg_dtype: Any = "float32",
                  exp_avg_sq_dtype: Any = "float32", store_param_remainders: bool = False, rounding: str = "nearest",
-                 seed: int = 0, main_params_dtype: Any = "float32") -> None:
+                 seed: int = 0, main_params_dtype: Any = "float32", bucket_bytes: int | None = None) -> None:
         self._spec.check_group(defaults, "")
+        #: params of one group and dtype fill flat buffers of about this many bytes (None: one buffer)
+        self.bucket_bytes = None if bucket_bytes is None else V.integer("bucket_bytes", bucket_bytes, lo=1)
         self._precision = state_precision(exp_avg_dtype, exp_avg_sq_dtype, store_param_remainders, rounding, seed,
                                           self._spec.algorithm, main_params_dtype)
         self.defaults = defaults
@@ -103,6 +105,8 @@ class _Optimizer:
         self._gptrs = np.zeros(0, np.int64)
         self._gdtypes: list[str] = []
         self._alias_checked: bytes | None = None
+        #: buckets handed over by ``grads_ready`` for the next step: bucket -> the grads given
+        self._early_objects: dict[int, list[Any]] = {}
         if isinstance(params, Mapping) and "params" in params:
             raise TypeError("params: pass a list of param groups ([{'params': ...}]), not one group dict")
         if P.is_nested(params) or (isinstance(params, (list, tuple)) and any(
@@ -175,7 +179,7 @@ class _Optimizer:
         specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
         specs += [(n, a.shape, d, gi) for n, (a, d) in zip(gnames, imported)]
         pad = self._sharding.pad_to if self._sharding is not None else 1
-        layout = FlatLayout(specs, self._precision.align, pad)  # ValueError on duplicate names
+        layout = FlatLayout(specs, self._precision.align, pad, self.bucket_bytes)  # ValueError on duplicate names
         readonly = [not getattr(a.flags, "writeable", True) or is_read_only_producer(o)
                     for a, o in zip(arrays, items)]
         all_arrays = self._arrays + arrays
@@ -291,7 +295,10 @@ class _Optimizer:
         return out
 
     def _sync_groups(self) -> None:
-        """Groups appended to ``param_groups`` directly are adopted like ``add_param_group``."""
+        """Groups appended to ``param_groups`` directly are adopted like ``add_param_group``. First,
+        param all-gathers a step left in flight (``wait_params=False``) are completed."""
+        if self._sharding is not None and self._sharding.pending:
+            self.wait_params()
         known = len(self._written)
         if len(self.param_groups) > known:
             added = self.param_groups[known:]
@@ -431,7 +438,75 @@ class _Optimizer:
                     lambda g, p: f"grad of {names[sel[g]]!r} and param {names[p]!r}")
         self._alias_checked = key
 
-    def step(self, grads: Any = None) -> StepInfo:
+    @property
+    def buckets(self) -> list[list[str]]:
+        """The names of the params in each bucket (flat buffer), in order: what ``grads_ready`` and
+        ``wait_params`` take the index of. One bucket per group and param dtype unless
+        ``bucket_bytes`` splits them."""
+        lay = self._engine.layout
+        return [[lay.slots[t].name for t in b.tensors] for b in lay.buffers]
+
+    def _bucket(self, bucket: Any) -> int:
+        nb = len(self._engine.layout.buffers)
+        if isinstance(bucket, bool) or not isinstance(bucket, (int, np.integer)) or not 0 <= bucket < nb:
+            raise ValueError(f"bucket must be an int in [0, {nb}) (an index into optimizer.buckets), got {bucket!r}")
+        return int(bucket)
+
+    def grads_ready(self, bucket: int, grads: Any) -> None:
+        """Hand over the final grads of one bucket (``buckets[bucket]``) before ``step``: with ``comm``
+        their reduce-scatter starts now, while the caller computes the other buckets' grads (the
+        backward pass), and the step waits for it instead of sending them again.
+
+        ``grads``: the bucket's grads in ``buckets[bucket]`` order, or a dict by name (None: no grad
+        for that param). They are copied into the send buffer now: later changes to those arrays are
+        not seen. ``step`` must then be given the same arrays (the same objects, or None where None
+        was given here) for that bucket's params; anything else raises on every rank. Every rank
+        calls ``grads_ready`` for the same buckets, in the same order (as DDP's bucket hooks fire).
+        Without ``comm``: the grads are checked and the bucket is marked; the step does the rest."""
+        self._sync_groups()
+        bi = self._bucket(bucket)
+        names = self.buckets[bi]
+        if isinstance(grads, Mapping):
+            unknown = [k for k in grads if k not in names]
+            if unknown:
+                raise ValueError(f"grads_ready({bi}): {unknown[:3]} are not params of bucket {bi} ({names[:5]} ...)")
+            given = [grads.get(n) for n in names]
+        else:
+            given = list(grads)
+            if len(given) != len(names):
+                raise ValueError(f"grads_ready({bi}): bucket {bi} has {len(names)} params, got {len(given)} grads")
+        full: list[Any] = [None] * len(self._objects)
+        for t, g in zip(self._engine.layout.buffers[bi].tensors, given):
+            full[t] = g
+        active, gptrs, gdtypes, _, _, _ = self._collect_grads(full)
+        if bi in self._early_objects:
+            raise ValueError(f"grads_ready({bi}): bucket {bi} was already handed over for this step")
+        if self._sharding is not None:
+            self._sharding.grads_ready(self._engine, bi, active, gptrs, gdtypes[bi])
+        self._early_objects[bi] = given
+
+    def wait_params(self, bucket: int | None = None) -> None:
+        """Complete the param all-gather of ``bucket`` (all buckets when None) that
+        ``step(..., wait_params=False)`` left in flight: its params then hold the new values. Every
+        other call on the optimizer completes them all first. Without one in flight: nothing."""
+        if self._sharding is None or not self._sharding.pending:
+            if bucket is not None:
+                self._bucket(bucket)
+            return
+        bi = None if bucket is None else self._bucket(bucket)
+        if self._sharding.wait_params(self._engine, bi):
+            self._versions = [P.version(o, bump=True) for o in self._objects]
+
+    def _check_early(self, raw: list[Any]) -> None:
+        """The step's grads of buckets handed over by ``grads_ready`` are the same arrays."""
+        lay = self._engine.layout
+        for bi, given in self._early_objects.items():
+            for t, g in zip(lay.buffers[bi].tensors, given):
+                if raw[t] is not g:
+                    raise ValueError(f"step: the grad of {lay.slots[t].name!r} is not the array given to "
+                                     f"grads_ready({bi}); pass the same grads to step (bucket {bi} was already sent)")
+
+    def step(self, grads: Any = None, *, wait_params: bool = True) -> StepInfo:
         """One update. ``grads``: arrays in params order, a dict by name or the params' pytree;
         None reads each param's ``.grad``. A None gradient skips its param (like torch).
 
@@ -439,23 +514,45 @@ class _Optimizer:
         run every step on the same stream.
 
         With ``comm`` it is a collective: every rank passes its local grads (None for the same
-        params on every rank) and ends with the same params (see docs/DISTRIBUTED.md)."""
+        params on every rank) and ends with the same params (see docs/DISTRIBUTED.md).
+        ``wait_params=False`` (with ``comm``): return with the params' all-gathers in flight, to
+        overlap them with what comes next; ``wait_params(bucket)`` completes one bucket's (e.g.
+        before the forward pass reaches it), any other call on the optimizer all of them."""
         try:
+            V.flag("wait_params", wait_params)
             self._sync_groups()
             eng = self._engine
             self._rebind()
             k = eng.count
             hyper = self._group_values(k)
             active, gptrs, gdtypes, raw, gdt, held = self._collect_grads(grads)
+            self._check_early(raw)
+            if not wait_params and any(self._readonly):
+                raise ValueError("step(wait_params=False) with read-only params (JAX arrays): their new values "
+                                 "are returned by the step, so it must wait for them")
         except Exception as e:
+            self._early_objects = {}
             if self._sharding is None:
                 raise
-            self._sharding.agree_step(self._engine.layout, None, None, e, len(self.param_groups))
+            try:
+                self._sharding.agree_step(self._engine.layout, None, None, e, len(self.param_groups))
+            finally:
+                self._sharding.drop_early()
+        early, self._early_objects = sorted(self._early_objects), {}
         if self._sharding is not None:
-            self._sharding.agree_step(eng.layout, active, gdtypes, None, len(self.param_groups), hyper,
-                                      (self.max_grad_norm, self.skip_nonfinite))
-        res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
-                       skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
+            try:
+                self._sharding.agree_step(eng.layout, active, gdtypes, None, len(self.param_groups), hyper,
+                                          (self.max_grad_norm, self.skip_nonfinite, early, bool(wait_params)))
+            except BaseException:
+                self._sharding.drop_early()
+                raise
+            self._sharding.defer_gather = not wait_params
+        try:
+            res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
+                           skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
+        finally:
+            if self._sharding is not None:
+                self._sharding.defer_gather = False
         self._gptrs, self._gdtypes, self._last_grads, self._last_imports = gptrs, gdt, list(raw), held
         if not res.skipped:
             for gi, g in enumerate(self.param_groups):

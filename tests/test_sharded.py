@@ -100,3 +100,50 @@ def test_mpi_sharded(n):
     ranks = re.findall(r"OK sharded rank (\d+)/(\d+) (\d+)", out)
     assert sorted((r, w) for r, w, _ in ranks) == [(str(r), str(n)) for r in range(n)], out
     assert all(int(c) == len(sharded_check.CHECKS) for *_, c in ranks), out
+
+
+def test_bucket_bytes_splits_buffers_in_order():
+    specs = [("a", (100,), "float32", 0), ("b", (100,), "float32", 0), ("c", (1000,), "float32", 0),
+             ("h", (10,), "bfloat16", 0), ("d", (10,), "float32", 0), ("e", (5,), "float32", 1)]
+    lay = FlatLayout(specs, 64, 1, bucket_bytes=1000)
+    got = [[lay.slots[t].name for t in b.tensors] for b in lay.buffers]
+    # a + b fit (a at 0, b at 128: 228 * 4 bytes); c alone (larger than a bucket); h its own dtype; d after c
+    assert got == [["a", "b"], ["c"], ["h"], ["d"], ["e"]], got
+    assert [b.group for b in lay.buffers] == [0, 0, 0, 0, 1]
+    assert FlatLayout(specs, 64, 1).buffers.__len__() == 3  # without buckets: one per group and dtype
+    wide = FlatLayout(specs, 64, 4 * NORM_BLOCK, bucket_bytes=1000)
+    assert all(b.size == 4 * NORM_BLOCK for b in wide.buffers)  # each bucket padded to split into shards
+
+
+def test_grads_ready_and_wait_params_refuse_bad_arguments():
+    ws = [np.ones(300, np.float32), np.ones(300, np.float32)]
+    opt = npadam.AdamW(ws, lr=0.1, bucket_bytes=1000, comm=distributed.init("single"))
+    assert opt.buckets == [["0"], ["1"]]
+    g = [np.ones(300, np.float32), np.ones(300, np.float32)]
+    for bad in (2, -1, True, "0", 1.0):
+        with pytest.raises(ValueError, match="bucket must be an int"):
+            opt.grads_ready(bad, [g[0]])
+        with pytest.raises(ValueError, match="bucket must be an int"):
+            opt.wait_params(bad)
+    with pytest.raises(ValueError, match="has 1 params, got 2"):
+        opt.grads_ready(0, g)
+    with pytest.raises(ValueError, match="not params of bucket 0"):
+        opt.grads_ready(0, {"1": g[1]})
+    with pytest.raises(ValueError, match="shape"):
+        opt.grads_ready(0, [np.ones(3, np.float32)])
+    with pytest.raises(TypeError, match="wait_params"):
+        opt.step(g, wait_params="no")
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        npadam.AdamW(ws, bucket_bytes=0)
+    opt.grads_ready(0, [g[0]])
+    with pytest.raises(ValueError, match="already handed over"):
+        opt.grads_ready(0, [g[0]])
+    before = [w.copy() for w in ws]
+    with pytest.raises(ValueError, match="not the array given to grads_ready"):
+        opt.step([g[0].copy(), g[1]])
+    assert opt.step_count == 0 and all((w == b).all() for w, b in zip(ws, before))
+    opt.grads_ready(1, {"1": g[1]})
+    assert opt.step(g).step == 1  # a failed step forgot the handed-over buckets; these were handed anew
+    plain = npadam.AdamW([w.copy() for w in before], lr=0.1, bucket_bytes=1000)
+    plain.step(g)
+    assert all((a == b).all() for a, b in zip(ws, plain.params))

@@ -280,7 +280,40 @@ def check_disagreement(comm: Any) -> None:
     run.step()  # still usable, and in step
 
 
-CHECKS = [check_adamw, check_adam_amsgrad, check_sgd, check_precision, check_nvme, check_inf, check_tiny, check_memory,
+def check_overlap(comm: Any) -> None:
+    """Buckets (bucket_bytes) handed over by grads_ready in backward order while the others are
+    computed, params gathered in flight (step(wait_params=False)) and waited for bucket by bucket:
+    the same bits as one process with the same buckets; a step given other grads than grads_ready
+    raises on every rank and the optimizer stays usable."""
+    run = Run(comm, lambda p, comm: npadam.AdamW(p, lr=1e-2, weight_decay=0.1, max_grad_norm=0.5, comm=comm,
+                                                 bucket_bytes=300_000))
+    opt = run.opt
+    names = [n for n, *_ in MAIN]
+    assert len(opt.buckets) > len({(g, dt) for _, _, dt, g in MAIN}), opt.buckets  # w1 / b1+e1 ... split
+    for k in range(3):
+        world, rank = comm.size, comm.rank
+        each = [run.grads(r) for r in range(world)]
+        mine = dict(zip(names, each[rank]))
+        for bi in reversed(range(len(opt.buckets))):  # as a backward pass produces them
+            opt.grads_ready(bi, {n: mine[n] for n in opt.buckets[bi]})
+        info = opt.step(each[rank], wait_params=k == 2)
+        avg = [average([e[i] for e in each], world) for i in range(len(MAIN))]
+        ref = run.ref.step(avg)
+        same_float(info.grad_norm, ref.grad_norm, f"overlap step {k}: grad_norm")
+        for bi in range(len(opt.buckets)):  # as a forward pass needs them
+            opt.wait_params(bi)
+        run.k += 1
+        run.same_params(f"overlap step {k}")
+    run.same_state()
+    g = run.grads(comm.rank)
+    opt.grads_ready(0, {n: g[names.index(n)] for n in opt.buckets[0]})
+    other = [x.copy() if x is not None else None for x in g]
+    expect_error(lambda: opt.step(other), "grads_ready")
+    assert opt.step_count == 3
+    run.step()  # still usable, and in step
+
+
+CHECKS = [check_overlap, check_adamw, check_adam_amsgrad, check_sgd, check_precision, check_nvme, check_inf, check_tiny, check_memory,
           check_disagreement]
 
 
