@@ -432,10 +432,14 @@ def _save(path: Any, optimizer: Any, scheduler: Any, shard_bytes: Any, metadata:
             shutil.rmtree(tmp, ignore_errors=True)
 
     if sharding is not None:  # every rank prepared its tensors; rank 0 made the directory
-        tmp = Path(_together(sharding, f"checkpoint.save({path})", error, str(tmp) if rank == 0 else None,
-                             cleanup)[0])
-        tmp_owned = rank == 0
+        got = _together(sharding, f"checkpoint.save({path})", error, (str(tmp) if rank == 0 else None, str(path)),
+                        cleanup)
+        tmp, tmp_owned = Path(got[0][0]), rank == 0
+        paths = [p for _, p in got]
     try:
+        if sharding is not None and len(set(paths)) > 1:
+            raise ValueError(f"checkpoint.save: the ranks were given different paths ({sorted(set(paths))[:3]}); "
+                             "every rank passes the same path, on a file system they share")
         if sharding is not None and not tmp.is_dir():
             raise ValueError(f"checkpoint.save: rank {rank} does not see the directory {tmp} that rank 0 made; "
                              "the checkpoint path must be on a file system shared by all ranks")

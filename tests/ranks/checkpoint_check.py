@@ -5,7 +5,8 @@ resume on another.
 (tests/test_sharded_checkpoint.py):
 
 - ``start K``: a fresh sharded optimizer, K steps, ``save(<dir>/ckpt)``; then a save that fails
-  on the last rank (disk full) must raise on every rank and leave that checkpoint as it was;
+  on the last rank (disk full), and one given different paths on different ranks, must raise on
+  every rank and leave that checkpoint as it was;
 - ``resume K``: ``load(<dir>/ckpt)`` into a fresh sharded optimizer whose params are zeros (the
   checkpoint must restore them), after a load of a damaged copy (one byte flipped in one rank's
   file) failed on every rank and changed nothing; K more steps; ``save`` over the checkpoint.
@@ -129,6 +130,15 @@ def main() -> None:
                 step(opt, j, comm)
             C.save(path, opt, metadata={"world": comm.size})
             failing_save(opt, path, comm)
+            if comm.size > 1:  # ranks given different paths: an error on every rank, nothing written
+                try:
+                    C.save(path if comm.rank == 0 else where / "elsewhere", opt)
+                except ValueError as e:
+                    assert "different paths" in str(e) or "rank" in str(e), str(e)
+                else:
+                    raise AssertionError("a save with different paths did not raise")
+                comm.barrier()
+                assert not (where / "elsewhere").exists() and not list(where.glob(".ckpt.npadam-tmp-*"))
             read = 0
         else:
             damaged_load(config, path, comm)
