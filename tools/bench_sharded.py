@@ -2,6 +2,7 @@
 
     python3 tools/bench_sharded.py                      # 16M fp32 params in 8 tensors, ranks 1 2 4
     python3 tools/bench_sharded.py --elems 4 --ranks 1 2 --repeats 5
+    python3 tools/bench_sharded.py --ckpt-dir /work/tmp-ckpt   # also npadam.checkpoint save / load
 
 Each configuration runs under ``mpiexec -n R python3 -m mpi4py tools/bench_sharded.py --rank-run``
 with one Numba thread per rank (``NUMBA_NUM_THREADS=1``): every rank builds ``npadam.AdamW`` over
@@ -39,7 +40,7 @@ def params(elems: int) -> list[np.ndarray]:
     return [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)]
 
 
-def rank_run(elems: int, repeats: int, comm_name: str) -> None:
+def rank_run(elems: int, repeats: int, comm_name: str, ckpt_dir: str = "") -> None:
     import npadam
     from npadam import distributed
 
@@ -60,6 +61,23 @@ def rank_run(elems: int, repeats: int, comm_name: str) -> None:
         times.append(time.perf_counter() - t)
     out = {"rank": rank, "world": comm.size if comm is not None else 1, "state_bytes": state_nbytes(opt),
            "step_ms": float(np.median(times) * 1e3), "elems": sum(p.size for p in ps)}
+    if ckpt_dir:  # a checkpoint of this optimizer, then loaded into a fresh one (best of two, rank 0's clock)
+        from npadam import checkpoint
+
+        path = os.path.join(ckpt_dir, "ckpt")
+        fresh = npadam.AdamW([np.zeros_like(p) for p in ps], lr=1e-4, max_grad_norm=1.0, comm=comm)
+        for key, fn in (("save_s", lambda: checkpoint.save(path, opt)), ("load_s", lambda: checkpoint.load(path, fresh))):
+            best = float("inf")
+            for _ in range(2):
+                if comm is not None:
+                    comm.barrier()
+                t = time.perf_counter()
+                fn()
+                if comm is not None:
+                    comm.barrier()
+                best = min(best, time.perf_counter() - t)
+            out[key] = best
+        out["ckpt_bytes"] = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
     if comm is not None:
         everyone = comm.allgather_object(out)
         if rank == 0:
@@ -68,11 +86,13 @@ def rank_run(elems: int, repeats: int, comm_name: str) -> None:
         print("RESULT " + json.dumps([out]), flush=True)
 
 
-def launch(ranks: int, elems: int, repeats: int, threads: int) -> list[dict]:
+def launch(ranks: int, elems: int, repeats: int, threads: int, ckpt_dir: str = "") -> list[dict]:
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     me = [sys.executable, "-m", "mpi4py", __file__] if ranks else [sys.executable, __file__]
     args = ["--rank-run", "--elems", repr(elems / (1 << 20)), "--repeats", str(repeats), "--comm", "mpi" if ranks else "none"]
+    if ckpt_dir:
+        args += ["--ckpt-dir", ckpt_dir]
     cmd = ([str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks)] if ranks else []) + me + args
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
@@ -88,25 +108,35 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--rank-run", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--comm", default="mpi", help=argparse.SUPPRESS)
+    ap.add_argument("--ckpt-dir", default="", help="also time npadam.checkpoint save and load into this directory "
+                    "(a checkpoint of the whole state per configuration)")
     a = ap.parse_args()
     elems = int(a.elems * (1 << 20))
     if a.rank_run:
-        rank_run(elems, a.repeats, a.comm)
+        rank_run(elems, a.repeats, a.comm, a.ckpt_dir)
         return
     cores = os.cpu_count()
     print(f"# npadam sharded AdamW, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cores} cores, "
           f"{elems:,} fp32 params in 8 tensors, max_grad_norm=1, median of {a.repeats} steps")
-    base1 = launch(0, elems, a.repeats, 1)[0]
+    ck = a.ckpt_dir
+    base1 = launch(0, elems, a.repeats, 1, ck)[0]
     baseall = launch(0, elems, a.repeats, cores)[0]
-    print("\n| run | ranks x threads | state bytes per rank | / one process | step ms |")
-    print("|---|---|---|---|---|")
-    print(f"| no comm | 1 x 1 | {base1['state_bytes']:,} | 1.000 | {base1['step_ms']:.1f} |")
-    print(f"| no comm | 1 x {cores} | {baseall['state_bytes']:,} | 1.000 | {baseall['step_ms']:.1f} |")
+    extra = " checkpoint save s | load s |" if ck else ""
+    print(f"\n| run | ranks x threads | state bytes per rank | / one process | step ms |{extra}")
+    print("|---|---|---|---|---|" + ("---|---|" if ck else ""))
+
+    def times(row: dict) -> str:
+        return f" {row['save_s']:.2f} | {row['load_s']:.2f} |" if ck else ""
+
+    print(f"| no comm | 1 x 1 | {base1['state_bytes']:,} | 1.000 | {base1['step_ms']:.1f} |{times(base1)}")
+    print(f"| no comm | 1 x {cores} | {baseall['state_bytes']:,} | 1.000 | {baseall['step_ms']:.1f} |"
+          + (" | |" if ck else ""))
     for r in a.ranks:
-        rows = launch(r, elems, a.repeats, 1)
+        rows = launch(r, elems, a.repeats, 1, ck)
         per = max(x["state_bytes"] for x in rows)
         step = rows[0]["step_ms"]
-        print(f"| comm=mpi | {r} x 1 | {per:,} (max over ranks) | {per / base1['state_bytes']:.3f} | {step:.1f} |")
+        print(f"| comm=mpi | {r} x 1 | {per:,} (max over ranks) | {per / base1['state_bytes']:.3f} | {step:.1f} |"
+              f"{times(rows[0])}")
 
 
 if __name__ == "__main__":
