@@ -71,8 +71,9 @@ class StepOptions:
 def step_options(max_grad_norm: Any, loss_scaler: Any, skip_nonfinite: Any, num_threads: Any,
                  comm: Any, shardable: bool = False) -> StepOptions:
     """Check the optimizer options that are not per-group hyperparameters; ValueError/TypeError
-    naming the bad value. ``shardable``: the front-end takes ``comm`` (``npadam.AdamW`` and the other
-    array front-ends check it themselves); the others refuse it."""
+    naming the bad value. ``shardable``: the front-end takes ``comm`` and checks it itself
+    (``npadam.AdamW`` / ``Adam`` / ``SGD`` and ``npadam.torch``'s, through ``npadam._sharded.Sharding``);
+    a front-end that does not shard refuses it."""
     from . import _validate as V
     from .kernels.threads import max_threads
 
@@ -87,8 +88,8 @@ def step_options(max_grad_norm: Any, loss_scaler: Any, skip_nonfinite: Any, num_
             raise ValueError(f"num_threads={num_threads} is more than Numba's {max_threads()} threads "
                              "(NUMBA_NUM_THREADS, set before Numba is imported)")
     if comm is not None and not shardable:
-        raise ValueError("comm: npadam.torch optimizers do not shard across ranks in this version of npadam; "
-                         "npadam.AdamW / Adam / SGD on arrays do (see docs/DISTRIBUTED.md)")
+        raise ValueError(f"comm={comm!r}: this optimizer does not shard its state across ranks; "
+                         "npadam.AdamW / Adam / SGD and npadam.torch.AdamW / Adam / SGD do (see docs/DISTRIBUTED.md)")
     return StepOptions(max_grad_norm, loss_scaler, bool(skip_nonfinite), num_threads)
 
 

@@ -414,3 +414,25 @@ def expand_shard_dict(sd: Mapping[str, Any], engine: Any, mine: Mapping[str, Any
         state[i] = new
     return {**sd, "state": state, "npadam": {k: v for k, v in meta.items() if k != "shard"}}
 
+
+def unshard_state_dict(sd: Any, engine: Any, sharding: Sharding | None, convert: bool,
+                       array: Any = np.asarray) -> Any:
+    """What ``load_state_dict`` parses, in both front-ends: a shard state dict (``npadam.shard``) as a
+    full-shaped one for this rank (``expand_shard_dict``: zeros outside its shard, which the engine
+    never reads); any other dict as it is (a whole dict loads into a sharded optimizer too: each rank
+    keeps its shard). ``array`` turns a state entry into a NumPy array first (``np.asarray`` cannot
+    read a torch bfloat16 or fp8 tensor). ValueError for a shard given to an unsharded optimizer;
+    ``convert``: as ``expand_shard_dict`` (moments of another dtype convert, masters and param
+    remainders do not)."""
+    meta = sd.get("npadam") if isinstance(sd, Mapping) else None
+    if not isinstance(meta, Mapping) or meta.get("shard") is None:
+        return sd
+    if sharding is None:
+        raise ValueError("the state dict is one rank's shard of a sharded optimizer (comm=); load it into the "
+                         "same rank of a sharded optimizer, or save full_state_dict() instead")
+    state = sd.get("state")
+    if isinstance(state, Mapping) and array is not np.asarray:
+        state = {i: ({k: (v if k == "step" else array(v)) for k, v in st.items()} if isinstance(st, Mapping) else st)
+                 for i, st in state.items()}
+        sd = {**sd, "state": state}
+    return expand_shard_dict(sd, engine, sharding.describe(engine), convert)

@@ -45,7 +45,7 @@ from . import kernels as K
 from . import _params as P
 from . import _validate as V
 from ._engine import Engine, StepInfo, step_options
-from ._sharded import Sharding, expand_shard_dict, layout_digest
+from ._sharded import Sharding, layout_digest, unshard_state_dict
 from ._placement import disk_placement, engine_offload, offload_placement
 from ._precision import state_precision
 from .reference import precision as prec
@@ -142,7 +142,8 @@ class _Optimizer:
                 raise
             self._sharding.agree_layout(None, e)
         if self._sharding is not None:
-            self._sharding.agree_layout(layout_digest(new[2], self._spec.algorithm), None)
+            state = ", ".join(f"{k}={v}" for k, v in self._precision.describe().items())
+            self._sharding.agree_layout(layout_digest(new[2], f"{type(self).__name__} with state {state}"), None)
         self._build_group(*new)
 
     def _checked_group(self, group: Mapping[str, Any]) -> tuple:
@@ -735,13 +736,7 @@ class _Optimizer:
     def _unshard(self, sd: Any, convert: bool) -> Any:
         """A shard state dict (``npadam.shard``) as a full-shaped one for this rank (zeros elsewhere);
         other dicts as they are. With ``comm``, a full dict loads too: each rank keeps its shard."""
-        meta = sd.get("npadam") if isinstance(sd, Mapping) else None
-        if not isinstance(meta, Mapping) or meta.get("shard") is None:
-            return sd
-        if self._sharding is None:
-            raise ValueError("the state dict is one rank's shard of a sharded optimizer (comm=); load it into the "
-                             "same rank of a sharded optimizer, or save full_state_dict() instead")
-        return expand_shard_dict(sd, self._engine, self._sharding.describe(self._engine), convert)
+        return unshard_state_dict(sd, self._engine, self._sharding, convert)
 
     def __repr__(self) -> str:
         lay = self._engine.layout

@@ -13,6 +13,20 @@ taken by the kernels where its bits are no longer its fp32 master's rounding
 (``current_master``), so npadam never writes a stale master over the caller's
 values and never drops a master's precision where the value did not change. After its in-place update npadam
 bumps the params' version counters, as torch's own optimizers do.
+
+With ``comm=`` (a ``npadam.distributed`` communicator: ``init("torch")`` inside torchrun,
+``init("mpi")`` under mpiexec) each rank keeps the state of one shard of every flat buffer (ZeRO-1/2,
+the same as ``npadam.AdamW(comm=)``, ``npadam._sharded``; in the place of
+``torch.distributed.optim.ZeroRedundancyOptimizer``): every rank puts its local grads in ``p.grad``
+and calls ``step()``, the grads are averaged across ranks, each rank updates its shard and every rank
+ends with the full new params, bit for bit what one process would compute from the averaged grads.
+Construction, ``add_param_group``, ``step``, ``load_state_dict`` and ``full_state_dict`` are
+collectives; a bad value on one rank raises on every rank before anything changes. ``state[p]``
+holds ``step`` and the param's state tensors *flat*, over the param's elements in this rank's shard
+only (empty when it has none there; ``state_dict()["npadam"]["shard"]["ranges"]`` says which):
+views of npadam's state, as ``ZeroRedundancyOptimizer.state`` holds only its rank's params.
+``state_dict()`` is this rank's shard, ``full_state_dict()`` the whole state. CPU params only; no
+``offload_fraction`` or ``nvme_offload_fraction`` with ``comm``.
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ from .._params import check_apart, check_no_overlap
 from .._engine import Engine, StepInfo, step_options
 from .._placement import disk_placement, engine_offload, offload_placement
 from .._precision import state_precision
+from .._sharded import Sharding, layout_digest, unshard_state_dict
 from ..reference import precision as prec
 from ..scaler import LossScaler
 
@@ -178,37 +193,55 @@ class _Base(torch.optim.Optimizer):
                  host_state_bytes: int | None = None, pin_memory: bool = True,
                  gpu_state_bytes: int | None = None, exp_avg_dtype: Any = "float32", exp_avg_sq_dtype: Any = "float32",
                  store_param_remainders: bool = False, rounding: str = "nearest", seed: int = 0, main_params_dtype: Any = "float32") -> None:
-        _check(defaults, "", self._spec)
-        self._precision = state_precision(exp_avg_dtype, exp_avg_sq_dtype, store_param_remainders, rounding, seed,
-                                          self._spec.algorithm, main_params_dtype)
-        o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, comm)
-        self._offload = offload_placement(offload_fraction, pin_memory, gpu_state_bytes)
-        self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes, host_state_bytes)
-        self.offload_fraction = self._offload.fraction if self._offload is not None else 0.0
-        self.pin_memory = bool(pin_memory)
-        self._handed: dict[tuple[int, str], tuple[Any, bytes]] = {}  # disk slots' state tensors given out
-        self._held: dict[tuple[int, str], torch.Tensor] = {}  # ... and kept alive until the next step
-        self.max_grad_norm, self.loss_scaler, self.skip_nonfinite = o.max_grad_norm, o.loss_scaler, o.skip_nonfinite
-        self.num_threads = o.num_threads
-        self._kernel_arg = K.check_kernel(kernel) if kernel is not None else None
-        if not isinstance(flat_storage, bool):
-            raise TypeError(f"flat_storage must be a bool, got {flat_storage!r}")
-        self.flat_storage = flat_storage
+        #: the state sharded across the ranks of ``comm`` (``npadam._sharded``), or None
+        self._sharding = Sharding(comm) if comm is not None else None
         self._engine: Engine | None = None
-        self._params: list[torch.Tensor] = []
-        self._ngroups = 0
-        self.last_step: StepInfo | None = None
-        self._flat_warned = False
-        super().__init__(params, defaults)
+        try:  # with comm, a bad argument on one rank raises on every rank (the agreement in _build)
+            _check(defaults, "", self._spec)
+            self._precision = state_precision(exp_avg_dtype, exp_avg_sq_dtype, store_param_remainders, rounding,
+                                              seed, self._spec.algorithm, main_params_dtype)
+            o = step_options(max_grad_norm, loss_scaler, skip_nonfinite, num_threads, comm, shardable=True)
+            self._offload = offload_placement(offload_fraction, pin_memory, gpu_state_bytes)
+            self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes,
+                                        host_state_bytes)
+            if self._sharding is not None:
+                _refuse_with_comm(offload_fraction=offload_fraction or None, gpu_state_bytes=gpu_state_bytes,
+                                  nvme_offload_fraction=nvme_offload_fraction or None,
+                                  host_state_bytes=host_state_bytes)
+            self.offload_fraction = self._offload.fraction if self._offload is not None else 0.0
+            self.pin_memory = bool(pin_memory)
+            self._handed: dict[tuple[int, str], tuple[Any, bytes]] = {}  # disk slots' state tensors given out
+            self._held: dict[tuple[int, str], torch.Tensor] = {}  # ... and kept alive until the next step
+            self.max_grad_norm, self.loss_scaler = o.max_grad_norm, o.loss_scaler
+            self.skip_nonfinite = o.skip_nonfinite
+            self.num_threads = o.num_threads
+            self._kernel_arg = K.check_kernel(kernel) if kernel is not None else None
+            if not isinstance(flat_storage, bool):
+                raise TypeError(f"flat_storage must be a bool, got {flat_storage!r}")
+            self.flat_storage = flat_storage
+            self._params: list[torch.Tensor] = []
+            self._ngroups = 0
+            self.last_step: StepInfo | None = None
+            self._flat_warned = False
+            super().__init__(params, defaults)
+        except Exception as e:
+            if self._sharding is None:
+                raise
+            self._sharding.agree_layout(None, e)
         self._build()
 
     # ------------------------------------------------------------------ structure
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``; the new params' state starts at zero. ``_build`` checks the group
         (at construction it runs once, after torch has added every group); a refused group is removed."""
-        super().add_param_group(param_group)
-        if self._engine is None:
-            return
+        if self._engine is None:  # construction: torch's __init__ adds the groups, _build checks them all once
+            return super().add_param_group(param_group)
+        try:  # torch's checks: with comm, a failure on one rank raises on every rank
+            super().add_param_group(param_group)
+        except Exception as e:
+            if self._sharding is None:
+                raise
+            self._sharding.agree_layout(None, e)
         try:
             self._build()
         except Exception:
@@ -225,59 +258,29 @@ class _Base(torch.optim.Optimizer):
     def _build(self) -> None:
         """Lay out every param (new groups appended to the existing layout) and adopt their storage.
 
-        Every check runs before anything changes: a refused group leaves the optimizer as it was."""
-        first = len(self._params)
-        for g in self.param_groups[self._ngroups if self._engine is not None else 0:]:
-            for key, value in self.defaults.items():
-                g.setdefault(key, value)  # a group appended without some keys: torch's defaults rule
-        params = [p for g in self.param_groups for p in g["params"]]
-        names = self._names()
-        old = self._engine.layout if self._engine is not None else FlatLayout([])
-        if len(params) < first or any(a is not b for a, b in zip(params, self._params)):
-            return self._relayout()  # params removed from or replaced in a group
-        if len(set(map(id, params))) != len(params):
-            raise ValueError("some parameters appear more than once in param_groups")
-        new = params[first:]
-        gi_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
-        if self._engine is not None and any(gi < self._ngroups for gi in gi_of[first:]):
-            return self._relayout()  # params appended inside an existing group
-        for gi in range(self._ngroups if self._engine is not None else 0, len(self.param_groups)):
-            _check(self.param_groups[gi], f"param_groups[{gi}].", self._spec)
-        for n, p in zip(names[first:], new):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"param {n!r} is a {type(p).__name__}, not a tensor")
-            if p.dtype not in _DTYPES:
-                raise TypeError(f"param {n!r} has dtype {p.dtype}; npadam updates float32, bfloat16 or float16 params")
-            if p.layout is not torch.strided or not p.is_contiguous():
-                raise ValueError(f"param {n!r} of shape {tuple(p.shape)} is not a contiguous dense tensor "
-                                 f"(strides {p.stride() if p.layout is torch.strided else p.layout})")
-        specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
-        specs += [(n, tuple(p.shape), _DTYPES[p.dtype], gi) for n, p, gi in zip(names[first:], new, gi_of[first:])]
-        layout = FlatLayout(specs, self._precision.align)
-        devices = {p.device for p in params}
-        if len(devices) > 1:
-            raise ValueError(f"params live on several devices {sorted(map(str, devices))}; use one optimizer "
-                             "per device")
-        device = devices.pop()
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"params on {device}: npadam runs on CPU memory or CUDA GPUs")
-        if self._engine is not None and device != self._device:
-            raise ValueError(f"new params are on {device}, the optimizer's on {self._device}")
+        Every check runs before anything changes: a refused group leaves the optimizer as it was.
+        With ``comm`` a collective: the ranks' layouts are compared, and a check failing on one rank
+        raises on every rank (``Sharding.agree_layout``)."""
+        try:
+            checked = self._checked_build()
+        except Exception as e:
+            if self._sharding is None:
+                raise
+            self._sharding.agree_layout(None, e)
+        if checked is None:
+            return self._relayout()
+        first, old, params, layout, device, kernel, nbytes = checked
+        if self._sharding is not None:  # the optimizer and its state precision too: they decide the layout
+            what = f"{type(self).__name__} with state {_shown(self._precision.describe())}"
+            self._sharding.agree_layout(layout_digest(layout, what), None)
         gpu = device.type == "cuda"
-        kernel = self._engine.kernel if self._engine is not None else self._kernel_arg or (
-            "gpu" if gpu else K.available())
-        if gpu != (kernel == "gpu"):
-            raise ValueError(f"kernel={kernel!r} cannot update params on {device}")
-        pptrs = np.asarray([p.data_ptr() for p in params], dtype=np.int64)
-        nbytes = np.asarray([p.numel() * p.element_size() for p in params], dtype=np.int64)
-        check_no_overlap(pptrs, pptrs + nbytes, layout.names, "params")  # before flat storage copies them
         # everything checked: change
         offload = engine_offload(self._offload, self._disk, "gpu" if gpu else "cpu")
         if self._engine is None:
             self._engine = Engine(layout, device="gpu" if gpu else "cpu", device_id=device.index if gpu else None,
                                   kernel=kernel, decoupled=self._decoupled, num_threads=self.num_threads,
                                   algorithm=self._spec.algorithm, disk=self._disk, offload=offload,
-                                  precision=self._precision)
+                                  precision=self._precision, sharding=self._sharding)
             self._device = device
             self._flat: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]] = []
         else:
@@ -301,6 +304,68 @@ class _Base(torch.optim.Optimizer):
         self._last_grads: list[Any] = [None] * len(params)
         self._grad_cache: tuple[list[int], np.ndarray, np.ndarray, list[str]] | None = None
         self._state_views()
+
+    def _checked_build(self) -> tuple | None:
+        """Everything ``_build`` checks: ``(first new param, old layout, params, new layout, device,
+        kernel, param bytes)``, or None when the state must be laid out again (``_relayout``)."""
+        first = len(self._params)
+        for g in self.param_groups[self._ngroups if self._engine is not None else 0:]:
+            for key, value in self.defaults.items():
+                g.setdefault(key, value)  # a group appended without some keys: torch's defaults rule
+        params = [p for g in self.param_groups for p in g["params"]]
+        names = self._names()
+        old = self._engine.layout if self._engine is not None else FlatLayout([])
+        if len(params) < first or any(a is not b for a, b in zip(params, self._params)):
+            return self._no_relayout("params were removed from or replaced in a param group")
+        if len(set(map(id, params))) != len(params):
+            raise ValueError("some parameters appear more than once in param_groups")
+        new = params[first:]
+        gi_of = [gi for gi, g in enumerate(self.param_groups) for _ in g["params"]]
+        if self._engine is not None and any(gi < self._ngroups for gi in gi_of[first:]):
+            return self._no_relayout("params were appended inside an existing param group")
+        for gi in range(self._ngroups if self._engine is not None else 0, len(self.param_groups)):
+            _check(self.param_groups[gi], f"param_groups[{gi}].", self._spec)
+        for n, p in zip(names[first:], new):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"param {n!r} is a {type(p).__name__}, not a tensor")
+            if p.dtype not in _DTYPES:
+                raise TypeError(f"param {n!r} has dtype {p.dtype}; npadam updates float32, bfloat16 or float16 params")
+            if p.layout is not torch.strided or not p.is_contiguous():
+                raise ValueError(f"param {n!r} of shape {tuple(p.shape)} is not a contiguous dense tensor "
+                                 f"(strides {p.stride() if p.layout is torch.strided else p.layout})")
+        specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
+        specs += [(n, tuple(p.shape), _DTYPES[p.dtype], gi) for n, p, gi in zip(names[first:], new, gi_of[first:])]
+        layout = FlatLayout(specs, self._precision.align, self._sharding.pad_to if self._sharding is not None else 1)
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            raise ValueError(f"params live on several devices {sorted(map(str, devices))}; use one optimizer "
+                             "per device")
+        device = devices.pop()
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"params on {device}: npadam runs on CPU memory or CUDA GPUs")
+        if self._engine is not None and device != self._device:
+            raise ValueError(f"new params are on {device}, the optimizer's on {self._device}")
+        gpu = device.type == "cuda"
+        if gpu and self._sharding is not None:
+            raise ValueError(f"comm with params on {device} is not available in this version of npadam: the "
+                             "sharded optimizer runs the CPU and reference kernels on host params (CPU tensors)")
+        kernel = self._engine.kernel if self._engine is not None else self._kernel_arg or (
+            "gpu" if gpu else K.available())
+        if gpu != (kernel == "gpu"):
+            raise ValueError(f"kernel={kernel!r} cannot update params on {device}")
+        pptrs = np.asarray([p.data_ptr() for p in params], dtype=np.int64)
+        nbytes = np.asarray([p.numel() * p.element_size() for p in params], dtype=np.int64)
+        check_no_overlap(pptrs, pptrs + nbytes, layout.names, "params")  # before flat storage copies them
+        return first, old, params, layout, device, kernel, nbytes
+
+    def _no_relayout(self, why: str) -> None:
+        """None (``_build`` then lays the state out again), or with ``comm`` a ValueError: a sharded
+        state is not moved between ranks."""
+        if self._sharding is not None:
+            raise ValueError(f"{why}, which npadam.torch follows by laying the state out again; with comm "
+                             "(state sharded across ranks) it does not: build a new optimizer and load the old "
+                             "one's full_state_dict() into it")
+        return None
 
     def _make_flat(self, buffers: Iterable[int]) -> None:
         """npadam-owned storage: each new buffer's params (``.data``) and grads (``.grad``) become
@@ -326,8 +391,10 @@ class _Base(torch.optim.Optimizer):
         self._gviews = [p.grad if self.flat_storage else None for p in self._params]
 
     def _state_views(self) -> None:
-        """``state[p]``: torch tensors that view npadam's flat state (``step`` is the param's count)."""
+        """``state[p]``: torch tensors that view npadam's flat state (``step`` is the param's count).
+        With ``comm``: flat views of the param's elements in this rank's shard (empty when none)."""
         eng = self._engine
+        flat = self._sharding is not None
         steps = torch.from_numpy(eng.steps)
         lay = eng.layout
         self._views_version = eng.views_version
@@ -345,7 +412,7 @@ class _Base(torch.optim.Optimizer):
                     t = t.view(torch.int16).view(_TORCH_DTYPES[eng.state_dtype(i, key).name])
                 elif view.dtype == np.uint8:  # fp8 codes
                     t = t.view(_TORCH_DTYPES[eng.state_dtype(i, key).name])
-                st[key] = t if key.endswith("_scale") else t.view(lay.slots[i].shape)
+                st[key] = t if key.endswith("_scale") or flat else t.view(lay.slots[i].shape)
             dict.__setitem__(state, p, st)  # params no longer in any group are left out
         self.state = state
         self._state_obj = state
@@ -457,10 +524,7 @@ class _Base(torch.optim.Optimizer):
             for key in ("momentum_buffer",) if sgd else ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                 if key in st and not (sgd and st[key] is None):
                     arr = _state._float32(st[key], f"state of param {slot.name!r}: {key}")
-                    if arr.size != slot.numel:
-                        raise ValueError(f"state of param {slot.name!r}: {key} has {arr.size} elements, "
-                                         f"expected {slot.numel}")
-                    updates.append((i, key, arr.reshape(-1)))
+                    updates.append((i, key, self._whole(i, key, arr)))
             if "step" in st:
                 steps[i] = _state._int(st["step"], f"state of param {slot.name!r}: step")
         vmax = sorted({eng.layout.slots[i].buffer for i, k, _ in updates if k == "max_exp_avg_sq"})
@@ -473,6 +537,22 @@ class _Base(torch.optim.Optimizer):
         for i in {i for i, _, _ in updates} | set(started):
             eng.load_master(i, import_array(self._params[i], what="param")[0])
         self._state_views()
+
+    def _whole(self, i: int, key: str, arr: np.ndarray) -> np.ndarray:
+        """A state array set into ``state[p]`` as the param's whole flat array: one of the param's size,
+        or with ``comm`` one of this rank's elements of it (as ``state[p]`` shows them; the engine
+        never reads the zeros put elsewhere)."""
+        eng = self._engine
+        slot = eng.layout.slots[i]
+        if arr.size == slot.numel:
+            return arr.reshape(-1)
+        a, b = eng.owned_range(i, "master")
+        if self._sharding is not None and arr.size == b - a:
+            whole = np.zeros(slot.numel, np.float32)
+            whole[a - slot.offset: b - slot.offset] = arr.reshape(-1)
+            return whole
+        also = f" (or {b - a}, this rank's elements of it)" if self._sharding is not None else ""
+        raise ValueError(f"state of param {slot.name!r}: {key} has {arr.size} elements, expected {slot.numel}{also}")
 
     def _collect(self) -> tuple[np.ndarray, np.ndarray, list[str], list[Any]]:
         """This step's ``(active, grad pointers, grad dtype per buffer, grads to keep alive)``.
@@ -552,7 +632,9 @@ class _Base(torch.optim.Optimizer):
         ``versions``: the version counters of the low-precision params (``self._low``)."""
         eng = self._engine
         lay = eng.layout
-        if any(_DTYPES.get(p.dtype) != s.dtype for p, s in zip(self._params, lay.slots)):
+        changed = [s for p, s in zip(self._params, lay.slots) if _DTYPES.get(p.dtype) != s.dtype]
+        if changed:
+            self._no_relayout(f"param {changed[0].name!r} changed dtype (was {changed[0].dtype})")
             return self._relayout()
         edited = {i for i, v, w in zip(self._low, versions, self._versions) if v != w}
         for i, p in enumerate(self._params):
@@ -671,13 +753,22 @@ class _Base(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if self.flat_storage:
-            self._reattach_flat_grads()
-        active, gptrs, gdtypes, keep = self._collect()
-        eng = self._engine  # after _collect: a dtype change builds a new engine
-        spec = self._spec
-        hyper = [spec.values(_plain(g, f"param_groups[{gi}].", spec), eng.count, f"param_groups[{gi}].")
-                 for gi, g in enumerate(self.param_groups)]
+        sharding = self._sharding
+        try:
+            if self.flat_storage:
+                self._reattach_flat_grads()
+            active, gptrs, gdtypes, keep = self._collect()
+            eng = self._engine  # after _collect: a dtype change builds a new engine
+            spec = self._spec
+            hyper = [spec.values(_plain(g, f"param_groups[{gi}].", spec), eng.count, f"param_groups[{gi}].")
+                     for gi, g in enumerate(self.param_groups)]
+        except Exception as e:
+            if sharding is None:
+                raise
+            sharding.agree_step(self._engine.layout, None, None, e, self._ngroups)
+        if sharding is not None:  # every rank's checks passed, and the ranks agree on grads and hyperparameters
+            sharding.agree_step(eng.layout, active, gdtypes, None, self._ngroups, hyper,
+                                (self.max_grad_norm, self.skip_nonfinite))
         stream = self._stream()
         with stream:
             res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
@@ -735,6 +826,10 @@ class _Base(torch.optim.Optimizer):
     # ------------------------------------------------------------------ copies
     def __getstate__(self) -> dict[str, Any]:
         """``copy.deepcopy`` and pickling keep npadam's state (torch's own would drop it)."""
+        if self._sharding is not None:
+            raise TypeError("an npadam.torch optimizer sharded across ranks (comm=) cannot be copied or pickled: "
+                            "its state is spread over the ranks; use state_dict() (this rank's shard) or "
+                            "full_state_dict()")
         if self.flat_storage:
             raise TypeError("an npadam.torch optimizer with flat_storage=True cannot be copied or pickled "
                             "(its params are views into its buffers); save and load its state_dict() instead")
@@ -751,6 +846,7 @@ class _Base(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_sharding", None)  # pickled before comm= (copies are never sharded)
         if "_engine" not in state:  # a plain torch optimizer pickle: nothing of npadam's to restore
             return
         self._last_grads = [None] * len(self._params)
@@ -777,11 +873,35 @@ class _Base(torch.optim.Optimizer):
         ``torch.load(weights_only=True)``): tensors and plain values only, plus npadam's entry
         (names, shapes, dtypes, update count, loss scaler) and each low-precision param's fp32
         ``master``. Groups appended, params re-bound, edited or cast (``model.to(dtype)``) are taken
-        in first, as a step would."""
-        for hook in self._optimizer_state_dict_pre_hooks.values():
-            hook(self)
-        self._sync()
-        sd = _state.export(self._engine, self._plain_groups(), type(self).__name__, self.loss_scaler,
+        in first, as a step would.
+
+        With ``comm``: this rank's shard, as ``npadam.AdamW(comm=).state_dict()`` (each state tensor
+        flat, the param's elements in this rank's shard, and ``npadam.shard``); ``full_state_dict()``
+        gathers the whole state."""
+        return self._export(sharded=True)
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """The whole state dict, as one process holding every shard would return it (``state_dict()``
+        without ``comm``), on every rank. With ``comm`` a collective: each buffer's state is
+        all-gathered (every rank briefly holds the whole state)."""
+        return self._export(sharded=False)
+
+    def _export(self, sharded: bool) -> dict[str, Any]:
+        """The state dict of this rank's state (``sharded``), or of the whole state gathered: then, with
+        ``comm``, a failure of ``_sync`` on one rank raises on every rank before anything is gathered."""
+        gather = not sharded and self._sharding is not None
+        try:
+            for hook in self._optimizer_state_dict_pre_hooks.values():
+                hook(self)
+            self._sync()
+        except Exception as e:
+            if not gather:
+                raise
+            self._sharding.agree("full_state_dict", e)
+        if gather:
+            self._sharding.agree("full_state_dict", None)
+        eng = self._sharding.full_state(self._engine) if gather else self._engine
+        sd = _state.export(eng, self._plain_groups(), type(self).__name__, self.loss_scaler,
                            array=lambda a: _tensor(np.ascontiguousarray(a)))
         for st in sd["state"].values():
             n = st["step"]
@@ -795,18 +915,32 @@ class _Base(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any], convert: bool = False) -> None:
         """Load a state dict of this class or of ``torch.optim.AdamW``/``Adam`` (params by position,
         shapes checked). Everything is checked first; nothing changes on error. ``convert=True``:
-        state in another precision than this optimizer's is converted (``npadam.AdamW.load_state_dict``)."""
-        if not isinstance(convert, bool):
-            raise TypeError(f"convert must be a bool, got {convert!r}")
-        self._sync()  # groups appended, params re-bound or edited: absorbed first, so the dict's masters win
-        sd = state_dict
-        for hook in self._optimizer_load_state_dict_pre_hooks.values():
-            result = hook(self, sd)
-            if result is not None:
-                sd = result
-        parsed = _state.parse(sd, self._engine, self._plain_groups(), type(self).__name__,
-                              lambda g, where: _check(g, where, self._spec), self.loss_scaler, convert=convert,
-                              param_bits=self._param_bits)
+        state in another precision than this optimizer's is converted (``npadam.AdamW.load_state_dict``).
+
+        With ``comm`` a collective (a dict failing the checks on one rank raises on every rank): this
+        rank's ``state_dict()`` (same rank, world size and layout), or a whole state dict
+        (``full_state_dict()``, a single-process optimizer's, torch's), of which each rank keeps its
+        shard."""
+        sharding = self._sharding
+        try:
+            if not isinstance(convert, bool):
+                raise TypeError(f"convert must be a bool, got {convert!r}")
+            self._sync()  # groups appended, params re-bound or edited: absorbed first, so the dict's masters win
+            sd = state_dict
+            for hook in self._optimizer_load_state_dict_pre_hooks.values():
+                result = hook(self, sd)
+                if result is not None:
+                    sd = result
+            sd = unshard_state_dict(sd, self._engine, sharding, convert, _host_array)
+            parsed = _state.parse(sd, self._engine, self._plain_groups(), type(self).__name__,
+                                  lambda g, where: _check(g, where, self._spec), self.loss_scaler, convert=convert,
+                                  param_bits=self._param_bits)
+        except Exception as e:
+            if sharding is None:
+                raise
+            sharding.agree("load_state_dict", e)
+        if sharding is not None:
+            sharding.agree("load_state_dict", None)
         with torch.no_grad():
             self._engine.sync()
             _state.apply(parsed, self._engine)
@@ -873,8 +1007,11 @@ class AdamW(_AdamBase):
     Arguments as torch's (``foreach``/``fused`` are accepted and ignored: npadam has one
     fused path), plus ``max_grad_norm`` (clip inside the step, torch's
     ``clip_grad_norm_`` coefficient), ``loss_scaler`` (``npadam.LossScaler``),
-    ``skip_nonfinite``, ``bias_correction``, ``kernel``, ``num_threads`` and
-    ``flat_storage`` (npadam-owned contiguous params and grads).
+    ``skip_nonfinite``, ``bias_correction``, ``kernel``, ``num_threads``,
+    ``flat_storage`` (npadam-owned contiguous params and grads) and ``comm`` (the state sharded
+    across ranks, ZeRO-1/2: see the module docstring; ``state[p]`` then holds flat tensors of the
+    param's elements in this rank's shard, ``state_dict()`` is this rank's shard and
+    ``full_state_dict()`` the whole state).
     """
 
     _decoupled = True
@@ -922,6 +1059,26 @@ _TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float8_e
                  "float8_e5m2": torch.float8_e5m2}
 _ML_DTYPES = {torch.bfloat16: ml_dtypes.bfloat16, torch.float8_e4m3fn: ml_dtypes.float8_e4m3fn,
               torch.float8_e5m2: ml_dtypes.float8_e5m2}
+
+
+def _shown(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def _refuse_with_comm(**options: Any) -> None:
+    """ValueError naming the first option given (not None) that the sharded torch optimizer does not take."""
+    for name, value in options.items():
+        if value is not None:
+            raise ValueError(f"{name}={value!r} with comm is not available in npadam.torch: the sharded optimizer "
+                             "keeps each rank's shard of the state in host memory next to its CPU params "
+                             "(npadam.AdamW(comm=) on arrays takes nvme_offload_fraction)")
+
+
+def _host_array(value: Any) -> Any:
+    """A state-dict entry as NumPy (torch tensors of any dtype, bfloat16 and fp8 included); others as given."""
+    if isinstance(value, torch.Tensor):
+        return _numpy(value.detach().cpu().contiguous())
+    return np.asarray(value)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

@@ -78,6 +78,22 @@ def same_float(x: float | None, y: float | None, what: str) -> None:
         raise AssertionError(f"{what}: {x!r} != {y!r}")
 
 
+def same_params(spec: list, ps: list, qs: list, what: str, to_bytes: Callable[[Any], bytes] = bits) -> None:
+    """The params ``ps`` and ``qs`` (arrays, or tensors with a ``to_bytes`` for them) bit for bit."""
+    for (name, *_), p, q in zip(spec, ps, qs):
+        a, b = to_bytes(p), to_bytes(q)
+        if a != b:
+            bad = np.flatnonzero(np.frombuffer(a, np.uint8) != np.frombuffer(b, np.uint8))[:4]
+            raise AssertionError(f"{what}: param {name!r} differs at bytes {bad.tolist()}")
+
+
+def same_info(a: Any, b: Any, what: str) -> None:
+    """Two steps' ``StepInfo``: the same skip, step count, norm and loss scale, bit for bit."""
+    assert a.skipped == b.skipped and a.step == b.step, (what, a, b)
+    same_float(a.grad_norm, b.grad_norm, f"{what}: grad_norm")
+    same_float(a.loss_scale, b.loss_scale, f"{what}: loss_scale")
+
+
 def same_state(a: dict, b: dict, what: str) -> None:
     assert a["npadam"] == b["npadam"], (what, a["npadam"], b["npadam"])
     assert a["param_groups"] == b["param_groups"], (what, a["param_groups"], b["param_groups"])
@@ -129,18 +145,13 @@ class Run:
         a = self.opt.step(each[rank])
         b = self.ref.step(avg)
         what = f"step {self.k}"
-        assert a.skipped == b.skipped and a.step == b.step, (what, a, b)
-        same_float(a.grad_norm, b.grad_norm, f"{what}: grad_norm")
-        same_float(a.loss_scale, b.loss_scale, f"{what}: loss_scale")
+        same_info(a, b, what)
         self.same_params(what)
         self.k += 1
         return a
 
     def same_params(self, what: str) -> None:
-        for (name, *_), p, q in zip(self.spec, self.params, self.ref_params):
-            if bits(p) != bits(q):
-                bad = np.flatnonzero(p.reshape(-1).view(np.uint8) != q.reshape(-1).view(np.uint8))[:4]
-                raise AssertionError(f"{what}: param {name!r} differs at bytes {bad.tolist()}")
+        same_params(self.spec, self.params, self.ref_params, what)
 
     def same_state(self) -> None:
         same_state(self.opt.full_state_dict(), self.ref.state_dict(), f"state after {self.k} steps")
@@ -243,13 +254,13 @@ def check_memory(comm: Any) -> None:
     print(f"state bytes rank {comm.rank}/{comm.size}: {mine} (one process: {whole})", flush=True)
 
 
-def expect_error(fn: Callable[[], Any], text: str) -> str:
+def expect_error(fn: Callable[[], Any], text: str, exc: type = ValueError) -> str:
     try:
         fn()
-    except ValueError as e:
+    except exc as e:
         assert text in str(e), (text, str(e))
         return str(e)
-    raise AssertionError(f"no ValueError ({text!r})")
+    raise AssertionError(f"no {exc.__name__} ({text!r})")
 
 
 def check_disagreement(comm: Any) -> None:

@@ -1,0 +1,140 @@
+"""``npadam.torch.AdamW`` / ``Adam`` / ``SGD`` with ``comm=`` (sharded state, ZeRO-1/2): the checks of
+``tests/ranks/torch_sharded_check.py`` in process on the single-process communicator and on 1, 2 and
+4 torch.distributed (gloo) ranks launched with torchrun's environment (bit-identical params, norms and
+state against one process; a bad value on one rank; ZeroRedundancyOptimizer as the anchor), and the
+refusals. Launched runs have deadlines and show every rank's output."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import npadam.torch as nt  # noqa: E402
+from npadam import distributed  # noqa: E402
+
+try:
+    from .ranks import launch, torch_sharded_check as check
+except ImportError:  # run from tests/ as a plain directory
+    from ranks import launch, torch_sharded_check as check
+
+CHECK = Path(__file__).resolve().parent / "ranks" / "torch_sharded_check.py"
+needs_mpi = pytest.mark.skipif(not (importlib.util.find_spec("mpi4py") and launch.mpiexec_path()),
+                               reason="needs mpi4py and mpiexec: python3 -m pip install mpi4py mpich")
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+
+
+def test_single_comm_in_process():
+    """Every check of the launched script with the single-process communicator (world 1: no padding)."""
+    assert check.run_all(distributed.SingleComm()) == len(check.CHECKS)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_world_one_is_the_plain_optimizer(flat):
+    """Bit for bit the un-sharded optimizer on a model (bf16 params, groups, amsgrad, clipping), state[p] flat."""
+    a, b = _model().to(torch.bfloat16), _model().to(torch.bfloat16)
+    groups = lambda m: [{"params": [m[0].weight, m[1].weight]},  # noqa: E731
+                        {"params": [m[0].bias, m[1].bias], "lr": 3e-2, "weight_decay": 0.0}]
+    opts = [nt.AdamW(groups(m), lr=1e-2, amsgrad=True, max_grad_norm=0.1, flat_storage=flat, comm=c)
+            for m, c in ((a, distributed.SingleComm()), (b, None))]
+    for k in range(4):
+        x = torch.randn(5, 8, generator=torch.Generator().manual_seed(k)).to(torch.bfloat16)
+        for m, o in zip((a, b), opts):
+            o.zero_grad()
+            m(x).float().pow(2).sum().backward()
+            o.step()
+        assert opts[0].last_step == opts[1].last_step
+        assert opts[0].last_step.grad_norm > 0.1
+        assert all(check.bits(p) == check.bits(q) for p, q in zip(a.parameters(), b.parameters()))
+    st = opts[0].state[a[0].weight]
+    assert st["exp_avg"].shape == (128,) and st["max_exp_avg_sq"].shape == (128,)
+    assert torch.equal(st["exp_avg"], opts[1].state[b[0].weight]["exp_avg"].reshape(-1))
+    check.same_state(opts[0].full_state_dict(), opts[1].state_dict(), "world 1")
+    assert opts[0].state_dict()["npadam"]["shard"]["ranges"] == [[0, 128], [0, 64], [0, 16], [0, 4]]
+
+
+def test_state_entries_set_by_the_caller():
+    """torch semantics for ``state[p]`` edited from outside: an emptied entry restarts the param, a
+    replaced one is taken in (whole-param or this rank's flat size)."""
+    m = _model()
+    opt = nt.AdamW(m.parameters(), comm=distributed.SingleComm())
+    m(torch.ones(2, 8)).sum().backward()
+    opt.step()
+    w = m[0].weight
+    opt.state[w] = {"step": torch.tensor(3.0), "exp_avg": torch.ones(128), "exp_avg_sq": torch.ones(16, 8)}
+    opt.state[m[0].bias] = {}
+    opt.step()
+    assert int(opt.state[w]["step"]) == 4 and int(opt.state[m[0].bias]["step"]) == 1
+    with pytest.raises(ValueError, match=r"has 5 elements, expected 128 \(or 128, this rank's"):
+        opt.state[w] = {"step": 1, "exp_avg": torch.ones(5), "exp_avg_sq": torch.ones(5)}
+        opt.step()
+
+
+def test_refusals():
+    m = _model()
+    one = distributed.SingleComm()
+    with pytest.raises(ValueError, match="comm must be a npadam.distributed communicator"):
+        nt.AdamW(m.parameters(), comm=object())
+    with pytest.raises(ValueError, match=r"offload_fraction=0.5 with comm is not available in npadam.torch"):
+        nt.AdamW(m.parameters(), offload_fraction=0.5, comm=one)
+    with pytest.raises(ValueError, match=r"nvme_offload_fraction=0.25 with comm"):
+        nt.AdamW(m.parameters(), nvme_offload_fraction=0.25, nvme_offload_dir="/tmp", comm=one)
+    with pytest.raises(ValueError, match=r"host_state_bytes=0 with comm"):
+        nt.AdamW(m.parameters(), host_state_bytes=0, nvme_offload_dir="/tmp", comm=one)
+    opt = nt.AdamW(m.parameters(), comm=one)
+    with pytest.raises(TypeError, match="sharded across ranks"):
+        pickle.dumps(opt)
+    with pytest.raises(TypeError, match="sharded across ranks"):
+        copy.deepcopy(opt)
+    plain = nt.AdamW(_model().parameters())
+    with pytest.raises(ValueError, match="one rank's shard"):
+        plain.load_state_dict(opt.state_dict())
+    precise = nt.AdamW(_model().parameters(), exp_avg_dtype="bfloat16", store_param_remainders=True, comm=one)
+    precise.load_state_dict(opt.state_dict(), convert=True)  # a shard's moments convert (no masters: fp32 params)
+    assert precise.state[list(precise._params)[0]]["exp_avg"].dtype == torch.bfloat16
+    m.to(torch.bfloat16)  # the state would have to be laid out again: refused, nothing changed
+    m(torch.ones(2, 8, dtype=torch.bfloat16)).sum().backward()
+    with pytest.raises(ValueError, match=r"param '0' changed dtype \(was float32\).*full_state_dict"):
+        opt.step()
+    assert opt.step_count == 0
+    opt.param_groups[0]["params"].pop()
+    m.to(torch.float32)
+    with pytest.raises(ValueError, match="params were removed from or replaced in a param group"):
+        opt.step()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_params_refused():
+    with pytest.raises(ValueError, match="comm with params on cuda"):
+        nt.AdamW(torch.nn.Linear(4, 4).cuda().parameters(), comm=distributed.SingleComm())
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_torchrun_sharded(n, capsys):
+    outs = launch.torchrun(n, CHECK, "torch", timeout=240)
+    for r, out in enumerate(outs):
+        assert f"OK torch_sharded rank {r}/{n} {len(check.CHECKS)}" in out, out
+    zero = [line for out in outs for line in re.findall(r"ZERO .*", out)]
+    shared = [float(x) for x in re.findall(r"grads=shared .*max_abs_diff=(\S+)", "\n".join(zero))]
+    assert len(shared) == n and max(shared) <= 1e-7, zero  # AdamW in npadam's and torch's operation orders
+    with capsys.disabled():  # the numbers of docs/BENCHMARKS.md
+        print("\n" + "\n".join(zero))
+
+
+@needs_mpi
+@pytest.mark.slow  # ~20 s; the sharded step is the same for every communicator (tests/test_sharded.py runs MPI)
+def test_mpiexec_sharded():
+    """The same checks under mpiexec with the MPI communicator (the ZeRO anchor needs torch.distributed)."""
+    out = launch.mpiexec(2, CHECK, "mpi", timeout=240)
+    ranks = re.findall(r"OK torch_sharded rank (\d+)/(\d+) (\d+)", out)
+    assert sorted((r, w) for r, w, _ in ranks) == [("0", "2"), ("1", "2")], out
