@@ -94,6 +94,8 @@ class Sharding:
         #: buffers whose grads ``start_reduce`` (``grads_ready``) sent ahead of the step:
         #: buffer -> (handle, the grad dtype, the mask of its slots that had grads)
         self.early: dict[int, tuple[Any, str, np.ndarray]] = {}
+        #: buckets whose ``grads_ready`` failed this rank's checks (sent as zeros): bucket -> the error
+        self.failed: dict[int, BaseException] = {}
         #: param all-gathers left in flight by a step with ``defer_gather``: buffer -> (handle, batch, buffer)
         self.pending: dict[int, tuple[Any, K.Batch, np.ndarray]] = {}
         #: the next step leaves its param all-gathers in flight (``step(..., wait_params=False)``)
@@ -207,10 +209,29 @@ class Sharding:
         else:
             self.early[bi] = (None, gdtype, active[engine.buffer_slots[bi]].copy())
 
+    def grads_failed(self, engine: Any, bi: int, error: BaseException) -> None:
+        """``grads_ready(bi)`` failed its checks on this rank: the other ranks start that bucket's
+        reduce-scatter, so this rank starts it too (zeros), keeping the ranks' collectives in step;
+        the next step then raises on every rank (``failed``)."""
+        self.failed.setdefault(bi, error)
+        if bi in self.early:
+            return
+        none = np.zeros(len(engine.layout.slots), bool)
+        self.early[bi] = (self.start_reduce(engine, bi, none, np.zeros(none.size, np.int64), "float32")
+                          if self.world > 1 else None, "float32", none[engine.buffer_slots[bi]])
+
+    def step_error(self) -> BaseException | None:
+        """This rank's ``grads_ready`` failure for this step, as the step's error (None if none)."""
+        if not self.failed:
+            return None
+        bi, e = next(iter(self.failed.items()))
+        return ValueError(f"grads_ready({bi}) failed on this rank before this step ({type(e).__name__}: {e}); "
+                          "the step is refused on every rank")
+
     def drop_early(self) -> None:
         """Complete and forget the reduce-scatters ``grads_ready`` started (a step that failed its
         checks on some rank: every rank started them, every rank waits for them)."""
-        early, self.early = self.early, {}
+        early, self.early, self.failed = self.early, {}, {}
         for h, _, _ in early.values():
             if h is not None:
                 h.wait()

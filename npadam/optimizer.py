@@ -467,21 +467,33 @@ class _Optimizer:
         self._sync_groups()
         bi = self._bucket(bucket)
         names = self.buckets[bi]
-        if isinstance(grads, Mapping):
-            unknown = [k for k in grads if k not in names]
-            if unknown:
-                raise ValueError(f"grads_ready({bi}): {unknown[:3]} are not params of bucket {bi} ({names[:5]} ...)")
-            given = [grads.get(n) for n in names]
-        else:
-            given = list(grads)
-            if len(given) != len(names):
-                raise ValueError(f"grads_ready({bi}): bucket {bi} has {len(names)} params, got {len(given)} grads")
+        try:
+            if isinstance(grads, Mapping):
+                unknown = [k for k in grads if k not in names]
+                if unknown:
+                    raise ValueError(f"grads_ready({bi}): {unknown[:3]} are not params of bucket {bi} "
+                                     f"({names[:5]} ...)")
+                given = [grads.get(n) for n in names]
+            else:
+                given = list(grads)
+                if len(given) != len(names):
+                    raise ValueError(f"grads_ready({bi}): bucket {bi} has {len(names)} params, got {len(given)} "
+                                     "grads")
+        except Exception as e:
+            if self._sharding is not None:
+                self._sharding.grads_failed(self._engine, bi, e)
+            raise
+        if bi in self._early_objects:
+            raise ValueError(f"grads_ready({bi}): bucket {bi} was already handed over for this step")
         full: list[Any] = [None] * len(self._objects)
         for t, g in zip(self._engine.layout.buffers[bi].tensors, given):
             full[t] = g
-        active, gptrs, gdtypes, _, _, _ = self._collect_grads(full)
-        if bi in self._early_objects:
-            raise ValueError(f"grads_ready({bi}): bucket {bi} was already handed over for this step")
+        try:
+            active, gptrs, gdtypes, _, _, _ = self._collect_grads(full)
+        except Exception as e:
+            if self._sharding is not None:  # the other ranks send this bucket: so does this one (zeros)
+                self._sharding.grads_failed(self._engine, bi, e)
+            raise
         if self._sharding is not None:
             self._sharding.grads_ready(self._engine, bi, active, gptrs, gdtypes[bi])
         self._early_objects[bi] = given
@@ -527,6 +539,9 @@ class _Optimizer:
             k = eng.count
             hyper = self._group_values(k)
             active, gptrs, gdtypes, raw, gdt, held = self._collect_grads(grads)
+            failed = self._sharding.step_error() if self._sharding is not None else None
+            if failed is not None:
+                raise failed
             self._check_early(raw)
             if not wait_params and any(self._readonly):
                 raise ValueError("step(wait_params=False) with read-only params (JAX arrays): their new values "
@@ -539,7 +554,8 @@ class _Optimizer:
                 self._sharding.agree_step(self._engine.layout, None, None, e, len(self.param_groups))
             finally:
                 self._sharding.drop_early()
-        early, self._early_objects = sorted(self._early_objects), {}
+        self._early_objects = {}
+        early = sorted(self._sharding.early) if self._sharding is not None else []
         if self._sharding is not None:
             try:
                 self._sharding.agree_step(eng.layout, active, gdtypes, None, len(self.param_groups), hyper,

@@ -138,3 +138,73 @@ def test_mpiexec_sharded():
     out = launch.mpiexec(2, CHECK, "mpi", timeout=240)
     ranks = re.findall(r"OK torch_sharded rank (\d+)/(\d+) (\d+)", out)
     assert sorted((r, w) for r, w, _ in ranks) == [("0", "2"), ("1", "2")], out
+
+
+def _loss(m, k=0):
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(k))
+    return m(x).pow(2).sum()
+
+
+def test_overlap_grads_hands_buckets_over_during_backward():
+    """The hooks send each bucket when its last grad is accumulated; no_sync holds them back; a second
+    backward pass after the buckets were sent refuses the step (its grads would be stale) and the
+    optimizer stays usable; the results equal the plain optimizer's."""
+    a, b = _model(), _model()
+    opt = nt.AdamW(a.parameters(), lr=1e-2, comm=distributed.SingleComm(), bucket_bytes=256, overlap_grads=True)
+    ref = nt.AdamW(b.parameters(), lr=1e-2, bucket_bytes=256)
+    assert [len(x) for x in opt.buckets] == [1, 1, 1, 1] and opt.buckets[0][0] is a[0].weight
+    for o, m in ((opt, a), (ref, b)):
+        o.zero_grad()
+        if o is opt:
+            with opt.no_sync():
+                _loss(m, 0).backward()
+            assert opt._early == {}
+        else:
+            _loss(m, 0).backward()
+        _loss(m, 1).backward()
+        o.step()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    opt.zero_grad()
+    _loss(a).backward()
+    assert sorted(opt._early) == [0, 1, 2, 3]
+    before = [p.detach().clone() for p in a.parameters()]
+    with pytest.raises(ValueError, match="second backward pass"):
+        _loss(a).backward()
+    with pytest.raises(ValueError, match="second backward pass"):
+        opt.step()
+    assert opt.step_count == 1 and all(torch.equal(p, q) for p, q in zip(a.parameters(), before))
+    opt.zero_grad()
+    _loss(a).backward()
+    opt.step()
+    assert opt.step_count == 2
+
+
+def test_grads_ready_wait_params_and_refusals():
+    m = _model()
+    opt = nt.AdamW(m.parameters(), lr=1e-2, comm=distributed.SingleComm(), bucket_bytes=256)
+    for bad in (4, -1, True, "0"):
+        with pytest.raises(ValueError, match="bucket must be an int"):
+            opt.grads_ready(bad)
+        with pytest.raises(ValueError, match="bucket must be an int"):
+            opt.wait_params(bad)
+    with pytest.raises(TypeError, match="wait_params must be a bool"):
+        opt.step(wait_params=1)
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        nt.AdamW(_model().parameters(), bucket_bytes=0)
+    with pytest.raises(TypeError, match="overlap_grads"):
+        nt.AdamW(_model().parameters(), overlap_grads="yes")
+    _loss(m).backward()
+    opt.grads_ready(0)
+    with pytest.raises(ValueError, match="already handed over"):
+        opt.grads_ready(0)
+    m[0].weight.grad = m[0].weight.grad.clone()  # replaced after it was handed over
+    with pytest.raises(ValueError, match="not the tensor it was at grads_ready"):
+        opt.step()
+    assert opt.step_count == 0
+    opt.grads_ready(0)
+    opt.step(wait_params=False)
+    opt.wait_params(0)
+    opt.wait_params()
+    assert opt.step_count == 1
+    c = copy.deepcopy(nt.AdamW(_model().parameters(), overlap_grads=True))  # the copy hooks its own params
+    assert c.overlap_grads and len(c._hooks) == 4

@@ -192,11 +192,26 @@ class _Base(torch.optim.Optimizer):
                  nvme_offload_dir: str | os.PathLike[str] | None = None, nvme_staging_bytes: int = 64 << 20,
                  host_state_bytes: int | None = None, pin_memory: bool = True,
                  gpu_state_bytes: int | None = None, exp_avg_dtype: Any = "float32", exp_avg_sq_dtype: Any = "float32",
-                 store_param_remainders: bool = False, rounding: str = "nearest", seed: int = 0, main_params_dtype: Any = "float32") -> None:
+                 store_param_remainders: bool = False, rounding: str = "nearest", seed: int = 0,
+                 main_params_dtype: Any = "float32", bucket_bytes: int | None = None,
+                 overlap_grads: bool = False) -> None:
         #: the state sharded across the ranks of ``comm`` (``npadam._sharded``), or None
         self._sharding = Sharding(comm) if comm is not None else None
         self._engine: Engine | None = None
+        #: buckets handed over by ``grads_ready`` for the next step: bucket -> its params' grads then
+        self._early: dict[int, list[Any]] = {}
+        self._hooks: list[Any] = []
+        self._hooked: weakref.WeakSet = weakref.WeakSet()  # params with an overlap_grads hook
+        self._slot_of: tuple[Any, dict[int, int]] = (None, {})
+        self._fired: dict[int, set[int]] = {}  # overlap_grads: bucket -> params whose grads are final
+        self._no_sync = False
+        self._overlap_error: BaseException | None = None  # a second backward pass after buckets were sent
         try:  # with comm, a bad argument on one rank raises on every rank (the agreement in _build)
+            from .. import _validate as V
+
+            #: params of one group and dtype fill flat buffers of about this many bytes (None: one buffer)
+            self.bucket_bytes = None if bucket_bytes is None else V.integer("bucket_bytes", bucket_bytes, lo=1)
+            self.overlap_grads = V.flag("overlap_grads", overlap_grads)
             _check(defaults, "", self._spec)
             self._precision = state_precision(exp_avg_dtype, exp_avg_sq_dtype, store_param_remainders, rounding,
                                               seed, self._spec.algorithm, main_params_dtype)
@@ -304,6 +319,8 @@ class _Base(torch.optim.Optimizer):
         self._last_grads: list[Any] = [None] * len(params)
         self._grad_cache: tuple[list[int], np.ndarray, np.ndarray, list[str]] | None = None
         self._state_views()
+        if self.overlap_grads:
+            self._hook_grads(first)
 
     def _checked_build(self) -> tuple | None:
         """Everything ``_build`` checks: ``(first new param, old layout, params, new layout, device,
@@ -335,7 +352,8 @@ class _Base(torch.optim.Optimizer):
                                  f"(strides {p.stride() if p.layout is torch.strided else p.layout})")
         specs = [(s.name, s.shape, s.dtype, s.group) for s in old.slots]
         specs += [(n, tuple(p.shape), _DTYPES[p.dtype], gi) for n, p, gi in zip(names[first:], new, gi_of[first:])]
-        layout = FlatLayout(specs, self._precision.align, self._sharding.pad_to if self._sharding is not None else 1)
+        layout = FlatLayout(specs, self._precision.align, self._sharding.pad_to if self._sharding is not None else 1,
+                            self.bucket_bytes)
         devices = {p.device for p in params}
         if len(devices) > 1:
             raise ValueError(f"params live on several devices {sorted(map(str, devices))}; use one optimizer "
@@ -479,6 +497,8 @@ class _Base(torch.optim.Optimizer):
         ``param_groups`` (adopted like ``add_param_group``), params added, removed or replaced
         inside a group (state laid out again), storage re-bound or low-precision params edited
         in place (followed), entries of ``state`` replaced or removed (taken over)."""
+        if self._sharding is not None and self._sharding.pending:  # param gathers a step left in flight
+            self.wait_params()
         params = self._params
         groups = self.param_groups
         if len(groups) != self._ngroups or sum(len(g["params"]) for g in groups) != len(params) or \
@@ -745,16 +765,121 @@ class _Base(torch.optim.Optimizer):
                     view.copy_(g)
             p.grad = view
 
+    # ------------------------------------------------------------------ overlap (buckets)
+    @property
+    def buckets(self) -> list[list[torch.Tensor]]:
+        """The params of each bucket (flat buffer), in order: what ``grads_ready`` and ``wait_params``
+        take the index of. One bucket per group and param dtype unless ``bucket_bytes`` splits them."""
+        return [[self._params[t] for t in b.tensors] for b in self._engine.layout.buffers]
+
+    def _bucket(self, bucket: Any) -> int:
+        nb = len(self._engine.layout.buffers)
+        if isinstance(bucket, bool) or not isinstance(bucket, int) or not 0 <= bucket < nb:
+            raise ValueError(f"bucket must be an int in [0, {nb}) (an index into optimizer.buckets), got {bucket!r}")
+        return bucket
+
+    def grads_ready(self, bucket: int) -> None:
+        """The ``.grad`` of the params of ``buckets[bucket]`` are final for this step: with ``comm``
+        their reduce-scatter starts now, while the backward pass computes the other buckets' grads,
+        and ``step()`` waits for it instead of sending them again (the grads are copied now: later
+        changes to them are not seen; ``step()`` checks that each is still the same tensor).
+        ``overlap_grads=True`` calls it from the params' post-accumulate-grad hooks. Every rank
+        hands over the same buckets in the same order; a failure of this rank's checks raises here
+        and refuses the next step on every rank."""
+        bi = self._bucket(bucket)
+        if bi in self._early:
+            raise ValueError(f"grads_ready({bi}): bucket {bi} was already handed over for this step (a second "
+                             "backward before step()? run all but the last micro-batch's backward inside "
+                             "optimizer.no_sync())")
+        try:
+            if self.flat_storage:
+                self._reattach_flat_grads()
+            active, gptrs, gdtypes, grads = self._collect()
+        except Exception as e:
+            if self._sharding is not None:  # the other ranks send this bucket: so does this one (zeros)
+                self._sharding.grads_failed(self._engine, bi, e)
+            raise
+        if self._sharding is not None:
+            self._sharding.grads_ready(self._engine, bi, active, gptrs, gdtypes[bi])
+        self._early[bi] = [grads[t] for t in self._engine.layout.buffers[bi].tensors]
+
+    def wait_params(self, bucket: int | None = None) -> None:
+        """Complete the param all-gather of ``bucket`` (all buckets when None) that
+        ``step(wait_params=False)`` left in flight: its params then hold the new values (their
+        version counters are bumped). Every other call on the optimizer completes them all first."""
+        if bucket is not None:
+            bucket = self._bucket(bucket)
+        if self._sharding is None or not self._sharding.pending:
+            return
+        todo = list(self._sharding.pending) if bucket is None else [bucket]
+        if self._sharding.wait_params(self._engine, bucket):
+            lay = self._engine.layout
+            torch.autograd.graph.increment_version([self._params[t] for b in todo for t in lay.buffers[b].tensors])
+            self._versions = [self._params[i]._version for i in self._low]
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Any:
+        """With ``overlap_grads``: backward passes inside do not hand buckets over (gradient
+        accumulation: all micro-batches but the last, as DDP's ``no_sync``)."""
+        was, self._no_sync = self._no_sync, True
+        try:
+            yield
+        finally:
+            self._no_sync = was
+
+    def _hook_grads(self, first: int) -> None:
+        """``overlap_grads``: a post-accumulate-grad hook on each param (once per param, also across a
+        re-layout); when every param of a bucket has its grad for this backward pass, the bucket is
+        handed over (``grads_ready``)."""
+        for p in self._params[first:]:
+            if p.requires_grad and p not in self._hooked:
+                self._hooked.add(p)
+                self._hooks.append(p.register_post_accumulate_grad_hook(_GradHook(weakref.ref(self))))
+
+    def _grad_done(self, p: torch.Tensor) -> None:
+        if self._no_sync:
+            return
+        if self._slot_of[0] is not self._params:  # the index of each param, rebuilt after a (re-)layout
+            self._slot_of = (self._params, {id(q): i for i, q in enumerate(self._params)})
+        i = self._slot_of[1].get(id(p))
+        if i is None:  # no longer one of this optimizer's params
+            return
+        bi = self._engine.layout.slots[i].buffer
+        fired = self._fired.setdefault(bi, set())
+        if i in fired and bi in self._early:  # the bucket was sent with the first pass's grads: refuse the step
+            self._overlap_error = ValueError(
+                f"param {self._engine.layout.names[i]!r}: a second backward pass before step() with overlap_grads "
+                "(its bucket was already sent with the first pass's grads); run all but the last micro-batch's "
+                "backward inside optimizer.no_sync()")
+            raise self._overlap_error
+        fired.add(i)
+        needed = [t for t in self._engine.layout.buffers[bi].tensors if self._params[t].requires_grad]
+        if len(fired) == len(needed) and bi not in self._early:
+            self.grads_ready(bi)
+
+    def _check_early(self, grads: list[Any]) -> None:
+        """The step's grads of buckets handed over by ``grads_ready`` are the same tensors."""
+        lay = self._engine.layout
+        for bi, given in self._early.items():
+            for t, g in zip(lay.buffers[bi].tensors, given):
+                if grads[t] is not g:
+                    raise ValueError(f"step: the grad of {lay.names[t]!r} is not the tensor it was at grads_ready({bi}) "
+                                     f"(bucket {bi} was already sent); do not replace .grad after handing it over")
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    def step(self, closure: Callable[[], Any] | None = None, *, wait_params: bool = True) -> Any:
         """One update (torch semantics: params whose ``.grad`` is None are skipped); returns the
-        closure's loss. What npadam did (skipped, grad norm, lr, loss scale) is in ``last_step``."""
+        closure's loss. What npadam did (skipped, grad norm, lr, loss scale) is in ``last_step``.
+        ``wait_params=False`` (with ``comm``): return with the params' all-gathers in flight;
+        ``wait_params(bucket)`` completes them (e.g. in a forward pre-hook)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         sharding = self._sharding
         try:
+            if not isinstance(wait_params, bool):
+                raise TypeError(f"wait_params must be a bool, got {wait_params!r}")
             if self.flat_storage:
                 self._reattach_flat_grads()
             active, gptrs, gdtypes, keep = self._collect()
@@ -762,17 +887,35 @@ class _Base(torch.optim.Optimizer):
             spec = self._spec
             hyper = [spec.values(_plain(g, f"param_groups[{gi}].", spec), eng.count, f"param_groups[{gi}].")
                      for gi, g in enumerate(self.param_groups)]
+            failed = sharding.step_error() if sharding is not None else None
+            if failed is not None or self._overlap_error is not None:
+                raise failed or self._overlap_error
+            self._check_early(keep)
         except Exception as e:
+            self._early, self._fired, self._overlap_error = {}, {}, None
             if sharding is None:
                 raise
-            sharding.agree_step(self._engine.layout, None, None, e, self._ngroups)
+            try:
+                sharding.agree_step(self._engine.layout, None, None, e, self._ngroups)
+            finally:
+                sharding.drop_early()
+        self._early, self._fired = {}, {}
         if sharding is not None:  # every rank's checks passed, and the ranks agree on grads and hyperparameters
-            sharding.agree_step(eng.layout, active, gdtypes, None, self._ngroups, hyper,
-                                (self.max_grad_norm, self.skip_nonfinite))
+            try:
+                sharding.agree_step(eng.layout, active, gdtypes, None, self._ngroups, hyper,
+                                    (self.max_grad_norm, self.skip_nonfinite, sorted(sharding.early), wait_params))
+            except BaseException:
+                sharding.drop_early()
+                raise
+            sharding.defer_gather = not wait_params
         stream = self._stream()
-        with stream:
-            res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
-                           skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
+        try:
+            with stream:
+                res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
+                               skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
+        finally:
+            if sharding is not None:
+                sharding.defer_gather = False
         del keep
         if not res.skipped:
             self._refresh_handed()
@@ -839,7 +982,8 @@ class _Base(torch.optim.Optimizer):
                             "npadam.checkpoint.save (or state_dict()) instead")
         # like torch's own: no step hooks, no scheduler's per-instance step wrapper (it holds a weakref
         # to this optimizer: a copy would step the original), no profiling flag
-        drop = {"_last_grads", "_grad_cache", "step", "_opt_called", "_optimizer_step_pre_hooks",
+        drop = {"_last_grads", "_grad_cache", "step", "_opt_called", "_hooks", "_hooked", "_slot_of", "_early",
+                "_fired", "_no_sync", "_overlap_error", "_optimizer_step_pre_hooks",
                 "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
                 "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"}
         return {k: v for k, v in self.__dict__.items() if k not in drop}
@@ -847,6 +991,10 @@ class _Base(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_sharding", None)  # pickled before comm= (copies are never sharded)
+        for key, value in (("bucket_bytes", None), ("overlap_grads", False)):  # pickled before buckets
+            self.__dict__.setdefault(key, value)
+        self._hooks, self._hooked, self._slot_of = [], weakref.WeakSet(), (None, {})
+        self._early, self._fired, self._no_sync, self._overlap_error = {}, {}, False, None
         if "_engine" not in state:  # a plain torch optimizer pickle: nothing of npadam's to restore
             return
         self._last_grads = [None] * len(self._params)
@@ -856,6 +1004,8 @@ class _Base(torch.optim.Optimizer):
         self._pptrs = np.asarray(self._pptr_list, dtype=np.int64)
         self._versions = [self._params[i]._version for i in self._low]
         self._state_views()
+        if self.overlap_grads:  # the copy's params get hooks of their own
+            self._hook_grads(0)
 
     # ------------------------------------------------------------------ state
     def _plain_groups(self) -> list[dict[str, Any]]:
@@ -1059,6 +1209,18 @@ _TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float8_e
                  "float8_e5m2": torch.float8_e5m2}
 _ML_DTYPES = {torch.bfloat16: ml_dtypes.bfloat16, torch.float8_e4m3fn: ml_dtypes.float8_e4m3fn,
               torch.float8_e5m2: ml_dtypes.float8_e5m2}
+
+
+class _GradHook:
+    """A param's post-accumulate-grad hook (``overlap_grads``); holds the optimizer weakly."""
+
+    def __init__(self, opt: Any) -> None:
+        self.opt = opt
+
+    def __call__(self, p: torch.Tensor) -> None:
+        opt = self.opt()
+        if opt is not None and opt._engine is not None:
+            opt._grad_done(p)
 
 
 def _shown(d: dict[str, Any]) -> str:

@@ -321,6 +321,18 @@ def check_overlap(comm: Any) -> None:
     other = [x.copy() if x is not None else None for x in g]
     expect_error(lambda: opt.step(other), "grads_ready")
     assert opt.step_count == 3
+    # grads_ready failing its checks on the last rank only: that rank raises there and still sends the
+    # bucket (zeros), so the ranks stay in step; the next step raises on every rank, nothing changes
+    before = [p.copy() for p in run.params]
+    last = comm.rank == comm.size - 1
+    bucket = {n: (np.zeros(3, np.float32) if last and n == opt.buckets[0][0] else g[names.index(n)])
+              for n in opt.buckets[0]}
+    if last:
+        expect_error(lambda: opt.grads_ready(0, bucket), "shape")
+    else:
+        opt.grads_ready(0, bucket)
+    expect_error(lambda: opt.step(g), "grads_ready" if last else "another rank")
+    assert opt.step_count == 3 and all(bits(p) == bits(q) for p, q in zip(before, run.params))
     run.step()  # still usable, and in step
 
 

@@ -352,7 +352,40 @@ def check_zero_anchor(comm: Any) -> None:
     assert mine <= whole / world + pad, (mine, whole)
 
 
-CHECKS = [check_adamw, check_adam_amsgrad, check_sgd, check_flat_storage, check_precision, check_inf, check_memory,
+def check_overlap(comm: Any) -> None:
+    """overlap_grads + bucket_bytes + flat_storage (DDP-style buckets): a real backward pass whose grads
+    are each rank's local grads (loss = sum(p * g)), two micro-batches (the first inside no_sync), the
+    buckets handed over by the post-accumulate-grad hooks while the backward pass runs, the param
+    all-gathers left in flight (step(wait_params=False)) and waited for bucket by bucket: the same
+    bits as one process with the same buckets stepped on the averaged grads."""
+    make = lambda p, comm: nt.AdamW(p, lr=1e-2, weight_decay=0.1, max_grad_norm=0.5, bucket_bytes=300_000,  # noqa: E731
+                                    flat_storage=True, comm=comm, overlap_grads=comm is not None)
+    run = Run(comm, make)
+    opt = run.opt
+    assert len(opt.buckets) > 2, [len(b) for b in opt.buckets]
+    for k in range(3):
+        world, rank = comm.size, comm.rank
+        each = [run.grads(r) for r in range(world)]
+        mine = [to_torch(g) for g in each[rank]]
+        opt.zero_grad()
+        with opt.no_sync():  # gradient accumulation: half of each grad in a first micro-batch
+            sum((p * (g / 2)).sum() for p, g in zip(run.params, mine)).backward()
+        assert not opt._early
+        sum((p * (g / 2)).sum() for p, g in zip(run.params, mine)).backward()
+        assert sorted(opt._early) == list(range(len(opt.buckets))), sorted(opt._early)  # all sent by the hooks
+        opt.step(wait_params=k == 2)
+        avg = [sc.average([e[i] for e in each], world) for i in range(len(run.spec))]
+        set_grads(run.ref_params, [to_torch(g) for g in avg])
+        run.ref.step()
+        sc.same_info(opt.last_step, run.ref.last_step, f"overlap step {k}")
+        for bi in range(len(opt.buckets)):  # as a forward pass reaches them
+            opt.wait_params(bi)
+        run.k += 1
+        run.same_params(f"overlap step {k}")
+    run.same_state()
+
+
+CHECKS = [check_overlap, check_adamw, check_adam_amsgrad, check_sgd, check_flat_storage, check_precision, check_inf, check_memory,
           check_disagreement, check_zero_anchor]
 
 
