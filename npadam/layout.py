@@ -125,6 +125,22 @@ class FlatLayout:
         self.pad_to = pad_to
         self.bucket_bytes = bucket_bytes
 
+    def bucket(self, bucket: object) -> int:
+        """``bucket`` checked as an index into the buffers (the optimizers' ``buckets``)."""
+        nb = len(self.buffers)
+        if isinstance(bucket, bool) or not isinstance(bucket, (int, np.integer)) or not 0 <= bucket < nb:
+            raise ValueError(f"bucket must be an int in [0, {nb}) (an index into optimizer.buckets), got {bucket!r}")
+        return int(bucket)
+
+    def changed_grad(self, early: dict, grads: Sequence[object]) -> tuple[int, int] | None:
+        """``(bucket, param)`` of the first grad in ``grads`` (one per param) that is not the object
+        handed over for its bucket (``early``: bucket -> its params' grads then), or None."""
+        for bi, given in early.items():
+            for t, g in zip(self.buffers[bi].tensors, given):
+                if grads[t] is not g:
+                    return bi, t
+        return None
+
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.slots]

@@ -447,12 +447,6 @@ class _Optimizer:
         lay = self._engine.layout
         return [[lay.slots[t].name for t in b.tensors] for b in lay.buffers]
 
-    def _bucket(self, bucket: Any) -> int:
-        nb = len(self._engine.layout.buffers)
-        if isinstance(bucket, bool) or not isinstance(bucket, (int, np.integer)) or not 0 <= bucket < nb:
-            raise ValueError(f"bucket must be an int in [0, {nb}) (an index into optimizer.buckets), got {bucket!r}")
-        return int(bucket)
-
     def grads_ready(self, bucket: int, grads: Any) -> None:
         """Hand over the final grads of one bucket (``buckets[bucket]``) before ``step``: with ``comm``
         their reduce-scatter starts now, while the caller computes the other buckets' grads (the
@@ -465,7 +459,7 @@ class _Optimizer:
         calls ``grads_ready`` for the same buckets, in the same order (as DDP's bucket hooks fire).
         Without ``comm``: the grads are checked and the bucket is marked; the step does the rest."""
         self._sync_groups()
-        bi = self._bucket(bucket)
+        bi = self._engine.layout.bucket(bucket)
         names = self.buckets[bi]
         try:
             if isinstance(grads, Mapping):
@@ -504,20 +498,19 @@ class _Optimizer:
         other call on the optimizer completes them all first. Without one in flight: nothing."""
         if self._sharding is None or not self._sharding.pending:
             if bucket is not None:
-                self._bucket(bucket)
+                self._engine.layout.bucket(bucket)
             return
-        bi = None if bucket is None else self._bucket(bucket)
+        bi = None if bucket is None else self._engine.layout.bucket(bucket)
         if self._sharding.wait_params(self._engine, bi):
             self._versions = [P.version(o, bump=True) for o in self._objects]
 
     def _check_early(self, raw: list[Any]) -> None:
         """The step's grads of buckets handed over by ``grads_ready`` are the same arrays."""
-        lay = self._engine.layout
-        for bi, given in self._early_objects.items():
-            for t, g in zip(lay.buffers[bi].tensors, given):
-                if raw[t] is not g:
-                    raise ValueError(f"step: the grad of {lay.slots[t].name!r} is not the array given to "
-                                     f"grads_ready({bi}); pass the same grads to step (bucket {bi} was already sent)")
+        bad = self._engine.layout.changed_grad(self._early_objects, raw)
+        if bad is not None:
+            bi, t = bad
+            raise ValueError(f"step: the grad of {self._engine.layout.names[t]!r} is not the array given to "
+                             f"grads_ready({bi}); pass the same grads to step (bucket {bi} was already sent)")
 
     def step(self, grads: Any = None, *, wait_params: bool = True) -> StepInfo:
         """One update. ``grads``: arrays in params order, a dict by name or the params' pytree;

@@ -772,12 +772,6 @@ class _Base(torch.optim.Optimizer):
         take the index of. One bucket per group and param dtype unless ``bucket_bytes`` splits them."""
         return [[self._params[t] for t in b.tensors] for b in self._engine.layout.buffers]
 
-    def _bucket(self, bucket: Any) -> int:
-        nb = len(self._engine.layout.buffers)
-        if isinstance(bucket, bool) or not isinstance(bucket, int) or not 0 <= bucket < nb:
-            raise ValueError(f"bucket must be an int in [0, {nb}) (an index into optimizer.buckets), got {bucket!r}")
-        return bucket
-
     def grads_ready(self, bucket: int) -> None:
         """The ``.grad`` of the params of ``buckets[bucket]`` are final for this step: with ``comm``
         their reduce-scatter starts now, while the backward pass computes the other buckets' grads,
@@ -786,7 +780,7 @@ class _Base(torch.optim.Optimizer):
         ``overlap_grads=True`` calls it from the params' post-accumulate-grad hooks. Every rank
         hands over the same buckets in the same order; a failure of this rank's checks raises here
         and refuses the next step on every rank."""
-        bi = self._bucket(bucket)
+        bi = self._engine.layout.bucket(bucket)
         if bi in self._early:
             raise ValueError(f"grads_ready({bi}): bucket {bi} was already handed over for this step (a second "
                              "backward before step()? run all but the last micro-batch's backward inside "
@@ -808,7 +802,7 @@ class _Base(torch.optim.Optimizer):
         ``step(wait_params=False)`` left in flight: its params then hold the new values (their
         version counters are bumped). Every other call on the optimizer completes them all first."""
         if bucket is not None:
-            bucket = self._bucket(bucket)
+            bucket = self._engine.layout.bucket(bucket)
         if self._sharding is None or not self._sharding.pending:
             return
         todo = list(self._sharding.pending) if bucket is None else [bucket]
@@ -859,12 +853,12 @@ class _Base(torch.optim.Optimizer):
 
     def _check_early(self, grads: list[Any]) -> None:
         """The step's grads of buckets handed over by ``grads_ready`` are the same tensors."""
-        lay = self._engine.layout
-        for bi, given in self._early.items():
-            for t, g in zip(lay.buffers[bi].tensors, given):
-                if grads[t] is not g:
-                    raise ValueError(f"step: the grad of {lay.names[t]!r} is not the tensor it was at grads_ready({bi}) "
-                                     f"(bucket {bi} was already sent); do not replace .grad after handing it over")
+        bad = self._engine.layout.changed_grad(self._early, grads)
+        if bad is not None:
+            bi, t = bad
+            raise ValueError(f"step: the grad of {self._engine.layout.names[t]!r} is not the tensor it was at "
+                             f"grads_ready({bi}) (bucket {bi} was already sent); do not replace .grad after handing "
+                             "it over")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None, *, wait_params: bool = True) -> Any:
