@@ -24,6 +24,12 @@ before anything is written):
 3. the kernels update the rank's shard of the params (in the caller's arrays) and of the state;
 4. ``gather_params``: each buffer's updated shard is packed into a param buffer, all-gathered in
    place, and every stepped tensor is copied back whole: every rank holds the full new params.
+
+Buffers whose params and grads live in flat arrays of the layout (``flat``: npadam.torch's
+``flat_storage``) skip the copies: the reduce-scatter reads the flat grads into a shard-size
+buffer, the all-gather runs in place in the flat params. Buckets (``bucket_bytes``: each flat
+buffer is one) may be sent ahead of the step (``grads_ready``: ``early``), and the param
+all-gathers may be left in flight after it (``defer_gather``, completed by ``wait_params``).
 """
 
 from __future__ import annotations
@@ -90,6 +96,11 @@ class Sharding:
         self.comm = check_comm(comm)
         self.rank, self.world = comm.rank, comm.size
         self._send: dict[int, np.ndarray] = {}    # buffer -> grad send buffer (full size, the grad dtype)
+        self._recv: dict[int, np.ndarray] = {}    # buffer -> averaged grads of the shard (flat grads only)
+        #: buffers whose params and grads live in flat arrays of the layout (npadam.torch's
+        #: ``flat_storage``): buffer -> (params, grads or None) as host arrays of the buffer's padded
+        #: size; the collectives then run on them directly (no packing, no gather buffer)
+        self.flat: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self._gather: dict[int, np.ndarray] = {}  # buffer -> param gather buffer (full size, the param dtype)
         #: buffers whose grads ``start_reduce`` (``grads_ready``) sent ahead of the step:
         #: buffer -> (handle, the grad dtype, the mask of its slots that had grads)
@@ -183,12 +194,33 @@ class Sharding:
                              "every rank must use the same (nothing was changed on any rank)")
 
     # ------------------------------------------------------------------ the step's collectives
-    def start_reduce(self, engine: Any, bi: int, active: np.ndarray, gptrs: np.ndarray, gdtype: str) -> Any:
-        """Pack buffer ``bi``'s grads (slots marked ``active``, at ``gptrs``) into its send buffer, in
-        flat order with zeros elsewhere, and start its in-place reduce-scatter (avg); the handle."""
+    def _flat_grads(self, engine: Any, bi: int, active: np.ndarray, gptrs: np.ndarray, dt: np.dtype) -> Any:
+        """Buffer ``bi``'s grads as the flat array that holds them in the layout (``flat``), when every
+        slot has its grad there, in the buffer's dtype; else None."""
+        flat = self.flat.get(bi)
+        if flat is None or flat[1] is None or flat[1].dtype != dt:
+            return None
+        slots = engine.buffer_slots[bi]
+        if not active[slots].all() or not np.array_equal(gptrs[slots], flat[1].ctypes.data + engine.offsets[bi] * dt.itemsize):
+            return None
+        return flat[1]
+
+    def start_reduce(self, engine: Any, bi: int, active: np.ndarray, gptrs: np.ndarray, gdtype: str) -> tuple[Any, int]:
+        """Start buffer ``bi``'s reduce-scatter (avg) of its grads (slots marked ``active``, at
+        ``gptrs``): ``(handle, base)``, the averaged grad of buffer element j (in this rank's shard)
+        then at address ``base + j * itemsize``. Grads in a flat array of the layout (``flat``) are
+        reduced from it into a shard-size buffer; others are packed into the send buffer first, in
+        flat order with zeros elsewhere, and reduced in place."""
         b = engine.layout.buffers[bi]
         slots = engine.buffer_slots[bi]
         dt = storage_dtype(gdtype)
+        lo, hi = engine.shards[bi]
+        gflat = self._flat_grads(engine, bi, active, gptrs, dt)
+        if gflat is not None:
+            out = self._recv.get(bi)
+            if out is None or out.dtype != dt or out.size != hi - lo:
+                out = self._recv[bi] = np.empty(hi - lo, dt)
+            return self.comm.reduce_scatter(gflat, out, op="avg", async_op=True), out.ctypes.data - lo * dt.itemsize
         send = self._send.get(bi)
         if send is None or send.dtype != dt or send.size != b.size:
             send = self._send[bi] = np.zeros(b.size, dt)
@@ -197,17 +229,13 @@ class Sharding:
         for t in slots[active[slots]]:
             s = engine.layout.slots[t]
             send[s.offset: s.offset + s.numel] = K.host_view(gptrs[t], s.numel, gdtype)
-        lo, hi = engine.shards[bi]
-        return self.comm.reduce_scatter(send, send[lo:hi], op="avg", async_op=True)
+        return self.comm.reduce_scatter(send, send[lo:hi], op="avg", async_op=True), send.ctypes.data
 
     def grads_ready(self, engine: Any, bi: int, active: np.ndarray, gptrs: np.ndarray, gdtype: str) -> None:
         """Send buffer ``bi``'s grads ahead of the step (the front-ends' ``grads_ready``); the step
         waits for it instead of sending them again. One rank: nothing to send."""
-        if self.world > 1:
-            self.early[bi] = (self.start_reduce(engine, bi, active, gptrs, gdtype), gdtype,
-                              active[engine.buffer_slots[bi]].copy())
-        else:
-            self.early[bi] = (None, gdtype, active[engine.buffer_slots[bi]].copy())
+        h, base = self.start_reduce(engine, bi, active, gptrs, gdtype) if self.world > 1 else (None, 0)
+        self.early[bi] = (h, gdtype, active[engine.buffer_slots[bi]].copy(), base)
 
     def grads_failed(self, engine: Any, bi: int, error: BaseException) -> None:
         """``grads_ready(bi)`` failed its checks on this rank: the other ranks start that bucket's
@@ -217,8 +245,9 @@ class Sharding:
         if bi in self.early:
             return
         none = np.zeros(len(engine.layout.slots), bool)
-        self.early[bi] = (self.start_reduce(engine, bi, none, np.zeros(none.size, np.int64), "float32")
-                          if self.world > 1 else None, "float32", none[engine.buffer_slots[bi]])
+        h, base = self.start_reduce(engine, bi, none, np.zeros(none.size, np.int64), "float32") \
+            if self.world > 1 else (None, 0)
+        self.early[bi] = (h, "float32", none[engine.buffer_slots[bi]], base)
 
     def step_error(self) -> BaseException | None:
         """This rank's ``grads_ready`` failure for this step, as the step's error (None if none)."""
@@ -232,7 +261,7 @@ class Sharding:
         """Complete and forget the reduce-scatters ``grads_ready`` started (a step that failed its
         checks on some rank: every rank started them, every rank waits for them)."""
         early, self.early, self.failed = self.early, {}, {}
-        for h, _, _ in early.values():
+        for h, *_ in early.values():
             if h is not None:
                 h.wait()
 
@@ -251,16 +280,15 @@ class Sharding:
             slots = engine.buffer_slots[bi]
             mask = active[slots]
             if bi in early:
-                h, gdtype, sent = early[bi]
+                h, gdtype, sent, base = early[bi]
                 if gdtype != gdtypes[bi] or not np.array_equal(sent, mask):  # the front-ends check this first
                     raise RuntimeError(f"internal: buffer {bi} was sent by grads_ready with other grads than the step's")
-                handles.append(h)
             elif mask.any():
-                handles.append(self.start_reduce(engine, bi, active, gptrs, gdtypes[bi]))
+                h, base = self.start_reduce(engine, bi, active, gptrs, gdtypes[bi])
             else:
                 continue
-            send = self._send[bi]
-            out[slots[mask]] = send.ctypes.data + engine.offsets[bi][mask] * send.dtype.itemsize
+            handles.append(h)
+            out[slots[mask]] = base + engine.offsets[bi][mask] * storage_dtype(gdtypes[bi]).itemsize
         for h in handles:
             h.wait()
         return out
@@ -291,10 +319,15 @@ class Sharding:
         for bi, whole in wholes:
             b = lay.buffers[bi]
             dt = storage_dtype(b.dtype)
+            lo, hi = engine.shards[bi]
+            pflat = self.flat.get(bi, (None,))[0]
+            if pflat is not None and np.array_equal(whole.params, pflat.ctypes.data + whole.offsets * dt.itemsize):
+                # the params are the flat array: the kernel updated its shard there; gather in place
+                pending.append((bi, whole, None, self.comm.all_gather(pflat[lo:hi], pflat, async_op=True)))
+                continue
             buf = self._gather.get(bi)
             if buf is None or buf.size != b.size:
                 buf = self._gather[bi] = np.zeros(b.size, dt)
-            lo, hi = engine.shards[bi]
             part = K.sub_batch(whole, b.dtype, lo, hi)
             for p, off, n in zip(part.params, part.offsets, part.sizes):
                 buf[lo + off: lo + off + n] = K.host_view(p, n, b.dtype)
@@ -306,8 +339,10 @@ class Sharding:
             self._unpack(lay, bi, h, whole, buf)
 
     @staticmethod
-    def _unpack(lay: FlatLayout, bi: int, h: Any, whole: K.Batch, buf: np.ndarray) -> None:
+    def _unpack(lay: FlatLayout, bi: int, h: Any, whole: K.Batch, buf: np.ndarray | None) -> None:
         h.wait()
+        if buf is None:  # gathered in place into the flat params
+            return
         dtype = lay.buffers[bi].dtype
         for p, off, n in zip(whole.params, whole.offsets, whole.sizes):
             K.host_view(p, n, dtype)[...] = buf[off: off + n]

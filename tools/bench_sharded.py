@@ -40,28 +40,46 @@ def params(elems: int) -> list[np.ndarray]:
     return [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)]
 
 
-def rank_run(elems: int, repeats: int, comm_name: str, ckpt_dir: str = "") -> None:
+def rank_run(elems: int, repeats: int, comm_name: str, ckpt_dir: str = "", front: str = "numpy") -> None:
+    """``front``: "numpy" (``npadam.AdamW`` on arrays), "torch-flat" (``npadam.torch.AdamW`` with
+    ``flat_storage=True``: the collectives run on the flat buffers), "torch-flat-copy" (the same with
+    the flat buffers not handed to the communicator: grads packed, params gathered and copied, as
+    for params that are not flat)."""
     import npadam
     from npadam import distributed
 
     comm = distributed.init(comm_name) if comm_name != "none" else None
     ps = params(elems)
-    opt = npadam.AdamW(ps, lr=1e-4, max_grad_norm=1.0, comm=comm)
     rank = comm.rank if comm is not None else 0
     grads = [np.random.default_rng(100 + rank).standard_normal(p.size).astype(np.float32) for p in ps]
-    opt.step(grads)  # compiles / warms
+    if front == "numpy":
+        opt = npadam.AdamW(ps, lr=1e-4, max_grad_norm=1.0, comm=comm)
+        step = lambda: opt.step(grads)  # noqa: E731
+    else:
+        import torch
+
+        import npadam.torch as nt
+
+        tp = [torch.nn.Parameter(torch.from_numpy(p)) for p in ps]
+        opt = nt.AdamW(tp, lr=1e-4, max_grad_norm=1.0, comm=comm, flat_storage=True)
+        for p, g in zip(tp, grads):
+            p.grad.copy_(torch.from_numpy(g))
+        if front == "torch-flat-copy" and comm is not None:
+            opt._sharding.flat.clear()
+        step = opt.step
+    step()  # compiles / warms
     times = []
     for _ in range(repeats):
         if comm is not None:
             comm.barrier()
         t = time.perf_counter()
-        opt.step(grads)
+        step()
         if comm is not None:
             comm.barrier()
         times.append(time.perf_counter() - t)
     out = {"rank": rank, "world": comm.size if comm is not None else 1, "state_bytes": state_nbytes(opt),
            "step_ms": float(np.median(times) * 1e3), "elems": sum(p.size for p in ps)}
-    if ckpt_dir:  # a checkpoint of this optimizer, then loaded into a fresh one (best of two, rank 0's clock)
+    if ckpt_dir and front == "numpy":  # a checkpoint of this optimizer, then loaded into a fresh one (best of two, rank 0's clock)
         from npadam import checkpoint
 
         path = os.path.join(ckpt_dir, "ckpt")
@@ -86,13 +104,14 @@ def rank_run(elems: int, repeats: int, comm_name: str, ckpt_dir: str = "") -> No
         print("RESULT " + json.dumps([out]), flush=True)
 
 
-def launch(ranks: int, elems: int, repeats: int, threads: int, ckpt_dir: str = "") -> list[dict]:
+def launch(ranks: int, elems: int, repeats: int, threads: int, ckpt_dir: str = "", front: str = "numpy") -> list[dict]:
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     me = [sys.executable, "-m", "mpi4py", __file__] if ranks else [sys.executable, __file__]
     args = ["--rank-run", "--elems", repr(elems / (1 << 20)), "--repeats", str(repeats), "--comm", "mpi" if ranks else "none"]
     if ckpt_dir:
         args += ["--ckpt-dir", ckpt_dir]
+    args += ["--front", front]
     cmd = ([str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks)] if ranks else []) + me + args
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
@@ -108,19 +127,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--rank-run", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--comm", default="mpi", help=argparse.SUPPRESS)
+    ap.add_argument("--front", default="numpy", choices=["numpy", "torch-flat", "torch-flat-copy"],
+                    help="numpy: npadam.AdamW on arrays; torch-flat: npadam.torch.AdamW(flat_storage=True), whose "
+                    "collectives run on the flat buffers; torch-flat-copy: the same through the packing copies")
     ap.add_argument("--ckpt-dir", default="", help="also time npadam.checkpoint save and load into this directory "
                     "(a checkpoint of the whole state per configuration)")
     a = ap.parse_args()
     elems = int(a.elems * (1 << 20))
     if a.rank_run:
-        rank_run(elems, a.repeats, a.comm, a.ckpt_dir)
+        rank_run(elems, a.repeats, a.comm, a.ckpt_dir, a.front)
         return
     cores = os.cpu_count()
-    print(f"# npadam sharded AdamW, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cores} cores, "
+    print(f"# npadam sharded AdamW ({a.front}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cores} cores, "
           f"{elems:,} fp32 params in 8 tensors, max_grad_norm=1, median of {a.repeats} steps")
-    ck = a.ckpt_dir
-    base1 = launch(0, elems, a.repeats, 1, ck)[0]
-    baseall = launch(0, elems, a.repeats, cores)[0]
+    ck = a.ckpt_dir if a.front == "numpy" else ""
+    base1 = launch(0, elems, a.repeats, 1, ck, a.front)[0]
+    baseall = launch(0, elems, a.repeats, cores, "", a.front)[0]
     extra = " checkpoint save s | load s |" if ck else ""
     print(f"\n| run | ranks x threads | state bytes per rank | / one process | step ms |{extra}")
     print("|---|---|---|---|---|" + ("---|---|" if ck else ""))
@@ -132,7 +154,7 @@ def main() -> None:
     print(f"| no comm | 1 x {cores} | {baseall['state_bytes']:,} | 1.000 | {baseall['step_ms']:.1f} |"
           + (" | |" if ck else ""))
     for r in a.ranks:
-        rows = launch(r, elems, a.repeats, 1, ck)
+        rows = launch(r, elems, a.repeats, 1, ck, a.front)
         per = max(x["state_bytes"] for x in rows)
         step = rows[0]["step_ms"]
         print(f"| comm=mpi | {r} x 1 | {per:,} (max over ranks) | {per / base1['state_bytes']:.3f} | {step:.1f} |"

@@ -406,6 +406,8 @@ class _Base(torch.optim.Optimizer):
                             gview.copy_(p.grad)
                         p.grad = gview
             self._flat.append((pflat, gflat, list(b.tensors)))
+            if self._sharding is not None and not pflat.is_cuda:  # the collectives run on the flat buffers
+                self._sharding.flat[bi] = (_numpy(pflat), _numpy(gflat))
         self._gviews = [p.grad if self.flat_storage else None for p in self._params]
 
     def _state_views(self) -> None:
@@ -775,8 +777,9 @@ class _Base(torch.optim.Optimizer):
     def grads_ready(self, bucket: int) -> None:
         """The ``.grad`` of the params of ``buckets[bucket]`` are final for this step: with ``comm``
         their reduce-scatter starts now, while the backward pass computes the other buckets' grads,
-        and ``step()`` waits for it instead of sending them again (the grads are copied now: later
-        changes to them are not seen; ``step()`` checks that each is still the same tensor).
+        and ``step()`` waits for it instead of sending them again (the grads are copied now, or with
+        ``flat_storage`` read from the flat grad buffer while the reduce-scatter runs: do not change
+        them until ``step()`` returns; ``step()`` checks that each is still the same tensor).
         ``overlap_grads=True`` calls it from the params' post-accumulate-grad hooks. Every rank
         hands over the same buckets in the same order; a failure of this rank's checks raises here
         and refuses the next step on every rank."""

@@ -382,6 +382,9 @@ def check_overlap(comm: Any) -> None:
             opt.wait_params(bi)
         run.k += 1
         run.same_params(f"overlap step {k}")
+    if comm.size > 1:  # flat storage: reduced from the flat grads, gathered into the flat params, no copies
+        sh = opt._sharding
+        assert sh._recv and not sh._send and not sh._gather, (sorted(sh._recv), sorted(sh._send), sorted(sh._gather))
     run.same_state()
 
 
