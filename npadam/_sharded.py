@@ -149,16 +149,18 @@ class Sharding:
 
     def agree_step(self, layout: FlatLayout, active: np.ndarray | None, gdtypes: Sequence[str] | None,
                    error: BaseException | None, ngroups: int, hyper: Sequence[Mapping[str, Any]] = (),
-                   options: Any = None) -> None:
+                   options: Any = None, steps: np.ndarray | None = None) -> None:
         """One all-reduce (max of the values and of their negatives) of [this rank failed, has-grad mask,
         grad kind per buffer, a fingerprint of each group's hyperparameters for this step and of the
         step ``options``]: raises the same error on every rank when a rank failed its checks, when a
         param has a grad on some ranks and None on others, when grad dtypes differ, or when a group's
         hyperparameters (lr, betas, weight decay, ... as its schedules give them at this step) or the
-        clipping differ (each rank would update its shard with its own values). ``ngroups``: the number
-        of param groups (the same on every rank, also when this rank failed before computing ``hyper``)."""
+        clipping differ (each rank would update its shard with its own values), or when the params'
+        update counts ``steps`` differ (a state reset or loaded on some ranks only: each rank's shard
+        would get another bias correction). ``ngroups``: the number of param groups (the same on every
+        rank, also when this rank failed before computing ``hyper``)."""
         n, nb, ng = len(layout.slots), len(layout.buffers), int(ngroups)
-        v = np.zeros(1 + n + nb + ng + 1, np.int32)
+        v = np.zeros(1 + n + nb + ng + 2, np.int32)
         v[0] = error is not None
         if error is None:
             v[1:1 + n] = active
@@ -166,7 +168,9 @@ class Sharding:
                 v[1 + n + bi] = KINDS[gdtypes[bi]] if active[b.tensors].any() else -1
             for gi, h in enumerate(hyper):
                 v[1 + n + nb + gi] = _fingerprint(sorted((k, x) for k, x in h.items() if k != "params"))
-            v[-1] = _fingerprint(options)
+            v[-2] = _fingerprint(options)
+            v[-1] = np.uint32(zlib.crc32(np.ascontiguousarray(steps, np.int64).tobytes())).view(np.int32) \
+                if steps is not None else 0
         both = np.concatenate([v, -v])
         self.comm.all_reduce(both, op="max")
         hi, lo = both[: v.size], -both[v.size:]
@@ -184,14 +188,19 @@ class Sharding:
             b = layout.buffers[bad[0]]
             raise ValueError(f"step: the grads of param group {b.group} ({b.dtype} params) have different dtypes on "
                              "different ranks; use the same grad dtype everywhere (nothing was changed on any rank)")
-        bad = np.flatnonzero(hi[1 + n + nb:-1] != lo[1 + n + nb:-1])
+        bad = np.flatnonzero(hi[1 + n + nb:-2] != lo[1 + n + nb:-2])
         if bad.size:
             raise ValueError(f"step: the hyperparameters of param group {bad[0]} differ across ranks at this step "
                              f"(this rank: {_shown(hyper[bad[0]])}); every rank must use the same lr, betas, eps, "
                              "weight decay and flags, and the same schedules (nothing was changed on any rank)")
+        if hi[-2] != lo[-2]:
+            raise ValueError(f"step: max_grad_norm / skip_nonfinite differ across ranks, or the buckets handed over "
+                             f"by grads_ready (this rank: {options!r}); every rank must use the same (nothing was "
+                             "changed on any rank)")
         if hi[-1] != lo[-1]:
-            raise ValueError(f"step: max_grad_norm / skip_nonfinite differ across ranks (this rank: {options!r}); "
-                             "every rank must use the same (nothing was changed on any rank)")
+            raise ValueError("step: the params' update counts differ across ranks (optimizer state reset, or a state "
+                             "dict loaded, on some ranks only?); every rank must hold the same steps (nothing was "
+                             "changed on any rank)")
 
     # ------------------------------------------------------------------ the step's collectives
     def _flat_grads(self, engine: Any, bi: int, active: np.ndarray, gptrs: np.ndarray, dt: np.dtype) -> Any:

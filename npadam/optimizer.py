@@ -552,7 +552,8 @@ class _Optimizer:
         if self._sharding is not None:
             try:
                 self._sharding.agree_step(eng.layout, active, gdtypes, None, len(self.param_groups), hyper,
-                                          (self.max_grad_norm, self.skip_nonfinite, early, bool(wait_params)))
+                                          (self.max_grad_norm, self.skip_nonfinite, early, bool(wait_params)),
+                                          eng.steps)
             except BaseException:
                 self._sharding.drop_early()
                 raise

@@ -119,7 +119,7 @@ def test_cuda_params_refused():
         nt.AdamW(torch.nn.Linear(4, 4).cuda().parameters(), comm=distributed.SingleComm())
 
 
-@pytest.mark.parametrize("n", [1, 2, 4])
+@pytest.mark.parametrize("n", [pytest.param(1, marks=pytest.mark.slow), 2, 4])  # 1: as test_single_comm_in_process
 def test_torchrun_sharded(n, capsys):
     outs = launch.torchrun(n, CHECK, "torch", timeout=240)
     for r, out in enumerate(outs):

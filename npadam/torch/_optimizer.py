@@ -900,7 +900,8 @@ class _Base(torch.optim.Optimizer):
         if sharding is not None:  # every rank's checks passed, and the ranks agree on grads and hyperparameters
             try:
                 sharding.agree_step(eng.layout, active, gdtypes, None, self._ngroups, hyper,
-                                    (self.max_grad_norm, self.skip_nonfinite, sorted(sharding.early), wait_params))
+                                    (self.max_grad_norm, self.skip_nonfinite, sorted(sharding.early), wait_params),
+                                    eng.steps)
             except BaseException:
                 sharding.drop_early()
                 raise

@@ -287,6 +287,10 @@ def check_disagreement(comm: Any) -> None:
     run.opt.max_grad_norm = 1.0 if comm.rank == 0 else None
     expect_error(lambda: run.opt.step(g), "max_grad_norm / skip_nonfinite differ across ranks")
     run.opt.max_grad_norm = None
+    # a param's update count different on one rank (its state reset there only): an error everywhere
+    run.opt._engine.steps[0] += comm.rank == comm.size - 1
+    expect_error(lambda: run.opt.step(g), "update counts differ across ranks")
+    run.opt._engine.steps[0] = 0
     assert run.opt.step_count == 0 and all(bits(p) == bits(q) for p, q in zip(before, run.params))
     run.step()  # still usable, and in step
 

@@ -288,6 +288,10 @@ def check_disagreement(comm: Any) -> None:
     expect_error(lambda: run.opt.load_state_dict(shard), "do not match this rank's shard" if last else "rank")
     assert run.opt.step_count == 0
     run.step()  # still usable, and in step with the reference
+    if last:  # state[p] removed on one rank only (torch: the param restarts there): an error everywhere
+        del run.opt.state[run.params[0]]
+    set_grads(run.params, g)
+    expect_error(run.opt.step, "update counts differ across ranks")
 
 
 def check_zero_anchor(comm: Any) -> None:
