@@ -231,5 +231,5 @@ def test_distributed_doc_examples_on_two_mpi_ranks(tmp_path, monkeypatch):
     monkeypatch.setenv("NPADAM_COMM", "mpi")
     monkeypatch.setenv("CKPT", str(tmp_path / "ckpt"))  # the same path on every rank
     out = launch.mpiexec(2, script, timeout=240)
-    for i in range(len(DOC_BLOCKS)):
-        assert out.count(f"DOC OK {i}\n") == 2, out
+    done = re.findall(r"DOC OK (\d)", out)  # two ranks' lines may interleave on the shared stream
+    assert sorted(done) == sorted([str(i) for i in range(len(DOC_BLOCKS))] * 2), out
