@@ -23,7 +23,6 @@ import errno
 import os
 import shutil
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from npadam import checkpoint as C
 from npadam import distributed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import launch  # noqa: E402
 from sharded_check import MAIN, groups, init_params, local_grad  # noqa: E402
 
 CHUNK = 4096
@@ -117,48 +117,46 @@ def damaged_load(config: str, path: Path, comm: Any) -> None:
         shutil.rmtree(bad)
 
 
-def main() -> None:
-    config, where, phase, k = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+def run(config: str, where: Path, phase: str, k: int, comm: Any) -> str:
+    """One phase on this rank; what ``OK ckpt`` reports: the phase and the bytes this rank read."""
     C.CHUNK = CHUNK  # small checksum chunks: a rank's slices of these small tensors are a fraction of them
-    comm = distributed.init("mpi")
     path = where / "ckpt"
-    try:
-        if phase == "start":
-            params = init_params(MAIN)
-            opt = make(config, params, comm)
-            for j in range(k):
-                step(opt, j, comm)
-            C.save(path, opt, metadata={"world": comm.size})
-            failing_save(opt, path, comm)
-            if comm.size > 1:  # ranks given different paths: an error on every rank, nothing written
-                try:
-                    C.save(path if comm.rank == 0 else where / "elsewhere", opt)
-                except ValueError as e:
-                    assert "different paths" in str(e) or "rank" in str(e), str(e)
-                else:
-                    raise AssertionError("a save with different paths did not raise")
-                comm.barrier()
-                assert not (where / "elsewhere").exists() and not list(where.glob(".ckpt.npadam-tmp-*"))
-            read = 0
-        else:
-            damaged_load(config, path, comm)
-            params = [np.zeros_like(p) for p in init_params(MAIN)]
-            opt = make(config, params, comm)
-            count = Counter()
-            index = C.load(path, opt)
-            read = count.n
-            start = opt.step_count
-            assert start == index["step"]
-            for j in range(start, start + k):
-                step(opt, j, comm)
-            C.save(path, opt, metadata={"world": comm.size})
-        assert C.read_index(path)["world_size"] == comm.size
-    except BaseException:
-        sys.stdout.write(f"rank {comm.rank}/{comm.size} FAILED\n{traceback.format_exc()}")
-        sys.stdout.flush()
-        raise
-    print(f"OK ckpt rank {comm.rank}/{comm.size} {phase} {read}", flush=True)
-    comm.close()
+    read = 0
+    if phase == "start":
+        params = init_params(MAIN)
+        opt = make(config, params, comm)
+        for j in range(k):
+            step(opt, j, comm)
+        C.save(path, opt, metadata={"world": comm.size})
+        failing_save(opt, path, comm)
+        if comm.size > 1:  # ranks given different paths: an error on every rank, nothing written
+            try:
+                C.save(path if comm.rank == 0 else where / "elsewhere", opt)
+            except ValueError as e:
+                assert "different paths" in str(e) or "rank" in str(e), str(e)
+            else:
+                raise AssertionError("a save with different paths did not raise")
+            comm.barrier()
+            assert not (where / "elsewhere").exists() and not list(where.glob(".ckpt.npadam-tmp-*"))
+    else:
+        damaged_load(config, path, comm)
+        params = [np.zeros_like(p) for p in init_params(MAIN)]
+        opt = make(config, params, comm)
+        count = Counter()
+        index = C.load(path, opt)
+        read = count.n
+        start = opt.step_count
+        assert start == index["step"]
+        for j in range(start, start + k):
+            step(opt, j, comm)
+        C.save(path, opt, metadata={"world": comm.size})
+    assert C.read_index(path)["world_size"] == comm.size
+    return f"{phase} {read}"
+
+
+def main() -> None:
+    comm = distributed.init("mpi")
+    launch.rank_main(comm, "ckpt", lambda: run(sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), comm))
 
 
 if __name__ == "__main__":

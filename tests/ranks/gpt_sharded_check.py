@@ -17,7 +17,6 @@ compares the resumed run with the uninterrupted one bit for bit. Prints ``OK gpt
 from __future__ import annotations
 
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from npadam import schedules as S
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _gpt  # noqa: E402
+import launch  # noqa: E402
 
 STEPS, SAVE_AT = 6, 3
 
@@ -56,26 +56,23 @@ def train(model, opt, sched, comm, steps: range) -> None:
             print(f"EVAL {k} {_gpt.loss_of(model, 10_000).item().hex()} lr {opt.param_groups[0]['lr']!r}", flush=True)
 
 
+def run(where: Path, phase: str, comm) -> str:
+    model, opt, sched = build(comm)
+    assert len(opt.buckets) > 4, [len(b) for b in opt.buckets]
+    if phase == "full":
+        train(model, opt, sched, comm, range(SAVE_AT))
+        checkpoint.save(where / "ckpt", opt, scheduler=sched)  # with param gathers in flight: completed first
+        train(model, opt, sched, comm, range(SAVE_AT, STEPS))
+    else:
+        checkpoint.load(where / "ckpt", opt, scheduler=sched)
+        assert opt.step_count == SAVE_AT and sched.last_epoch == SAVE_AT, (opt.step_count, sched.last_epoch)
+        train(model, opt, sched, comm, range(SAVE_AT, STEPS))
+    return phase
+
+
 def main() -> None:
-    where, phase = Path(sys.argv[1]), sys.argv[2]
     comm = distributed.init("torch", torch_backend="gloo")
-    try:
-        model, opt, sched = build(comm)
-        assert len(opt.buckets) > 4, [len(b) for b in opt.buckets]
-        if phase == "full":
-            train(model, opt, sched, comm, range(SAVE_AT))
-            checkpoint.save(where / "ckpt", opt, scheduler=sched)  # with param gathers in flight: completed first
-            train(model, opt, sched, comm, range(SAVE_AT, STEPS))
-        else:
-            checkpoint.load(where / "ckpt", opt, scheduler=sched)
-            assert opt.step_count == SAVE_AT and sched.last_epoch == SAVE_AT, (opt.step_count, sched.last_epoch)
-            train(model, opt, sched, comm, range(SAVE_AT, STEPS))
-    except BaseException:
-        sys.stdout.write(f"rank {comm.rank}/{comm.size} FAILED\n{traceback.format_exc()}")
-        sys.stdout.flush()
-        raise
-    print(f"OK gpt rank {comm.rank}/{comm.size} {phase}", flush=True)
-    comm.close()
+    launch.rank_main(comm, "gpt", lambda: run(Path(sys.argv[1]), sys.argv[2], comm))
 
 
 if __name__ == "__main__":

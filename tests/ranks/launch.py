@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,3 +118,19 @@ def torchrun(n: int, script: str | Path, *args: str, timeout: float = 120.0, gra
         why = why or f"ranks {bad} failed"
         raise AssertionError(f"{n} ranks of {Path(script).name} {' '.join(args)}: {why}\n{shown}")
     return texts
+
+
+def rank_main(comm: object, label: str, body: Callable[[], object]) -> None:
+    """A launched rank's main: ``body()``; on any exception print ``rank r/n FAILED`` and the
+    traceback, then re-raise (under ``python3 -m mpi4py`` that aborts every rank); else print
+    ``OK <label> rank r/n <what body returned>`` and close the communicator."""
+    import traceback
+
+    try:
+        result = body()
+    except BaseException:
+        sys.stdout.write(f"rank {comm.rank}/{comm.size} FAILED\n{traceback.format_exc()}")
+        sys.stdout.flush()
+        raise
+    print(f"OK {label} rank {comm.rank}/{comm.size} {result}", flush=True)
+    comm.close()
