@@ -94,7 +94,7 @@ def test_refusals(tmp_path):
 
 
 @needs_mpi
-@pytest.mark.parametrize("n", [1, 2, 3, 4])
+@pytest.mark.parametrize("n", [pytest.param(1, marks=pytest.mark.slow), 2, 3, 4])  # 1: as test_single_comm_in_process
 def test_mpi_sharded(n):
     out = launch.mpiexec(n, CHECK, "mpi", timeout=150)
     ranks = re.findall(r"OK sharded rank (\d+)/(\d+) (\d+)", out)
