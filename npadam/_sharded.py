@@ -35,7 +35,7 @@ all-gathers may be left in flight after it (``defer_gather``, completed by ``wai
 from __future__ import annotations
 
 import zlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -258,13 +258,25 @@ class Sharding:
             if self.world > 1 else (None, 0)
         self.early[bi] = (h, "float32", none[engine.buffer_slots[bi]], base)
 
-    def step_error(self) -> BaseException | None:
-        """This rank's ``grads_ready`` failure for this step, as the step's error (None if none)."""
-        if not self.failed:
-            return None
-        bi, e = next(iter(self.failed.items()))
-        return ValueError(f"grads_ready({bi}) failed on this rank before this step ({type(e).__name__}: {e}); "
-                          "the step is refused on every rank")
+    def check_step(self, layout: FlatLayout, ngroups: int, error: BaseException | None,
+                   active: np.ndarray | None = None, gdtypes: Sequence[str] | None = None,
+                   hyper: Sequence[Mapping[str, Any]] = (), options: tuple = (), steps: np.ndarray | None = None,
+                   wait_params: bool = True) -> None:
+        """A front-end's step, before the engine's: ``agree_step`` with a ``grads_ready`` failure of
+        this rank as its error and the buckets sent ahead among the ``options`` compared. On any
+        failure those buckets are completed and forgotten (every rank started them) and the error is
+        raised on every rank; else the step's param gathers are left in flight unless ``wait_params``."""
+        if error is None and self.failed:
+            bi, e = next(iter(self.failed.items()))
+            error = ValueError(f"grads_ready({bi}) failed on this rank before this step ({type(e).__name__}: {e}); "
+                               "the step is refused on every rank")
+        try:
+            self.agree_step(layout, active, gdtypes, error, ngroups, hyper,
+                            (*options, sorted(self.early), wait_params), steps)
+        except BaseException:
+            self.drop_early()
+            raise
+        self.defer_gather = not wait_params
 
     def drop_early(self) -> None:
         """Complete and forget the reduce-scatters ``grads_ready`` started (a step that failed its
@@ -478,6 +490,23 @@ def expand_shard_dict(sd: Mapping[str, Any], engine: Any, mine: Mapping[str, Any
             new[k] = full.reshape(slot.shape)
         state[i] = new
     return {**sd, "state": state, "npadam": {k: v for k, v in meta.items() if k != "shard"}}
+
+
+def hand_over(sharding: Sharding | None, engine: Any, bi: int,
+              collect: Callable[[], tuple[np.ndarray, np.ndarray, Sequence[str], Any]]) -> Any:
+    """The front-ends' ``grads_ready(bi)``: ``collect()`` checks the bucket's grads and returns
+    ``(active, grad pointers, grad dtype per buffer, what the front-end keeps)``; with ``sharding``
+    the bucket's reduce-scatter then starts. If ``collect`` fails on this rank, the bucket is still
+    sent (zeros: the other ranks send theirs) and the next step raises on every rank."""
+    try:
+        active, gptrs, gdtypes, kept = collect()
+    except Exception as e:
+        if sharding is not None:
+            sharding.grads_failed(engine, bi, e)
+        raise
+    if sharding is not None:
+        sharding.grads_ready(engine, bi, active, gptrs, gdtypes[bi])
+    return kept
 
 
 def unshard_state_dict(sd: Any, engine: Any, sharding: Sharding | None, convert: bool,

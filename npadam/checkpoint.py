@@ -351,10 +351,9 @@ def save(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     own files (``tensors-r<rank>-*.safetensors``), rank 0 writes the index and swaps the
     directory in; a failure on any rank raises on every rank and leaves the previous checkpoint.
     """
-    sharding = _sharding_of(optimizer)
-    if sharding is None or sharding.world == 1:
-        return _save(path, optimizer, scheduler, shard_bytes, metadata, progress, None)
-    return _save(path, optimizer, scheduler, shard_bytes, metadata, progress, sharding)
+    sharding = _sharding_of(optimizer)  # one rank writes the single-process layout
+    return _save(path, optimizer, scheduler, shard_bytes, metadata, progress,
+                 sharding if sharding is not None and sharding.world > 1 else None)
 
 
 def _save(path: Any, optimizer: Any, scheduler: Any, shard_bytes: Any, metadata: Any, progress: bool,
@@ -427,14 +426,14 @@ def _save(path: Any, optimizer: Any, scheduler: Any, shard_bytes: Any, metadata:
                 shutil.rmtree(tmp, ignore_errors=True)
             _reraise(error, e)
 
-    def cleanup() -> None:
-        if tmp is not None:
+    def cleanup() -> None:  # rank 0 made the directory; the other ranks leave it to rank 0
+        if rank == 0 and tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     if sharding is not None:  # every rank prepared its tensors; rank 0 made the directory
         got = _together(sharding, f"checkpoint.save({path})", error, (str(tmp) if rank == 0 else None, str(path)),
                         cleanup)
-        tmp, tmp_owned = Path(got[0][0]), rank == 0
+        tmp = Path(got[0][0])
         paths = [p for _, p in got]
     try:
         if sharding is not None and len(set(paths)) > 1:
@@ -457,8 +456,7 @@ def _save(path: Any, optimizer: Any, scheduler: Any, shard_bytes: Any, metadata:
             _reraise(error, e)
     if sharding is not None:  # rank 0 gathers every rank's parts and files into the index
         got = _together(sharding, f"checkpoint.save({path})", error,
-                        None if error is not None else (index["tensors"], index["files"]),
-                        cleanup if tmp_owned else None)
+                        None if error is not None else (index["tensors"], index["files"]), cleanup)
         if rank == 0:
             index["tensors"], index["files"] = _merge_parts(index, got)
     error = None
@@ -494,13 +492,9 @@ def _merge_parts(index: dict[str, Any], got: list[Any]) -> tuple[dict[str, Any],
         n = -(-numel // prec.FP8_BLOCK) if what.endswith(_SCALE) else numel
         entry["shape"] = [n]
         entry["parts"].sort(key=lambda q: q["start"])
-        at = 0
-        for q in entry["parts"]:
-            if q["start"] != at:
-                raise AssertionError(f"checkpoint.save: the ranks' parts of {key!r} do not tile [0, {n})")
-            at = q["stop"]
-        if at != n:
-            raise AssertionError(f"checkpoint.save: the ranks' parts of {key!r} cover [0, {at}) of [0, {n})")
+        gap = _tiling_gap(entry["parts"], n)
+        if gap is not None:
+            raise AssertionError(f"checkpoint.save: the ranks' parts of {key!r} {gap}")
     return tensors, files
 
 
@@ -690,6 +684,16 @@ def _check_entries(f: Path, index: dict[str, Any]) -> None:
         raise ValueError(f"{f}: 'state_precision' must be an object, got {_short(index['state_precision'])}")
 
 
+def _tiling_gap(parts: list[dict[str, Any]], n: int) -> str | None:
+    """None if ``parts`` (sorted by start) tile ``[0, n)`` exactly, else what is wrong."""
+    at = 0
+    for part in parts:
+        if part["start"] != at or part["stop"] < part["start"]:
+            return f"do not tile [0, {n}) (a gap or an overlap at element {at})"
+        at = part["stop"]
+    return None if at == n else f"cover [0, {at}), the tensor has {n} elements"
+
+
 def _parts(path: Path, index: dict[str, Any], key: str) -> tuple[str, int, list[dict[str, Any]]]:
     """A tensor entry's dtype, element count and parts, checked: the parts tile ``[0, n)`` exactly
     (sorted, no gap, no overlap) and name files of the index."""
@@ -715,14 +719,9 @@ def _parts(path: Path, index: dict[str, Any], key: str) -> tuple[str, int, list[
         if not ok:
             raise ValueError(f"checkpoint {path}: tensor {key!r} has a bad part {_short(part)}")
     parts = sorted(parts, key=lambda q: q["start"])
-    at = 0
-    for part in parts:
-        if part["start"] != at or part["stop"] < part["start"]:
-            raise ValueError(f"checkpoint {path}: the parts of tensor {key!r} do not tile [0, {n}) "
-                             f"(a gap or an overlap at element {at})")
-        at = part["stop"]
-    if at != n:
-        raise ValueError(f"checkpoint {path}: the parts of tensor {key!r} cover [0, {at}), the tensor has {n} elements")
+    gap = _tiling_gap(parts, n)
+    if gap is not None:
+        raise ValueError(f"checkpoint {path}: the parts of tensor {key!r} {gap}")
     files = {q["file"] for q in parts}
     if n * _TENSOR_DTYPES[dtype] > sum(
             int(index["files"][fn].get("bytes", 0)) for fn in files):
@@ -903,30 +902,32 @@ def load(path: str | os.PathLike[str], optimizer: Any, *, scheduler: Any = None,
     params.
     """
     sharding = _sharding_of(optimizer)
-    if sharding is None:
-        return _load(path, optimizer, scheduler, params, override_opt_param_scheduler,
-                     use_checkpoint_opt_param_scheduler, convert, progress, None)
-    try:  # every rank reads and checks its slices; a failure anywhere raises everywhere
-        staged = _load(path, optimizer, scheduler, params, override_opt_param_scheduler,
-                       use_checkpoint_opt_param_scheduler, convert, progress, sharding)
+    try:  # with comm every rank reads and checks its slices; a failure anywhere raises everywhere
+        staged = _load(path, optimizer, scheduler, override_opt_param_scheduler, use_checkpoint_opt_param_scheduler,
+                       params, convert, progress, sharding)
         error = None
     except Exception as e:
+        if sharding is None:
+            raise
         staged, error = None, e
-    _together(sharding, f"checkpoint.load({path})", error)
+    if sharding is not None:
+        _together(sharding, f"checkpoint.load({path})", error)
     index, sd, masters, sched_state = staged
-    optimizer.load_state_dict(sd, convert=convert)  # a collective: validates the values, then applies
+    optimizer.load_state_dict(sd, convert=convert)  # validates the values, then applies (all or nothing)
     if params:
-        optimizer._checkpoint_write_params(sharding.gather_values(optimizer._engine, masters))
+        optimizer._checkpoint_write_params(masters if sharding is None else
+                                           sharding.gather_values(optimizer._engine, masters))
     if scheduler is not None and sched_state is not None:
         _restore_scheduler(scheduler, index["scheduler"], sched_state, use_checkpoint_opt_param_scheduler)
     return index
 
 
-def _load(path: Any, optimizer: Any, scheduler: Any, params: bool, override_opt_param_scheduler: bool,
-          use_checkpoint_opt_param_scheduler: bool, convert: bool, progress: bool, sharding: Any) -> Any:
-    """``load`` without a sharded optimizer; with one (``sharding``), everything up to
-    ``load_state_dict``, on this rank's slices: returns ``(index, this rank's shard state dict, the
-    masters of its slices, the scheduler's state)``."""
+def _load(path: Any, optimizer: Any, scheduler: Any, override_opt_param_scheduler: bool,
+          use_checkpoint_opt_param_scheduler: bool, params: bool, convert: bool, progress: bool,
+          sharding: Any) -> tuple[dict[str, Any], dict[str, Any], list[np.ndarray], Any]:
+    """Everything ``load`` checks and reads before it changes anything: ``(index, the state dict to
+    load, the saved fp32 masters, the scheduler's state)``; with a sharded optimizer
+    (``sharding``) on this rank's slices only (its shard state dict, the masters of its elements)."""
     from . import _validate as V
     from ._state import _dtype_name
 
@@ -985,8 +986,9 @@ def _load(path: Any, optimizer: Any, scheduler: Any, params: bool, override_opt_
     ranges = None
     if owned is not None:  # this rank reads the elements it owns (fp8 scales: the blocks that hold them)
         ranges = {}
+        slot_of = {n: i for i, n in enumerate(names)}
         for k in wanted:
-            lo, hi = owned[names.index(k.rsplit("/", 1)[0])]
+            lo, hi = owned[slot_of[k.rsplit("/", 1)[0]]]
             ranges[k] = ((lo // prec.FP8_BLOCK, -(-hi // prec.FP8_BLOCK)) if hi > lo else (0, 0)) \
                 if k.endswith(_SCALE) else (lo, hi)
     bar = _Progress(progress and (sharding is None or sharding.rank == 0), _nbytes(index) // (
@@ -1040,14 +1042,7 @@ def _load(path: Any, optimizer: Any, scheduler: Any, params: bool, override_opt_
         sd = _as_torch(sd)
     sched_state = _scheduler_state(path, index, scheduler, override_opt_param_scheduler,
                                    use_checkpoint_opt_param_scheduler)
-    if sharding is not None:
-        return index, sd, masters, sched_state
-    optimizer.load_state_dict(sd, convert=convert)  # validates the values, then applies (all or nothing)
-    if params:
-        optimizer._checkpoint_write_params(masters)
-    if scheduler is not None and sched_state is not None:
-        _restore_scheduler(scheduler, index["scheduler"], sched_state, use_checkpoint_opt_param_scheduler)
-    return index
+    return index, sd, masters, sched_state
 
 
 #: a param's value in a checkpoint: ``master`` (fp32), or ``param`` (bf16) + ``param_remainder`` (int16)

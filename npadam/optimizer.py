@@ -45,7 +45,7 @@ from . import kernels as K
 from . import _params as P
 from . import _validate as V
 from ._engine import Engine, StepInfo, step_options
-from ._sharded import Sharding, layout_digest, unshard_state_dict
+from ._sharded import Sharding, hand_over, layout_digest, unshard_state_dict
 from ._placement import disk_placement, engine_offload, offload_placement
 from ._precision import state_precision
 from .reference import precision as prec
@@ -461,7 +461,10 @@ class _Optimizer:
         self._sync_groups()
         bi = self._engine.layout.bucket(bucket)
         names = self.buckets[bi]
-        try:
+        if bi in self._early_objects:
+            raise ValueError(f"grads_ready({bi}): bucket {bi} was already handed over for this step")
+
+        def collect() -> tuple:
             if isinstance(grads, Mapping):
                 unknown = [k for k in grads if k not in names]
                 if unknown:
@@ -473,24 +476,13 @@ class _Optimizer:
                 if len(given) != len(names):
                     raise ValueError(f"grads_ready({bi}): bucket {bi} has {len(names)} params, got {len(given)} "
                                      "grads")
-        except Exception as e:
-            if self._sharding is not None:
-                self._sharding.grads_failed(self._engine, bi, e)
-            raise
-        if bi in self._early_objects:
-            raise ValueError(f"grads_ready({bi}): bucket {bi} was already handed over for this step")
-        full: list[Any] = [None] * len(self._objects)
-        for t, g in zip(self._engine.layout.buffers[bi].tensors, given):
-            full[t] = g
-        try:
+            full: list[Any] = [None] * len(self._objects)
+            for t, g in zip(self._engine.layout.buffers[bi].tensors, given):
+                full[t] = g
             active, gptrs, gdtypes, _, _, _ = self._collect_grads(full)
-        except Exception as e:
-            if self._sharding is not None:  # the other ranks send this bucket: so does this one (zeros)
-                self._sharding.grads_failed(self._engine, bi, e)
-            raise
-        if self._sharding is not None:
-            self._sharding.grads_ready(self._engine, bi, active, gptrs, gdtypes[bi])
-        self._early_objects[bi] = given
+            return active, gptrs, gdtypes, given
+
+        self._early_objects[bi] = hand_over(self._sharding, self._engine, bi, collect)
 
     def wait_params(self, bucket: int | None = None) -> None:
         """Complete the param all-gather of ``bucket`` (all buckets when None) that
@@ -532,9 +524,6 @@ class _Optimizer:
             k = eng.count
             hyper = self._group_values(k)
             active, gptrs, gdtypes, raw, gdt, held = self._collect_grads(grads)
-            failed = self._sharding.step_error() if self._sharding is not None else None
-            if failed is not None:
-                raise failed
             self._check_early(raw)
             if not wait_params and any(self._readonly):
                 raise ValueError("step(wait_params=False) with read-only params (JAX arrays): their new values "
@@ -543,27 +532,13 @@ class _Optimizer:
             self._early_objects = {}
             if self._sharding is None:
                 raise
-            try:
-                self._sharding.agree_step(self._engine.layout, None, None, e, len(self.param_groups))
-            finally:
-                self._sharding.drop_early()
+            self._sharding.check_step(self._engine.layout, len(self.param_groups), e)
         self._early_objects = {}
-        early = sorted(self._sharding.early) if self._sharding is not None else []
         if self._sharding is not None:
-            try:
-                self._sharding.agree_step(eng.layout, active, gdtypes, None, len(self.param_groups), hyper,
-                                          (self.max_grad_norm, self.skip_nonfinite, early, bool(wait_params)),
-                                          eng.steps)
-            except BaseException:
-                self._sharding.drop_early()
-                raise
-            self._sharding.defer_gather = not wait_params
-        try:
-            res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
-                           skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
-        finally:
-            if self._sharding is not None:
-                self._sharding.defer_gather = False
+            self._sharding.check_step(eng.layout, len(self.param_groups), None, active, gdtypes, hyper,
+                                      (self.max_grad_norm, self.skip_nonfinite), eng.steps, wait_params)
+        res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
+                       skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
         self._gptrs, self._gdtypes, self._last_grads, self._last_imports = gptrs, gdt, list(raw), held
         if not res.skipped:
             for gi, g in enumerate(self.param_groups):

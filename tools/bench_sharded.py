@@ -40,6 +40,17 @@ def params(elems: int) -> list[np.ndarray]:
     return [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)]
 
 
+def timed(fn, comm) -> float:
+    """Seconds of ``fn()`` on this rank's clock, between barriers (every rank starts and ends together)."""
+    if comm is not None:
+        comm.barrier()
+    t = time.perf_counter()
+    fn()
+    if comm is not None:
+        comm.barrier()
+    return time.perf_counter() - t
+
+
 def rank_run(elems: int, repeats: int, comm_name: str, ckpt_dir: str = "", front: str = "numpy") -> None:
     """``front``: "numpy" (``npadam.AdamW`` on arrays), "torch-flat" (``npadam.torch.AdamW`` with
     ``flat_storage=True``: the collectives run on the flat buffers), "torch-flat-copy" (the same with
@@ -68,15 +79,7 @@ def rank_run(elems: int, repeats: int, comm_name: str, ckpt_dir: str = "", front
             opt._sharding.flat.clear()
         step = opt.step
     step()  # compiles / warms
-    times = []
-    for _ in range(repeats):
-        if comm is not None:
-            comm.barrier()
-        t = time.perf_counter()
-        step()
-        if comm is not None:
-            comm.barrier()
-        times.append(time.perf_counter() - t)
+    times = [timed(step, comm) for _ in range(repeats)]
     out = {"rank": rank, "world": comm.size if comm is not None else 1, "state_bytes": state_nbytes(opt),
            "step_ms": float(np.median(times) * 1e3), "elems": sum(p.size for p in ps)}
     if ckpt_dir and front == "numpy":  # a checkpoint of this optimizer, then loaded into a fresh one (best of two, rank 0's clock)
@@ -85,16 +88,7 @@ def rank_run(elems: int, repeats: int, comm_name: str, ckpt_dir: str = "", front
         path = os.path.join(ckpt_dir, "ckpt")
         fresh = npadam.AdamW([np.zeros_like(p) for p in ps], lr=1e-4, max_grad_norm=1.0, comm=comm)
         for key, fn in (("save_s", lambda: checkpoint.save(path, opt)), ("load_s", lambda: checkpoint.load(path, fresh))):
-            best = float("inf")
-            for _ in range(2):
-                if comm is not None:
-                    comm.barrier()
-                t = time.perf_counter()
-                fn()
-                if comm is not None:
-                    comm.barrier()
-                best = min(best, time.perf_counter() - t)
-            out[key] = best
+            out[key] = min(timed(fn, comm) for _ in range(2))
         out["ckpt_bytes"] = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
     if comm is not None:
         everyone = comm.allgather_object(out)

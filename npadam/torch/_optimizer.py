@@ -54,7 +54,7 @@ from .._params import check_apart, check_no_overlap
 from .._engine import Engine, StepInfo, step_options
 from .._placement import disk_placement, engine_offload, offload_placement
 from .._precision import state_precision
-from .._sharded import Sharding, layout_digest, unshard_state_dict
+from .._sharded import Sharding, hand_over, layout_digest, unshard_state_dict
 from ..reference import precision as prec
 from ..scaler import LossScaler
 
@@ -788,17 +788,14 @@ class _Base(torch.optim.Optimizer):
             raise ValueError(f"grads_ready({bi}): bucket {bi} was already handed over for this step (a second "
                              "backward before step()? run all but the last micro-batch's backward inside "
                              "optimizer.no_sync())")
-        try:
+
+        def collect() -> tuple:
             if self.flat_storage:
                 self._reattach_flat_grads()
             active, gptrs, gdtypes, grads = self._collect()
-        except Exception as e:
-            if self._sharding is not None:  # the other ranks send this bucket: so does this one (zeros)
-                self._sharding.grads_failed(self._engine, bi, e)
-            raise
-        if self._sharding is not None:
-            self._sharding.grads_ready(self._engine, bi, active, gptrs, gdtypes[bi])
-        self._early[bi] = [grads[t] for t in self._engine.layout.buffers[bi].tensors]
+            return active, gptrs, gdtypes, [grads[t] for t in self._engine.layout.buffers[bi].tensors]
+
+        self._early[bi] = hand_over(self._sharding, self._engine, bi, collect)
 
     def wait_params(self, bucket: int | None = None) -> None:
         """Complete the param all-gather of ``bucket`` (all buckets when None) that
@@ -884,36 +881,21 @@ class _Base(torch.optim.Optimizer):
             spec = self._spec
             hyper = [spec.values(_plain(g, f"param_groups[{gi}].", spec), eng.count, f"param_groups[{gi}].")
                      for gi, g in enumerate(self.param_groups)]
-            failed = sharding.step_error() if sharding is not None else None
-            if failed is not None or self._overlap_error is not None:
-                raise failed or self._overlap_error
+            if self._overlap_error is not None:
+                raise self._overlap_error
             self._check_early(keep)
         except Exception as e:
             self._early, self._fired, self._overlap_error = {}, {}, None
             if sharding is None:
                 raise
-            try:
-                sharding.agree_step(self._engine.layout, None, None, e, self._ngroups)
-            finally:
-                sharding.drop_early()
+            sharding.check_step(self._engine.layout, self._ngroups, e)
         self._early, self._fired = {}, {}
         if sharding is not None:  # every rank's checks passed, and the ranks agree on grads and hyperparameters
-            try:
-                sharding.agree_step(eng.layout, active, gdtypes, None, self._ngroups, hyper,
-                                    (self.max_grad_norm, self.skip_nonfinite, sorted(sharding.early), wait_params),
-                                    eng.steps)
-            except BaseException:
-                sharding.drop_early()
-                raise
-            sharding.defer_gather = not wait_params
-        stream = self._stream()
-        try:
-            with stream:
-                res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
-                               skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
-        finally:
-            if sharding is not None:
-                sharding.defer_gather = False
+            sharding.check_step(eng.layout, self._ngroups, None, active, gdtypes, hyper,
+                                (self.max_grad_norm, self.skip_nonfinite), eng.steps, wait_params)
+        with self._stream():
+            res = eng.step(active, self._pptrs, gptrs, gdtypes, hyper, max_grad_norm=self.max_grad_norm,
+                           skip_nonfinite=self.skip_nonfinite, loss_scaler=self.loss_scaler)
         del keep
         if not res.skipped:
             self._refresh_handed()
