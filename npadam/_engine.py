@@ -147,6 +147,8 @@ class Engine(TieredState):
         self.device_left = offload.device_bytes if offload is not None and offload.device_bytes is not None else 0
         self._copier: Any = None
         self._staging: Any = None
+        if sharding is not None:  # the step's send, receive and gather buffers where the state is
+            sharding.bind(self)
         self.extend(layout)
 
     # ------------------------------------------------------------------ structure
@@ -339,12 +341,15 @@ class Engine(TieredState):
         with self.on_device(), limited(self.num_threads if self.kernel == "cpu" or self.host else None):
             if skip_nonfinite or max_grad_norm is not None or scaler is not None:
                 sums = [self._block_sums(kern, bi, whole) for bi, whole, _ in plan]
-                if self.device == "gpu":  # one device-to-host copy per step: the block sums
-                    sums = [self.xp.concatenate(sums).get()] if sums else []
-                if self.sharding is not None:  # every rank's blocks, in the single-process order
-                    flat = self.sharding.combine_sums(sums)
+                lens = [int(s.size) for s in sums]
+                if not sums:
+                    flat = np.zeros(0)
+                elif self.device == "gpu":  # one device-to-host copy per step: the block sums
+                    flat = self.xp.concatenate(sums).get()
                 else:
-                    flat = np.concatenate(sums) if sums else np.zeros(0)
+                    flat = np.concatenate(sums)
+                if self.sharding is not None:  # every rank's blocks, in the single-process order
+                    flat = self.sharding.combine_sums(flat, lens)
                 total = float(np.cumsum(flat)[-1]) if flat.size else 0.0
                 norm = math.sqrt(total) * inv
                 if not math.isfinite(total) and (skip_nonfinite or scaler is not None):
@@ -392,7 +397,7 @@ class Engine(TieredState):
         sums = kern.block_sumsq(self.bufs[bi], K.sub_batch(whole, self.layout.buffers[bi].dtype, lo, hi),
                                 ref.NORM_BLOCK)
         nblocks = -(-(hi - lo) // ref.NORM_BLOCK)
-        return sums if sums.size == nblocks else np.zeros(nblocks)  # no tensor in the shard: zero blocks
+        return sums if sums.size == nblocks else self.xp.zeros(nblocks)  # no tensor in the shard: zero blocks
 
     def _calls(self, plan: list[tuple[int, K.Batch, list[tuple[int, K.Batch]]]], hyper: Sequence[dict[str, Any]],
                scale: float, sgd: bool) -> list[tuple[int, K.Batch, Any, Any]]:

@@ -21,7 +21,8 @@ before anything is written):
    single-process order (buffer by buffer, block by block; padding blocks are +0.0, which leaves a
    running float64 sum unchanged): the norm and the non-finite flag are the same bits on every rank
    and for every world size;
-3. the kernels update the rank's shard of the params (in the caller's arrays) and of the state;
+3. the kernels (CPU, reference or GPU) update the rank's shard of the params (in the caller's
+   arrays) and of the state;
 4. ``gather_params``: each buffer's updated shard is packed into a param buffer, all-gathered in
    place, and every stepped tensor is copied back whole: every rank holds the full new params.
 
@@ -30,16 +31,22 @@ Buffers whose params and grads live in flat arrays of the layout (``flat``: npad
 buffer, the all-gather runs in place in the flat params. Buckets (``bucket_bytes``: each flat
 buffer is one) may be sent ahead of the step (``grads_ready``: ``early``), and the param
 all-gathers may be left in flight after it (``defer_gather``, completed by ``wait_params``).
+
+Params on a GPU: the state, the kernels and the step's buffers are on that GPU (``_Memory``); a
+communicator of GPU memory (NCCL) takes the buffers as they are, one of host memory (MPI, gloo)
+through host copies (``staged``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from . import kernels as K
+from .distributed import Handle
 from .layout import KINDS, FlatLayout, storage_dtype
 from .reference import adamw as ref
 from .reference import precision as prec
@@ -89,28 +96,128 @@ def _describe_digest(d: tuple) -> list[str]:
     return [algorithm] + [f"{shape} {dtype} group {group}" for shape, dtype, group in slots]
 
 
+class _Memory:
+    """Where a sharded step's buffers live and how the communicator reaches them.
+
+    Host params: NumPy buffers. GPU params (``gpu``): CuPy buffers on the params' GPU, filled and
+    emptied on CuPy's current stream (the front-end's: torch's current stream in npadam.torch), so
+    they are ordered with the kernels without a host synchronization. The communicator takes the
+    buffers as they are when it moves that memory (``Communicator.memories``: NCCL, torch with
+    nccl); otherwise (``staged``: MPI, gloo with GPU params) each collective goes through host
+    copies: device -> host (which waits for the device work before it), the collective on host
+    buffers, host -> device when it completes. A host engine can be staged too (host -> host
+    copies: ``Sharding.bind(engine, stage=True)``, how the tests run this path without a GPU).
+
+    Buffers hold storage bits: bfloat16 is ml_dtypes' type on the host and ``uint16`` on a GPU
+    (CuPy has no bfloat16); the collectives are told the float type with ``dtype=``."""
+
+    def __init__(self, gpu: bool, device_id: int | None, memories: frozenset[str], stage: bool) -> None:
+        self.gpu, self.device_id = gpu, device_id
+        self.staged = stage or ("device" if gpu else "host") not in memories
+        #: the communicator takes NumPy arrays (the small host-side collectives run on them)
+        self.host_ok = "host" in memories
+        if gpu:
+            import cupy
+
+            self.xp = cupy
+        else:
+            self.xp = np
+
+    def dtype(self, name: str) -> np.dtype:
+        """The storage dtype of a buffer of ``name`` ("float32", "bfloat16", "float16") here."""
+        if self.gpu and name == "bfloat16":
+            return np.dtype(np.uint16)
+        return storage_dtype(name)
+
+    def zeros(self, n: int, dtype: np.dtype) -> Any:
+        with self.device():
+            return self.xp.zeros(n, dtype)
+
+    def device(self) -> Any:
+        return self.xp.cuda.Device(self.device_id) if self.gpu else _NULL
+
+    def view(self, address: int, n: int, name: str) -> Any:
+        """``n`` elements of storage ``name`` at ``address`` (host, or on this GPU), as an array."""
+        if not self.gpu:
+            return K.host_view(address, n, name)
+        cp, dt = self.xp, self.dtype(name)
+        if n == 0:
+            return cp.zeros(0, dt)
+        mem = cp.cuda.UnownedMemory(int(address), n * dt.itemsize, None, self.device_id)
+        return cp.ndarray((n,), dt, cp.cuda.MemoryPointer(mem, 0))
+
+    def addr(self, a: Any) -> int:
+        return int(a.data.ptr) if self.gpu else int(a.ctypes.data)
+
+    def to_host(self, src: Any, dst: np.ndarray) -> None:
+        """Copy ``src`` (here) into the host array ``dst``; returns when ``dst`` holds it."""
+        if self.gpu:
+            with self.device():
+                src.get(out=dst)
+        else:
+            dst[...] = src
+
+    def from_host(self, src: np.ndarray, dst: Any) -> None:
+        """Copy the host array ``src`` into ``dst`` (here; on the current stream)."""
+        if self.gpu:
+            with self.device():
+                dst.set(src)
+        else:
+            dst[...] = src
+
+
+_NULL = contextlib.nullcontext()
+
+
 class Sharding:
     """One rank's side of a sharded optimizer: the communicator and the step's reusable buffers."""
 
     def __init__(self, comm: Any) -> None:
         self.comm = check_comm(comm)
         self.rank, self.world = comm.rank, comm.size
-        self._send: dict[int, np.ndarray] = {}    # buffer -> grad send buffer (full size, the grad dtype)
-        self._recv: dict[int, np.ndarray] = {}    # buffer -> averaged grads of the shard (flat grads only)
+        #: where the step's buffers live (``bind``: host until an engine is bound)
+        self.mem = _Memory(False, None, comm.memories, False)
+        self._send: dict[int, Any] = {}    # buffer -> grad send buffer (full size, the grad dtype)
+        self._recv: dict[int, Any] = {}    # buffer -> averaged grads of the shard (flat grads only)
+        #: staged collectives (``_Memory.staged``): buffer -> host copies of the grads and of the params
+        self._host_grads: dict[int, np.ndarray] = {}
+        self._host_params: dict[int, np.ndarray] = {}
         #: buffers whose params and grads live in flat arrays of the layout (npadam.torch's
-        #: ``flat_storage``): buffer -> (params, grads or None) as host arrays of the buffer's padded
-        #: size; the collectives then run on them directly (no packing, no gather buffer)
-        self.flat: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
-        self._gather: dict[int, np.ndarray] = {}  # buffer -> param gather buffer (full size, the param dtype)
+        #: ``flat_storage``): buffer -> (params, grads or None) as arrays of the buffer's padded size
+        #: in the engine's memory (NumPy, or CuPy views of CUDA tensors); the collectives then run on
+        #: them directly (no packing, no gather buffer)
+        self.flat: dict[int, tuple[Any, Any]] = {}
+        self._gather: dict[int, Any] = {}  # buffer -> param gather buffer (full size, the param dtype)
         #: buffers whose grads ``start_reduce`` (``grads_ready``) sent ahead of the step:
-        #: buffer -> (handle, the grad dtype, the mask of its slots that had grads)
-        self.early: dict[int, tuple[Any, str, np.ndarray]] = {}
+        #: buffer -> (handle, the grad dtype, the mask of its slots that had grads, the shard's base)
+        self.early: dict[int, tuple[Any, str, np.ndarray, int]] = {}
         #: buckets whose ``grads_ready`` failed this rank's checks (sent as zeros): bucket -> the error
         self.failed: dict[int, BaseException] = {}
         #: param all-gathers left in flight by a step with ``defer_gather``: buffer -> (handle, batch, buffer)
-        self.pending: dict[int, tuple[Any, K.Batch, np.ndarray]] = {}
+        self.pending: dict[int, tuple[Any, K.Batch, Any]] = {}
         #: the next step leaves its param all-gathers in flight (``step(..., wait_params=False)``)
         self.defer_gather = False
+
+    @staticmethod
+    def check_memory(comm: Any, gpu: bool, device_id: int | None = None) -> None:
+        """ValueError unless ``comm`` can serve params on GPU ``device_id`` (``gpu``; communicators
+        of host memory only are staged through it, NCCL must run on that GPU) or on the host (a
+        communicator of host memory: not NCCL)."""
+        if not gpu and "host" not in comm.memories:
+            raise ValueError(f"comm={comm!r} moves GPU memory only; params in host memory need a communicator "
+                             "of host memory: npadam.distributed.init('mpi'), or init('torch') with gloo")
+        on = getattr(comm, "device", None)
+        if gpu and comm.memories == {"device"} and device_id is not None and on is not None and on != device_id:
+            raise ValueError(f"the params are on GPU {device_id}, comm={comm!r} runs on GPU {on}; build the "
+                             f"communicator on the params' GPU (npadam.distributed.init('nccl', device={device_id}))")
+
+    def bind(self, engine: Any, stage: bool = False) -> None:
+        """Put the step's buffers where ``engine``'s state is (host, or its GPU); ``stage``: run the
+        collectives through host copies even where the communicator could take the buffers
+        (``_Memory``). Before the first step (the buffers are made then)."""
+        self.check_memory(self.comm, engine.device == "gpu", engine.device_id)
+        self.mem = _Memory(engine.device == "gpu", engine.device_id, self.comm.memories, stage)
+        self._send, self._recv, self._gather, self._host_grads, self._host_params = {}, {}, {}, {}, {}
 
     @property
     def pad_to(self) -> int:
@@ -118,6 +225,29 @@ class Sharding:
 
     def shard(self, size: int) -> tuple[int, int]:
         return shard_range(size, self.rank, self.world)
+
+    # ------------------------------------------------------------------ host-side collectives
+    def host_all_reduce(self, x: np.ndarray, op: str) -> None:
+        """All-reduce the host array ``x`` in place: directly, or through this GPU for a
+        communicator of device memory only (NCCL)."""
+        if self.mem.host_ok:
+            self.comm.all_reduce(x, op=op)
+            return
+        with self.mem.device():
+            dev = self.mem.xp.asarray(x)
+            self.comm.all_reduce(dev, op=op)
+            self.mem.to_host(dev, x)
+
+    def host_all_gather(self, local: np.ndarray, out: np.ndarray) -> None:
+        """All-gather the host array ``local`` into the host array ``out`` (as ``host_all_reduce``)."""
+        if self.mem.host_ok:
+            self.comm.all_gather(local, out)
+            return
+        raw = np.dtype(f"u{local.dtype.itemsize}") if local.dtype.kind not in "biuf" else local.dtype  # ml_dtypes
+        with self.mem.device():
+            dev_out = self.mem.xp.empty(out.size, raw)
+            self.comm.all_gather(self.mem.xp.asarray(local.view(raw)), dev_out)
+            self.mem.to_host(dev_out, out.view(raw))
 
     # ------------------------------------------------------------------ agreement (collectives)
     def agree(self, what: str, error: BaseException | None, payload: Any = None) -> list[Any]:
@@ -172,7 +302,7 @@ class Sharding:
             v[-1] = np.uint32(zlib.crc32(np.ascontiguousarray(steps, np.int64).tobytes())).view(np.int32) \
                 if steps is not None else 0
         both = np.concatenate([v, -v])
-        self.comm.all_reduce(both, op="max")
+        self.host_all_reduce(both, "max")
         hi, lo = both[: v.size], -both[v.size:]
         if error is not None:
             raise error
@@ -210,35 +340,49 @@ class Sharding:
         if flat is None or flat[1] is None or flat[1].dtype != dt:
             return None
         slots = engine.buffer_slots[bi]
-        if not active[slots].all() or not np.array_equal(gptrs[slots], flat[1].ctypes.data + engine.offsets[bi] * dt.itemsize):
+        if not active[slots].all() or not np.array_equal(gptrs[slots], self.mem.addr(flat[1]) +
+                                                         engine.offsets[bi] * dt.itemsize):
             return None
         return flat[1]
+
+    def _buffer(self, store: dict[int, Any], bi: int, n: int, dt: np.dtype, host: bool = False) -> Any:
+        """The reusable buffer ``store[bi]`` of ``n`` elements of ``dt`` (made, or made again when the
+        dtype changed), in the engine's memory or on the host (``host``)."""
+        a = store.get(bi)
+        if a is None or a.dtype != dt or a.size != n:
+            a = store[bi] = np.zeros(n, dt) if host else self.mem.zeros(n, dt)
+        return a
 
     def start_reduce(self, engine: Any, bi: int, active: np.ndarray, gptrs: np.ndarray, gdtype: str) -> tuple[Any, int]:
         """Start buffer ``bi``'s reduce-scatter (avg) of its grads (slots marked ``active``, at
         ``gptrs``): ``(handle, base)``, the averaged grad of buffer element j (in this rank's shard)
         then at address ``base + j * itemsize``. Grads in a flat array of the layout (``flat``) are
         reduced from it into a shard-size buffer; others are packed into the send buffer first, in
-        flat order with zeros elsewhere, and reduced in place."""
+        flat order with zeros elsewhere, and reduced in place. Staged (``_Memory``): the grads are
+        copied to a host buffer, reduced there, and the shard copied back when the handle completes."""
+        mem = self.mem
         b = engine.layout.buffers[bi]
         slots = engine.buffer_slots[bi]
-        dt = storage_dtype(gdtype)
+        dt = mem.dtype(gdtype)
         lo, hi = engine.shards[bi]
-        gflat = self._flat_grads(engine, bi, active, gptrs, dt)
-        if gflat is not None:
-            out = self._recv.get(bi)
-            if out is None or out.dtype != dt or out.size != hi - lo:
-                out = self._recv[bi] = np.empty(hi - lo, dt)
-            return self.comm.reduce_scatter(gflat, out, op="avg", async_op=True), out.ctypes.data - lo * dt.itemsize
-        send = self._send.get(bi)
-        if send is None or send.dtype != dt or send.size != b.size:
-            send = self._send[bi] = np.zeros(b.size, dt)
+        src = self._flat_grads(engine, bi, active, gptrs, dt)
+        if src is not None:
+            out = self._buffer(self._recv, bi, hi - lo, dt)
         else:
-            send[...] = 0
-        for t in slots[active[slots]]:
-            s = engine.layout.slots[t]
-            send[s.offset: s.offset + s.numel] = K.host_view(gptrs[t], s.numel, gdtype)
-        return self.comm.reduce_scatter(send, send[lo:hi], op="avg", async_op=True), send.ctypes.data
+            src = self._buffer(self._send, bi, b.size, dt)
+            with mem.device():
+                src[...] = 0
+                for t in slots[active[slots]]:
+                    s = engine.layout.slots[t]
+                    src[s.offset: s.offset + s.numel] = mem.view(gptrs[t], s.numel, gdtype)
+            out = src[lo:hi]
+        base = mem.addr(out) - lo * dt.itemsize
+        if not mem.staged:
+            return self.comm.reduce_scatter(src, out, op="avg", async_op=True, dtype=gdtype), base
+        host = self._buffer(self._host_grads, bi, b.size, dt, host=True)
+        mem.to_host(src, host)
+        h = self.comm.reduce_scatter(host, host[lo:hi], op="avg", async_op=True, dtype=gdtype)
+        return Handle(h.wait, h.done, lambda: mem.from_host(host[lo:hi], out), (h,)), base
 
     def grads_ready(self, engine: Any, bi: int, active: np.ndarray, gptrs: np.ndarray, gdtype: str) -> None:
         """Send buffer ``bi``'s grads ahead of the step (the front-ends' ``grads_ready``); the step
@@ -314,13 +458,13 @@ class Sharding:
             h.wait()
         return out
 
-    def combine_sums(self, sums: Sequence[np.ndarray]) -> np.ndarray:
-        """All ranks' block sums (``sums``: this rank's, one array per stepped buffer, the same lengths
-        on every rank) in the single-process order: buffer by buffer, rank by rank within a buffer."""
-        lens = [s.size for s in sums]
-        local = np.ascontiguousarray(np.concatenate(sums) if sums else np.zeros(0), np.float64)
+    def combine_sums(self, sums: np.ndarray, lens: Sequence[int]) -> np.ndarray:
+        """All ranks' block sums (``sums``: this rank's on the host, the stepped buffers' one after the
+        other, ``lens`` blocks each: the same on every rank) in the single-process order: buffer by
+        buffer, rank by rank within a buffer."""
+        local = np.ascontiguousarray(sums, np.float64)
         full = np.empty(local.size * self.world, np.float64)
-        self.comm.all_gather(local, full)
+        self.host_all_gather(local, full)
         full = full.reshape(self.world, local.size)
         parts, at = [], 0
         for n in lens:
@@ -328,45 +472,55 @@ class Sharding:
             at += n
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    def _all_gather(self, bi: int, full: Any, lo: int, hi: int) -> Any:
+        """Start the in-place all-gather of ``full[lo:hi]`` (this rank's shard) into ``full``, a
+        buffer of the engine's memory: directly, or staged through a host copy (``_Memory``)."""
+        mem = self.mem
+        if not mem.staged:
+            return self.comm.all_gather(full[lo:hi], full, async_op=True)
+        host = self._buffer(self._host_params, bi, full.size, full.dtype, host=True)
+        mem.to_host(full[lo:hi], host[lo:hi])
+        h = self.comm.all_gather(host[lo:hi], host, async_op=True)
+        return Handle(h.wait, h.done, lambda: mem.from_host(host, full), (h,))
+
     def gather_params(self, engine: Any, wholes: Sequence[tuple[int, K.Batch]]) -> None:
         """All-gather the updated shards: every stepped tensor of ``wholes`` (``(buffer, batch)``, the
         batch's param pointers in the caller's arrays) ends with the full new values on every rank.
         One rank: nothing to do (the kernel updated the caller's arrays in place)."""
         if self.world == 1:
             return
-        lay = engine.layout
+        lay, mem = engine.layout, self.mem
         pending = []
         defer, self.defer_gather = self.defer_gather, False
         for bi, whole in wholes:
             b = lay.buffers[bi]
-            dt = storage_dtype(b.dtype)
+            dt = mem.dtype(b.dtype)
             lo, hi = engine.shards[bi]
             pflat = self.flat.get(bi, (None,))[0]
-            if pflat is not None and np.array_equal(whole.params, pflat.ctypes.data + whole.offsets * dt.itemsize):
+            if pflat is not None and np.array_equal(whole.params, mem.addr(pflat) + whole.offsets * dt.itemsize):
                 # the params are the flat array: the kernel updated its shard there; gather in place
-                pending.append((bi, whole, None, self.comm.all_gather(pflat[lo:hi], pflat, async_op=True)))
+                pending.append((bi, whole, None, self._all_gather(bi, pflat, lo, hi)))
                 continue
-            buf = self._gather.get(bi)
-            if buf is None or buf.size != b.size:
-                buf = self._gather[bi] = np.zeros(b.size, dt)
+            buf = self._buffer(self._gather, bi, b.size, dt)
             part = K.sub_batch(whole, b.dtype, lo, hi)
-            for p, off, n in zip(part.params, part.offsets, part.sizes):
-                buf[lo + off: lo + off + n] = K.host_view(p, n, b.dtype)
-            pending.append((bi, whole, buf, self.comm.all_gather(buf[lo:hi], buf, async_op=True)))
+            with mem.device():
+                for p, off, n in zip(part.params, part.offsets, part.sizes):
+                    buf[lo + off: lo + off + n] = mem.view(p, n, b.dtype)
+            pending.append((bi, whole, buf, self._all_gather(bi, buf, lo, hi)))
         if defer:
             self.pending = {bi: (h, whole, buf) for bi, whole, buf, h in pending}
             return
         for bi, whole, buf, h in pending:
             self._unpack(lay, bi, h, whole, buf)
 
-    @staticmethod
-    def _unpack(lay: FlatLayout, bi: int, h: Any, whole: K.Batch, buf: np.ndarray | None) -> None:
+    def _unpack(self, lay: FlatLayout, bi: int, h: Any, whole: K.Batch, buf: Any) -> None:
         h.wait()
         if buf is None:  # gathered in place into the flat params
             return
         dtype = lay.buffers[bi].dtype
-        for p, off, n in zip(whole.params, whole.offsets, whole.sizes):
-            K.host_view(p, n, dtype)[...] = buf[off: off + n]
+        with self.mem.device():
+            for p, off, n in zip(whole.params, whole.offsets, whole.sizes):
+                self.mem.view(p, n, dtype)[...] = buf[off: off + n]
 
     def wait_params(self, engine: Any, bi: int | None = None) -> bool:
         """Complete the param all-gather of buffer ``bi`` left in flight by the last step (all of them
@@ -391,7 +545,7 @@ class Sharding:
                 a, b = engine.owned_range(int(i), "master")  # in the buffer's index
                 full[a:b] = np.asarray(pieces[i], np.float32).reshape(-1)
             lo, hi = engine.shards[bi]
-            self.comm.all_gather(full[lo:hi], full)
+            self.host_all_gather(full[lo:hi].copy(), full)
             fulls.append(full)
         return [fulls[s.buffer][s.offset: s.offset + s.numel].copy() for s in lay.slots]
 
@@ -424,7 +578,7 @@ class Sharding:
                 a, b = (lo // prec.FP8_BLOCK, hi // prec.FP8_BLOCK) if key.endswith("_scale") else (lo, hi)
                 local = np.ascontiguousarray(engine._read_range(bi, key, a, b))
                 out = np.empty(local.size * self.world, local.dtype)
-                self.comm.all_gather(local, out)
+                self.host_all_gather(local, out)
                 setattr(dst, key, out)
         full.steps[...] = engine.steps
         full.started[...] = engine.started

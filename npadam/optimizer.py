@@ -28,7 +28,10 @@ current value), assigning a Schedule installs one.
 
 With ``comm=`` (a ``npadam.distributed`` communicator) each rank keeps the state of one shard of
 every flat buffer (ZeRO-1/2, ``npadam._sharded``): construction, ``step``, ``load_state_dict``
-and ``full_state_dict`` are collectives; see docs/DISTRIBUTED.md.
+and ``full_state_dict`` are collectives; see docs/DISTRIBUTED.md. Params in host memory or on a
+GPU (the step's buffers then on that GPU: a communicator of GPU memory takes them as they are,
+MPI and gloo through host copies); ``offload_fraction`` and ``nvme_offload_fraction`` place each
+rank's shard of the state as they place a whole buffer's.
 """
 
 from __future__ import annotations
@@ -143,7 +146,9 @@ class _Optimizer:
             self._sharding.agree_layout(None, e)
         if self._sharding is not None:
             state = ", ".join(f"{k}={v}" for k, v in self._precision.describe().items())
-            self._sharding.agree_layout(layout_digest(new[2], f"{type(self).__name__} with state {state}"), None)
+            where = "GPU" if new[7] == "gpu" else "host"  # ranks with params in different memories disagree
+            self._sharding.agree_layout(layout_digest(new[2], f"{type(self).__name__} with state {state}, params "
+                                                              f"in {where} memory"), None)
         self._build_group(*new)
 
     def _checked_group(self, group: Mapping[str, Any]) -> tuple:
@@ -189,9 +194,6 @@ class _Optimizer:
         ends = starts + np.asarray([a.nbytes for a in all_arrays], dtype=np.int64)
         P.check_no_overlap(starts, ends, names, "params")
         offload = engine_offload(self._offload, self._disk, device) if self._engine is None else None
-        if self._sharding is not None and offload is not None:
-            raise ValueError("offload_fraction / gpu_state_bytes with comm (state sharded across ranks) is not "
-                             "available in this version of npadam")
         return group, g, layout, items, gnames, arrays, readonly, device, device_id, offload
 
     def _build_group(self, group: Mapping[str, Any], g: dict[str, Any], layout: FlatLayout, items: list[Any],
@@ -240,15 +242,14 @@ class _Optimizer:
             raise ValueError(f"params live in different memories: {names[gpu.index(True)]!r} on a GPU, "
                              f"{names[gpu.index(False)]!r} on the host")
         device = "gpu" if all(gpu) else "cpu"
-        if device == "gpu" and self._sharding is not None:
-            raise ValueError("comm with params in GPU memory is not available in this version of npadam: the "
-                             "sharded optimizer runs the CPU and reference kernels on host params")
         device_id = None
         if device == "gpu":
             devices = {a.device.id for a in arrays}
             if len(devices) > 1:
                 raise ValueError(f"params live on several GPUs {sorted(devices)}; use one optimizer per device")
             device_id = devices.pop()
+        if self._sharding is not None:  # NCCL moves GPU memory only; the others serve GPU params staged
+            Sharding.check_memory(self._sharding.comm, device == "gpu", device_id)
         if self._engine is not None:
             if (device, device_id) != (self._engine.device, self._engine.device_id):
                 raise ValueError(f"param {names[0]!r} is on {device} {device_id if device_id is not None else ''}"

@@ -622,3 +622,22 @@ def test_gpu_fp8_offload_placements_are_bit_identical(pdt, tmp_path, monkeypatch
     optimizer (test_gpu_precision_offload_placements_are_bit_identical's run with the fp8 options)."""
     monkeypatch.setitem(PRECISION_KWS, "fp8-e4m3-e5m2", FP8_KWS["e4m3-e5m2"])
     test_gpu_precision_offload_placements_are_bit_identical(pdt, "fp8-e4m3-e5m2", tmp_path)
+
+
+def test_gpu_params_sharded_on_two_ranks():
+    """comm= with params on the GPU (issue 12): two MPI ranks sharing this GPU, npadam.AdamW on CuPy
+    arrays and npadam.torch.AdamW on CUDA tensors (flat storage, buckets sent from the backward
+    hooks, a bf16 layer), their collectives staged through host copies (pip's MPI moves host memory)
+    and direct on device buffers (a communicator that takes CuPy arrays); params, norms and state
+    bit-identical to one CPU process, a checkpoint saved and loaded by the ranks (tests/ranks/gpu_sharded_check.py)."""
+    import importlib.util
+    import re
+
+    try:
+        from .ranks import launch
+    except ImportError:
+        from ranks import launch
+    if not (importlib.util.find_spec("mpi4py") and launch.mpiexec_path()):
+        pytest.skip("needs mpi4py and mpiexec: python3 -m pip install mpi4py mpich")
+    out = launch.mpiexec(2, Path(__file__).resolve().parent / "ranks" / "gpu_sharded_check.py", "gpu", timeout=300)
+    assert sorted(re.findall(r"OK gpu-sharded rank (\d)/2 4", out)) == ["0", "1"], out

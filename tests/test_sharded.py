@@ -15,7 +15,7 @@ import pytest
 
 import npadam
 from npadam import distributed
-from npadam._sharded import NORM_BLOCK, Sharding, pad_multiple, shard_range
+from npadam._sharded import NORM_BLOCK, Sharding, _Memory, pad_multiple, shard_range
 from npadam._placement import standin
 from npadam.layout import FlatLayout
 from npadam.tiers.transfer import HostCopier
@@ -57,7 +57,8 @@ def test_block_sums_combine_in_single_process_order():
 
     sharding = Sharding.__new__(Sharding)
     sharding.comm, sharding.rank, sharding.world = Gather(), 1, 3
-    got = sharding.combine_sums([np.array([1.0, 2.0]), np.array([3.0]), np.zeros(0)])
+    sharding.mem = _Memory(False, None, frozenset({"host"}), False)
+    got = sharding.combine_sums(np.array([1.0, 2.0, 3.0]), [2, 1, 0])  # three buffers' blocks, one array
     assert got.tolist() == [1, 2, 101, 102, 201, 202, 3, 103, 203]
 
 
@@ -83,8 +84,11 @@ def _tiny(**kw):
 def test_refusals(tmp_path):
     with pytest.raises(ValueError, match="comm must be a npadam.distributed communicator"):
         npadam.AdamW([np.ones(4, np.float32)], comm=object())
-    with standin(HostCopier), pytest.raises(ValueError, match="offload_fraction / gpu_state_bytes with comm"):
-        _tiny(offload_fraction=0.5)  # host params standing in for GPU params: their host tier
+    class DeviceOnly(type(distributed.init("single"))):  # a communicator of GPU memory only, as NCCL
+        memories = frozenset({"device"})
+
+    with pytest.raises(ValueError, match="moves GPU memory only; params in host memory need"):
+        npadam.AdamW([np.ones(4, np.float32)], comm=DeviceOnly())
     opt = _tiny()
     with pytest.raises(TypeError, match="sharded across ranks"):
         pickle.dumps(opt)
@@ -100,6 +104,14 @@ def test_mpi_sharded(n):
     ranks = re.findall(r"OK sharded rank (\d+)/(\d+) (\d+)", out)
     assert sorted((r, w) for r, w, _ in ranks) == [(str(r), str(n)) for r in range(n)], out
     assert all(int(c) == len(sharded_check.CHECKS) for *_, c in ranks), out
+
+
+@needs_mpi
+def test_gpu_check_script_on_host_params():
+    """tests/ranks/gpu_sharded_check.py (run on a GPU by tests/test_gpu.py) on host params: the script's
+    checks themselves, staged through host copies and through a communicator of device memory."""
+    out = launch.mpiexec(2, Path(__file__).resolve().parent / "ranks" / "gpu_sharded_check.py", "host", timeout=150)
+    assert sorted(re.findall(r"OK gpu-sharded rank (\d)/2 4", out)) == ["0", "1"], out
 
 
 def test_bucket_bytes_splits_buffers_in_order():

@@ -116,10 +116,32 @@ def test_refusals():
         opt.step()
 
 
+def test_communicator_of_gpu_memory_refuses_cpu_params():
+    class DeviceOnly(distributed.SingleComm):  # moves GPU memory only, as NCCL
+        memories = frozenset({"device"})
+
+    with pytest.raises(ValueError, match="moves GPU memory only; params in host memory need"):
+        nt.AdamW(torch.nn.Linear(4, 4).parameters(), comm=DeviceOnly())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_params_refused():
-    with pytest.raises(ValueError, match="comm with params on cuda"):
-        nt.AdamW(torch.nn.Linear(4, 4).cuda().parameters(), comm=distributed.SingleComm())
+def test_cuda_params_with_comm_step_like_one_process():
+    """World 1 (no collectives): the sharded optimizer on CUDA params is the plain one, bit for bit.
+    Two ranks on one GPU: tests/test_gpu.py::test_gpu_params_sharded_on_two_ranks."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(64, 32).cuda()
+    b = torch.nn.Linear(64, 32).cuda()
+    b.load_state_dict(a.state_dict())
+    oa = nt.AdamW(a.parameters(), lr=1e-2, max_grad_norm=0.1, comm=distributed.SingleComm(), flat_storage=True)
+    ob = nt.AdamW(b.parameters(), lr=1e-2, max_grad_norm=0.1)
+    x = torch.randn(8, 64, device="cuda")
+    for _ in range(3):
+        for m, o in ((a, oa), (b, ob)):
+            m(x).square().mean().backward()
+            o.step()
+            o.zero_grad()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
 
 
 # 1: as test_single_comm_in_process; 4 (46 s cold): the sharding logic is the MPI tests' on 4 ranks, the gloo

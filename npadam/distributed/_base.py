@@ -63,6 +63,10 @@ class Communicator(ABC):
 
     backend: str = ""
     _kinds: tuple[str, ...] = ("numpy",)
+    #: Where the arrays that the collectives move may live: ``"host"`` (NumPy arrays, CPU tensors)
+    #: and/or ``"device"`` (CuPy arrays and CUDA tensors on a GPU). A sharded optimizer whose params
+    #: are on a GPU stages its collectives through host copies when ``"device"`` is missing.
+    memories: frozenset[str] = frozenset({"host"})
 
     def __init__(self, rank: int, size: int) -> None:
         #: This process's rank in [0, size) and the number of ranks.

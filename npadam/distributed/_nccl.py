@@ -131,6 +131,7 @@ class NCCLComm(Communicator):
 
     backend = "nccl"
     _kinds = ("cupy",)
+    memories = frozenset({"device"})
 
     def __init__(self, nccl_comm: Any, rank: int, size: int, device: int) -> None:
         self._cupy, nccl = import_nccl()

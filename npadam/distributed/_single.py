@@ -26,6 +26,7 @@ class SingleComm(Communicator):
 
     backend = "single"
     _kinds = ("numpy", "cupy", "torch")
+    memories = frozenset({"host", "device"})
 
     def __init__(self) -> None:
         super().__init__(rank=0, size=1)

@@ -35,6 +35,20 @@ def import_dist() -> tuple[Any, Any]:
     return torch, dist
 
 
+def backend_memories(name: str) -> frozenset[str]:
+    """Where a torch.distributed backend's tensors live: ``"gloo"`` and ``"mpi"`` move CPU tensors
+    (``"host"``; gloo's CUDA support leaves out reduce-scatter), ``"nccl"`` CUDA tensors
+    (``"device"``); a group with a backend per device type (``"cpu:gloo,cuda:nccl"``) both."""
+    out = set()
+    for part in str(name).split(","):
+        dev, _, backend = part.strip().rpartition(":")
+        if dev:
+            out.add("device" if dev == "cuda" else "host")
+        else:
+            out.add("device" if backend in ("nccl", "xccl") else "host")
+    return frozenset(out)
+
+
 class TorchComm(Communicator):
     """A communicator over a torch.distributed process group (the default group when ``group`` is None)."""
 
@@ -55,6 +69,7 @@ class TorchComm(Communicator):
         #: The process group's backend ("gloo", "nccl", ...).
         self.torch_backend = str(dist.get_backend(group))
         self._owns_group = False  # init_torch initialized the default group: close() destroys it
+        self.memories = backend_memories(self.torch_backend)
         super().__init__(dist.get_rank(group), dist.get_world_size(group))
 
     def close(self) -> None:

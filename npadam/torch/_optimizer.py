@@ -25,8 +25,10 @@ collectives; a bad value on one rank raises on every rank before anything change
 holds ``step`` and the param's state tensors *flat*, over the param's elements in this rank's shard
 only (empty when it has none there; ``state_dict()["npadam"]["shard"]["ranges"]`` says which):
 views of npadam's state, as ``ZeroRedundancyOptimizer.state`` holds only its rank's params.
-``state_dict()`` is this rank's shard, ``full_state_dict()`` the whole state. CPU params only; no
-``offload_fraction`` or ``nvme_offload_fraction`` with ``comm``.
+``state_dict()`` is this rank's shard, ``full_state_dict()`` the whole state. CPU or CUDA params:
+with CUDA params the step's buffers are on the GPU, on torch's current stream; a communicator of
+GPU memory (NCCL, torch with nccl) takes them as they are, one of host memory (MPI, gloo) through
+host copies. No ``offload_fraction`` or ``nvme_offload_fraction`` with ``comm`` here.
 """
 
 from __future__ import annotations
@@ -286,7 +288,8 @@ class _Base(torch.optim.Optimizer):
             return self._relayout()
         first, old, params, layout, device, kernel, nbytes = checked
         if self._sharding is not None:  # the optimizer and its state precision too: they decide the layout
-            what = f"{type(self).__name__} with state {_shown(self._precision.describe())}"
+            what = (f"{type(self).__name__} with state {_shown(self._precision.describe())}, params in "
+                    f"{'GPU' if device.type == 'cuda' else 'host'} memory")  # ranks on other memories disagree
             self._sharding.agree_layout(layout_digest(layout, what), None)
         gpu = device.type == "cuda"
         # everything checked: change
@@ -364,9 +367,8 @@ class _Base(torch.optim.Optimizer):
         if self._engine is not None and device != self._device:
             raise ValueError(f"new params are on {device}, the optimizer's on {self._device}")
         gpu = device.type == "cuda"
-        if gpu and self._sharding is not None:
-            raise ValueError(f"comm with params on {device} is not available in this version of npadam: the "
-                             "sharded optimizer runs the CPU and reference kernels on host params (CPU tensors)")
+        if self._sharding is not None:  # NCCL moves GPU memory only; the others serve CUDA params staged
+            Sharding.check_memory(self._sharding.comm, gpu, device.index)
         kernel = self._engine.kernel if self._engine is not None else self._kernel_arg or (
             "gpu" if gpu else K.available())
         if gpu != (kernel == "gpu"):
@@ -406,8 +408,9 @@ class _Base(torch.optim.Optimizer):
                             gview.copy_(p.grad)
                         p.grad = gview
             self._flat.append((pflat, gflat, list(b.tensors)))
-            if self._sharding is not None and not pflat.is_cuda:  # the collectives run on the flat buffers
-                self._sharding.flat[bi] = (_numpy(pflat), _numpy(gflat))
+            if self._sharding is not None:  # the collectives run on the flat buffers
+                self._sharding.flat[bi] = ((import_array(pflat)[0], import_array(gflat)[0]) if pflat.is_cuda
+                                           else (_numpy(pflat), _numpy(gflat)))
         self._gviews = [p.grad if self.flat_storage else None for p in self._params]
 
     def _state_views(self) -> None:
@@ -795,7 +798,8 @@ class _Base(torch.optim.Optimizer):
             active, gptrs, gdtypes, grads = self._collect()
             return active, gptrs, gdtypes, [grads[t] for t in self._engine.layout.buffers[bi].tensors]
 
-        self._early[bi] = hand_over(self._sharding, self._engine, bi, collect)
+        with self._stream():  # CUDA params: the bucket's copies and collectives on torch's current stream
+            self._early[bi] = hand_over(self._sharding, self._engine, bi, collect)
 
     def wait_params(self, bucket: int | None = None) -> None:
         """Complete the param all-gather of ``bucket`` (all buckets when None) that
@@ -806,7 +810,9 @@ class _Base(torch.optim.Optimizer):
         if self._sharding is None or not self._sharding.pending:
             return
         todo = list(self._sharding.pending) if bucket is None else [bucket]
-        if self._sharding.wait_params(self._engine, bucket):
+        with self._stream():
+            waited = self._sharding.wait_params(self._engine, bucket)
+        if waited:
             lay = self._engine.layout
             torch.autograd.graph.increment_version([self._params[t] for b in todo for t in lay.buffers[b].tensors])
             self._versions = [self._params[i]._version for i in self._low]
@@ -1212,8 +1218,8 @@ def _refuse_with_comm(**options: Any) -> None:
     for name, value in options.items():
         if value is not None:
             raise ValueError(f"{name}={value!r} with comm is not available in npadam.torch: the sharded optimizer "
-                             "keeps each rank's shard of the state in host memory next to its CPU params "
-                             "(npadam.AdamW(comm=) on arrays takes nvme_offload_fraction)")
+                             "keeps each rank's shard of the state next to its params (npadam.AdamW(comm=) on "
+                             "arrays takes offload_fraction and nvme_offload_fraction per shard)")
 
 
 def _host_array(value: Any) -> Any:

@@ -233,6 +233,39 @@ def check_nvme(comm: Any) -> None:
         other.close()
 
 
+def check_staged(comm: Any) -> None:
+    """The collectives staged through host copies (GPU params on a communicator of host memory):
+    buckets sent ahead, gathers in flight, a failed grads_ready; then a plain step with clipping."""
+    check_overlap(comm, stage=True)
+    run = Run(comm, lambda p, comm: npadam.AdamW(p, lr=1e-2, weight_decay=0.1, max_grad_norm=0.5, comm=comm))
+    run.opt._sharding.bind(run.opt._engine, stage=True)
+    for _ in range(2):
+        run.step()
+    run.same_state()
+    if comm.size > 1:  # staged: the shard buffers on the host were made and used
+        assert run.opt._sharding._host_grads and run.opt._sharding._host_params
+
+
+def check_offload(comm: Any) -> None:
+    """Host params standing in for GPU params (``npadam._placement.standin``): the tail of each rank's
+    shard of the state in "host" memory behind the copier, streamed piece by piece; amsgrad's max
+    appearing there; its state dict loaded back. The reference keeps its state with the params."""
+    from npadam._placement import standin
+    from npadam.tiers.transfer import HostCopier
+
+    with standin(HostCopier, piece_elems=40_000):
+        run = Run(comm, lambda p, comm: npadam.AdamW(p, lr=1e-2, amsgrad=True, max_grad_norm=1.0, comm=comm,
+                                                     **({} if comm is None else dict(offload_fraction=0.6))))
+        assert run.opt._engine.host and not run.ref._engine.host
+        for _ in range(2):
+            run.step()
+        run.same_state()
+        other = npadam.AdamW(groups(MAIN, [p.copy() for p in run.params]), lr=1e-2, amsgrad=True, max_grad_norm=1.0,
+                             comm=comm, offload_fraction=0.6)
+        other.load_state_dict(run.opt.state_dict())
+        same_state(other.full_state_dict(), run.ref.state_dict(), "loaded into the host tier")
+
+
 def check_tiny(comm: Any) -> None:
     """A model smaller than one norm block: every rank but 0 holds only padding, and joins every collective."""
     run = Run(comm, lambda p, comm: npadam.AdamW(p, lr=1e-2, max_grad_norm=0.1, comm=comm), TINY)
@@ -295,14 +328,18 @@ def check_disagreement(comm: Any) -> None:
     run.step()  # still usable, and in step
 
 
-def check_overlap(comm: Any) -> None:
+def check_overlap(comm: Any, stage: bool = False) -> None:
     """Buckets (bucket_bytes) handed over by grads_ready in backward order while the others are
     computed, params gathered in flight (step(wait_params=False)) and waited for bucket by bucket:
     the same bits as one process with the same buckets; a step given other grads than grads_ready
-    raises on every rank and the optimizer stays usable."""
+    raises on every rank and the optimizer stays usable. ``stage``: every collective of the step
+    goes through host copies, as for GPU params on MPI or gloo (here host -> host)."""
     run = Run(comm, lambda p, comm: npadam.AdamW(p, lr=1e-2, weight_decay=0.1, max_grad_norm=0.5, comm=comm,
                                                  bucket_bytes=300_000))
     opt = run.opt
+    if stage:
+        opt._sharding.bind(opt._engine, stage=True)
+        assert opt._sharding.mem.staged
     names = [n for n, *_ in MAIN]
     assert len(opt.buckets) > len({(g, dt) for _, _, dt, g in MAIN}), opt.buckets  # w1 / b1+e1 ... split
     for k in range(3):
@@ -340,8 +377,8 @@ def check_overlap(comm: Any) -> None:
     run.step()  # still usable, and in step
 
 
-CHECKS = [check_overlap, check_adamw, check_adam_amsgrad, check_sgd, check_precision, check_nvme, check_inf, check_tiny, check_memory,
-          check_disagreement]
+CHECKS = [check_overlap, check_staged, check_adamw, check_adam_amsgrad, check_sgd, check_precision, check_nvme,
+          check_offload, check_inf, check_tiny, check_memory, check_disagreement]
 
 
 def run_all(comm: Any) -> int:
