@@ -597,46 +597,85 @@ class _Base(torch.optim.Optimizer):
             self._last_grads = grads
             return cached[1], cached[2], cached[3], grads
         eng = self._engine
-        names = eng.layout.names
         if [p.shape for p in params] != self._shapes or not all([p.is_contiguous() for p in params]):
             for p, s in zip(params, eng.layout.slots):  # p.data = p.data.t() keeps the pointer
                 if tuple(p.shape) != s.shape or not p.is_contiguous():
                     raise ValueError(f"param {s.name!r} is now {tuple(p.shape)} (strides {p.stride()}), was "
                                      f"{s.shape} contiguous: build a new optimizer (and load the old one's state)")
-        device = self._device
-        cuda = device.type == "cuda"
-        kinds = [-1 if g is None else _KINDS.get(g.dtype, -2) for g in grads]
-        live = [g for g in grads if g is not None]
-        strided = torch.strided
-        if -2 in kinds or not (all(map(operator.eq, [g.shape for g in live], [self._shapes[i] for i, k in
-                                                                              enumerate(kinds) if k >= 0]))
-                               and all([g.layout is strided and g.is_cuda is cuda for g in live])
-                               and all([g.is_contiguous() for g in live])
-                               and (not cuda or all([g.device == device for g in live]))):
-            self._reject_grads(grads)
+        kinds = self._grad_kinds(grads, range(len(params)))
         gkinds = np.asarray(kinds, dtype=np.int64)
         active = gkinds >= 0
         gptrs = np.asarray(gptr_list, dtype=np.int64)
-        gdtypes = []
-        for bi, slots in enumerate(eng.buffer_slots):
-            found = np.unique(gkinds[slots][active[slots]])
-            if found.size > 1:
-                raise TypeError(f"grads of param group {eng.layout.buffers[bi].group} mix dtypes "
-                                f"{[_NAMES[k] for k in found]}; use one gradient dtype per group and param dtype")
-            gdtypes.append(_NAMES[found[0]] if found.size else "float32")
-        sel = np.flatnonzero(active)
-        gbytes = self._numel[sel] * _ITEMSIZE[gkinds[sel]]
-        check_apart(self._pptrs, self._pptrs + self._pbytes, gptrs[sel], gptrs[sel] + gbytes,
-                    lambda g, p: f"grad of {names[sel[g]]!r} and param {names[p]!r}")
+        gdtypes = [self._buffer_gdtype(bi, gkinds[slots], active[slots]) for bi, slots in enumerate(eng.buffer_slots)]
+        self._grads_apart(np.flatnonzero(active), gptrs, gkinds)
         self._grad_cache = (gptr_list, active, gptrs, gdtypes)
         self._last_grads = grads
         return active, gptrs, gdtypes, grads
 
-    def _reject_grads(self, grads: list[Any]) -> None:
-        """Find the grad that failed a check in ``_collect`` and raise naming it."""
+    def _collect_bucket(self, bi: int) -> tuple[np.ndarray, np.ndarray, list[str], list[Any]]:
+        """``_collect`` for ``grads_ready(bi)``: the same checks on buffer ``bi``'s grads only (the
+        step checks them all again), so handing over every bucket of a step costs one pass over the
+        params, not one per bucket. The caller's changes (``_sync``) are caught up with at the step's
+        first bucket. Entries of other buffers: inactive, grad dtype float32 (unused)."""
+        if not self._early:
+            self._sync()
+        eng = self._engine
+        slots = eng.layout.buffers[bi].tensors
+        if self.flat_storage:
+            self._reattach_flat_grads(slots)
+        grads = [self._params[t].grad for t in slots]
+        try:
+            ptrs = [0 if g is None else g.data_ptr() for g in grads]
+        except RuntimeError:  # a sparse (storage-less) grad
+            self._reject_grads(grads, slots)
+        kinds = np.asarray(self._grad_kinds(grads, slots), dtype=np.int64)
+        n = len(eng.layout.slots)
+        active, gptrs, gkinds = np.zeros(n, bool), np.zeros(n, np.int64), np.full(n, -1, np.int64)
+        active[slots], gptrs[slots], gkinds[slots] = kinds >= 0, ptrs, kinds
+        gdtypes = ["float32"] * len(eng.layout.buffers)
+        gdtypes[bi] = self._buffer_gdtype(bi, kinds, kinds >= 0)
+        self._grads_apart(np.asarray(slots, np.int64)[kinds >= 0], gptrs, gkinds)
+        return active, gptrs, gdtypes, grads
+
+    def _grad_kinds(self, grads: list[Any], idx: Sequence[int]) -> list[int]:
+        """The kind (``_KINDS``; -1 for None) of each grad of the params ``idx``, after checking shape,
+        dtype, layout, device and contiguity (a few list comprehensions; ``_reject_grads`` names the
+        first bad one)."""
+        device = self._device
+        cuda = device.type == "cuda"
+        kinds = [-1 if g is None else _KINDS.get(g.dtype, -2) for g in grads]
+        live = [g for g in grads if g is not None]
+        shapes = self._shapes
+        strided = torch.strided
+        if -2 in kinds or not (all(map(operator.eq, [g.shape for g in live], [shapes[i] for i, k in
+                                                                              zip(idx, kinds) if k >= 0]))
+                               and all([g.layout is strided and g.is_cuda is cuda for g in live])
+                               and all([g.is_contiguous() for g in live])
+                               and (not cuda or all([g.device == device for g in live]))):
+            self._reject_grads(grads, idx)
+        return kinds
+
+    def _buffer_gdtype(self, bi: int, kinds: np.ndarray, active: np.ndarray) -> str:
+        """Buffer ``bi``'s grad dtype from its slots' grad ``kinds``; TypeError if they mix dtypes."""
+        found = np.unique(kinds[active])
+        if found.size > 1:
+            raise TypeError(f"grads of param group {self._engine.layout.buffers[bi].group} mix dtypes "
+                            f"{[_NAMES[k] for k in found]}; use one gradient dtype per group and param dtype")
+        return _NAMES[found[0]] if found.size else "float32"
+
+    def _grads_apart(self, sel: np.ndarray, gptrs: np.ndarray, gkinds: np.ndarray) -> None:
+        """ValueError if the grads of slots ``sel`` overlap any param's memory."""
+        slots = self._engine.layout.slots
+        gbytes = self._numel[sel] * _ITEMSIZE[gkinds[sel]]
+        check_apart(self._pptrs, self._pptrs + self._pbytes, gptrs[sel], gptrs[sel] + gbytes,
+                    lambda g, p: f"grad of {slots[sel[g]].name!r} and param {slots[p].name!r}")
+
+    def _reject_grads(self, grads: list[Any], idx: Sequence[int] | None = None) -> None:
+        """Find the grad that failed a check in ``_collect`` (of the params ``idx``: all by default) and
+        raise naming it."""
         names = self._engine.layout.names
         device = self._device
-        for i, (g, p) in enumerate(zip(grads, self._params)):
+        for i, g in zip(range(len(grads)) if idx is None else idx, grads):
             if g is None:
                 continue
             if g.dtype not in _KINDS:
@@ -742,14 +781,16 @@ class _Base(torch.optim.Optimizer):
                 return pflat[s.offset: s.offset + s.numel].view(s.shape)
         raise AssertionError(i)
 
-    def _reattach_flat_grads(self) -> None:
+    def _reattach_flat_grads(self, idx: Sequence[int] | None = None) -> None:
         """flat_storage: a grad that is not the flat view any more (``model.zero_grad()`` set it to
-        None and backward made a new one) is copied into the view, which becomes ``.grad`` again."""
-        params = self._params
-        if all(map(operator.is_, [p.grad for p in params], self._gviews)) and \
+        None and backward made a new one) is copied into the view, which becomes ``.grad`` again.
+        ``idx``: these params only (all by default)."""
+        params = self._params if idx is None else [self._params[t] for t in idx]
+        gviews = self._gviews if idx is None else [self._gviews[t] for t in idx]
+        if all(map(operator.is_, [p.grad for p in params], gviews)) and \
                 all([p.requires_grad for p in params]):
             return
-        for p, view in zip(params, self._gviews):
+        for p, view in zip(params, gviews):
             if view is None:
                 continue
             g = p.grad
@@ -792,14 +833,8 @@ class _Base(torch.optim.Optimizer):
                              "backward before step()? run all but the last micro-batch's backward inside "
                              "optimizer.no_sync())")
 
-        def collect() -> tuple:
-            if self.flat_storage:
-                self._reattach_flat_grads()
-            active, gptrs, gdtypes, grads = self._collect()
-            return active, gptrs, gdtypes, [grads[t] for t in self._engine.layout.buffers[bi].tensors]
-
         with self._stream():  # CUDA params: the bucket's copies and collectives on torch's current stream
-            self._early[bi] = hand_over(self._sharding, self._engine, bi, collect)
+            self._early[bi] = hand_over(self._sharding, self._engine, bi, lambda: self._collect_bucket(bi))
 
     def wait_params(self, bucket: int | None = None) -> None:
         """Complete the param all-gather of ``bucket`` (all buckets when None) that
