@@ -28,7 +28,8 @@ views of npadam's state, as ``ZeroRedundancyOptimizer.state`` holds only its ran
 ``state_dict()`` is this rank's shard, ``full_state_dict()`` the whole state. CPU or CUDA params:
 with CUDA params the step's buffers are on the GPU, on torch's current stream; a communicator of
 GPU memory (NCCL, torch with nccl) takes them as they are, one of host memory (MPI, gloo) through
-host copies. No ``offload_fraction`` or ``nvme_offload_fraction`` with ``comm`` here.
+host copies. ``offload_fraction`` and ``nvme_offload_fraction`` place each rank's shard of the
+state as they place a whole buffer's (``state[p]`` of a param there: flat copies, as its views).
 """
 
 from __future__ import annotations
@@ -221,10 +222,6 @@ class _Base(torch.optim.Optimizer):
             self._offload = offload_placement(offload_fraction, pin_memory, gpu_state_bytes)
             self._disk = disk_placement(nvme_offload_fraction, nvme_offload_dir, nvme_staging_bytes,
                                         host_state_bytes)
-            if self._sharding is not None:
-                _refuse_with_comm(offload_fraction=offload_fraction or None, gpu_state_bytes=gpu_state_bytes,
-                                  nvme_offload_fraction=nvme_offload_fraction or None,
-                                  host_state_bytes=host_state_bytes)
             self.offload_fraction = self._offload.fraction if self._offload is not None else 0.0
             self.pin_memory = bool(pin_memory)
             self._handed: dict[tuple[int, str], tuple[Any, bytes]] = {}  # disk slots' state tensors given out
@@ -452,7 +449,7 @@ class _Base(torch.optim.Optimizer):
             return t
         arr = self._engine.slot_state(i)[key]
         t = _tensor(arr)
-        if not key.endswith("_scale"):
+        if not key.endswith("_scale") and self._sharding is None:  # with comm flat, as state[p]'s views
             t = t.view(self._engine.layout.slots[i].shape)
         self._handed[(i, key)] = (weakref.ref(t), _digest(t))
         self._held[(i, key)] = t  # until the next step: an edit of a tensor nobody keeps still counts
@@ -468,11 +465,11 @@ class _Base(torch.optim.Optimizer):
             now = _digest(t)
             alive[(i, key)] = (ref, now)
             if now != digest:
-                lo, hi = self._engine.slot_range(i, key)
+                lo, hi = self._engine.owned_range(i, key)
                 if not torch.isfinite(t.float()).all() or t.numel() != hi - lo:
                     raise ValueError(f"state of param {self._engine.layout.slots[i].name!r}: {key} was changed "
                                      "in place to non-finite values or another size")
-                updates.append((i, key, _numpy(t.detach().reshape(-1)).copy()))
+                updates.append((i, key, self._whole(i, key, _numpy(t.detach().reshape(-1)).copy())))
         self._handed = alive
         self._held = {}  # from now on only the caller's references keep them
         if updates:
@@ -564,20 +561,21 @@ class _Base(torch.optim.Optimizer):
         self._state_views()
 
     def _whole(self, i: int, key: str, arr: np.ndarray) -> np.ndarray:
-        """A state array set into ``state[p]`` as the param's whole flat array: one of the param's size,
-        or with ``comm`` one of this rank's elements of it (as ``state[p]`` shows them; the engine
-        never reads the zeros put elsewhere)."""
+        """A state array set into ``state[p]`` as the param's whole flat array: one of the param's size
+        (fp8 block scales: of its blocks), or with ``comm`` one of this rank's elements (blocks) of it
+        (as ``state[p]`` shows them; the engine never reads the zeros put elsewhere)."""
         eng = self._engine
         slot = eng.layout.slots[i]
-        if arr.size == slot.numel:
+        lo, hi = eng.slot_range(i, key)
+        if arr.size == hi - lo:
             return arr.reshape(-1)
-        a, b = eng.owned_range(i, "master")
+        a, b = eng.owned_range(i, key)
         if self._sharding is not None and arr.size == b - a:
-            whole = np.zeros(slot.numel, np.float32)
-            whole[a - slot.offset: b - slot.offset] = arr.reshape(-1)
+            whole = np.zeros(hi - lo, arr.dtype)
+            whole[a - lo: b - lo] = arr.reshape(-1)
             return whole
         also = f" (or {b - a}, this rank's elements of it)" if self._sharding is not None else ""
-        raise ValueError(f"state of param {slot.name!r}: {key} has {arr.size} elements, expected {slot.numel}{also}")
+        raise ValueError(f"state of param {slot.name!r}: {key} has {arr.size} elements, expected {hi - lo}{also}")
 
     def _collect(self) -> tuple[np.ndarray, np.ndarray, list[str], list[Any]]:
         """This step's ``(active, grad pointers, grad dtype per buffer, grads to keep alive)``.
@@ -1246,15 +1244,6 @@ class _GradHook:
 
 def _shown(d: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items())
-
-
-def _refuse_with_comm(**options: Any) -> None:
-    """ValueError naming the first option given (not None) that the sharded torch optimizer does not take."""
-    for name, value in options.items():
-        if value is not None:
-            raise ValueError(f"{name}={value!r} with comm is not available in npadam.torch: the sharded optimizer "
-                             "keeps each rank's shard of the state next to its params (npadam.AdamW(comm=) on "
-                             "arrays takes offload_fraction and nvme_offload_fraction per shard)")
 
 
 def _host_array(value: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any, Callable
@@ -392,8 +393,39 @@ def check_overlap(comm: Any) -> None:
     run.same_state()
 
 
+def check_tiers(comm: Any) -> None:
+    """Each rank's shard of the state partly in another tier: files (nvme_offload_fraction), and with
+    host params standing in for GPU params (``npadam._placement.standin``) host memory behind the
+    copier (offload_fraction). ``state[p]`` of a param there: flat copies of this rank's elements; an
+    in-place edit of one is written back at the next step (every rank halves its elements, the
+    reference all of them); shard state dicts load back. The reference keeps its state in memory."""
+    from npadam._placement import standin
+    from npadam.tiers.transfer import HostCopier
+
+    with tempfile.TemporaryDirectory() as d, standin(HostCopier, piece_elems=40_000):
+        for tier in (dict(nvme_offload_fraction=0.5, nvme_offload_dir=d, nvme_staging_bytes=1 << 20),
+                     dict(offload_fraction=0.6)):
+            make = lambda p, comm, tier=tier: nt.AdamW(  # noqa: E731
+                p, lr=1e-2, amsgrad=True, max_grad_norm=1.0, comm=comm, **(tier if comm is not None else {}))
+            run = Run(comm, make)
+            assert run.opt._engine.tiered and not run.ref._engine.tiered, tier
+            run.step()
+            a, b = run.opt.state_dict()["npadam"]["shard"]["ranges"][0]
+            st = run.opt.state[run.params[0]]
+            assert st["exp_avg"].shape == (b - a,), (tier, tuple(st["exp_avg"].shape), (a, b))
+            st["exp_avg"].mul_(0.5)
+            run.ref.state[run.ref_params[0]]["exp_avg"].mul_(0.5)
+            run.step()
+            run.same_state()
+            other = make(groups(MAIN, [p.detach().clone().requires_grad_() for p in run.params]), comm)
+            other.load_state_dict(run.opt.state_dict())
+            same_state(other.full_state_dict(), run.ref.state_dict(), f"loaded into the tiers {sorted(tier)}")
+            run.opt.close()
+            other.close()
+
+
 CHECKS = [check_overlap, check_adamw, check_adam_amsgrad, check_sgd, check_flat_storage, check_precision, check_inf, check_memory,
-          check_disagreement, check_zero_anchor]
+          check_disagreement, check_zero_anchor, check_tiers]
 
 
 def run_all(comm: Any) -> int:
