@@ -191,6 +191,8 @@ class Sharding:
         #: buffers whose grads ``start_reduce`` (``grads_ready``) sent ahead of the step:
         #: buffer -> (handle, the grad dtype, the mask of its slots that had grads, the shard's base)
         self.early: dict[int, tuple[Any, str, np.ndarray, int]] = {}
+        #: buffer -> the dtype of the grads last sent for it (what a failed ``grads_ready`` sends zeros in)
+        self.last_gdtype: dict[int, str] = {}
         #: buckets whose ``grads_ready`` failed this rank's checks (sent as zeros): bucket -> the error
         self.failed: dict[int, BaseException] = {}
         #: param all-gathers left in flight by a step with ``defer_gather``: buffer -> (handle, batch, buffer)
@@ -236,6 +238,7 @@ class Sharding:
         with self.mem.device():
             dev = self.mem.xp.asarray(x)
             self.comm.all_reduce(dev, op=op)
+            self._settle()
             self.mem.to_host(dev, x)
 
     def host_all_gather(self, local: np.ndarray, out: np.ndarray) -> None:
@@ -247,7 +250,15 @@ class Sharding:
         with self.mem.device():
             dev_out = self.mem.xp.empty(out.size, raw)
             self.comm.all_gather(self.mem.xp.asarray(local.view(raw)), dev_out)
+            self._settle()
             self.mem.to_host(dev_out, out.view(raw))
+
+    def _settle(self) -> None:
+        """After a sync collective on device temporaries: wait for the whole device. torch's nccl
+        orders its result on torch's current stream, which need not be CuPy's (``torch.cuda.stream``,
+        per-thread default streams); the copies that follow run on CuPy's. Small and rare (the
+        agreement, the norm's block sums, state gathers), so a device-wide wait is cheap enough."""
+        self.mem.xp.cuda.Device(self.mem.device_id).synchronize()
 
     # ------------------------------------------------------------------ agreement (collectives)
     def agree(self, what: str, error: BaseException | None, payload: Any = None) -> list[Any]:
@@ -389,6 +400,7 @@ class Sharding:
         waits for it instead of sending them again. One rank: nothing to send."""
         h, base = self.start_reduce(engine, bi, active, gptrs, gdtype) if self.world > 1 else (None, 0)
         self.early[bi] = (h, gdtype, active[engine.buffer_slots[bi]].copy(), base)
+        self._note_gdtypes(engine, active, [gdtype if b == bi else "" for b in range(len(engine.buffer_slots))])
 
     def grads_failed(self, engine: Any, bi: int, error: BaseException) -> None:
         """``grads_ready(bi)`` failed its checks on this rank: the other ranks start that bucket's
@@ -397,10 +409,14 @@ class Sharding:
         self.failed.setdefault(bi, error)
         if bi in self.early:
             return
+        # the other ranks send their grads' dtype, which this rank cannot see: the dtype this buffer's
+        # grads had before (as they almost always have again), else the params' (torch's grads always
+        # have it); NCCL and gloo need the same byte count on every rank, MPI widens 16-bit floats anyway
+        gdtype = self.last_gdtype.get(bi, engine.layout.buffers[bi].dtype)
         none = np.zeros(len(engine.layout.slots), bool)
-        h, base = self.start_reduce(engine, bi, none, np.zeros(none.size, np.int64), "float32") \
+        h, base = self.start_reduce(engine, bi, none, np.zeros(none.size, np.int64), gdtype) \
             if self.world > 1 else (None, 0)
-        self.early[bi] = (h, "float32", none[engine.buffer_slots[bi]], base)
+        self.early[bi] = (h, gdtype, none[engine.buffer_slots[bi]], base)
 
     def check_step(self, layout: FlatLayout, ngroups: int, error: BaseException | None,
                    active: np.ndarray | None = None, gdtypes: Sequence[str] | None = None,
@@ -437,6 +453,7 @@ class Sharding:
         Inactive slots keep their (unused) pointers. One rank: the grads as they are (their average
         over one rank; packing and the pass over them cost 2.7x a plain step)."""
         early, self.early = self.early, {}
+        self._note_gdtypes(engine, active, gdtypes)
         if self.world == 1:
             return gptrs
         out = gptrs.copy()
@@ -457,6 +474,12 @@ class Sharding:
         for h in handles:
             h.wait()
         return out
+
+    def _note_gdtypes(self, engine: Any, active: np.ndarray, gdtypes: Sequence[str]) -> None:
+        """Remember the grad dtype of each buffer with grads (``""``: not this one), for ``grads_failed``."""
+        for bi, slots in enumerate(engine.buffer_slots):
+            if gdtypes[bi] and active[slots].any():
+                self.last_gdtype[bi] = gdtypes[bi]
 
     def combine_sums(self, sums: np.ndarray, lens: Sequence[int]) -> np.ndarray:
         """All ranks' block sums (``sums``: this rank's on the host, the stepped buffers' one after the
@@ -566,6 +589,7 @@ class Sharding:
         from ._engine import Engine
         from ._tiered import STATE_NAMES
 
+        engine.sync()  # the last step's kernels may still run on another stream (torch's)
         full = Engine(engine.layout, device="cpu", kernel=engine.kernel, decoupled=engine.decoupled,
                       algorithm=engine.algorithm, precision=engine.precision)
         for bi, buf in enumerate(engine.bufs):

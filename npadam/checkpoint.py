@@ -211,9 +211,10 @@ _RAW = {"bfloat16": ("BF16", np.uint16), "float8_e4m3fn": ("F8_E4M3", np.uint8),
 _SCALE = "_scale"
 
 
-def _host(x: Any) -> np.ndarray:
+def _host(x: Any, dtype: str | None = None) -> np.ndarray:
     """A host NumPy view (host memory) or copy (GPU) of a NumPy / CuPy array or torch tensor, in
-    its own dtype (bfloat16 as ml_dtypes.bfloat16). Read, never written."""
+    its own dtype (bfloat16 as ml_dtypes.bfloat16). Read, never written. ``dtype="bfloat16"``: the
+    array may hold the bits (a CuPy uint16 array: ``npadam.AdamW`` keeps bf16 GPU params so)."""
     from .interop import import_array
 
     name = str(getattr(x, "dtype", "")).replace("torch.", "")
@@ -225,7 +226,7 @@ def _host(x: Any) -> np.ndarray:
         return bits.numpy().view(getattr(ml_dtypes, name))
     a, d = import_array(x, what="checkpoint tensor")
     a = a.get() if not isinstance(a, np.ndarray) else a
-    if d == "bfloat16" and a.dtype.name != "bfloat16":
+    if (d == "bfloat16" or (dtype == "bfloat16" and a.dtype.name in ("uint16", "int16"))) and a.dtype.name != "bfloat16":
         import ml_dtypes
 
         a = a.view(ml_dtypes.bfloat16)
@@ -388,7 +389,7 @@ def _save(path: Any, optimizer: Any, scheduler: Any, shard_bytes: Any, metadata:
                             "step": _int(st["step"], f"state of param {name!r}: step")}
             if hi <= lo and not (numel == 0 and rank == 0):
                 continue  # another rank owns every element (a param without elements: rank 0 writes it)
-            value = _host(objects[i]).reshape(-1)[lo:hi]
+            value = _host(objects[i], meta["dtypes"][i]).reshape(-1)[lo:hi]
             if "param_remainder" in st:  # bf16 param + int16 remainder: exactly the fp32 master, in their own bits
                 tensors.append((f"{name}/param", value, lo))
             elif meta["dtypes"][i] == "float32":

@@ -582,8 +582,8 @@ class _Optimizer:
                 host = ref.to_storage(np.asarray(v, np.float32), _storage_dtype(dtype))
             if isinstance(a, np.ndarray):
                 a.reshape(-1)[...] = host.view(a.dtype)
-            else:  # CuPy (bfloat16 as uint16 bits)
-                a.reshape(-1)[...] = self._engine.xp.asarray(host.view(np.uint16) if dtype != "float32" else host)
+            else:  # CuPy: the bits as they are (bfloat16 params are uint16 arrays there)
+                a.reshape(-1)[...] = self._engine.xp.asarray(host.view(a.dtype))
         self._engine.sync()
         self._versions = [P.version(o, bump=True) for o in self._objects]
 

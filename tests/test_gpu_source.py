@@ -1206,6 +1206,10 @@ def test_gpu_fp8_launch_checks_what_the_kernel_assumes():
     assert not launched
     step(base=1 << 40)
     assert launched == [(gpu.adam_name(0, 0, True, True, False, P.F8E4M3, P.F8E5M2), (gpu.THREADS,), 28)]
+    # the buffer's tail in another tier (offload): scales for the blocks on the GPU only, which the batch covers
+    launched.clear()
+    step(offset=0, **{k: np.zeros(2, np.float32) for k in ("m_scale", "v_scale", "vmax_scale")})
+    assert len(launched) == 1
     assert gpu.THREADS % 32 == 0 and gpu.CHUNK % gpu.FP8_BLOCK == 0
     shift = re.search(r"constexpr int FP8_SHIFT = (\d+);", (KERNEL_DIR / "adam_math.cuh").read_text()).group(1)
     assert 1 << int(shift) == gpu.FP8_BLOCK == P.FP8_BLOCK

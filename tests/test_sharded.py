@@ -10,6 +10,7 @@ import pickle
 import re
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -104,6 +105,34 @@ def test_mpi_sharded(n):
     ranks = re.findall(r"OK sharded rank (\d+)/(\d+) (\d+)", out)
     assert sorted((r, w) for r, w, _ in ranks) == [(str(r), str(n)) for r in range(n)], out
     assert all(int(c) == len(sharded_check.CHECKS) for *_, c in ranks), out
+
+
+def test_failed_hand_over_sends_zeros_in_the_grads_dtype():
+    """A rank whose grads_ready fails still sends the bucket (zeros) in the dtype the other ranks send
+    theirs in (NCCL and gloo need the same bytes on every rank): the dtype of the grads last seen for
+    that buffer, else the params' (a torch grad always has its param's)."""
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    for last, want in ((None, "bfloat16"), (np.float32, "float32")):
+        opt = npadam.AdamW([np.ones(8, bf16)], lr=1e-2, comm=distributed.init("single"))
+        if last is not None:
+            opt.step([np.ones(8, last)])
+        with pytest.raises(ValueError, match="shape"):
+            opt.grads_ready(0, [np.ones(3, np.float32)])
+        assert opt._sharding.early[0][1] == want
+        with pytest.raises(ValueError, match="grads_ready"):
+            opt.step([np.ones(8, np.float32)])
+        assert not opt._sharding.early
+
+
+def test_checkpoint_reads_bf16_params_held_as_bits():
+    """npadam.AdamW keeps bf16 params on a GPU as uint16 CuPy arrays: the checkpoint reads them as
+    bfloat16 values, not as integers (a review found 1.0 saved as 16256.0)."""
+    from npadam import checkpoint
+
+    bits = np.array([1.0, -2.5], ml_dtypes.bfloat16).view(np.uint16)
+    got = checkpoint._host(bits, "bfloat16")
+    assert got.dtype.name == "bfloat16" and got.astype(np.float32).tolist() == [1.0, -2.5]
+    assert checkpoint._host(bits).dtype == np.uint16  # other dtypes as they are
 
 
 @needs_mpi

@@ -333,14 +333,17 @@ class GpuKernels:
 def _check_fp8(buf: Any, batch: Any, mk: int, vk: int, amsgrad: bool, base: int, scales: Sequence[Any]) -> None:
     """What adam_multi assumes of fp8 state: the state arrays start on an fp8 block (``base``), every
     tensor does too (its offset), and each fp8 moment has a float32 scale array with a scale for every
-    block of the buffer (``(size + FP8_BLOCK - 1) // FP8_BLOCK``)."""
+    block the batch touches (``(end + FP8_BLOCK - 1) // FP8_BLOCK``, ``end`` its last tensor's end)."""
     if base % FP8_BLOCK:
         raise ValueError(f"fp8 state must start on a {FP8_BLOCK}-element block; got base {base}")
     offsets = np.asarray(batch.offsets)
     if (offsets % FP8_BLOCK).any():
         bad = int(offsets[(offsets % FP8_BLOCK) != 0][0])
         raise ValueError(f"with fp8 state every tensor starts on a {FP8_BLOCK}-element block; got offset {bad}")
-    blocks = -(-int(buf.size) // FP8_BLOCK)
+    # the blocks the batch touches: a buffer whose tail is in another tier (offload) has scales for
+    # the part on the GPU only, and the batch covers just that part
+    end = int((offsets + np.asarray(batch.sizes)).max()) if offsets.size else 0
+    blocks = -(-end // FP8_BLOCK)
     for name, kind, scale in zip(("m_scale", "v_scale", "vmax_scale"), (mk, vk, vk), scales):
         if kind not in FP8 or (name == "vmax_scale" and not amsgrad):
             continue
@@ -348,5 +351,5 @@ def _check_fp8(buf: Any, batch: Any, mk: int, vk: int, amsgrad: bool, base: int,
             raise ValueError(f"fp8 moments need their block scales: buf.{name} is None")
         if np.dtype(scale.dtype) != np.float32 or scale.size < blocks:
             raise ValueError(f"buf.{name} must be float32 with at least {blocks} scales (one per {FP8_BLOCK} "
-                             f"elements of {buf.size}); got {scale.dtype} with {scale.size}")
+                             f"elements up to the batch's end, {end}); got {scale.dtype} with {scale.size}")
 

@@ -38,9 +38,9 @@ except ImportError:  # run as a script
     import sharded_check as S
 
 GPU = len(sys.argv) > 1 and sys.argv[1] == "gpu"
-#: fp32 and bf16 params in two groups; group 1 small (on 2 ranks rank 1's shard of it is padding)
+#: fp32, bf16 and fp16 params in two groups; group 1 small (on 2 ranks rank 1's shard of it is padding)
 SPEC = [("w1", (300, 500), "float32", 0), ("b1", (37,), "float32", 0), ("e1", (256, 300), "bfloat16", 0),
-        ("w2", (129, 65), "float32", 1)]
+        ("w2", (129, 65), "float32", 1), ("h2", (70, 90), "float16", 1)]
 
 
 class Bridge(Communicator):
