@@ -16,7 +16,10 @@
    GPU params in host memory (``offload_fraction``), see ``offload_section``: bit-identity of
    offload 0 / 0.5 / 1, then one step at 0 / 0.5 / 1 timed against what its parts cost alone,
    and a torch baseline that keeps the state on the CPU;
-5. writes ``bench_gpu.md`` (the tables) and ``bench_gpu.json`` to --out, again after each part
+5. sharded (``--skip-sharded`` leaves it out): ``tools/bench_sharded.py --device gpu`` on 1 and 2
+   MPI ranks sharing this GPU, npadam.AdamW on CuPy arrays and npadam.torch with flat storage on
+   CUDA tensors (``comm=``, collectives staged through host copies: pip's MPI moves host memory);
+6. writes ``bench_gpu.md`` (the tables) and ``bench_gpu.json`` to --out, again after each part
    (a run cut short keeps what it measured).
 
 The floor of one step is 28 bytes per element (read p, g, m, v; write p, m, v)
@@ -577,6 +580,8 @@ def main() -> None:
     ap.add_argument("--offload-repeats", type=int, default=5, help="timed rounds of the offload parts, at most")
     ap.add_argument("--offload-seconds", type=float, default=240.0,
                     help="time budget of the offload section (fewer rounds, then skipped parts, beyond it)")
+    ap.add_argument("--skip-sharded", action="store_true", help="leave out the sharded (comm=) section")
+    ap.add_argument("--sharded-params", type=float, default=64, help="millions of params of the sharded timings")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     import cupy
@@ -607,7 +612,29 @@ def main() -> None:
         release(cupy, torch)
         offload_section(cupy, torch, ml_dtypes, int(args.offload_params), args.offload_repeats, args.offload_seconds,
                         report)
+    if not args.skip_sharded:
+        release(cupy, torch)
+        sharded_section(args.sharded_params, report)
     print("\n".join(lines))
+
+
+def sharded_section(mparams: float, report: Report, timeout_s: float = 240.0) -> None:
+    """``tools/bench_sharded.py --device gpu`` for each front (its tables into the report; a failure or
+    a timeout is recorded, not raised)."""
+    tool = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_sharded.py")
+    report.result["sharded"] = {}
+    for front in ("numpy", "torch-flat"):
+        cmd = [sys.executable, tool, "--device", "gpu", "--ranks", "1", "2", "--repeats", "5", "--elems",
+               str(mparams), "--front", front]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            text, rc = proc.stdout.strip() + ("\n" + proc.stderr.strip()[-2000:] if proc.returncode else ""), proc.returncode
+        except subprocess.TimeoutExpired:
+            text, rc = f"timed out after {timeout_s:.0f} s", -1
+        report.lines += ["", f"Sharded ({front}), exit {rc}:", text]
+        report.result["sharded"][front] = {"rc": rc, "output": text}
+        print("\n".join(report.lines[-3:]), flush=True)
+        report.write()
 
 
 def gpu_table(cupy, torch, sizes: list[int], repeats: int, report: Report) -> None:
