@@ -103,6 +103,7 @@ class _Optimizer:
         self._written: list[dict[str, float]] = []
         self._engine: Engine | None = None
         self._tree: P.Tree | None = None
+        self._keys: list[Any] | None = None  # the keys of params given as one flat dict
         self._last_grads: list[Any] = []
         self._last_imports: list[Any] = []  # the arrays the grad pointers point into (copies included)
         self._gptrs = np.zeros(0, np.int64)
@@ -119,6 +120,8 @@ class _Optimizer:
             specs = [{"params": list(zip(self._tree.names, self._tree.leaves))}]
         elif isinstance(params, Mapping) or isinstance(params, np.ndarray) or hasattr(params, "__dlpack__"):
             specs = [{"params": params}]
+            if isinstance(params, Mapping):  # a flat dict by name: ``params`` / ``info.params`` come back as one
+                self._keys = list(params)
         else:
             if "jax" in sys.modules and not isinstance(params, (list, tuple)) and not hasattr(params, "__next__"):
                 self._tree = P.Tree(params)  # a registered JAX pytree node (flax FrozenDict, ...)
@@ -329,10 +332,15 @@ class _Optimizer:
     @property
     def params(self) -> Any:
         """The parameters: the caller's objects, or the updated copies of read-only ones (as a pytree
-        when they were given as one)."""
+        when they were given as one; a flat dict of read-only arrays as that dict, JAX arrays)."""
         out = [a if ro else o for o, a, ro in zip(self._objects, self._arrays, self._readonly)]
         if self._tree is not None and any(self._readonly):
             return self._tree.unflatten(out)
+        if self._keys is not None and len(self._keys) == len(out) and any(self._readonly):
+            # a flat dict of JAX arrays is a pytree to its user: the same dict back, JAX arrays as the tree's are
+            import jax.numpy as jnp
+
+            return {k: jnp.asarray(a) if ro else a for k, a, ro in zip(self._keys, out, self._readonly)}
         return out
 
     def _rebind(self) -> None:

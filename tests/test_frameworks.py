@@ -296,3 +296,30 @@ def test_jax_bfloat16_grads_are_read_correctly():
             info = opt.step([g])
             assert info.grad_norm == pytest.approx(2.0 * np.sqrt(n), rel=1e-12)
         assert opt.state_dict()["state"][0]["exp_avg"][:3] == pytest.approx([0.38] * 3, rel=1e-6)
+
+
+def test_jax_flat_dict_params_come_back_as_the_dict():
+    """Found driving a JAX loop on two MPI ranks: params given as a flat dict ({"w": ..., "b": ...},
+    a pytree to a JAX user) came back from ``info.params`` as a list, so ``loss(info.params, x)``
+    broke; a nested dict came back as the dict. Now the same dict (insertion order, JAX arrays),
+    on one process and with ``comm``; state dict names stay the dict's keys."""
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    import npadam
+    from npadam import distributed
+
+    def loss(p, x):
+        return jnp.mean((x @ p["w"] + p["b"]) ** 2)
+
+    for comm in (None, distributed.init("single")):
+        p = {"w": jnp.ones((4, 3)), "b": jnp.zeros((3,))}
+        opt = npadam.AdamW(p, lr=0.1, comm=comm)
+        for _ in range(2):
+            info = opt.step(jax.grad(loss)(p, jnp.ones((2, 4))))
+            p = info.params
+            assert isinstance(p, dict) and list(p) == ["w", "b"]
+            assert all(isinstance(v, jax.Array) for v in p.values())
+            loss(p, jnp.ones((2, 4)))  # usable as the loss's params
+        assert list(opt.params) == ["w", "b"] and opt.state_dict()["npadam"]["names"] == ["w", "b"]
+    np_params = {"w": np.ones(3, np.float32)}  # writable arrays: updated in place, no new params
+    assert npadam.AdamW(np_params, lr=0.1).step({"w": np.ones(3, np.float32)}).params is None

@@ -136,6 +136,15 @@ def test_checkpoint_reads_bf16_params_held_as_bits():
 
 
 @needs_mpi
+def test_jax_loop_on_two_ranks():
+    """A JAX loop (flat dict of params, jax.grad on each rank's batch) with comm on 2 MPI ranks: the
+    dict comes back from each step, bit for bit one process on the averaged grads."""
+    pytest.importorskip("jax")
+    out = launch.mpiexec(2, Path(__file__).resolve().parent / "ranks" / "jax_sharded_check.py", timeout=150)
+    assert sorted(re.findall(r"OK jax-sharded rank (\d)/2 3", out)) == ["0", "1"], out
+
+
+@needs_mpi
 def test_gpu_check_script_on_host_params():
     """tests/ranks/gpu_sharded_check.py (run on a GPU by tests/test_gpu.py) on host params: the script's
     checks themselves, staged through host copies and through a communicator of device memory."""
