@@ -117,10 +117,6 @@ class Engine(TieredState):
         if algorithm not in ("adam", "sgd"):
             raise ValueError(f"internal: unknown algorithm {algorithm!r}")
         self.precision = precision if precision is not None else StatePrecision()
-        if disk is not None and not self.precision.default:
-            raise ValueError("nvme_offload_fraction / host_state_bytes with exp_avg_dtype, exp_avg_sq_dtype or "
-                             "store_param_remainders is not available in this version of npadam (the disk tier "
-                             "stores float32 state)")
         self.device = device
         self.device_id = device_id
         self.kernel = kernel
@@ -199,11 +195,14 @@ class Engine(TieredState):
                 on_disk = 0
                 if self.placement is not None:
                     base = moved if self.offload is not None else hi - lo
-                    on_disk, self.host_left = self.placement.split(base, per_elem, self.host_left)
+                    on_disk, self.host_left = self.placement.split(base, per_elem, self.host_left, align)
                 n1 = hi - on_disk
                 n = hi - moved if self.offload is not None else n1
-                if on_disk:
-                    self.disk[bi] = (n1, self.placement.store(on_disk, names))
+                if on_disk:  # precision-aware state in its own storage dtypes, fp8 scales one per block
+                    scales = list(self._scales(np, 0))
+                    self.disk[bi] = (n1, self.placement.store(
+                        on_disk, names + scales, {k: dtypes[k] for k in names + scales},
+                        {q: prec.FP8_BLOCK for q in scales}))
                 kinds = self._kinds(b.dtype)
                 if n1 > n:  # pageable: the state never crosses the bus
                     self.host[bi] = (n, K.BufferState(n1 - n, *(np.zeros(n1 - n, dtypes[k]) if k in names else None

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import _validate as V
 
@@ -94,19 +94,24 @@ class DiskPlacement:
     staging_bytes: int
     host_bytes: int | None = None  # instead of a fraction: host memory for state, buffers in order
 
-    def split(self, size: int, bytes_per_element: int, host_left: int) -> tuple[int, int]:
+    def split(self, size: int, bytes_per_element: int, host_left: int, align: int = 64) -> tuple[int, int]:
         """``(elements on disk, host budget left)`` for a ``size``-element buffer whose state takes
         ``bytes_per_element`` bytes per element (with ``host_bytes``: the buffer keeps in memory
-        what the budget left covers, a multiple of 64 elements, and the rest goes to disk)."""
-        return tail_split(size, bytes_per_element, self.fraction, self.host_bytes, host_left)
+        what the budget left covers, a multiple of ``align`` elements, and the rest goes to disk;
+        the disk part is a multiple of ``align`` too: fp8 state's blocks stay whole)."""
+        return tail_split(size, bytes_per_element, self.fraction, self.host_bytes, host_left, align)
 
-    def store(self, size: int, names: Sequence[str]) -> Any:
+    def store(self, size: int, names: Sequence[str], dtypes: Mapping[str, Any] | None = None,
+              blocks: Mapping[str, int] | None = None) -> Any:
+        """The ``DiskState`` of ``size`` elements of state ``names`` (storage ``dtypes``, float32 by
+        default; ``blocks``: fp8 block scales, one item per block), chunks a multiple of every block."""
         from .tiers import DiskState
 
         depth = 2  # chunk i in the kernel, i + 1 being read, i - 1 being written
-        per_chunk = (depth + 1) * 4 * 4  # staging copies x at most four float32 arrays
-        chunk = max(64, self.staging_bytes // per_chunk // 64 * 64)
-        return DiskState(self.directory, size, names, chunk_elems=chunk, depth=depth)
+        per_chunk = (depth + 1) * 4 * 4  # staging copies x at most four float32 arrays (narrower state: less)
+        unit = max([64, *(blocks or {}).values()])
+        chunk = max(unit, self.staging_bytes // per_chunk // unit * unit)
+        return DiskState(self.directory, size, names, chunk_elems=chunk, depth=depth, dtypes=dtypes, blocks=blocks)
 
 
 def disk_placement(fraction: Any, directory: Any, staging_bytes: Any,

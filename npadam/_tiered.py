@@ -82,11 +82,16 @@ class TieredState:
                     q[...] = 0
                 part.vmax_scale = q
         if tier is not None:
-            tier[1].add(key)
+            tier[1].add(key, dtype)
+            pairs = [(key, like)]
+            if key == "max_exp_avg_sq" and buf.v_scale is not None:  # fp8: its block scales on disk too
+                tier[1].add("vmax_scale", np.float32, prec.FP8_BLOCK)
+                pairs.append(("vmax_scale", "v_scale"))
             if like:
-                with contextlib.closing(tier[1].stream([like], write_back=False)) as chunks:
+                with contextlib.closing(tier[1].stream([src for _, src in pairs], write_back=False)) as chunks:
                     for a, _, arrs in chunks:
-                        tier[1].write(key, a, arrs[like])
+                        for dst, src in pairs:
+                            tier[1].write(dst, a // tier[1].blocks[dst], arrs[src])
         self.views_version += 1
 
     def _primary_batch(self, bi: int, batch: K.Batch) -> K.Batch:
@@ -114,6 +119,7 @@ class TieredState:
         fn = getattr(K.get("cpu" if self.kernel == "gpu" else self.kernel), name)
         names = [k for k in STATE_NAMES if getattr(buf, k) is not None]
         tier = self.disk.get(bi)
+        on_disk = names + [q for q in K.SCALE_FIELDS.values() if getattr(buf, q) is not None]  # fp8 block scales
         disk_span = [(max(lo_b, n1) - n1, hi_b - n1)] if tier is not None and hi_b > n1 else []
         disk_ranges = [(n1 + a, n1 + b) for a, b in tier[1].chunks(disk_span)] if disk_span else []
 
@@ -127,7 +133,7 @@ class TieredState:
         if bi not in self.host:  # host params: the disk part reads the params and grads in place
             if not disk_span:
                 return
-            with contextlib.closing(tier[1].stream(names, disk_span)) as chunks:  # finished chunks written on any exit
+            with contextlib.closing(tier[1].stream(on_disk, disk_span)) as chunks:  # finished chunks written on any exit
                 for a, b, arrs in chunks:
                     part = K.sub_batch(batch, pdtype, n1 + a, n1 + b)
                     if len(part):
@@ -157,7 +163,7 @@ class TieredState:
                 arrs.update({q: getattr(hp, q)[(p.lo - n0) // blk: -(-(p.hi - n0) // blk)] for q in scales})
                 update(p, next(staged), state_of(arrs, p.hi - p.lo, p.lo))
             if disk_ranges:
-                with contextlib.closing(tier[1].stream(names, disk_span)) as chunks:
+                with contextlib.closing(tier[1].stream(on_disk, disk_span)) as chunks:
                     for (a, b, arrs), p in zip(chunks, pieces[len(host_ranges):]):
                         if (n1 + a, n1 + b) != (p.lo, p.hi):
                             raise RuntimeError(f"internal: disk chunk [{a}, {b}) is not piece [{p.lo}, {p.hi})")

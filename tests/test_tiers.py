@@ -70,6 +70,44 @@ def test_read_write_round_trip(tmp_path):
     ds.close()
 
 
+def test_names_of_other_dtypes_and_per_block_items(tmp_path):
+    """Precision-aware state: uint8 fp8 codes, uint16 16-bit floats, and fp8 block scales (float32,
+    one per 256 elements): file sizes, reads and writes in items, chunks mapped to whole blocks,
+    zero-initialised additions, and ranges that would cut a block refused."""
+    size, blk = 1000, 256  # 4 blocks, the last one partial
+    with DiskState(tmp_path, size, ["codes", "scale"], chunk_elems=512, dtypes={"codes": np.uint8},
+                   blocks={"scale": blk}) as ds:
+        assert ds.dtypes == {"codes": np.dtype(np.uint8), "scale": np.dtype(np.float32)}
+        assert ds.items("codes") == 1000 and ds.items("scale") == 4
+        assert ds.nbytes_on_disk == 1000 + 4 * 4 and ds.nbytes_staging == 3 * (512 + 2 * 4)
+        assert sorted(p.name for p in ds.path.iterdir() if p.name != MARKER) == ["00-codes.uint8", "01-scale.f32"]
+        seen = []
+        for a, b, arrs in ds.stream(["codes", "scale"]):
+            assert arrs["codes"].dtype == np.uint8 and arrs["codes"].size == b - a
+            assert arrs["scale"].size == -(-b // blk) - a // blk  # the chunk's blocks
+            arrs["codes"][:] = np.arange(a, b) % 251
+            arrs["scale"][:] = np.arange(a // blk, -(-b // blk))
+            seen.append((a, b))
+        assert seen == [(0, 512), (512, 1000)]
+        assert ds.read("codes", 990, 1000).tolist() == [x % 251 for x in range(990, 1000)]
+        assert ds.read("scale", 0, 4).tolist() == [0.0, 1.0, 2.0, 3.0]
+        ds.write("scale", 3, np.array([7.5], np.float32))
+        assert ds.read("scale", 2, 4).tolist() == [2.0, 7.5]
+        with pytest.raises(TypeError, match="must be uint8"):
+            ds.write("codes", 0, np.zeros(3, np.float32))
+        with pytest.raises(ValueError, match=r"not inside \[0, 4\)"):
+            ds.read("scale", 0, 5)
+        with pytest.raises(ValueError, match="must start on a multiple of 256"):
+            ds.stream(["scale"], [(100, 300)])
+        assert [x[:2] for x in ds.stream(["codes"], [(100, 300)])] == [(100, 300)]  # per-element names: any start
+        ds.add("more", np.uint16, 1)
+        assert ds.read("more", 0, 1000).dtype == np.uint16 and not ds.read("more", 0, 1000).any()
+        with pytest.raises(ValueError, match="must be >= 1 and divide chunk_elems=512"):
+            ds.add("odd", np.float32, 300)
+        with pytest.raises(TypeError, match="native integer or float"):
+            ds.add("obj", object)
+
+
 def test_short_reads_and_writes_are_completed(tmp_path, monkeypatch):
     real_preadv, real_pwritev = os.preadv, os.pwritev
 

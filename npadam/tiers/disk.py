@@ -1,4 +1,4 @@
-"""The NVMe/disk tier: float32 state arrays kept in files, streamed through bounded staging buffers.
+"""The NVMe/disk tier: state arrays kept in files, streamed through bounded staging buffers.
 
 ``DiskState(directory, size, names)`` keeps one file of ``size`` float32 elements per state name
 (``"master"``, ``"exp_avg"``, ``"exp_avg_sq"``, ``"max_exp_avg_sq"``, ...) in a fresh private
@@ -10,8 +10,15 @@ memory this costs is the staging, ``(depth + 1) * chunk_elems * 4`` bytes per na
 ``size`` is; the file pages live in the kernel's page cache, never in the process's RSS (no
 ``np.memmap``).
 
-Units and conventions: offsets, ``start``/``stop`` and ``chunk_elems`` count float32 elements
-(4 bytes); ranges are half-open ``[start, stop)``; byte counts are named ``nbytes_*``.
+Units and conventions: offsets, ``start``/``stop`` and ``chunk_elems`` count elements; ranges are
+half-open ``[start, stop)``; byte counts are named ``nbytes_*``. Precision-aware state
+(``npadam.reference.precision``) keeps other types: ``add(name, dtype, block)`` (or the ``dtypes`` /
+``blocks`` of the constructor) gives a name its own storage dtype (uint16 bits of bfloat16 or
+float16 moments, uint8 fp8 codes, int16 param remainders) and a ``block``: a name of block ``B``
+holds one item per ``B`` elements (fp8 block scales: one float32 per 256 elements), so its file has
+``ceil(size / B)`` items, ``read``/``write`` of it count items, and a streamed chunk ``[start,
+stop)`` gives it items ``[start // B, ceil(stop / B))`` (chunks and ranges then start on multiples
+of ``B``).
 
 **Working memory, never a checkpoint.** Nothing is fsynced; the subdirectory holds a
 ``README.txt`` saying so, and no ``index.json``, so ``npadam.checkpoint.load`` refuses it. A
@@ -49,7 +56,7 @@ import shutil
 import socket
 import tempfile
 import weakref
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -60,7 +67,6 @@ PREFIX = "npadam-state-"
 #: the marker file in every DiskState subdirectory
 MARKER = "README.txt"
 _MARKER_HEAD = "npadam disk-tier working memory -- NOT a checkpoint."
-_ITEM = 4  # bytes per float32 element
 _ALIGN = 4096  # staging buffers start on a page boundary (ready for O_DIRECT-sized IO)
 
 
@@ -152,9 +158,10 @@ class _Chunk:
 
 
 class DiskState:
-    """float32 state arrays (e.g. "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq") of ``size``
-    elements each, kept in files under a fresh private subdirectory of ``directory``, streamed
-    through bounded staging buffers.
+    """State arrays (e.g. "master", "exp_avg", "exp_avg_sq", "max_exp_avg_sq") of ``size``
+    elements each (float32 unless ``dtypes`` says otherwise; ``ceil(size / block)`` items for a
+    name with a ``blocks`` entry), kept in files under a fresh private subdirectory of
+    ``directory``, streamed through bounded staging buffers.
 
     ``chunk_elems``: elements per streamed chunk (>= 64, a multiple of 64); ``depth``: chunks in
     flight besides the caller's (read-ahead + write-behind; ``depth + 1`` staging chunks per name);
@@ -169,7 +176,8 @@ class DiskState:
 
     def __init__(self, directory: str | os.PathLike, size: int, names: Sequence[str], *,
                  chunk_elems: int = 1 << 20, depth: int = 2, io_threads: int = 2,
-                 preallocate: bool = True) -> None:
+                 preallocate: bool = True, dtypes: Mapping[str, object] | None = None,
+                 blocks: Mapping[str, int] | None = None) -> None:
         if not isinstance(directory, (str, os.PathLike)):
             raise TypeError(f"directory must be a str or os.PathLike, got {type(directory).__name__}")
         self.size: int = _index(size, "size")
@@ -193,6 +201,9 @@ class DiskState:
         # the staging length per chunk: chunk_elems, or the whole array when it is smaller
         self._cap = min(self.chunk_elems, max(self.size, 1))
         self.names: tuple[str, ...] = ()
+        #: each name's storage dtype and block (elements per stored item)
+        self.dtypes: dict[str, np.dtype] = {}
+        self.blocks: dict[str, int] = {}
         self._files: dict[str, pathlib.Path] = {}
         self._fds: dict[str, int] = {}
         self._staging: dict[str, list[np.ndarray]] = {}
@@ -211,7 +222,7 @@ class DiskState:
         try:
             self._write_marker()
             for n in names:
-                self.add(n)
+                self.add(n, (dtypes or {}).get(n, np.float32), (blocks or {}).get(n, 1))
         except BaseException:
             self.close()
             raise
@@ -220,14 +231,28 @@ class DiskState:
 
     @property
     def nbytes_staging(self) -> int:
-        """The most host bytes the staging buffers ever hold: ``len(names) * (depth + 1) *
-        min(chunk_elems, size) * 4`` (plus at most one page of alignment per buffer)."""
-        return len(self.names) * (self.depth + 1) * self._cap * _ITEM
+        """The most host bytes the staging buffers ever hold: ``(depth + 1) * min(chunk_elems, size)
+        * 4`` per float32 name (each name: its items per chunk times its itemsize), plus at most
+        one page of alignment per buffer."""
+        return sum((self.depth + 1) * self._cap_items(n) * self.dtypes[n].itemsize for n in self.names)
 
     @property
     def nbytes_on_disk(self) -> int:
-        """Logical bytes of the state files: ``len(names) * size * 4``."""
-        return len(self.names) * self.size * _ITEM
+        """Logical bytes of the state files: ``size * 4`` per float32 name (each name: its items
+        times its itemsize)."""
+        return sum(self.items(n) * self.dtypes[n].itemsize for n in self.names)
+
+    def items(self, name: str) -> int:
+        """How many items the file of ``name`` holds: ``ceil(size / block)``."""
+        return -(-self.size // self.blocks[name])
+
+    def _cap_items(self, name: str) -> int:
+        return -(-self._cap // self.blocks[name])
+
+    def _span(self, name: str, start: int, stop: int) -> tuple[int, int]:
+        """The items of ``name`` that hold elements ``[start, stop)``."""
+        b = self.blocks[name]
+        return start // b, -(-stop // b)
 
     @property
     def failed(self) -> DiskStateError | None:
@@ -277,15 +302,28 @@ class DiskState:
         except OSError as e:
             raise _fail(e.errno, f"cannot write the marker file: {e.strerror or e}", f) from e
 
-    def add(self, name: str) -> None:
-        """Create a new zero-filled state array ``name`` (e.g. amsgrad's ``max_exp_avg_sq``)."""
+    def add(self, name: str, dtype: object = np.float32, block: int = 1) -> None:
+        """Create a new zero-filled state array ``name`` (e.g. amsgrad's ``max_exp_avg_sq``) of storage
+        ``dtype`` (a NumPy numeric dtype: float32, or the bits of a narrower type), one item per
+        ``block`` elements (``chunk_elems`` must be a multiple of it)."""
         self._check_usable()
         if isinstance(name, str) and name in self._fds:
             raise ValueError(f"state {name!r} already exists in {self.path}")
         self._check_new_name(name, self.names + (name,))
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype of state {name!r} must be a NumPy dtype, got {dtype!r}") from None
+        if dt.kind not in "iuf" or not dt.isnative:
+            raise TypeError(f"dtype of state {name!r} must be a native integer or float dtype, got {dt}")
+        block = _index(block, f"block of state {name!r}")
+        if block < 1 or self.chunk_elems % block:
+            raise ValueError(f"block of state {name!r} must be >= 1 and divide chunk_elems={self.chunk_elems}, "
+                             f"got {block}")
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:48]
-        f = self.path / f"{len(self.names):02d}-{safe}.f32"
-        nbytes = self.size * _ITEM
+        ext = "f32" if dt == np.float32 else dt.name
+        f = self.path / f"{len(self.names):02d}-{safe}.{ext}"
+        nbytes = -(-self.size // block) * dt.itemsize
         try:
             fd = os.open(f, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
         except OSError as e:
@@ -305,9 +343,10 @@ class DiskState:
             except OSError:
                 pass
             raise _fail(e.errno, f"cannot reserve {nbytes} bytes for the state file of {name!r} "
-                        f"({self.size} float32 elements): {e.strerror or e}", f) from e
+                        f"({-(-self.size // block)} {dt} items): {e.strerror or e}", f) from e
         self._fds[name] = fd
         self._files[name] = f
+        self.dtypes[name], self.blocks[name] = dt, block
         self.names = self.names + (name,)
 
     # -- checks ----------------------------------------------------------------------------
@@ -330,54 +369,58 @@ class DiskState:
                                "that iterator first")
         return name
 
-    def _check_range(self, start: object, stop: object, what: str = "range") -> tuple[int, int]:
+    def _check_range(self, start: object, stop: object, what: str = "range", limit: int | None = None) -> tuple[int, int]:
         a, b = _index(start, f"{what} start"), _index(stop, f"{what} stop")
-        if not 0 <= a <= b <= self.size:
-            raise ValueError(f"{what} [{a}, {b}) is not inside [0, {self.size})")
+        limit = self.size if limit is None else limit
+        if not 0 <= a <= b <= limit:
+            raise ValueError(f"{what} [{a}, {b}) is not inside [0, {limit})")
         return a, b
 
     # -- synchronous IO in the caller's thread ---------------------------------------------
 
     def read(self, name: str, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Copy elements ``[start, stop)`` of ``name`` into ``out`` (a writable C-contiguous float32
-        array of ``stop - start`` elements, any shape) or a new 1-D array; returns it."""
+        """Copy items (elements; for a name with a block, its items) ``[start, stop)`` of ``name`` into
+        ``out`` (a writable C-contiguous array of the name's dtype and ``stop - start`` items, any
+        shape) or a new 1-D array; returns it."""
         self._check_usable()
         name = self._check_name(name)
-        a, b = self._check_range(start, stop)
+        a, b = self._check_range(start, stop, limit=self.items(name))
+        dt = self.dtypes[name]
         if out is None:
-            out = np.empty(b - a, np.float32)
+            out = np.empty(b - a, dt)
         elif not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-        elif out.dtype != np.float32 or out.size != b - a or not out.flags.c_contiguous or not out.flags.writeable:
-            raise ValueError(f"out must be a writable C-contiguous float32 array of {b - a} elements, got "
+        elif out.dtype != dt or out.size != b - a or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writable C-contiguous {dt} array of {b - a} elements, got "
                              f"{out.dtype} shape {out.shape}{'' if out.flags.writeable else ' read-only'}"
                              f"{'' if out.flags.c_contiguous else ' non-contiguous'}")
         self._io("read", name, a, b, out)
         return out
 
     def write(self, name: str, start: int, values: np.ndarray) -> None:
-        """Copy the float32 ``values`` (any shape, flattened in C order) into ``name`` at element
+        """Copy ``values`` (the name's dtype, any shape, flattened in C order) into ``name`` at item
         ``start``."""
         self._check_usable()
         name = self._check_name(name)
         if not isinstance(values, np.ndarray):
             raise TypeError(f"values must be a numpy.ndarray, got {type(values).__name__}")
-        if values.dtype != np.float32:
-            raise TypeError(f"values must be float32 (the state's dtype), got {values.dtype}")
+        if values.dtype != self.dtypes[name]:
+            raise TypeError(f"values must be {self.dtypes[name]} (the state's dtype), got {values.dtype}")
         a = _index(start, "start")
-        a, b = self._check_range(a, a + values.size, "write")
+        a, b = self._check_range(a, a + values.size, "write", self.items(name))
         self._io("write", name, a, b, np.ascontiguousarray(values))
 
     def _io(self, op: str, name: str, a: int, b: int, buf: np.ndarray) -> None:
-        """One whole read/write of elements [a, b) of ``name`` through ``buf``; DiskStateError on failure.
+        """One whole read/write of items [a, b) of ``name`` through ``buf``; DiskStateError on failure.
         Runs in the caller's thread (read/write) or a pool thread (stream)."""
         if b == a:
             return
+        at = a * self.dtypes[name].itemsize
         try:
             if op == "read":
-                _pread_full(self._fds[name], _bytes(buf), a * _ITEM)
+                _pread_full(self._fds[name], _bytes(buf), at)
             else:
-                _pwrite_full(self._fds[name], _bytes(buf), a * _ITEM)
+                _pwrite_full(self._fds[name], _bytes(buf), at)
         except OSError as e:
             raise _fail(e.errno, f"{op} of {name!r} elements [{a}, {b}) failed: {e.strerror or e}",
                         self._files[name]) from e
@@ -418,10 +461,11 @@ class DiskState:
         for n in names:
             if n not in self._staging:
                 bufs = []
+                nbytes = self._cap_items(n) * self.dtypes[n].itemsize
                 for _ in range(self.depth + 1):
-                    raw = np.empty(self._cap * _ITEM + _ALIGN, np.uint8)
+                    raw = np.empty(nbytes + _ALIGN, np.uint8)
                     skip = (-raw.ctypes.data) % _ALIGN
-                    bufs.append(raw[skip:skip + self._cap * _ITEM].view(np.float32))
+                    bufs.append(raw[skip:skip + nbytes].view(self.dtypes[n]))
                 self._staging[n] = bufs
         return [{n: self._staging[n][i] for n in names} for i in range(self.depth + 1)]
 
@@ -444,9 +488,11 @@ class DiskState:
 
         The chunks are consecutive pieces of at most ``chunk_elems`` elements of each range in
         ``ranges`` (sorted, non-overlapping ``(start, stop)`` pairs inside ``[0, size)``; default
-        the whole array), cut from each range's start. The arrays are float32, 1-D, ``stop -
-        start`` elements, holding the chunk's current values; modify them in place. They are
-        staging buffers reused for later chunks: do not keep them past the iteration.
+        the whole array), cut from each range's start. The arrays are 1-D in each name's dtype,
+        ``stop - start`` elements (a name with a block: the items ``[start // block, ceil(stop /
+        block))``; each range then starts on a multiple of the block), holding the chunk's current
+        values; modify them in place. They are staging buffers reused for later chunks: do not
+        keep them past the iteration.
 
         While the caller works on chunk i, up to ``depth`` chunks are in flight in the pool: the
         next ones being read (read-ahead) and the finished ones being written (write-behind,
@@ -488,7 +534,13 @@ class DiskState:
             raise ValueError(f"names must be unique, got {list(names)}")
         if not isinstance(write_back, (bool, np.bool_)):
             raise TypeError(f"write_back must be a bool, got {write_back!r}")
-        return self._run(names, self._pieces(ranges), bool(write_back))
+        pieces = self._pieces(ranges)
+        for n in names:
+            bad = next((a for a, _ in pieces if a % self.blocks[n]), None)
+            if bad is not None:
+                raise ValueError(f"state {n!r} holds one item per {self.blocks[n]} elements: a streamed range must "
+                                 f"start on a multiple of {self.blocks[n]}, got {bad}")
+        return self._run(names, pieces, bool(write_back))
 
     def _run(self, names: tuple[str, ...], ranges: list[tuple[int, int]],
              write_back: bool) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
@@ -512,7 +564,8 @@ class DiskState:
                 while free and nxt is not None:  # read-ahead into every free slot
                     slot = free.popleft()
                     a, b = nxt
-                    futs = [pool.submit(self._io, "read", n, a, b, slots[slot][n][:b - a]) for n in names]
+                    futs = [pool.submit(self._io, "read", n, *self._span(n, a, b), self._part(slots[slot], n, a, b))
+                            for n in names]
                     reads.append(_Chunk(a, b, slot, futs))
                     nxt = next(chunks, None)
                 if not reads:
@@ -524,13 +577,13 @@ class DiskState:
                 errors = [e for e in [f.exception() for f in c.futures] if e is not None]  # waits for all
                 if errors:
                     raise errors[0]  # the read's DiskStateError, raised here in the caller's thread
-                yield c.start, c.stop, {n: slots[c.slot][n][:c.stop - c.start] for n in names}
+                yield c.start, c.stop, {n: self._part(slots[c.slot], n, c.start, c.stop) for n in names}
                 # the caller asked for the next chunk: chunk c is finished
                 if self.closed:
                     raise RuntimeError(f"DiskState {self.path} was closed during a stream")
                 if write_back:
-                    futs = [pool.submit(self._io, "write", n, c.start, c.stop, slots[c.slot][n][:c.stop - c.start])
-                            for n in names]
+                    futs = [pool.submit(self._io, "write", n, *self._span(n, c.start, c.stop),
+                                        self._part(slots[c.slot], n, c.start, c.stop)) for n in names]
                     writes.append(_Chunk(c.start, c.stop, c.slot, futs))
                 else:
                     free.append(c.slot)
@@ -543,6 +596,11 @@ class DiskState:
                     self._drain(reads, writes)
             finally:
                 self._busy.difference_update(names)
+
+    def _part(self, slot: dict[str, np.ndarray], name: str, start: int, stop: int) -> np.ndarray:
+        """The staging array of ``name`` in ``slot`` for the chunk ``[start, stop)``: its items."""
+        a, b = self._span(name, start, stop)
+        return slot[name][:b - a]
 
     def _reap(self, writes: collections.deque, free: collections.deque, *, block: bool) -> None:
         """Return the slots of completed writes (in order) to ``free``; with ``block`` wait for the

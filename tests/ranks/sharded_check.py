@@ -215,22 +215,26 @@ def check_inf(comm: Any) -> None:
 
 def check_nvme(comm: Any) -> None:
     """The tail of each rank's shard of the state in files (nvme_offload_fraction), streamed in chunks,
-    amsgrad's max appearing there at the first step; the reference keeps its state in memory."""
-    with tempfile.TemporaryDirectory() as d:
-        run = Run(comm, lambda p, comm: npadam.AdamW(
-            p, lr=1e-2, amsgrad=True, max_grad_norm=1.0, comm=comm,
-            **({} if comm is None else dict(nvme_offload_fraction=0.5, nvme_offload_dir=d, nvme_staging_bytes=1 << 20))))
-        assert run.opt._engine.disk
-        for _ in range(2):
-            run.step()
-        run.same_state()
-        shard = run.opt.state_dict()  # read back from the files too
-        other = npadam.AdamW(groups(MAIN, [p.copy() for p in run.params]), lr=1e-2, amsgrad=True, max_grad_norm=1.0,
-                             comm=comm, nvme_offload_fraction=0.5, nvme_offload_dir=d, nvme_staging_bytes=1 << 20)
-        other.load_state_dict(shard)
-        same_state(other.full_state_dict(), run.ref.state_dict(), "loaded into files")
-        run.opt.close()
-        other.close()
+    amsgrad's max appearing there at the first step; the reference keeps its state in memory. Float32
+    state, and precision-aware state kept in its own dtypes there (bf16 moments with stochastic
+    rounding, fp8 second moments and their block scales, param remainders)."""
+    for prec_kw in ({}, dict(exp_avg_dtype="bfloat16", rounding="stochastic", exp_avg_sq_dtype="float8_e4m3fn",
+                             store_param_remainders=True)):
+        with tempfile.TemporaryDirectory() as d:
+            disk = dict(nvme_offload_fraction=0.5, nvme_offload_dir=d, nvme_staging_bytes=1 << 20)
+            run = Run(comm, lambda p, comm: npadam.AdamW(p, lr=1e-2, amsgrad=True, max_grad_norm=1.0, comm=comm,
+                                                         **prec_kw, **({} if comm is None else disk)))
+            assert run.opt._engine.disk
+            for _ in range(2):
+                run.step()
+            run.same_state()
+            shard = run.opt.state_dict()  # read back from the files too
+            other = npadam.AdamW(groups(MAIN, [p.copy() for p in run.params]), lr=1e-2, amsgrad=True,
+                                 max_grad_norm=1.0, comm=comm, **prec_kw, **disk)
+            other.load_state_dict(shard)
+            same_state(other.full_state_dict(), run.ref.state_dict(), f"loaded into files {prec_kw}")
+            run.opt.close()
+            other.close()
 
 
 def check_staged(comm: Any) -> None:
