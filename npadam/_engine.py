@@ -453,6 +453,8 @@ class Engine(TieredState):
             return arr.astype(np.float32, copy=False)
         want = self._dtypes(self.layout.buffers[bi].dtype)[key]
         if want in (np.uint16, np.uint8):  # bf16/fp16 bits, fp8 codes
+            if arr.dtype.itemsize != want.itemsize:  # a float32 array viewed as bits would spill past the slot
+                raise RuntimeError(f"internal: state {key!r} of buffer {bi} is stored as {want}; got {arr.dtype} values")
             return arr.view(want)
         return arr.astype(want, copy=False)
 

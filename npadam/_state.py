@@ -305,6 +305,40 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
     return out
 
 
+def moment_values(engine: Engine, slot: int, key: str, value: Any, scale: Any, what: str) -> list[tuple[str, np.ndarray]]:
+    """A moment set from outside (``opt.state[p][key] = tensor`` in npadam.torch) as ``(key, flat
+    array)`` entries in the dtype the engine stores it in (what ``Engine.write_state`` takes):
+    float32 state as float32; bfloat16/float16 state bit for bit from its own dtype, else rounded
+    to nearest even; fp8 state bit for bit from its own codes with ``scale`` (the entry's
+    ``<key>_scale``), else quantized per block (``key`` and ``<key>_scale``). Checked like a loaded
+    state dict's (finite; squares >= 0); ValueError/TypeError naming ``what``."""
+    want = engine.state_dtype(slot, key)
+    fp8 = _dtype_name(value).startswith("float8")
+    if fp8 and want.name != _dtype_name(value):  # other fp8 codes: their values need their scales' blocks
+        raise ValueError(f"{what} is {_dtype_name(value)} and this optimizer stores it as {want.name}; set it as "
+                         f"float32 (quantized here) or as {want.name} codes with its {key}_scale")
+    if want.name.startswith("float8"):
+        if fp8:
+            if scale is None:
+                raise ValueError(f"{what} holds {want.name} codes without their {key}_scale; set both")
+            codes, scales = _raw8(value).reshape(-1), _float32(scale, f"{what}_scale").reshape(-1)
+        else:
+            arr = _float32(value, what).reshape(-1)
+            _check_moment(key, arr, what)
+            codes, scales = P.quantize(arr, P.F8E4M3 if want.name == "float8_e4m3fn" else P.F8E5M2)
+        return [(key, codes.view(want)), (key + "_scale", scales)]
+    arr = _float32(value, what).reshape(-1)
+    _check_moment(key, arr, what)
+    return [(key, _stored_as(value, arr, want, True, what))]
+
+
+def _check_moment(key: str, arr: np.ndarray, what: str) -> None:
+    if key in ("exp_avg_sq", "max_exp_avg_sq") and not (np.isfinite(arr).all() and (arr >= 0).all()):
+        raise ValueError(f"{what} must be finite and >= 0 (it holds squares)")
+    if key == "exp_avg" and not np.isfinite(arr).all():
+        raise ValueError(f"{what} must be finite")
+
+
 def _stored_as(value: Any, wide: np.ndarray, dtype: np.dtype, convert: bool, what: str) -> np.ndarray:
     """A state entry in the dtype the optimizer stores it in (``wide``: its float32 copy): the same
     dtype bit for bit; float32 state from narrower (exact); narrower state only with ``convert``

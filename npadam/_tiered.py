@@ -67,6 +67,18 @@ class TieredState:
         buf, tier = self.bufs[bi], self.disk.get(bi)
         n0, _ = self._bounds(bi)
         dtype = self._dtypes(self.layout.buffers[bi].dtype)[key]
+        if tier is not None:  # the files first: a full disk raises here with nothing else changed
+            pairs = [(key, like)]
+            if key == "max_exp_avg_sq" and buf.v_scale is not None:  # fp8: its block scales on disk too
+                pairs.append(("vmax_scale", "v_scale"))
+            for name, _ in pairs:
+                if name not in tier[1].names:  # (added by an earlier attempt that failed after it)
+                    tier[1].add(name, dtype if name == key else np.float32, 1 if name == key else prec.FP8_BLOCK)
+            if like:
+                with contextlib.closing(tier[1].stream([src for _, src in pairs], write_back=False)) as chunks:
+                    for a, _, arrs in chunks:
+                        for dst, src in pairs:
+                            tier[1].write(dst, a // tier[1].blocks[dst], arrs[src])
         with self.on_device():
             setattr(buf, key, getattr(buf, like).copy() if like else self.xp.zeros(n0 - self._first(bi), dtype))
         if bi in self.host:
@@ -81,17 +93,6 @@ class TieredState:
                 if not like:
                     q[...] = 0
                 part.vmax_scale = q
-        if tier is not None:
-            tier[1].add(key, dtype)
-            pairs = [(key, like)]
-            if key == "max_exp_avg_sq" and buf.v_scale is not None:  # fp8: its block scales on disk too
-                tier[1].add("vmax_scale", np.float32, prec.FP8_BLOCK)
-                pairs.append(("vmax_scale", "v_scale"))
-            if like:
-                with contextlib.closing(tier[1].stream([src for _, src in pairs], write_back=False)) as chunks:
-                    for a, _, arrs in chunks:
-                        for dst, src in pairs:
-                            tier[1].write(dst, a // tier[1].blocks[dst], arrs[src])
         self.views_version += 1
 
     def _primary_batch(self, bi: int, batch: K.Batch) -> K.Batch:

@@ -332,15 +332,17 @@ class _Optimizer:
     @property
     def params(self) -> Any:
         """The parameters: the caller's objects, or the updated copies of read-only ones (as a pytree
-        when they were given as one; a flat dict of read-only arrays as that dict, JAX arrays)."""
+        when they were given as one; a flat dict with JAX arrays as that dict, JAX arrays)."""
         out = [a if ro else o for o, a, ro in zip(self._objects, self._arrays, self._readonly)]
         if self._tree is not None and any(self._readonly):
             return self._tree.unflatten(out)
-        if self._keys is not None and len(self._keys) == len(out) and any(self._readonly):
+        keys = getattr(self, "_keys", None)  # (an optimizer pickled before it existed has none)
+        if keys is not None and len(keys) == len(out) and any(
+                ro and type(o).__module__.startswith("jax") for o, ro in zip(self._objects, self._readonly)):
             # a flat dict of JAX arrays is a pytree to its user: the same dict back, JAX arrays as the tree's are
             import jax.numpy as jnp
 
-            return {k: jnp.asarray(a) if ro else a for k, a, ro in zip(self._keys, out, self._readonly)}
+            return {k: jnp.asarray(a) if ro else a for k, a, ro in zip(keys, out, self._readonly)}
         return out
 
     def _rebind(self) -> None:

@@ -323,3 +323,8 @@ def test_jax_flat_dict_params_come_back_as_the_dict():
         assert list(opt.params) == ["w", "b"] and opt.state_dict()["npadam"]["names"] == ["w", "b"]
     np_params = {"w": np.ones(3, np.float32)}  # writable arrays: updated in place, no new params
     assert npadam.AdamW(np_params, lr=0.1).step({"w": np.ones(3, np.float32)}).params is None
+    ro = np.ones(3, np.float32)
+    ro.flags.writeable = False  # read-only NumPy (no JAX in the dict): the list of NumPy copies, as before
+    got = npadam.AdamW({"w": ro, "b": np.ones(2, np.float32)}, lr=0.1).step([np.ones(3, np.float32),
+                                                                            np.ones(2, np.float32)]).params
+    assert isinstance(got, list) and all(isinstance(a, np.ndarray) for a in got)

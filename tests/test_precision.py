@@ -580,3 +580,49 @@ def test_fp16_masters_round_the_param_from_the_master():
     opt.load_state_dict(ofull.state_dict(), convert=True)
     assert np.array_equal(opt.state_dict()["state"][2]["master"], ofull.state_dict()["state"][2]["master"]
                           .astype(np.float16))
+
+
+@pytest.mark.parametrize("kw", [dict(exp_avg_dtype="bfloat16", exp_avg_sq_dtype="bfloat16"),
+                                dict(exp_avg_dtype="float8_e4m3fn", exp_avg_sq_dtype="float8_e5m2", amsgrad=True)],
+                         ids=["bf16", "fp8"])
+def test_torch_state_entries_set_by_the_caller_keep_the_precision(kw, tmp_path):
+    """Review finding: ``opt.state[p] = {}`` (or a replaced entry) wrote float32 arrays into 16-bit / fp8
+    state as raw bits, twice or four times the slot's length: the next params' moments were zeroed
+    or garbled. Now a reset writes zeros in the storage dtype, an entry of the state's own dtype is
+    taken bit for bit (fp8 with its scales), float32 values are rounded (fp8: quantized per block);
+    the other params' state is untouched, in memory and in files."""
+    torch = pytest.importorskip("torch")
+    import npadam.torch as nt
+
+    for disk in ({}, dict(nvme_offload_fraction=1.0, nvme_offload_dir=tmp_path)):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(n)) for n in (300, 700)]
+        opt = nt.AdamW(ps, lr=1e-2, **kw, **disk)
+        for _ in range(2):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        before = opt.state_dict()["state"]
+        kept = {k: v.clone() for k, v in opt.state[ps[0]].items()}
+        opt.state[ps[0]] = {}  # start afresh: zeros, step 0
+        after = opt.state_dict()["state"]
+        for k, v in before[1].items():  # the other param's state: bit for bit
+            assert torch.equal(torch.as_tensor(v).view(-1).view(torch.uint8), torch.as_tensor(after[1][k]).view(-1).view(torch.uint8)), k
+        assert int(after[0]["step"]) == 0 and not after[0]["exp_avg"].float().any()
+        opt.state[ps[0]] = kept  # its own tensors back: bit for bit
+        again = opt.state_dict()["state"][0]
+        for k, v in before[0].items():
+            assert torch.equal(torch.as_tensor(v).view(-1).view(torch.uint8), torch.as_tensor(again[k]).view(-1).view(torch.uint8)), k
+        opt.state[ps[0]] = {"step": kept["step"], "exp_avg": torch.full((300,), 0.5), "exp_avg_sq": torch.full((300,), 0.25),
+                            **({"max_exp_avg_sq": torch.full((300,), 0.25)} if kw.get("amsgrad") else {})}
+        got = opt.state_dict()["state"][0]
+
+        def values(k):  # fp8: codes times their block's scale
+            v = got[k].float()
+            return v * got[k + "_scale"].repeat_interleave(256)[:v.numel()] if k + "_scale" in got else v
+        assert values("exp_avg").eq(0.5).all() and values("exp_avg_sq").eq(0.25).all()  # exact in every kind
+        assert got["exp_avg"].dtype == before[0]["exp_avg"].dtype
+        with pytest.raises(ValueError, match="must be finite and >= 0"):
+            opt.state[ps[0]] = {"step": kept["step"], "exp_avg": torch.zeros(300), "exp_avg_sq": torch.full((300,), -1.0)}
+            opt.step()
+        opt.close()

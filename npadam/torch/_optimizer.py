@@ -536,17 +536,20 @@ class _Base(torch.optim.Optimizer):
             if not st:
                 steps[i] = 0
                 started[i] = False
-                if not sgd:
-                    updates += [(i, k, np.zeros(slot.numel, np.float32)) for k in ("exp_avg", "exp_avg_sq")]
-                if eng.bufs[slot.buffer].max_exp_avg_sq is not None:
-                    updates.append((i, "max_exp_avg_sq", np.zeros(slot.numel, np.float32)))
+                # zero moments in their storage dtypes (fp8: zero codes and scales); the master is reloaded
+                updates += [(i, k, np.zeros(np.subtract(*eng.slot_range(i, f)[::-1]), eng.state_dtype(i, k)))
+                            for k, f in eng._state_keys(i).items() if f != "master" and not sgd]
                 continue
             if sgd:
                 started[i] = st.get("momentum_buffer") is not None
             for key in ("momentum_buffer",) if sgd else ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                 if key in st and not (sgd and st[key] is None):
-                    arr = _state._float32(st[key], f"state of param {slot.name!r}: {key}")
-                    updates.append((i, key, self._whole(i, key, arr)))
+                    what = f"state of param {slot.name!r}: {key}"
+                    if sgd:
+                        values = [(key, _state._float32(st[key], what))]
+                    else:  # in the state's own precision (16-bit bits, fp8 codes and scales), else rounded
+                        values = _state.moment_values(eng, i, key, st[key], st.get(key + "_scale"), what)
+                    updates += [(i, k, self._whole(i, k, a.reshape(-1))) for k, a in values]
             if "step" in st:
                 steps[i] = _state._int(st["step"], f"state of param {slot.name!r}: step")
         vmax = sorted({eng.layout.slots[i].buffer for i, k, _ in updates if k == "max_exp_avg_sq"})
