@@ -267,16 +267,18 @@ def test_grads_ready_wait_params_and_refusals():
     assert c.overlap_grads and len(c._hooks) == 4
 
 
-def test_gpt_training_loop_resumes_bit_for_bit_on_two_gloo_ranks(tmp_path):
+@pytest.mark.parametrize("tiers", [False, True], ids=["fp32", "tiers"])
+def test_gpt_training_loop_resumes_bit_for_bit_on_two_gloo_ranks(tmp_path, tiers):
     """A user's loop (tests/ranks/gpt_sharded_check.py): a GPT on 2 gloo ranks with flat storage,
     buckets sent from the backward hooks, two micro-batches, clipping, a warmup-cosine LRScheduler,
     params waited for in a forward pre-hook. Resumed in new processes from the checkpoint saved after
     step 3, the eval losses of steps 3-5 are the uninterrupted run's, bit for bit; the same
-    checkpoint loaded into one process without comm gives the model the saving run had."""
+    checkpoint loaded into one process without comm gives the model the saving run had. ``tiers``:
+    bf16 first moments (stochastic rounding), fp8 second moments, half of each shard in files."""
     gpt = Path(__file__).resolve().parent / "ranks" / "gpt_sharded_check.py"
 
     def evals(phase):
-        outs = launch.torchrun(2, gpt, str(tmp_path), phase, timeout=240)
+        outs = launch.torchrun(2, gpt, str(tmp_path), phase, *(["tiers"] if tiers else []), timeout=240)
         for r, out in enumerate(outs):
             assert f"OK gpt rank {r}/2 {phase}" in out, out
         got = [dict(re.findall(r"EVAL (\d+) (\S+)", out)) for out in outs]
@@ -286,6 +288,8 @@ def test_gpt_training_loop_resumes_bit_for_bit_on_two_gloo_ranks(tmp_path):
     full, resumed = evals("full"), evals("resume")
     assert sorted(full) == [str(k) for k in range(6)] and sorted(resumed) == ["3", "4", "5"]
     assert {k: full[k] for k in ("3", "4", "5")} == resumed
+    if tiers:
+        return
     model = _gpt.make(0, layers=4)  # one process, no comm, no buckets: the checkpoint is canonical
     decay = [p for p in model.parameters() if p.ndim >= 2]
     opt = nt.AdamW([{"params": decay, "weight_decay": 0.1},

@@ -1,6 +1,8 @@
 """A user's data-parallel GPT training loop with ``npadam.torch.AdamW(comm=)`` under torchrun (gloo).
 
-``python3 gpt_sharded_check.py <dir> <phase>`` with torchrun's environment (tests/test_torch_sharded.py):
+``python3 gpt_sharded_check.py <dir> <phase> [tiers]`` with torchrun's environment (tests/test_torch_sharded.py;
+``tiers``: the optimizer keeps bf16 first moments with stochastic rounding, fp8 second moments and
+half of each rank's shard of the state in files under ``<dir>``):
 
 - ``full``: train 6 steps and print the eval loss after each (the uninterrupted run), saving
   ``npadam.checkpoint.save(<dir>/ckpt, opt, scheduler=sched)`` after the first 3;
@@ -32,13 +34,15 @@ import launch  # noqa: E402
 STEPS, SAVE_AT = 6, 3
 
 
-def build(comm):
+def build(comm, where: Path, tiers: bool = False):
     model = _gpt.make(0, layers=4)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     other = [p for n, p in model.named_parameters() if p.ndim < 2]
+    extra = dict(exp_avg_dtype="bfloat16", rounding="stochastic", exp_avg_sq_dtype="float8_e4m3fn",
+                 nvme_offload_fraction=0.5, nvme_offload_dir=where, nvme_staging_bytes=1 << 16) if tiers else {}
     opt = nt.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
                    lr=3e-3, betas=(0.9, 0.95), max_grad_norm=1.0, comm=comm, flat_storage=True,
-                   bucket_bytes=16 << 10, overlap_grads=True)
+                   bucket_bytes=16 << 10, overlap_grads=True, **extra)
     sched = nt.LRScheduler(opt, S.warmup_cosine(peak=3e-3, warmup_steps=2, total_steps=STEPS, final=3e-4))
     model.register_forward_pre_hook(lambda module, args: opt.wait_params())
     return model, opt, sched
@@ -56,8 +60,9 @@ def train(model, opt, sched, comm, steps: range) -> None:
             print(f"EVAL {k} {_gpt.loss_of(model, 10_000).item().hex()} lr {opt.param_groups[0]['lr']!r}", flush=True)
 
 
-def run(where: Path, phase: str, comm) -> str:
-    model, opt, sched = build(comm)
+def run(where: Path, phase: str, comm, tiers: bool = False) -> str:
+    model, opt, sched = build(comm, where, tiers)
+    assert bool(opt._engine.disk) == tiers
     assert len(opt.buckets) > 4, [len(b) for b in opt.buckets]
     if phase == "full":
         train(model, opt, sched, comm, range(SAVE_AT))
@@ -72,7 +77,7 @@ def run(where: Path, phase: str, comm) -> str:
 
 def main() -> None:
     comm = distributed.init("torch", torch_backend="gloo")
-    launch.rank_main(comm, "gpt", lambda: run(Path(sys.argv[1]), sys.argv[2], comm))
+    launch.rank_main(comm, "gpt", lambda: run(Path(sys.argv[1]), sys.argv[2], comm, sys.argv[3:] == ["tiers"]))
 
 
 if __name__ == "__main__":
