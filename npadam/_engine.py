@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -187,7 +188,9 @@ class Engine(TieredState):
                 lo, hi = self.sharding.shard(b.size) if self.sharding is not None else (0, b.size)
                 self.shards.append((lo, hi))
                 # budgets count the state every step has: SGD's momentum buffer too (made at its first step)
-                per_elem = sum(dtypes[k].itemsize for k in names) + (0 if adam else 4)
+                # (a Fraction: fp8 moments add one float32 scale per block of 256 elements)
+                per_elem = Fraction(sum(dtypes[k].itemsize for k in names) + (0 if adam else 4)) + \
+                    Fraction(4 * len(self._scales(np, 0)), prec.FP8_BLOCK)
                 align = self.precision.align
                 moved = 0
                 if self.offload is not None:

@@ -19,19 +19,21 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from . import _validate as V
 
 
-def tail_split(size: int, bytes_per_element: int, fraction: float, budget: int | None,
-               left: int, align: int = 64) -> tuple[int, int]:
+def tail_split(size: int, bytes_per_element: Any, fraction: float, budget: int | None,
+               left: Any, align: int = 64) -> tuple[int, Any]:
     """``(elements moved out, budget left)``: the tail of a ``size``-element buffer that goes to the
     next tier, ``fraction`` of it (a multiple of ``align`` elements; all of it at 1.0), or with a
     byte ``budget`` what the ``left`` part of it does not cover (buffers in order keep what is
-    left, a multiple of ``align`` elements). ``size`` is a multiple of ``align`` (the layout's)."""
+    left, a multiple of ``align`` elements). ``size`` is a multiple of ``align`` (the layout's).
+    ``bytes_per_element`` may be a ``fractions.Fraction`` (fp8 state: its block scales), and the
+    budget left is then one too: exact, no rounding drift over many buffers."""
     if budget is None:
         if fraction >= 1.0:
             return size, left
         return int(size * fraction) // align * align, left
     if size * bytes_per_element <= left:
         return 0, left - size * bytes_per_element
-    keep = left // max(bytes_per_element, 1) // align * align
+    keep = int(left // max(bytes_per_element, 1)) // align * align
     return size - keep, left - keep * bytes_per_element
 
 

@@ -344,6 +344,21 @@ def test_torch_copy_refused_and_files_cleaned(tmp_path):
         opt.step()
 
 
+@pytest.mark.parametrize("budget, on_disk", [(2080, 0), (2079, 256)])
+def test_host_state_bytes_counts_the_fp8_block_scales(budget, on_disk, tmp_path):
+    """fp8 moments take 1 byte per element each plus one float32 scale per 256 elements: 2080 bytes for
+    1024 fp32-param elements. The budget counted 2 bytes per element (2048), so 2079 kept everything
+    in memory, over the budget; now it keeps 768 elements (1560 bytes) and puts 256 on disk."""
+    opt = npadam.AdamW([np.ones(1024, np.float32)], lr=1e-2, exp_avg_dtype="float8_e4m3fn",
+                       exp_avg_sq_dtype="float8_e4m3fn", host_state_bytes=budget, nvme_offload_dir=tmp_path)
+    eng = opt._engine
+    assert (eng.disk[0][1].size if eng.disk else 0) == on_disk
+    buf = eng.bufs[0]
+    in_memory = sum(a.nbytes for a in (buf.exp_avg, buf.exp_avg_sq, buf.m_scale, buf.v_scale))
+    assert in_memory <= budget, in_memory
+    opt.close()
+
+
 @pytest.mark.parametrize("budget", [0, 4 * 2 * 64 * 10, 10**9])
 def test_host_state_bytes_chooses_the_split(budget, tmp_path):
     """``host_state_bytes``: buffers in order keep in memory what the budget covers (multiples of 64
