@@ -189,8 +189,9 @@ class Engine(TieredState):
                 self.shards.append((lo, hi))
                 # budgets count the state every step has: SGD's momentum buffer too (made at its first step)
                 # (a Fraction: fp8 moments add one float32 scale per block of 256 elements)
+                scales = list(self._scales(np, 0))
                 per_elem = Fraction(sum(dtypes[k].itemsize for k in names) + (0 if adam else 4)) + \
-                    Fraction(4 * len(self._scales(np, 0)), prec.FP8_BLOCK)
+                    Fraction(4 * len(scales), prec.FP8_BLOCK)
                 align = self.precision.align
                 moved = 0
                 if self.offload is not None:
@@ -202,7 +203,6 @@ class Engine(TieredState):
                 n1 = hi - on_disk
                 n = hi - moved if self.offload is not None else n1
                 if on_disk:  # precision-aware state in its own storage dtypes, fp8 scales one per block
-                    scales = list(self._scales(np, 0))
                     self.disk[bi] = (n1, self.placement.store(
                         on_disk, names + scales, {k: dtypes[k] for k in names + scales},
                         {q: prec.FP8_BLOCK for q in scales}))

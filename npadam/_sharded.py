@@ -258,7 +258,7 @@ class Sharding:
         orders its result on torch's current stream, which need not be CuPy's (``torch.cuda.stream``,
         per-thread default streams); the copies that follow run on CuPy's. Small and rare (the
         agreement, the norm's block sums, state gathers), so a device-wide wait is cheap enough."""
-        self.mem.xp.cuda.Device(self.mem.device_id).synchronize()
+        self.mem.device().synchronize()
 
     # ------------------------------------------------------------------ agreement (collectives)
     def agree(self, what: str, error: BaseException | None, payload: Any = None) -> list[Any]:
@@ -399,8 +399,10 @@ class Sharding:
         """Send buffer ``bi``'s grads ahead of the step (the front-ends' ``grads_ready``); the step
         waits for it instead of sending them again. One rank: nothing to send."""
         h, base = self.start_reduce(engine, bi, active, gptrs, gdtype) if self.world > 1 else (None, 0)
-        self.early[bi] = (h, gdtype, active[engine.buffer_slots[bi]].copy(), base)
-        self._note_gdtypes(engine, active, [gdtype if b == bi else "" for b in range(len(engine.buffer_slots))])
+        slots = active[engine.buffer_slots[bi]]
+        self.early[bi] = (h, gdtype, slots.copy(), base)
+        if slots.any():
+            self.last_gdtype[bi] = gdtype
 
     def grads_failed(self, engine: Any, bi: int, error: BaseException) -> None:
         """``grads_ready(bi)`` failed its checks on this rank: the other ranks start that bucket's
@@ -412,11 +414,9 @@ class Sharding:
         # the other ranks send their grads' dtype, which this rank cannot see: the dtype this buffer's
         # grads had before (as they almost always have again), else the params' (torch's grads always
         # have it); NCCL and gloo need the same byte count on every rank, MPI widens 16-bit floats anyway
-        gdtype = self.last_gdtype.get(bi, engine.layout.buffers[bi].dtype)
         none = np.zeros(len(engine.layout.slots), bool)
-        h, base = self.start_reduce(engine, bi, none, np.zeros(none.size, np.int64), gdtype) \
-            if self.world > 1 else (None, 0)
-        self.early[bi] = (h, gdtype, none[engine.buffer_slots[bi]], base)
+        self.grads_ready(engine, bi, none, np.zeros(none.size, np.int64),
+                         self.last_gdtype.get(bi, engine.layout.buffers[bi].dtype))
 
     def check_step(self, layout: FlatLayout, ngroups: int, error: BaseException | None,
                    active: np.ndarray | None = None, gdtypes: Sequence[str] | None = None,
@@ -476,9 +476,9 @@ class Sharding:
         return out
 
     def _note_gdtypes(self, engine: Any, active: np.ndarray, gdtypes: Sequence[str]) -> None:
-        """Remember the grad dtype of each buffer with grads (``""``: not this one), for ``grads_failed``."""
+        """Remember the grad dtype of each buffer with grads, for ``grads_failed``."""
         for bi, slots in enumerate(engine.buffer_slots):
-            if gdtypes[bi] and active[slots].any():
+            if active[slots].any():
                 self.last_gdtype[bi] = gdtypes[bi]
 
     def combine_sums(self, sums: np.ndarray, lens: Sequence[int]) -> np.ndarray:

@@ -246,10 +246,7 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
             arr = _fp8_values(st, k, slot, where) if fp8 else _float32(st[k], f"{where}: {k}")
             if arr.size != slot.numel or (arr.ndim and arr.shape != slot.shape and arr.ndim != 1):
                 raise ValueError(f"{where}: {k} has shape {arr.shape}, expected {slot.shape}")
-            if k in ("exp_avg_sq", "max_exp_avg_sq") and not (np.isfinite(arr).all() and (arr >= 0).all()):
-                raise ValueError(f"{where}: {k} must be finite and >= 0 (it holds squares)")
-            if k == "exp_avg" and not np.isfinite(arr).all():
-                raise ValueError(f"{where}: exp_avg must be finite")
+            _check_moment(k, arr, f"{where}: {k}")
             if k == "master" and slot.dtype == "float32":
                 continue
             if k == "max_exp_avg_sq" and not new_groups[slot.group]["amsgrad"]:
@@ -263,18 +260,8 @@ def parse(sd: Any, engine: Engine, groups: Sequence[dict[str, Any]], kind: str,
                 out.updates.append((i, "param_remainder", rem))
                 out.param_bits.append((i, bits))
                 continue
-            want = engine.state_dtype(i, k)
-            if want.name.startswith("float8"):  # fp8 state: codes and block scales
-                if fp8 and _dtype_name(st[k]) == want.name:
-                    codes, scales = _raw8(st[k]).reshape(-1), _float32(st[k + "_scale"], "").reshape(-1)
-                elif not convert:
-                    raise ValueError(f"{where}: {k} is {_dtype_name(st[k])} and this optimizer stores it as "
-                                     f"{want.name}: pass convert=True to load_state_dict to quantize it")
-                else:
-                    codes, scales = P.quantize(arr.reshape(-1), P.F8E4M3 if want.name == "float8_e4m3fn" else P.F8E5M2)
-                out.updates += [(i, k, codes.view(want)), (i, k + "_scale", scales)]
-                continue
-            out.updates.append((i, k, _stored_as(st[k], arr, want, convert, f"{where}: {k}")))
+            out.updates += [(i, key, a) for key, a in
+                            _in_storage(engine, i, k, st[k], st.get(k + "_scale"), arr, convert, f"{where}: {k}")]
         if slot.dtype != "float32" and "master" not in st and "param_remainder" not in st:
             if meta is not None:
                 raise ValueError(f"{where} lacks the fp32 master of the {slot.dtype} param")
@@ -313,23 +300,35 @@ def moment_values(engine: Engine, slot: int, key: str, value: Any, scale: Any, w
     ``<key>_scale``), else quantized per block (``key`` and ``<key>_scale``). Checked like a loaded
     state dict's (finite; squares >= 0); ValueError/TypeError naming ``what``."""
     want = engine.state_dtype(slot, key)
-    fp8 = _dtype_name(value).startswith("float8")
-    if fp8 and want.name != _dtype_name(value):  # other fp8 codes: their values need their scales' blocks
-        raise ValueError(f"{what} is {_dtype_name(value)} and this optimizer stores it as {want.name}; set it as "
-                         f"float32 (quantized here) or as {want.name} codes with its {key}_scale")
-    if want.name.startswith("float8"):
-        if fp8:
-            if scale is None:
-                raise ValueError(f"{what} holds {want.name} codes without their {key}_scale; set both")
-            codes, scales = _raw8(value).reshape(-1), _float32(scale, f"{what}_scale").reshape(-1)
-        else:
-            arr = _float32(value, what).reshape(-1)
-            _check_moment(key, arr, what)
-            codes, scales = P.quantize(arr, P.F8E4M3 if want.name == "float8_e4m3fn" else P.F8E5M2)
-        return [(key, codes.view(want)), (key + "_scale", scales)]
-    arr = _float32(value, what).reshape(-1)
-    _check_moment(key, arr, what)
-    return [(key, _stored_as(value, arr, want, True, what))]
+    if _dtype_name(value).startswith("float8"):
+        if want.name != _dtype_name(value):  # other fp8 codes: their values need their scales' blocks
+            raise ValueError(f"{what} is {_dtype_name(value)} and this optimizer stores it as {want.name}; set it "
+                             f"as float32 (quantized here) or as {want.name} codes with its {key}_scale")
+        return _in_storage(engine, slot, key, value, scale, None, True, what)
+    wide = _float32(value, what).reshape(-1)
+    _check_moment(key, wide, what)
+    return _in_storage(engine, slot, key, value, scale, wide, True, what)
+
+
+def _in_storage(engine: Engine, slot: int, key: str, value: Any, scale: Any, wide: np.ndarray | None, convert: bool,
+                what: str) -> list[tuple[str, np.ndarray]]:
+    """State entry ``key`` of ``slot`` (``value``; ``wide``: its checked float32 values, unused for
+    fp8 codes of the stored kind) as ``(key, flat array)`` entries in the dtype the engine stores it
+    in: fp8 state as codes and ``<key>_scale`` (bit for bit with ``scale``, else quantized per
+    block), anything else through ``_stored_as``. Narrowing needs ``convert``."""
+    want = engine.state_dtype(slot, key)
+    if not want.name.startswith("float8"):
+        return [(key, _stored_as(value, wide, want, convert, what))]
+    if _dtype_name(value) == want.name:
+        if scale is None:
+            raise ValueError(f"{what} holds {want.name} codes without their {key}_scale; set both")
+        codes, scales = _raw8(value).reshape(-1), _float32(scale, f"{what}_scale").reshape(-1)
+    elif not convert:
+        raise ValueError(f"{what} is {_dtype_name(value)} and this optimizer stores it as {want.name}: pass "
+                         "convert=True to load_state_dict to quantize it")
+    else:
+        codes, scales = P.quantize(wide.reshape(-1), P.F8E4M3 if want.name == "float8_e4m3fn" else P.F8E5M2)
+    return [(key, codes.view(want)), (key + "_scale", scales)]
 
 
 def _check_moment(key: str, arr: np.ndarray, what: str) -> None:

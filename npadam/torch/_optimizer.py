@@ -537,8 +537,10 @@ class _Base(torch.optim.Optimizer):
                 steps[i] = 0
                 started[i] = False
                 # zero moments in their storage dtypes (fp8: zero codes and scales); the master is reloaded
-                updates += [(i, k, np.zeros(np.subtract(*eng.slot_range(i, f)[::-1]), eng.state_dtype(i, k)))
-                            for k, f in eng._state_keys(i).items() if f != "master" and not sgd]
+                for k, f in eng._state_keys(i).items() if not sgd else ():
+                    if f != "master":
+                        lo, hi = eng.slot_range(i, f)
+                        updates.append((i, k, np.zeros(hi - lo, eng.state_dtype(i, k))))
                 continue
             if sgd:
                 started[i] = st.get("momentum_buffer") is not None
